@@ -1,0 +1,91 @@
+# kubeipvs.node — developer entry points. `make help` lists them.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := $(CURDIR)/.venv
+BIN := $(VENV)/bin
+BUILD := $(CURDIR)/.build
+# Ansible finds the collection through this tree (a symlink back to the checkout).
+COLLECTIONS := $(BUILD)/collections
+# ansible-test needs a real ansible_collections/<ns>/<name> directory, so sanity runs on a copy.
+SANITY_TREE := $(BUILD)/sanity/ansible_collections/kubeipvs/node
+LAB := $(PYTHON) tests/lab/lab.py
+NODES ?= 1
+APT_PACKAGES := qemu-system-x86 qemu-utils debootstrap e2fsprogs openssh-client rsync git \
+	python3-venv shellcheck
+
+export PATH := $(BIN):$(PATH)
+export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
+export ANSIBLE_HOST_KEY_CHECKING := False
+export ANSIBLE_PIPELINING := True
+export ANSIBLE_FORCE_COLOR := False
+export ANSIBLE_NOCOLOR := True
+export PY_COLORS := 0
+
+.PHONY: help setup apt venv collection test unit sanity lint molecule build-collection \
+	lab-up lab-down lab-ssh lab-status demo clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+setup: apt venv collection ## install apt packages and the pinned Python toolchain (.venv)
+
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+		| grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "setup: installing $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: tests/requirements.txt requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+	touch $@
+
+collection: ## link the checkout into .build/collections so Ansible resolves kubeipvs.node.*
+	@mkdir -p $(COLLECTIONS)/ansible_collections/kubeipvs
+	@ln -sfn $(CURDIR) $(COLLECTIONS)/ansible_collections/kubeipvs/node
+
+test: setup ## everything: sanity, ansible-lint, molecule on lab VMs, unit tests (pytest's summary closes the run)
+	$(MAKE) --no-print-directory sanity lint molecule unit
+
+unit: setup ## unit tests (pure diff logic, fakes)
+	PYTHONPATH=$(COLLECTIONS) $(BIN)/pytest tests/unit -p no:cacheprovider
+
+sanity: setup ## ansible-test sanity on an assembled ansible_collections tree
+	@rm -rf $(SANITY_TREE) && mkdir -p $(SANITY_TREE)
+	@{ git ls-files --cached --others --exclude-standard; } | rsync -a --files-from=- ./ $(SANITY_TREE)/
+	cd $(SANITY_TREE) && $(BIN)/ansible-test sanity --python 3.11 --requirements --venv --color no
+
+lint: setup ## ansible-lint, production profile
+	$(BIN)/ansible-lint --profile production --offline
+
+molecule: setup ## every molecule scenario on lab VMs (boots and stops the lab)
+	$(LAB) build
+	$(BIN)/molecule test --all
+
+build-collection: setup ## ansible-galaxy collection build into .build/
+	$(BIN)/ansible-galaxy collection build --force --output-path $(BUILD) .
+
+lab-up: setup ## boot the lab (NODES=n, default 1) and write .lab/inventory.yml
+	$(LAB) up --nodes $(NODES)
+
+lab-down: ## stop every lab VM by its PID
+	$(LAB) down
+
+lab-ssh: ## root shell on a lab node (NODE=node1)
+	$(LAB) ssh $(or $(NODE),node1)
+
+lab-status: ## which lab VMs run
+	$(LAB) status
+
+demo: lab-up ## the main job on the lab: provision the nodes with playbooks/site.yml
+	$(BIN)/ansible-playbook -i .lab/inventory.yml playbooks/site.yml
+
+clean: lab-down ## remove build trees (the image cache stays)
+	rm -rf $(BUILD)

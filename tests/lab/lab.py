@@ -1,0 +1,354 @@
+#!/usr/bin/env python3
+"""The local lab: Debian VMs with a stock kernel (IPVS, dummy links, ipsets) booted under QEMU.
+
+Commands:
+  build              build the guest image if the cache has none for the current recipe
+  up [--nodes N]     boot N nodes (default 1) on copy-on-write overlays, wait for SSH, write the inventory
+  down               stop every lab VM by the PID QEMU recorded, remove the overlays
+  status             list the nodes and whether their QEMU is alive
+  ssh [NODE] [CMD]   open a root shell (or run CMD) on a node (default node1)
+  wheels             download the Python wheels the nodes need into the cache (they cannot reach the index)
+
+Environment:
+  KUBEIPVS_LAB_CACHE   image, key and wheel cache (default ~/.cache/kubeipvs-lab)
+  KUBEIPVS_LAB_STATE   per-run state: PID files, overlays, consoles, inventory (default <repo>/.lab)
+  KUBEIPVS_LAB_MIRROR  Debian archive to build from (default: the one apt on this machine uses)
+  KUBEIPVS_LAB_MEMORY  MiB of RAM per node (default 1536)
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+RECIPE = HERE / "build-image.sh"
+NODE_REQUIREMENTS = HERE / "node-requirements.txt"
+QEMU_NAME_PREFIX = "kubeipvs-lab-"
+SSH_OPTIONS = [
+    "-o", "StrictHostKeyChecking=no",
+    "-o", "UserKnownHostsFile=/dev/null",
+    "-o", "LogLevel=ERROR",
+    "-o", "BatchMode=yes",
+]
+BOOT_TIMEOUT = float(os.environ.get("KUBEIPVS_LAB_BOOT_TIMEOUT", "420"))
+
+
+class LabError(Exception):
+    """A lab step failed; the message says which and why."""
+
+
+def log(message: str) -> None:
+    print(f"lab: {message}", file=sys.stderr, flush=True)
+
+
+def cache_dir() -> Path:
+    default = Path.home() / ".cache" / "kubeipvs-lab"
+    path = Path(os.environ.get("KUBEIPVS_LAB_CACHE", default))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def state_dir() -> Path:
+    path = Path(os.environ.get("KUBEIPVS_LAB_STATE", REPO / ".lab"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def debian_mirror() -> str:
+    """The Debian archive apt on this machine is configured with (deb822 or one-line format)."""
+    if os.environ.get("KUBEIPVS_LAB_MIRROR"):
+        return os.environ["KUBEIPVS_LAB_MIRROR"]
+    sources = sorted(Path("/etc/apt/sources.list.d").glob("*.sources"))
+    for path in sources:
+        for stanza in path.read_text().split("\n\n"):
+            fields = dict(
+                line.split(":", 1) for line in stanza.splitlines() if ":" in line and not line.startswith("#")
+            )
+            suites = fields.get("Suites", "").split()
+            if "bookworm" in suites and "main" in fields.get("Components", "").split():
+                return fields["URIs"].split()[0]
+    for path in [Path("/etc/apt/sources.list"), *Path("/etc/apt/sources.list.d").glob("*.list")]:
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines():
+            match = re.match(r"^deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+bookworm\s+.*\bmain\b", line)
+            if match:
+                return match.group(1)
+    raise LabError("no Debian bookworm archive in apt's sources; set KUBEIPVS_LAB_MIRROR")
+
+
+def ssh_key() -> Path:
+    key = cache_dir() / "id_ed25519"
+    if not key.exists():
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "kubeipvs-lab", "-f", str(key)], check=True
+        )
+    return key
+
+
+def image_dir() -> Path:
+    """Where the image for the current recipe and key lives: a change to either rebuilds it."""
+    digest = hashlib.sha256(RECIPE.read_bytes())
+    digest.update(ssh_key().with_suffix(".pub").read_bytes())
+    return cache_dir() / "images" / digest.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def locked(path: Path):
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def build() -> Path:
+    target = image_dir()
+    with locked(cache_dir() / "build.lock"):
+        if (target / "rootfs.img").exists():
+            return target
+        for tool in ("debootstrap", "mkfs.ext4", "qemu-img", "qemu-system-x86_64"):
+            if not shutil.which(tool):
+                raise LabError(f"{tool} is missing: run 'make setup' first")
+        if os.geteuid() != 0:
+            raise LabError("building the image needs root (debootstrap)")
+        staging = target.with_name(target.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        started = time.monotonic()
+        log(f"building the guest image {target.name} (about 3 minutes, cached afterwards)")
+        subprocess.run(
+            ["bash", str(RECIPE), debian_mirror(), str(ssh_key().with_suffix(".pub")), str(staging)], check=True
+        )
+        staging.rename(target)
+        log(f"image built in {time.monotonic() - started:.0f}s; kernel {(target / 'kernel-release').read_text().strip()}")
+        # Older images are never reused once the recipe changed.
+        for old in (cache_dir() / "images").iterdir():
+            if old != target:
+                shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def node_names(count: int) -> list[str]:
+    return [f"node{i}" for i in range(1, count + 1)]
+
+
+def qemu_pid(node_dir: Path) -> int | None:
+    """The PID of this node's QEMU if it is still running (checked by its -name, never by PID alone)."""
+    pidfile = node_dir / "qemu.pid"
+    try:
+        pid = int(pidfile.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if f"{QEMU_NAME_PREFIX}{node_dir.name}".encode() in cmdline else None
+
+
+def boot(name: str, image: Path) -> dict:
+    node_dir = state_dir() / name
+    if qemu_pid(node_dir):
+        return json.loads((node_dir / "node.json").read_text())
+    shutil.rmtree(node_dir, ignore_errors=True)
+    node_dir.mkdir(parents=True)
+    overlay = node_dir / "disk.qcow2"
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(image / "rootfs.img"), str(overlay)],
+        check=True,
+    )
+    port = free_port()
+    memory = os.environ.get("KUBEIPVS_LAB_MEMORY", "1536")
+    command = [
+        "qemu-system-x86_64",
+        "-name", f"{QEMU_NAME_PREFIX}{name},process={QEMU_NAME_PREFIX}{name}",
+        "-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "2", "-m", memory,
+        "-nodefaults", "-no-user-config", "-display", "none",
+        "-kernel", str(image / "vmlinuz"), "-initrd", str(image / "initrd.img"),
+        "-append", "root=/dev/vda rw console=ttyS0 net.ifnames=0 mitigations=off",
+        "-drive", f"file={overlay},if=virtio,format=qcow2,cache=unsafe",
+        "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:22",
+        "-device", "virtio-net-pci,netdev=net0",
+        "-device", "virtio-rng-pci",
+        "-serial", f"file:{node_dir / 'console.log'}",
+        "-pidfile", str(node_dir / "qemu.pid"),
+        "-daemonize",
+    ]
+    subprocess.run(command, check=True)
+    node = {"name": name, "host": "127.0.0.1", "port": port, "pid": qemu_pid(node_dir)}
+    (node_dir / "node.json").write_text(json.dumps(node))
+    log(f"{name}: QEMU pid {node['pid']}, ssh on 127.0.0.1:{port}")
+    return node
+
+
+def ssh_command(node: dict, *remote: str) -> list[str]:
+    return ["ssh", *SSH_OPTIONS, "-i", str(ssh_key()), "-p", str(node["port"]), f"root@{node['host']}", *remote]
+
+
+def wait_for_ssh(node: dict) -> None:
+    deadline = time.monotonic() + BOOT_TIMEOUT
+    node_dir = state_dir() / node["name"]
+    while time.monotonic() < deadline:
+        if not qemu_pid(node_dir):
+            raise LabError(f"{node['name']}: QEMU exited during boot; console:\n{console_tail(node_dir)}")
+        probe = subprocess.run(
+            ssh_command(node, "true") + ["-o", "ConnectTimeout=10"], capture_output=True, timeout=60
+        )
+        if probe.returncode == 0:
+            return
+        time.sleep(3)
+    raise LabError(f"{node['name']}: no SSH after {BOOT_TIMEOUT:.0f}s; console:\n{console_tail(node_dir)}")
+
+
+def console_tail(node_dir: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join((node_dir / "console.log").read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no console log)"
+
+
+def write_inventory(nodes: list[dict]) -> Path:
+    """An Ansible inventory (YAML is a JSON superset, so JSON is written) for the running nodes."""
+    inventory = {
+        "all": {
+            "children": {
+                "lab": {
+                    "hosts": {node["name"]: {"ansible_host": node["host"], "ansible_port": node["port"]} for node in nodes}
+                }
+            },
+            "vars": {
+                "ansible_user": "root",
+                "ansible_ssh_private_key_file": str(ssh_key()),
+                "ansible_ssh_common_args": " ".join(SSH_OPTIONS[:6]),
+                "ansible_python_interpreter": "/usr/bin/python3",
+                "ansible_pipelining": True,
+                "kubeipvs_lab_wheels": str(cache_dir() / "wheels"),
+            },
+        }
+    }
+    path = state_dir() / "inventory.yml"
+    path.write_text(json.dumps(inventory, indent=2) + "\n")
+    return path
+
+
+def running_nodes() -> list[dict]:
+    nodes = []
+    for node_dir in sorted(state_dir().glob("node*")):
+        if qemu_pid(node_dir) and (node_dir / "node.json").exists():
+            nodes.append(json.loads((node_dir / "node.json").read_text()))
+    return nodes
+
+
+def up(count: int) -> None:
+    image = build()
+    wheels()
+    started = time.monotonic()
+    nodes = [boot(name, image) for name in node_names(count)]
+    with concurrent.futures.ThreadPoolExecutor(len(nodes)) as pool:
+        for future in [pool.submit(wait_for_ssh, node) for node in nodes]:
+            future.result()
+    path = write_inventory(running_nodes())
+    log(f"{count} node(s) answer SSH after {time.monotonic() - started:.0f}s; inventory: {path}")
+
+
+def down() -> None:
+    stopped = 0
+    for node_dir in sorted(state_dir().glob("node*")):
+        pid = qemu_pid(node_dir)
+        if pid:
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(100):
+                if not qemu_pid(node_dir):
+                    break
+                time.sleep(0.1)
+            else:
+                os.kill(pid, signal.SIGKILL)
+            stopped += 1
+        shutil.rmtree(node_dir, ignore_errors=True)
+    (state_dir() / "inventory.yml").unlink(missing_ok=True)
+    log(f"stopped {stopped} VM(s)")
+
+
+def wheels() -> Path:
+    """Pure-Python wheels for the nodes, fetched by the controller: guests cannot verify TLS to the index."""
+    target = cache_dir() / "wheels"
+    stamp = target / ".requirements"
+    wanted = NODE_REQUIREMENTS.read_text()
+    if stamp.exists() and stamp.read_text() == wanted:
+        return target
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:", "--no-deps",
+         "--python-version", "3.11", "-d", str(target), "-r", str(NODE_REQUIREMENTS)],
+        check=True,
+    )
+    stamp.write_text(wanted)
+    return target
+
+
+def status() -> None:
+    for node_dir in sorted(state_dir().glob("node*")):
+        node = json.loads((node_dir / "node.json").read_text()) if (node_dir / "node.json").exists() else {}
+        state = "running" if qemu_pid(node_dir) else "stopped"
+        print(f"{node_dir.name}\t{state}\tssh 127.0.0.1:{node.get('port', '?')}")
+
+
+def ssh(name: str, remote: list[str]) -> None:
+    for node in running_nodes():
+        if node["name"] == name:
+            os.execvp("ssh", ssh_command(node, *remote))
+    raise LabError(f"{name} is not running; 'make lab-up' first")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("build")
+    up_parser = sub.add_parser("up")
+    up_parser.add_argument("--nodes", type=int, default=int(os.environ.get("KUBEIPVS_LAB_NODES", "1")))
+    sub.add_parser("down")
+    sub.add_parser("status")
+    sub.add_parser("wheels")
+    ssh_parser = sub.add_parser("ssh")
+    ssh_parser.add_argument("node", nargs="?", default="node1")
+    ssh_parser.add_argument("remote", nargs=argparse.REMAINDER)
+    args = parser.parse_args()
+    try:
+        if args.command == "build":
+            print(build())
+        elif args.command == "up":
+            up(args.nodes)
+        elif args.command == "down":
+            down()
+        elif args.command == "status":
+            status()
+        elif args.command == "wheels":
+            print(wheels())
+        elif args.command == "ssh":
+            ssh(args.node, args.remote)
+    except (LabError, subprocess.CalledProcessError) as error:
+        log(f"error: {error}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
