@@ -11,6 +11,9 @@ BUILD := $(CURDIR)/.build
 COLLECTIONS := $(BUILD)/collections
 # ansible-test needs a real ansible_collections/<ns>/<name> directory, so sanity runs on a copy.
 SANITY_TREE := $(BUILD)/sanity/ansible_collections/kubeipvs/node
+# ansible-test pins its own linters: they live in a virtualenv of their own.
+SANITY_VENV := $(CURDIR)/.venv-sanity
+ANSIBLE_CORE := $(shell grep -E '^ansible-core==' tests/requirements.txt)
 LAB := $(PYTHON) tests/lab/lab.py
 NODES ?= 1
 APT_PACKAGES := qemu-system-x86 qemu-utils debootstrap e2fsprogs openssh-client rsync git \
@@ -47,6 +50,17 @@ $(VENV)/.installed: tests/requirements.txt requirements.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check -r tests/requirements.txt
 	touch $@
 
+$(SANITY_VENV)/.installed: tests/requirements.txt
+	$(PYTHON) -m venv $(SANITY_VENV)
+	$(SANITY_VENV)/bin/pip install --quiet --disable-pip-version-check '$(ANSIBLE_CORE)'
+	@# ansible-test bootstraps pip in its per-test venvs with a script it downloads from a host
+	@# outside the package index; put an offline one (ensurepip + the index) where it caches it.
+	@version=$$(grep -ohE "pip='[0-9.]+'" $(SANITY_VENV)/lib/python3*/site-packages/ansible_test/_internal/python_requirements.py \
+		| head -n 1 | tr -dc '0-9.'); \
+	mkdir -p $(HOME)/.ansible/test/cache && \
+	cp tests/sanity/bootstrap_pip.py $(HOME)/.ansible/test/cache/get_pip_$${version//./_}.py
+	touch $@
+
 collection: ## link the checkout into .build/collections so Ansible resolves kubeipvs.node.*
 	@mkdir -p $(COLLECTIONS)/ansible_collections/kubeipvs
 	@ln -sfn $(CURDIR) $(COLLECTIONS)/ansible_collections/kubeipvs/node
@@ -57,10 +71,12 @@ test: setup ## everything: sanity, ansible-lint, molecule on lab VMs, unit tests
 unit: setup ## unit tests (pure diff logic, fakes)
 	PYTHONPATH=$(COLLECTIONS) $(BIN)/pytest tests/unit -p no:cacheprovider
 
-sanity: setup ## ansible-test sanity on an assembled ansible_collections tree
+sanity: setup $(SANITY_VENV)/.installed ## ansible-test sanity on an assembled ansible_collections tree
 	@rm -rf $(SANITY_TREE) && mkdir -p $(SANITY_TREE)
-	@{ git ls-files --cached --others --exclude-standard; } | rsync -a --files-from=- ./ $(SANITY_TREE)/
-	cd $(SANITY_TREE) && $(BIN)/ansible-test sanity --python 3.11 --requirements --venv --color no
+	@git ls-files --cached --others --exclude-standard | rsync -a --files-from=- ./ $(SANITY_TREE)/
+	@# ansible-test lists files with git; without an index of its own it would ask the checkout's.
+	@cd $(SANITY_TREE) && git init -q && git add -A
+	cd $(SANITY_TREE) && $(SANITY_VENV)/bin/ansible-test sanity --local --requirements --python 3.11 --color no
 
 lint: setup ## ansible-lint, production profile
 	$(BIN)/ansible-lint --profile production --offline

@@ -78,8 +78,8 @@ for unit in apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.tim
 done
 rm -f "$rootfs"/var/cache/apt/archives/*.deb
 
-kernel=$(ls "$rootfs"/boot/vmlinuz-* | sort -V | tail -n 1)
-initrd=$(ls "$rootfs"/boot/initrd.img-* | sort -V | tail -n 1)
+kernel=$(find "$rootfs/boot" -name 'vmlinuz-*' | sort -V | tail -n 1)
+initrd=$(find "$rootfs/boot" -name 'initrd.img-*' | sort -V | tail -n 1)
 cp "$kernel" "$work/vmlinuz"
 cp "$initrd" "$work/initrd.img"
 basename "$kernel" | sed 's/^vmlinuz-//' >"$work/kernel-release"

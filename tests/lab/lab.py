@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """The local lab: Debian VMs with a stock kernel (IPVS, dummy links, ipsets) booted under QEMU.
 
 Commands:
@@ -134,7 +133,8 @@ def build() -> Path:
             ["bash", str(RECIPE), debian_mirror(), str(ssh_key().with_suffix(".pub")), str(staging)], check=True
         )
         staging.rename(target)
-        log(f"image built in {time.monotonic() - started:.0f}s; kernel {(target / 'kernel-release').read_text().strip()}")
+        kernel = (target / "kernel-release").read_text().strip()
+        log(f"image built in {time.monotonic() - started:.0f}s; kernel {kernel}")
         # Older images are never reused once the recipe changed.
         for old in (cache_dir() / "images").iterdir():
             if old != target:
@@ -198,8 +198,10 @@ def boot(name: str, image: Path) -> dict:
     return node
 
 
-def ssh_command(node: dict, *remote: str) -> list[str]:
-    return ["ssh", *SSH_OPTIONS, "-i", str(ssh_key()), "-p", str(node["port"]), f"root@{node['host']}", *remote]
+def ssh_command(node: dict, *remote: str, options: tuple[str, ...] = ()) -> list[str]:
+    return [
+        "ssh", *SSH_OPTIONS, *options, "-i", str(ssh_key()), "-p", str(node["port"]), f"root@{node['host']}", *remote
+    ]
 
 
 def wait_for_ssh(node: dict) -> None:
@@ -209,7 +211,7 @@ def wait_for_ssh(node: dict) -> None:
         if not qemu_pid(node_dir):
             raise LabError(f"{node['name']}: QEMU exited during boot; console:\n{console_tail(node_dir)}")
         probe = subprocess.run(
-            ssh_command(node, "true") + ["-o", "ConnectTimeout=10"], capture_output=True, timeout=60
+            ssh_command(node, "true", options=("-o", "ConnectTimeout=10")), capture_output=True, timeout=60, check=False
         )
         if probe.returncode == 0:
             return
@@ -230,7 +232,9 @@ def write_inventory(nodes: list[dict]) -> Path:
         "all": {
             "children": {
                 "lab": {
-                    "hosts": {node["name"]: {"ansible_host": node["host"], "ansible_port": node["port"]} for node in nodes}
+                    "hosts": {
+                        node["name"]: {"ansible_host": node["host"], "ansible_port": node["port"]} for node in nodes
+                    }
                 }
             },
             "vars": {
@@ -274,11 +278,10 @@ def down() -> None:
         pid = qemu_pid(node_dir)
         if pid:
             os.kill(pid, signal.SIGTERM)
-            for _ in range(100):
-                if not qemu_pid(node_dir):
-                    break
+            deadline = time.monotonic() + 10
+            while qemu_pid(node_dir) and time.monotonic() < deadline:
                 time.sleep(0.1)
-            else:
+            if qemu_pid(node_dir):
                 os.kill(pid, signal.SIGKILL)
             stopped += 1
         shutil.rmtree(node_dir, ignore_errors=True)
