@@ -17,7 +17,7 @@ ANSIBLE_CORE := $(shell grep -E '^ansible-core==' tests/requirements.txt)
 LAB := $(PYTHON) tests/lab/lab.py
 NODES ?= 1
 APT_PACKAGES := qemu-system-x86 qemu-utils debootstrap e2fsprogs openssh-client rsync git \
-	python3-venv shellcheck
+	python3-venv shellcheck iproute2 ipset iptables
 
 export PATH := $(BIN):$(PATH)
 export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
@@ -27,7 +27,7 @@ export ANSIBLE_FORCE_COLOR := False
 export ANSIBLE_NOCOLOR := True
 export PY_COLORS := 0
 
-.PHONY: help setup apt venv collection test unit sanity lint molecule build-collection \
+.PHONY: help setup apt venv collection test unit pytest sanity lint molecule build-collection \
 	lab-up lab-down lab-ssh lab-status demo clean
 
 help: ## list the targets
@@ -65,11 +65,14 @@ collection: ## link the checkout into .build/collections so Ansible resolves kub
 	@mkdir -p $(COLLECTIONS)/ansible_collections/kubeipvs
 	@ln -sfn $(CURDIR) $(COLLECTIONS)/ansible_collections/kubeipvs/node
 
-test: setup ## everything: sanity, ansible-lint, molecule on lab VMs, unit tests (pytest's summary closes the run)
-	$(MAKE) --no-print-directory sanity lint molecule unit
+test: setup ## everything: sanity, ansible-lint, molecule on lab VMs, then pytest (its summary closes the run)
+	$(MAKE) --no-print-directory sanity lint molecule pytest
 
-unit: setup ## unit tests (pure diff logic, fakes)
+unit: setup ## unit tests only (pure diff logic, fakes; seconds)
 	PYTHONPATH=$(COLLECTIONS) $(BIN)/pytest tests/unit -p no:cacheprovider
+
+pytest: setup ## unit tests and host-kernel integration tests (network namespaces, API test server, galaxy build)
+	PYTHONPATH=$(COLLECTIONS) $(BIN)/pytest tests/unit tests/integration -p no:cacheprovider
 
 sanity: setup $(SANITY_VENV)/.installed ## ansible-test sanity on an assembled ansible_collections tree
 	@rm -rf $(SANITY_TREE) && mkdir -p $(SANITY_TREE)
@@ -83,7 +86,7 @@ lint: setup ## ansible-lint, production profile
 
 molecule: setup ## every molecule scenario on lab VMs (boots and stops the lab)
 	$(LAB) build
-	$(BIN)/molecule test --all
+	$(BIN)/molecule test --all || { $(LAB) down; exit 1; }
 
 build-collection: setup ## ansible-galaxy collection build into .build/
 	$(BIN)/ansible-galaxy collection build --force --output-path $(BUILD) .
