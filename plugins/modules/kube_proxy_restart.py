@@ -1,0 +1,273 @@
+#!/usr/bin/python
+# Copyright (c) kubeipvs.node contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: kube_proxy_restart
+short_description: Restart kube-proxy node by node and wait until each replacement is Ready
+version_added: 0.1.0
+author: kubeipvs.node maintainers (@kubeipvs)
+description:
+  - Deletes the kube-proxy pod of each named node (pods matching O(label_selector) with
+    C(spec.nodeName=<node>)) and waits until the DaemonSet's replacement on that node - a pod
+    with a new UID - has the condition C(Ready=True), one node after the other.
+  - With O(all_nodes=true) deletes the pods of all nodes at once and waits for all of them.
+  - When a replacement is not Ready within O(timeout) seconds the module fails with that pod's
+    phase, conditions, container statuses and last events, and restarts no further node.
+  - Can set the DaemonSet's update strategy first (O(update_strategy)) - V(OnDelete) lets a
+    changed template reach only the nodes restarted here, which is how a mode switch is
+    rolled out one node at a time.
+  - Every named node is checked for a kube-proxy pod before anything is deleted.
+  - Check mode reports what would be restarted and deletes nothing (a strategy change is sent
+    with server-side dry-run).
+extends_documentation_fragment:
+  - kubeipvs.node.attributes
+  - kubeipvs.node.k8s_auth
+options:
+  namespace:
+    description: Namespace of the DaemonSet and its pods.
+    type: str
+    default: kube-system
+  daemonset_name:
+    description: Name of the kube-proxy DaemonSet.
+    type: str
+    default: kube-proxy
+  label_selector:
+    description: Label selector of the kube-proxy pods.
+    type: str
+    default: k8s-app=kube-proxy
+  nodes:
+    description: Nodes to restart kube-proxy on, in this order.
+    type: list
+    elements: str
+    default: []
+  all_nodes:
+    description: Restart kube-proxy on every node that runs one, all at once.
+    type: bool
+    default: false
+  update_strategy:
+    description: Set the DaemonSet's C(spec.updateStrategy.type) before restarting anything.
+    type: str
+    choices: [OnDelete, RollingUpdate]
+  timeout:
+    description: Seconds to wait for the replacement pod on one node (on all nodes, with O(all_nodes)).
+    type: int
+    default: 300
+  poll_interval:
+    description: Seconds between two looks at the pods while waiting.
+    type: float
+    default: 2.0
+seealso:
+  - module: kubeipvs.node.kube_proxy_config
+  - module: kubeipvs.node.kube_proxy
+"""
+
+EXAMPLES = r"""
+- name: Roll a ConfigMap change out one node at a time
+  kubeipvs.node.kube_proxy_restart:
+    kubeconfig: /etc/kubernetes/admin.conf
+    update_strategy: OnDelete
+    nodes: "{{ groups['k8s_nodes'] }}"
+    timeout: 120
+  delegate_to: localhost
+  run_once: true
+
+- name: Restart kube-proxy everywhere at once
+  kubeipvs.node.kube_proxy_restart:
+    all_nodes: true
+"""
+
+RETURN = r"""
+restarted:
+  description: One item per node - the deleted pods, the new Ready pod and the seconds it took.
+  returned: success
+  type: list
+  elements: dict
+  sample: [{node: node1, old_pods: [kube-proxy-7xk2p], new_pod: kube-proxy-q9z4d, seconds: 4.2}]
+update_strategy:
+  description: The DaemonSet's update strategy type before and after.
+  returned: success
+  type: dict
+  sample: {before: RollingUpdate, after: OnDelete}
+"""
+
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
+from ansible_collections.kubeipvs.node.plugins.module_utils._k8s_client import AUTH_ARG_SPEC, client_from_module
+
+EVENTS_SHOWN = 10
+
+
+def pod_ready(pod):
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (pod.get("status") or {}).get("conditions") or [])
+
+
+def describe_pod(client, pod):
+    """What a person debugging a stuck pod looks at first: phase, conditions, containers, events."""
+    metadata, status = pod["metadata"], pod.get("status") or {}
+    events = client.list("Event", metadata["namespace"],
+                         field_selector=f"involvedObject.kind=Pod,involvedObject.name={metadata['name']}")
+    events.sort(key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+    return {
+        "name": metadata["name"], "uid": metadata["uid"], "node": (pod.get("spec") or {}).get("nodeName"),
+        "phase": status.get("phase"),
+        "conditions": [{k: c.get(k) for k in ("type", "status", "reason", "message") if c.get(k) is not None}
+                       for c in status.get("conditions") or []],
+        "container_statuses": [{"name": c.get("name"), "ready": c.get("ready"), "restart_count": c.get("restartCount"),
+                                "state": c.get("state"), "last_state": c.get("lastState")}
+                               for c in status.get("containerStatuses") or []],
+        "events": [{"type": e.get("type"), "reason": e.get("reason"), "message": e.get("message"),
+                    "count": e.get("count"), "last_timestamp": e.get("lastTimestamp")}
+                   for e in events[-EVENTS_SHOWN:]],
+    }
+
+
+def container_text(container):
+    state = container["state"] or {}
+    phase = next(iter(state), "unknown")
+    reason = (state.get(phase) or {}).get("reason")
+    return f"{container['name']} {phase}{' (' + reason + ')' if reason else ''}, restarts {container['restart_count']}"
+
+
+def summary(description):
+    containers = "; ".join(container_text(c) for c in description["container_statuses"]) or "none reported"
+    events = "; ".join(f"{e['reason']}: {e['message']}" for e in description["events"][-3:]) or "none"
+    return f"pod {description['name']} is {description['phase']}, containers: {containers}, last events: {events}"
+
+
+class Restarter:
+    def __init__(self, module, client):
+        self.module = module
+        self.client = client
+        self.params = module.params
+
+    def pods_on(self, node):
+        return self.client.list("Pod", self.params["namespace"], label_selector=self.params["label_selector"],
+                                field_selector=f"spec.nodeName={node}")
+
+    def restart(self, nodes, old_pods):
+        """Delete the old pods on ``nodes`` and wait until every node has a new Ready pod."""
+        started = time.monotonic()
+        for node in nodes:
+            for pod in old_pods[node]:
+                try:
+                    self.client.delete("Pod", pod["metadata"]["name"], self.params["namespace"])
+                except KubeIpvsError as error:
+                    if getattr(error, "status", None) != 404:  # already gone: fine
+                        raise
+        deadline = started + self.params["timeout"]
+        waiting = list(nodes)
+        new_pods = {}
+        while waiting:
+            for node in list(waiting):
+                old_uids = {p["metadata"]["uid"] for p in old_pods[node]}
+                fresh = [p for p in self.pods_on(node) if p["metadata"]["uid"] not in old_uids]
+                ready = [p for p in fresh if pod_ready(p)]
+                if ready:
+                    new_pods[node] = ready[0]["metadata"]["name"]
+                    waiting.remove(node)
+                elif time.monotonic() >= deadline:
+                    self.fail_timeout(node, old_pods[node], fresh)
+            if waiting:
+                time.sleep(self.params["poll_interval"])
+        seconds = round(time.monotonic() - started, 2)
+        return [{"node": node, "old_pods": [p["metadata"]["name"] for p in old_pods[node]],
+                 "new_pod": new_pods[node], "seconds": seconds} for node in nodes]
+
+    def fail_timeout(self, node, old, fresh):
+        old_names = ", ".join(p["metadata"]["name"] for p in old)
+        if not fresh:
+            raise KubeIpvsError(f"kube-proxy on node {node}: no replacement for {old_names} appeared within "
+                                f"{self.params['timeout']}s; check the DaemonSet "
+                                f"{self.params['namespace']}/{self.params['daemonset_name']} and the node",
+                                node=node, pod=None)
+        newest = max(fresh, key=lambda p: p["metadata"].get("creationTimestamp") or "")
+        description = describe_pod(self.client, newest)
+        raise KubeIpvsError(f"kube-proxy on node {node} not Ready {self.params['timeout']}s after deleting "
+                            f"{old_names}: {summary(description)}", node=node, pod=description)
+
+
+def run(module):
+    params = module.params
+    if params["timeout"] <= 0 or params["poll_interval"] <= 0:
+        raise KubeIpvsError("timeout and poll_interval must be greater than 0")
+    if params["all_nodes"] and params["nodes"]:
+        raise KubeIpvsError("set either nodes or all_nodes, not both")
+    if len(set(params["nodes"])) != len(params["nodes"]):
+        raise KubeIpvsError(f"nodes lists a node twice: {params['nodes']}")
+    client = client_from_module(module)
+    namespace, name = params["namespace"], params["daemonset_name"]
+    daemonset = client.get("DaemonSet", name, namespace)
+    if daemonset is None:
+        raise KubeIpvsError(f"DaemonSet {namespace}/{name} not found; deploy kube-proxy first "
+                            "(kubeipvs.node.kube_proxy) or set namespace/daemonset_name")
+    restarter = Restarter(module, client)
+    pods = client.list("Pod", namespace, label_selector=params["label_selector"])
+    by_node = {}
+    for pod in pods:
+        by_node.setdefault((pod.get("spec") or {}).get("nodeName"), []).append(pod)
+    running = sorted(n for n in by_node if n)
+    nodes = running if params["all_nodes"] else params["nodes"]
+    missing = [n for n in nodes if n not in by_node]
+    if missing:
+        raise KubeIpvsError(f"no pod matching {params['label_selector']} in {namespace} on node(s) "
+                            f"{', '.join(missing)}; nodes running one: {', '.join(running) or 'none'}")
+
+    strategy_before = ((daemonset.get("spec") or {}).get("updateStrategy") or {}).get("type", "RollingUpdate")
+    strategy_after = params["update_strategy"] or strategy_before
+    changed = False
+    if strategy_after != strategy_before:
+        update = {"type": strategy_after}
+        if strategy_after == "OnDelete":
+            update["rollingUpdate"] = None  # only meaningful with RollingUpdate
+        client.patch("DaemonSet", name, {"spec": {"updateStrategy": update}}, namespace, dry_run=module.check_mode)
+        changed = True
+
+    output = dict(changed=changed or bool(nodes), update_strategy={"before": strategy_before, "after": strategy_after})
+    if module._diff:
+        output["diff"] = {"before": {"update_strategy": strategy_before, "restarted_nodes": []},
+                          "after": {"update_strategy": strategy_after, "restarted_nodes": list(nodes)}}
+    if module.check_mode:
+        output["restarted"] = [{"node": n, "old_pods": [p["metadata"]["name"] for p in by_node[n]],
+                                "new_pod": None, "seconds": 0} for n in nodes]
+        return output
+    restarted = []
+    groups = [nodes] if params["all_nodes"] else [[n] for n in nodes]
+    for group in groups:
+        # Re-read per node (a pod may have been replaced since the first look); a node whose pod
+        # is gone right now keeps the first look's pods, so a pod that was there all along is
+        # never mistaken for the replacement.
+        old_pods = {n: restarter.pods_on(n) or by_node[n] for n in group}
+        try:
+            restarted.extend(restarter.restart(group, old_pods))
+        except KubeIpvsError as error:
+            error.details["restarted"] = restarted
+            raise
+    output["restarted"] = restarted
+    return output
+
+
+def main():
+    argument_spec = dict(
+        AUTH_ARG_SPEC,
+        namespace=dict(type="str", default="kube-system"),
+        daemonset_name=dict(type="str", default="kube-proxy"),
+        label_selector=dict(type="str", default="k8s-app=kube-proxy"),
+        nodes=dict(type="list", elements="str", default=[]),
+        all_nodes=dict(type="bool", default=False),
+        update_strategy=dict(type="str", choices=["OnDelete", "RollingUpdate"]),
+        timeout=dict(type="int", default=300),
+        poll_interval=dict(type="float", default=2.0),
+    )
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    run_module(module, run)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+#!/usr/bin/python
+# Copyright (c) kubeipvs.node contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: kube_proxy_state
+short_description: Compute what kube-proxy in IPVS mode programs on a node, from Services and EndpointSlices
+version_added: 0.1.0
+author: kubeipvs.node maintainers (@kubeipvs)
+description:
+  - Reads every Service and every EndpointSlice (C(discovery.k8s.io/v1)) and computes, for one
+    node, what kube-proxy's IPVS mode would program there - the addresses of C(kube-ipvs0), the
+    IPVS virtual and real servers and the members of its ipsets - in the input format of
+    M(kubeipvs.node.dummy_interface), M(kubeipvs.node.ipvs_sync) and M(kubeipvs.node.ipset).
+  - Follows kube-proxy's rules - ClusterIPs, externalIPs, LoadBalancer ingress IPs (not those with
+    C(ipMode=Proxy)) and NodePorts on each node IP; session affinity C(ClientIP) as persistence
+    (default 10800 seconds); ready endpoints, or serving and terminating ones when none is ready;
+    C(externalTrafficPolicy=Local) and C(internalTrafficPolicy=Local) use this node's endpoints
+    (and, as kube-proxy does, the cluster-wide ones when the node has none for external traffic).
+  - IPv4 and IPv6 (dual-stack Services, IPv6 EndpointSlices, ipsets named C(KUBE-6-*)).
+  - Read-only - never changes anything, so check mode is the same as a normal run.
+  - Not modelled - topology-aware routing hints and the iptables rules.
+extends_documentation_fragment:
+  - kubeipvs.node.attributes
+  - kubeipvs.node.k8s_auth
+options:
+  node_name:
+    description: The node, as in the EndpointSlices' C(nodeName) (and the Node object's name).
+    type: str
+    required: true
+  node_ips:
+    description:
+      - The node IPs NodePort services listen on. Not given - the Node object's C(InternalIP) addresses.
+    type: list
+    elements: str
+    default: []
+  scheduler:
+    description: The IPVS scheduler kube-proxy is configured with (C(ipvs.scheduler)).
+    type: str
+    default: rr
+    choices: [rr, wrr, lc, wlc, lblc, lblcr, sh, dh, sed, nq, mh]
+seealso:
+  - module: kubeipvs.node.ipvs_sync
+  - module: kubeipvs.node.dummy_interface
+  - module: kubeipvs.node.ipset
+"""
+
+EXAMPLES = r"""
+- name: What kube-proxy would program on this node
+  kubeipvs.node.kube_proxy_state:
+    kubeconfig: /etc/kubernetes/admin.conf
+    node_name: "{{ inventory_hostname }}"
+  delegate_to: localhost
+  register: kube_proxy_state
+
+- name: Program it without kube-proxy
+  kubeipvs.node.ipvs_sync:
+    services: "{{ kube_proxy_state.ipvs_sync.services }}"
+    scope:
+      dummy_interface: kube-ipvs0
+"""
+
+RETURN = r"""
+dummy_interface:
+  description: Input of M(kubeipvs.node.dummy_interface) - C(addresses) to bind to C(kube-ipvs0).
+  returned: success
+  type: dict
+  sample: {addresses: [10.96.0.1, 10.96.0.10]}
+ipvs_sync:
+  description: Input of M(kubeipvs.node.ipvs_sync) - C(services), each with its C(real_servers).
+  returned: success
+  type: dict
+  sample:
+    services:
+      - {protocol: tcp, address: 10.96.0.10, port: 53, family: inet, scheduler: rr,
+         real_servers: [{address: 10.244.1.5, port: 53, weight: 1, forwarding: nat}]}
+ipsets:
+  description: Set name -> members as C(ipset list) prints them, for every kube-proxy set of each IP family.
+  returned: success
+  type: dict
+  sample: {KUBE-CLUSTER-IP: ["10.96.0.10,tcp:53"], KUBE-LOOP-BACK: ["10.244.1.5,tcp:53,10.244.1.5"],
+           KUBE-NODE-PORT-TCP: ["30080"]}
+ipset_types:
+  description: Set name -> ipset type, for creating the sets with M(kubeipvs.node.ipset).
+  returned: success
+  type: dict
+  sample: {KUBE-CLUSTER-IP: "hash:ip,port", KUBE-NODE-PORT-TCP: "bitmap:port"}
+node_ips:
+  description: The node IPs used for NodePorts.
+  returned: success
+  type: list
+  elements: str
+  sample: [192.0.2.11]
+counts:
+  description: Numbers of Services and EndpointSlices read, and of virtual servers, real servers and addresses computed.
+  returned: success
+  type: dict
+  sample: {services_read: 12, endpoint_slices_read: 14, virtual_servers: 20, real_servers: 31, addresses: 12}
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
+from ansible_collections.kubeipvs.node.plugins.module_utils._k8s_client import AUTH_ARG_SPEC, client_from_module
+from ansible_collections.kubeipvs.node.plugins.module_utils._kube_proxy_state import node_state
+
+
+def node_ips_from_api(client, node_name):
+    node = client.get("Node", node_name)
+    if node is None:
+        raise KubeIpvsError(f"node {node_name} not found in the cluster; check node_name")
+    addresses = [a.get("address") for a in (node.get("status") or {}).get("addresses") or []
+                 if a.get("type") == "InternalIP" and a.get("address")]
+    if not addresses:
+        raise KubeIpvsError(f"node {node_name} reports no InternalIP address; pass node_ips")
+    return addresses
+
+
+def compute(module):
+    params = module.params
+    client = client_from_module(module)
+    node_ips = params["node_ips"] or node_ips_from_api(client, params["node_name"])
+    services = client.list("Service")
+    slices = client.list("EndpointSlice")
+    try:
+        state = node_state(services, slices, params["node_name"], node_ips, params["scheduler"])
+    except ValueError as error:
+        raise KubeIpvsError(str(error)) from None
+    virtual_servers = state["ipvs_sync"]["services"]
+    state.update(
+        changed=False,
+        node_ips=node_ips,
+        counts={"services_read": len(services), "endpoint_slices_read": len(slices),
+                "virtual_servers": len(virtual_servers),
+                "real_servers": sum(len(s["real_servers"]) for s in virtual_servers),
+                "addresses": len(state["dummy_interface"]["addresses"])},
+    )
+    return state
+
+
+def main():
+    argument_spec = dict(
+        AUTH_ARG_SPEC,
+        node_name=dict(type="str", required=True),
+        node_ips=dict(type="list", elements="str", default=[]),
+        scheduler=dict(type="str", default="rr",
+                       choices=["rr", "wrr", "lc", "wlc", "lblc", "lblcr", "sh", "dh", "sed", "nq", "mh"]),
+    )
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    run_module(module, compute)
+
+
+if __name__ == "__main__":
+    main()
