@@ -13,7 +13,7 @@ suite=bookworm
 image_size=3G
 packages=(
   linux-image-amd64 initramfs-tools systemd systemd-sysv udev dbus
-  openssh-server python3 iproute2 kmod procps
+  openssh-server python3 python3-apt iproute2 kmod procps
   ipset ipvsadm iptables nftables conntrack curl
 )
 

@@ -210,9 +210,13 @@ def wait_for_ssh(node: dict) -> None:
     while time.monotonic() < deadline:
         if not qemu_pid(node_dir):
             raise LabError(f"{node['name']}: QEMU exited during boot; console:\n{console_tail(node_dir)}")
-        probe = subprocess.run(
-            ssh_command(node, "true", options=("-o", "ConnectTimeout=10")), capture_output=True, timeout=60, check=False
-        )
+        try:
+            probe = subprocess.run(
+                ssh_command(node, "true", options=("-o", "ConnectTimeout=10")),
+                capture_output=True, timeout=60, check=False,
+            )
+        except subprocess.TimeoutExpired:
+            continue  # sshd accepted but did not finish the handshake yet (a loaded host): try again
         if probe.returncode == 0:
             return
         time.sleep(3)
