@@ -1,0 +1,125 @@
+# Copyright (c) kubeipvs.node contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The ipset module's flow with the system boundary (the ipset and iptables-save commands) faked."""
+
+from __future__ import annotations
+
+import pytest
+from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
+from ansible_collections.kubeipvs.node.plugins.modules import ipset as ipset_module
+
+SAVED = "create S hash:ip,port family inet hashsize 1024 maxelem 65536\nadd S 10.0.0.1,tcp:80\n"
+HELP = "Supported set types:\n    hash:ip,port\t7\tx\n    hash:ip\t6\tx\n"
+
+
+class FakeModule:
+    """Just what the module body uses; records every command."""
+
+    def __init__(self, check_mode=False, diff=True, outputs=None, **params):
+        self.params = dict(
+            {
+                "family": "inet",
+                "hashsize": 1024,
+                "maxelem": 65536,
+                "range": None,
+                "comment": False,
+                "timeout": None,
+                "members": None,
+                "members_file": None,
+                "exclusive": False,
+                "swap_threshold": 1000,
+                "diff_limit": 50,
+                "state": "present",
+                "type": None,
+            },
+            **params,
+        )
+        self.check_mode = check_mode
+        self._diff = diff
+        self.outputs = outputs or {}
+        self.commands = []
+
+    def get_bin_path(self, name, required=False):
+        return f"/usr/sbin/{name}" if name in ("ipset", "iptables-save", "ip6tables-save") else None
+
+    def run_command(self, argv, data=None, **_kwargs):
+        self.commands.append((argv[1:] if argv[0].endswith("ipset") else argv, data))
+        key = argv[1] if argv[0].endswith("ipset") else argv[0].rsplit("/", 1)[-1]
+        return self.outputs.get(key, (0, "", ""))
+
+
+def test_check_mode_reads_and_plans_but_never_restores():
+    module = FakeModule(
+        check_mode=True,
+        outputs={"save": (0, SAVED, "")},
+        name="S",
+        type="hash:ip,port",
+        members=["10.0.0.1,80", "10.0.0.2,udp:53"],
+        exclusive=True,
+    )
+    result = ipset_module.ensure_set(module)
+    assert (result["changed"], result["method"], result["added_count"]) == (True, "incremental", 1)
+    assert [argv[0] for argv, _data in module.commands] == ["save"]
+    assert "10.0.0.2,udp:53" in result["diff"]["after"]
+
+
+def test_converged_set_is_one_read_and_no_write():
+    module = FakeModule(outputs={"save": (0, SAVED, "")}, name="S", type="hash:ip,port", members=["10.0.0.1,80"])
+    result = ipset_module.ensure_set(module)
+    assert not result["changed"]
+    assert module.commands == [(["save", "S"], None)]
+
+
+def test_changes_go_in_one_restore_batch():
+    module = FakeModule(
+        outputs={"save": (0, SAVED, "")},
+        name="S",
+        type="hash:ip,port",
+        members=["10.0.0.2,80", "10.0.0.3,80"],
+        exclusive=True,
+    )
+    ipset_module.ensure_set(module)
+    restores = [data for argv, data in module.commands if argv[0] == "restore"]
+    assert len(restores) == 1
+    assert sorted(restores[0].splitlines()) == [
+        "add S 10.0.0.2,tcp:80",
+        "add S 10.0.0.3,tcp:80",
+        "del S 10.0.0.1,tcp:80",
+    ]
+
+
+def test_destroy_is_refused_while_iptables_references_the_set():
+    rule = "-A KUBE-POSTROUTING -m set --match-set S dst,dst,src -j MASQUERADE"
+    module = FakeModule(
+        outputs={"save": (0, SAVED, ""), "iptables-save": (0, f"*nat\n{rule}\nCOMMIT\n", "")}, name="S", state="absent"
+    )
+    with pytest.raises(KubeIpvsError, match="match-set S dst,dst,src") as error:
+        ipset_module.ensure_set(module)
+    assert error.value.details["referencing_rules"] == [f"iptables-save nat: {rule}"]
+    assert not any(argv[0] in ("destroy", "restore") for argv, _data in module.commands)
+
+
+def test_type_the_node_does_not_know_fails_before_any_change():
+    module = FakeModule(
+        outputs={"save": (1, "", "ipset v7.17: The set with the given name does not exist"), "help": (0, HELP, "")},
+        name="N",
+        type="hash:net,iface",
+        members=["10.0.0.0/8,eth0"],
+    )
+    with pytest.raises(KubeIpvsError, match="not supported by the ipset tool"):
+        ipset_module.ensure_set(module)
+    assert not any(argv[0] == "restore" for argv, _data in module.commands)
+
+
+def test_kernel_refusal_is_explained():
+    module = FakeModule(
+        outputs={
+            "save": (0, SAVED, ""),
+            "restore": (1, "", "ipset v7.17: Set cannot be destroyed: it is in use by a kernel component"),
+        },
+        name="S",
+        state="absent",
+    )
+    with pytest.raises(KubeIpvsError, match="list:set"):
+        ipset_module.ensure_set(module)
