@@ -339,6 +339,26 @@ _VALUE_OPTIONS = (
 _COMPARED = ("family", "hashsize", "maxelem", "range", "timeout", "comment")
 
 
+def _parse_create(words):
+    """The compared create options of a ``create NAME TYPE ...`` line (already split into words)."""
+    header = {"type": words[2]}
+    index = 3
+    while index < len(words):
+        word = words[index]
+        if word in _FLAG_OPTIONS:
+            if word in _COMPARED:
+                header[word] = True
+            index += 1
+        elif word in _VALUE_OPTIONS and index + 1 < len(words):
+            if word in _COMPARED:
+                value = words[index + 1]
+                header[word] = int(value) if word in ("hashsize", "maxelem", "timeout") else value
+            index += 2
+        else:
+            index += 1
+    return header
+
+
 def parse_save(text, name):
     """(header dict or None, set of members) from ``ipset save NAME`` output.
 
@@ -349,26 +369,27 @@ def parse_save(text, name):
     # One regex pass in C over the whole text (100k lines): the entry is the word after "add NAME".
     members = set(re.findall(rf"^add {re.escape(name)} (\S+)", text, re.MULTILINE))
     for line in re.findall(r"^create .*$", text, re.MULTILINE):
-        if line:
-            words = shlex.split(line)
-            if words[1] != name:
-                continue
-            header = {"type": words[2]}
-            index = 3
-            while index < len(words):
-                word = words[index]
-                if word in _FLAG_OPTIONS:
-                    if word in _COMPARED:
-                        header[word] = True
-                    index += 1
-                elif word in _VALUE_OPTIONS and index + 1 < len(words):
-                    if word in _COMPARED:
-                        value = words[index + 1]
-                        header[word] = int(value) if word in ("hashsize", "maxelem", "timeout") else value
-                    index += 2
-                else:
-                    index += 1
+        words = shlex.split(line)
+        if words[1] == name:
+            header = _parse_create(words)
     return header, members
+
+
+def parse_save_all(text, names):
+    """{name: (header or None, members)} for each of ``names`` from one ``ipset save`` of every set.
+
+    One pass over the text: other sets' entries (a node may hold large foreign sets) are skipped
+    by a dictionary lookup, never parsed.
+    """
+    wanted = {name: (None, set()) for name in names}
+    for line in re.findall(r"^create .*$", text, re.MULTILINE):
+        words = shlex.split(line)
+        if words[1] in wanted:
+            wanted[words[1]] = (_parse_create(words), wanted[words[1]][1])
+    for name, entry in re.findall(r"^add (\S+) (\S+)", text, re.MULTILINE):
+        if name in wanted:
+            wanted[name][1].add(entry)
+    return wanted
 
 
 def parse_kernel_types(help_text):
@@ -519,3 +540,69 @@ def describe(header, members_count, entries, heading, limit):
 def validate_name(name):
     if not name or len(name) > MAX_SET_NAME or any(char.isspace() for char in name):
         raise KubeIpvsError(f"set name '{name}' must be 1-{MAX_SET_NAME} characters without spaces")
+
+
+# ---------------------------------------------------------------------------------------------
+# Many sets in one call
+
+# Keys of a set spec that fall back to the top-level option of the same name when a spec leaves
+# them out (name, members and members_file are per set only).
+INHERITED_KEYS = ("type", "family", "hashsize", "maxelem", "range", "comment", "timeout", "exclusive", "state")
+
+
+def merge_set_specs(params):
+    """The set specs of a module call: ``sets`` with the top-level options filled in, or the
+    single set the top-level options describe."""
+    if params.get("sets") is None:
+        return [{key: params.get(key) for key in ("name", "members", "members_file", *INHERITED_KEYS)}]
+    specs = []
+    for entry in params["sets"]:
+        spec = {key: params.get(key) if entry.get(key) is None else entry[key] for key in INHERITED_KEYS}
+        spec.update(name=entry.get("name"), members=entry.get("members"), members_file=entry.get("members_file"))
+        specs.append(spec)
+    return specs
+
+
+def duplicate_names(names):
+    """Names listed more than once, in first-seen order."""
+    seen, duplicates = set(), []
+    for name in names:
+        if name in seen and name not in duplicates:
+            duplicates.append(name)
+        seen.add(name)
+    return duplicates
+
+
+class Batch:
+    """One ``ipset restore`` input built from per-set chunks, remembering which lines belong to which
+    set so a refusal (``Error in line N``) can name the set and what was already applied."""
+
+    def __init__(self):
+        self.chunks = []
+
+    def add(self, name, method, text):
+        if text:
+            self.chunks.append((name, method, text))
+
+    @property
+    def text(self):
+        return "".join(text for _name, _method, text in self.chunks)
+
+    def locate(self, line_number):
+        """(name, method, names applied before it) of the chunk holding the 1-based line, or None."""
+        first = 1
+        for index, (name, method, text) in enumerate(self.chunks):
+            count = text.count("\n")
+            if first <= line_number < first + count:
+                return name, method, [chunk[0] for chunk in self.chunks[:index]]
+            first += count
+        return None
+
+
+_ERROR_LINE = re.compile(r"Error in line (\d+)")
+
+
+def failed_line(stderr):
+    """The batch line ``ipset restore`` stopped at (it counts from 1), or None."""
+    match = _ERROR_LINE.search(stderr)
+    return int(match.group(1)) if match else None

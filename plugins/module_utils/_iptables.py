@@ -453,3 +453,72 @@ def apply_plan_to_state(state, table, chain, plan, desired_rules, desired_jumps,
         after.chains.pop(chain, None)
         after.set_rules(chain, [])
     return after
+
+
+# ---------------------------------------------------------------------------------------------
+# Many chains in one call
+
+
+def merge_chain_specs(params):
+    """The chain specs of a module call: ``chains`` with ``table`` and ``state`` taken from the top
+    level where an entry leaves them out, or the single chain the top-level options describe."""
+    if params.get("chains") is None:
+        return [{key: params.get(key) for key in ("table", "chain", "rules", "jumps", "state")}]
+    return [
+        {
+            "table": entry.get("table") or params.get("table"),
+            "chain": entry.get("chain"),
+            "rules": entry.get("rules"),
+            "jumps": entry.get("jumps") or [],
+            "state": entry.get("state") or params.get("state"),
+        }
+        for entry in params["chains"]
+    ]
+
+
+def merge_plans(plans):
+    """One table's transaction from the plans of several chains, each kind of line in chain order:
+    all chains are declared before any jump or rule needs them, and inserts keep the order
+    separate runs in the same order would have produced."""
+    merged = ChainPlan()
+    for plan in plans:
+        merged.declare += plan.declare
+        merged.deletes += plan.deletes
+        merged.appends += plan.appends
+        merged.inserts += plan.inserts
+        merged.destroy += plan.destroy
+        merged.reasons += plan.reasons
+    return merged
+
+
+# A stand-in for a set a rule matches but the node does not have yet (check mode): the number of
+# direction flags (``dst,dst,src``) is the set's dimension, which is all iptables checks.
+_STAND_IN_TYPES = {1: "hash:ip", 2: "hash:ip,port", 3: "hash:ip,port,ip"}
+
+
+def set_dimensions(rules):
+    """{ipset name: number of direction flags} of ``-m set --match-set NAME FLAGS`` in the rules."""
+    dimensions = {}
+    for tokens in rules:
+        for index, token in enumerate(tokens[:-1]):
+            if token == "--match-set":
+                flags = tokens[index + 2] if index + 2 < len(tokens) else "src"
+                dimensions[tokens[index + 1]] = max(dimensions.get(tokens[index + 1], 0), len(flags.split(",")))
+    return dimensions
+
+
+def stand_in_set_line(name, dimension, family):
+    """The ``ipset restore`` line of a stand-in set that accepts rules matching ``dimension`` flags."""
+    set_type = _STAND_IN_TYPES[min(max(dimension, 1), 3)]
+    return f"create {name} {set_type} family {'inet6' if family == 'ipv6' else 'inet'}"
+
+
+def describe_many(described, total):
+    """Diff text of several chains: the changed ones under a ``# table/chain`` heading, then a count."""
+    unchanged = f"# {total - len(described)} of {total} chains unchanged\n"
+    return {
+        "before_header": "iptables chains",
+        "after_header": "iptables chains",
+        "before": "".join(f"# {label}\n{before}" for label, before, _after in described) + unchanged,
+        "after": "".join(f"# {label}\n{after}" for label, _before, after in described) + unchanged,
+    }

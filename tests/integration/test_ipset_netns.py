@@ -127,3 +127,63 @@ def test_bad_input_fails_before_any_change(netns):
     assert wrong_family.get("failed") and "IPv6" in wrong_family["msg"], wrong_family
     assert save(netns, "S") == before
     assert netns.sh("ipset list -n").split() == ["S"]
+
+
+KUBE_SETS = [
+    {"name": "KUBE-LOOP-BACK", "type": "hash:ip,port,ip"},
+    {"name": "KUBE-CLUSTER-IP", "type": "hash:ip,port"},
+    {"name": "KUBE-NODE-PORT-TCP", "type": "bitmap:port", "range": "0-65535"},
+    {"name": "KUBE-6-LOOP-BACK", "type": "hash:ip,port,ip", "family": "inet6"},
+    {"name": "KUBE-6-CLUSTER-IP", "type": "hash:ip,port", "family": "inet6", "members": ["2001:db8::a,tcp:443"]},
+]
+
+
+def test_many_sets_in_one_call_converge_idempotent_and_leave_foreign_sets_alone(netns):
+    netns.sh(f"ipset restore <<'EOF'\n{FOREIGN}EOF")
+    foreign_before = save(netns, "FOREIGN")
+
+    checked = netns.module("ipset", check_mode=True, diff=True, sets=KUBE_SETS)
+    assert checked["changed"] and len(checked["changed_sets"]) == 5
+    assert "# ipset KUBE-6-CLUSTER-IP\n" in checked["diff"]["after"]
+    assert netns.sh("ipset list -n").split() == ["FOREIGN"], "check mode created a set"
+
+    first = netns.module("ipset", sets=KUBE_SETS, hashsize=2048)
+    assert [one["method"] for one in first["sets"]] == ["create"] * 5 and first["added_count"] == 1
+    assert sorted(netns.sh("ipset list -n").split()) == sorted(["FOREIGN"] + [one["name"] for one in KUBE_SETS])
+    assert "family inet6 hashsize 2048 maxelem 65536" in save(netns, "KUBE-6-LOOP-BACK")
+    assert "range 0-65535" in save(netns, "KUBE-NODE-PORT-TCP")
+    assert members(netns, "KUBE-6-CLUSTER-IP") == {"2001:db8::a,tcp:443"}
+
+    # kube-proxy adds members; the role's sets (exclusive false) keep them.
+    netns.sh("ipset add KUBE-CLUSTER-IP 10.96.0.1,tcp:443")
+    again = netns.module("ipset", diff=True, sets=KUBE_SETS, hashsize=2048)
+    assert not again["changed"] and again["changed_sets"] == [], again
+    assert again["diff"]["before"] == again["diff"]["after"] == "# 5 of 5 sets unchanged\n"
+    assert members(netns, "KUBE-CLUSTER-IP") == {"10.96.0.1,tcp:443"}
+
+    # Options change for one set, another goes away: one call, the rest untouched.
+    changed = netns.module(
+        "ipset",
+        hashsize=2048,
+        sets=[*KUBE_SETS[:2], dict(KUBE_SETS[2], range="30000-32767"), {"name": "KUBE-6-LOOP-BACK", "state": "absent"}],
+    )
+    assert [one["method"] for one in changed["sets"]] == ["none", "none", "swap", "destroy"], changed
+    assert "range 30000-32767" in save(netns, "KUBE-NODE-PORT-TCP")
+    assert "KUBE-6-LOOP-BACK" not in netns.sh("ipset list -n").split()
+    assert save(netns, "FOREIGN") == foreign_before
+
+
+def test_one_bad_set_spec_fails_the_call_and_changes_nothing(netns):
+    netns.module("ipset", name="S", type="hash:ip,port", members=["10.0.0.1,80"])
+    before = netns.sh("ipset save")
+    result = netns.module(
+        "ipset",
+        sets=[
+            {"name": "NEW", "type": "hash:ip", "members": ["10.0.0.9"]},
+            {"name": "S", "type": "hash:ip,port", "members": ["10.0.0.2,80", "10.0.0.3"], "exclusive": True},
+            {"name": "NEW", "type": "hash:ip"},
+        ],
+    )
+    assert result.get("failed"), result
+    assert "10.0.0.3" in result["msg"] and "listed more than once: NEW" in result["msg"], result["msg"]
+    assert netns.sh("ipset save") == before

@@ -138,3 +138,94 @@ def test_ipv6_chain(netns):
     saved = [line for line in netns.sh("ip6tables-save -t filter").splitlines() if "KUBE-IPVS-FILTER" in line]
     assert "-A KUBE-IPVS-FILTER -d 2001:db8::1/128 -p tcp -m tcp --dport 443 -j ACCEPT" in saved
     assert not netns.module("iptables_chain", **args)["changed"]
+
+
+def baseline_chains(loop_back="KUBE-LOOP-BACK"):
+    return [
+        {"table": "nat", "chain": "KUBE-MARK-MASQ", "rules": ["-j MARK --or-mark 0x4000"]},
+        {
+            "table": "nat",
+            "chain": "KUBE-POSTROUTING",
+            "rules": [
+                f"-m set --match-set {loop_back} dst,dst,src -j MASQUERADE",
+                "-m mark ! --mark 0x4000/0x4000 -j RETURN",
+                "-j MARK --xor-mark 0x4000",
+            ],
+            "jumps": [{"chain": "POSTROUTING", "comment": "kubernetes postrouting rules"}],
+        },
+        {
+            "table": "nat",
+            "chain": "KUBE-SERVICES",
+            "jumps": [
+                {"chain": "OUTPUT", "comment": "kubernetes service portals"},
+                {"chain": "PREROUTING", "comment": "kubernetes service portals"},
+            ],
+        },
+        {"table": "filter", "chain": "KUBE-FORWARD", "jumps": [{"chain": "FORWARD", "comment": "forwarding"}]},
+    ]
+
+
+def test_many_chains_are_one_transaction_per_table_and_idempotent(netns):
+    netns.sh(f"iptables-restore --noflush <<'EOF'\n{FOREIGN}EOF")
+    netns.sh("ipset create KUBE-LOOP-BACK hash:ip,port,ip")
+    foreign_before = lines(netns, "nat", "FOREIGN")
+
+    first = netns.module("iptables_chain", diff=True, chains=baseline_chains())
+    assert first["changed"] and [one["changed"] for one in first["chains"]] == [True] * 4, first
+    # one *nat and one *filter transaction
+    assert first["commands"].count("COMMIT") == 2 and first["commands"][0] == "*nat", first["commands"]
+    assert "# nat/KUBE-POSTROUTING\n" in first["diff"]["after"]
+    nat = netns.sh("iptables-save -t nat")
+    assert "-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000" in nat
+    assert "-A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0" in nat
+    # Inserted first, in the order listed (as separate runs in that order would have done).
+    assert lines(netns, "nat", "-A PREROUTING") == [
+        '-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES'
+    ]
+    assert lines(netns, "nat", "-A POSTROUTING") == [
+        '-A POSTROUTING -m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING',
+        "-A POSTROUTING -j FOREIGN",
+    ]
+    assert lines(netns, "filter", "-A FORWARD") == ["-A FORWARD -m comment --comment forwarding -j KUBE-FORWARD"]
+    assert lines(netns, "nat", "FOREIGN")[1:] == foreign_before[1:]
+
+    again = netns.module("iptables_chain", diff=True, chains=baseline_chains())
+    assert not again["changed"] and again["commands"] == [], again
+    assert again["diff"]["before"] == again["diff"]["after"]
+
+
+def test_bad_chain_spec_fails_the_call_and_applies_nothing(netns):
+    netns.sh("ipset create KUBE-LOOP-BACK hash:ip,port,ip")
+    before = netns.sh("iptables-save | grep -v '^#' || true")
+    chains = baseline_chains()
+    chains.append({"table": "filter", "chain": "KUBE-FORWARD", "rules": ["-j ACCEPT"]})
+    chains.append({"table": "filter", "chain": "KUBE-BAD", "rules": ["--dport 80 -j ACCEPT"]})
+    result = netns.module("iptables_chain", chains=chains)
+    assert result.get("failed") and "listed more than once" in result["msg"] and "KUBE-BAD" in result["msg"], result
+    rejected = netns.module(
+        "iptables_chain", chains=[*baseline_chains(), {"table": "filter", "chain": "KUBE-X", "rules": ["-j DNAT"]}]
+    )
+    assert rejected.get("failed") and "nothing was applied" in rejected["msg"], rejected
+    assert netns.sh("iptables-save | grep -v '^#' || true") == before
+
+
+def test_check_mode_validates_rules_on_sets_the_node_does_not_have_yet(netns):
+    """On a fresh node the ipset task only pretended to create KUBE-LOOP-BACK in check mode."""
+    checked = netns.module("iptables_chain", check_mode=True, diff=True, chains=baseline_chains())
+    assert checked["changed"] and not checked.get("failed"), checked
+    # ansible-core 2.19 reports warnings as structured events: look for the set in their text.
+    assert "ipset KUBE-LOOP-BACK does not exist" in str(checked.get("warnings")), checked
+    assert "-m set --match-set KUBE-LOOP-BACK dst,dst,src -j MASQUERADE" in checked["diff"]["after"]
+    assert netns.sh("ipset list -n").split() == [], "check mode created a set on the node"
+    assert not lines(netns, "nat", "KUBE-"), "check mode changed the table"
+    # A rule iptables rejects still fails in check mode, stand-in or not.
+    bad = netns.module(
+        "iptables_chain",
+        check_mode=True,
+        chains=[{"table": "nat", "chain": "KUBE-X", "rules": ["-m set --match-set KUBE-LOOP-BACK dst -j DNAT"]}],
+    )
+    assert bad.get("failed") and "nothing was applied" in bad["msg"], bad
+    # For real, the missing set is a clear failure.
+    real = netns.module("iptables_chain", chains=baseline_chains())
+    assert real.get("failed") and "ipset KUBE-LOOP-BACK, which does not exist" in real["msg"], real
+    assert not lines(netns, "nat", "KUBE-")

@@ -220,3 +220,44 @@ def test_bitmap_ip_range_is_checked_for_every_entry():
         ipset.normalise_entries(
             ["10.0.0.1", "10.0.1.1"], "bitmap:ip", "inet", ipset.parse_range("10.0.0.0/24", "bitmap:ip")
         )
+
+
+def test_parse_save_all_reads_only_the_named_sets_in_one_pass():
+    current = ipset.parse_save_all(SAVE, ["KUBE-LOOP-BACK", "c", "MISSING"])
+    assert set(current) == {"KUBE-LOOP-BACK", "c", "MISSING"}
+    assert current["KUBE-LOOP-BACK"] == ipset.parse_save(SAVE, "KUBE-LOOP-BACK")
+    assert current["c"] == ipset.parse_save(SAVE, "c")
+    assert current["MISSING"] == (None, set())
+
+
+def test_set_specs_take_left_out_keys_from_the_top_level():
+    params = dict.fromkeys(ipset.INHERITED_KEYS)
+    params.update(family="inet6", hashsize=2048, state="present", exclusive=False)
+    params["sets"] = [
+        dict(dict.fromkeys(ipset.INHERITED_KEYS), name="A", type="hash:ip", members=None, members_file=None),
+        dict(dict.fromkeys(ipset.INHERITED_KEYS), name="B", family="inet", exclusive=True, members=["x"]),
+    ]
+    first, second = ipset.merge_set_specs(params)
+    assert (first["family"], first["hashsize"], first["exclusive"], first["type"]) == ("inet6", 2048, False, "hash:ip")
+    assert (second["family"], second["exclusive"], second["members"]) == ("inet", True, ["x"])
+
+
+def test_single_set_params_are_a_one_element_spec_list():
+    params = dict.fromkeys(ipset.INHERITED_KEYS, None)
+    params.update(name="S", members=["10.0.0.1"], members_file=None, sets=None)
+    (only,) = ipset.merge_set_specs(params)
+    assert (only["name"], only["members"]) == ("S", ["10.0.0.1"])
+    assert set(only) == {"name", "members", "members_file", *ipset.INHERITED_KEYS}
+
+
+def test_batch_locates_the_set_of_a_refused_line():
+    batch = ipset.Batch()
+    batch.add("A", "create", "create A hash:ip\nadd A 10.0.0.1\n")
+    batch.add("B", "none", "")
+    batch.add("C", "incremental", "add C 10.0.0.2\n")
+    assert batch.text == "create A hash:ip\nadd A 10.0.0.1\nadd C 10.0.0.2\n"
+    assert batch.locate(2) == ("A", "create", [])
+    assert batch.locate(3) == ("C", "incremental", ["A"])
+    assert batch.locate(4) is None
+    assert ipset.failed_line("ipset v7.17: Error in line 12: Element cannot be added") == 12
+    assert ipset.duplicate_names(["A", "B", "A", "C", "B", "A"]) == ["A", "B"]

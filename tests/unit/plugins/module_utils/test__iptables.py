@@ -234,3 +234,45 @@ def test_unmanaged_content_only_creates_the_chain_and_manages_jumps():
     state.chains["KUBE-SERVICES"] = "-"
     state.set_rules("KUBE-SERVICES", [("-j", "RETURN")])
     assert not ipt.plan_chain(state, "nat", "KUBE-SERVICES", None, [jump]).changed
+
+
+def test_chain_specs_take_table_and_state_from_the_top_level():
+    params = {"table": "nat", "state": "present", "chain": None, "rules": None, "jumps": []}
+    params["chains"] = [
+        {"chain": "A", "table": None, "rules": ["-j RETURN"], "jumps": None, "state": None},
+        {"chain": "B", "table": "filter", "rules": None, "jumps": [], "state": "absent"},
+    ]
+    first, second = ipt.merge_chain_specs(params)
+    assert first == {"table": "nat", "chain": "A", "rules": ["-j RETURN"], "jumps": [], "state": "present"}
+    assert (second["table"], second["state"]) == ("filter", "absent")
+    single = dict(params, chains=None, chain="C", rules=["-j ACCEPT"])
+    assert ipt.merge_chain_specs(single) == [
+        {"table": "nat", "chain": "C", "rules": ["-j ACCEPT"], "jumps": [], "state": "present"}
+    ]
+
+
+def test_merged_plans_declare_every_chain_before_any_rule_or_jump():
+    state = ipt.parse_save("*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n", "nat")
+    masq = ipt.plan_chain(state, "nat", "KUBE-MARK-MASQ", [("-j", "MARK", "--set-xmark", "0x4000/0x4000")], [])
+    test = ipt.plan_chain(
+        state,
+        "nat",
+        "KUBE-TEST",
+        [("-s", "10.0.0.1/32", "-j", "KUBE-MARK-MASQ")],
+        [("PREROUTING", "first", ("-j", "KUBE-TEST"))],
+    )
+    services = ipt.plan_chain(state, "nat", "KUBE-SERVICES", None, [("PREROUTING", "first", ("-j", "KUBE-SERVICES"))])
+    merged = ipt.merge_plans([test, masq, services])
+    assert merged.render("nat").splitlines() == [
+        "*nat",
+        ":KUBE-TEST - [0:0]",
+        ":KUBE-MARK-MASQ - [0:0]",
+        ":KUBE-SERVICES - [0:0]",
+        "-A KUBE-TEST -s 10.0.0.1/32 -j KUBE-MARK-MASQ",
+        "-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000",
+        # inserted first in turn: KUBE-SERVICES ends up above KUBE-TEST, as two runs in this order would
+        "-I PREROUTING 1 -j KUBE-TEST",
+        "-I PREROUTING 1 -j KUBE-SERVICES",
+        "COMMIT",
+    ]
+    assert ipt.merge_plans([ipt.ChainPlan()]).render("nat") == ""

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import pytest
+from ansible_collections.kubeipvs.node.plugins.module_utils import _ipset as ipset_lib
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
 from ansible_collections.kubeipvs.node.plugins.modules import ipset as ipset_module
 
@@ -32,6 +33,7 @@ class FakeModule:
                 "diff_limit": 50,
                 "state": "present",
                 "type": None,
+                "sets": None,
             },
             **params,
         )
@@ -58,7 +60,7 @@ def test_check_mode_reads_and_plans_but_never_restores():
         members=["10.0.0.1,80", "10.0.0.2,udp:53"],
         exclusive=True,
     )
-    result = ipset_module.ensure_set(module)
+    result = ipset_module.ensure_sets(module)
     assert (result["changed"], result["method"], result["added_count"]) == (True, "incremental", 1)
     assert [argv[0] for argv, _data in module.commands] == ["save"]
     assert "10.0.0.2,udp:53" in result["diff"]["after"]
@@ -66,7 +68,7 @@ def test_check_mode_reads_and_plans_but_never_restores():
 
 def test_converged_set_is_one_read_and_no_write():
     module = FakeModule(outputs={"save": (0, SAVED, "")}, name="S", type="hash:ip,port", members=["10.0.0.1,80"])
-    result = ipset_module.ensure_set(module)
+    result = ipset_module.ensure_sets(module)
     assert not result["changed"]
     assert module.commands == [(["save", "S"], None)]
 
@@ -79,7 +81,7 @@ def test_changes_go_in_one_restore_batch():
         members=["10.0.0.2,80", "10.0.0.3,80"],
         exclusive=True,
     )
-    ipset_module.ensure_set(module)
+    ipset_module.ensure_sets(module)
     restores = [data for argv, data in module.commands if argv[0] == "restore"]
     assert len(restores) == 1
     assert sorted(restores[0].splitlines()) == [
@@ -95,7 +97,7 @@ def test_destroy_is_refused_while_iptables_references_the_set():
         outputs={"save": (0, SAVED, ""), "iptables-save": (0, f"*nat\n{rule}\nCOMMIT\n", "")}, name="S", state="absent"
     )
     with pytest.raises(KubeIpvsError, match="match-set S dst,dst,src") as error:
-        ipset_module.ensure_set(module)
+        ipset_module.ensure_sets(module)
     assert error.value.details["referencing_rules"] == [f"iptables-save nat: {rule}"]
     assert not any(argv[0] in ("destroy", "restore") for argv, _data in module.commands)
 
@@ -108,7 +110,7 @@ def test_type_the_node_does_not_know_fails_before_any_change():
         members=["10.0.0.0/8,eth0"],
     )
     with pytest.raises(KubeIpvsError, match="not supported by the ipset tool"):
-        ipset_module.ensure_set(module)
+        ipset_module.ensure_sets(module)
     assert not any(argv[0] == "restore" for argv, _data in module.commands)
 
 
@@ -122,4 +124,108 @@ def test_kernel_refusal_is_explained():
         state="absent",
     )
     with pytest.raises(KubeIpvsError, match="list:set"):
-        ipset_module.ensure_set(module)
+        ipset_module.ensure_sets(module)
+
+
+ALL_SAVED = (
+    "create FOREIGN hash:ip family inet hashsize 1024 maxelem 65536\nadd FOREIGN 192.0.2.1\n"
+    "create A hash:ip,port family inet hashsize 1024 maxelem 65536\nadd A 10.0.0.1,tcp:80\n"
+    "create P bitmap:port range 0-65535\n"
+)
+
+
+def bulk(check_mode=False, outputs=None, sets=(), **params):
+    return FakeModule(check_mode=check_mode, outputs=outputs or {"save": (0, ALL_SAVED, "")}, sets=list(sets), **params)
+
+
+def spec(name, **keys):
+    """A set spec as Ansible hands it over: every suboption present, unset ones None."""
+    return dict(
+        dict.fromkeys(("members", "members_file", *ipset_lib.INHERITED_KEYS)),
+        name=name,
+        **keys,
+    )
+
+
+def test_many_sets_are_one_read_one_restore_and_results_per_set():
+    module = bulk(
+        sets=[
+            spec("A", type="hash:ip,port", members=["10.0.0.2,80"]),  # one member added in place
+            spec("P", type="bitmap:port", range="0-65535"),  # converged
+            spec("N6", type="hash:ip", family="inet6", members=["2001:db8::1"]),  # created
+            spec("B", type="hash:ip"),  # created, family inherited from the top level
+        ],
+        family="inet",
+    )
+    result = ipset_module.ensure_sets(module)
+    assert [argv for argv, _data in module.commands if argv[0] == "save"] == [["save"]]
+    restores = [data for argv, data in module.commands if argv[0] == "restore"]
+    assert len(restores) == 1
+    assert restores[0].splitlines() == [
+        "add A 10.0.0.2,tcp:80",
+        "create N6 hash:ip family inet6 hashsize 1024 maxelem 65536",
+        "add N6 2001:db8::1",
+        "create B hash:ip family inet hashsize 1024 maxelem 65536",
+    ]
+    assert [(one["name"], one["method"]) for one in result["sets"]] == [
+        ("A", "incremental"),
+        ("P", "none"),
+        ("N6", "create"),
+        ("B", "create"),
+    ]
+    assert result["changed_sets"] == ["A", "N6", "B"] and (result["added_count"], result["removed_count"]) == (2, 0)
+    assert "method" not in result
+    assert "# ipset N6\n" in result["diff"]["after"] and "# ipset P\n" not in result["diff"]["after"]
+    assert result["diff"]["after"].endswith("# 1 of 4 sets unchanged\n")
+
+
+def test_bulk_check_mode_reads_once_and_never_restores():
+    module = bulk(check_mode=True, sets=[spec("A", type="hash:ip,port"), spec("C", type="hash:ip")])
+    result = ipset_module.ensure_sets(module)
+    assert result["changed_sets"] == ["C"]
+    # one read of every set, the node's type list (C is new), and no write
+    assert [argv[0] for argv, _data in module.commands] == ["save", "help"]
+
+
+def test_every_invalid_spec_is_reported_and_nothing_is_read_or_changed():
+    module = bulk(
+        sets=[
+            spec("A", type="hash:ip,port", members=["10.0.0.2,80"]),
+            spec("A", type="hash:ip,port"),
+            spec("BAD", type="hash:ip,port", members=["10.0.0.3"]),
+            spec("NOTYPE"),
+            spec("R", type="hash:ip", range="0-10"),
+        ]
+    )
+    with pytest.raises(KubeIpvsError) as error:
+        ipset_module.ensure_sets(module)
+    problems = error.value.details["problems"]
+    assert problems[0] == "set names listed more than once: A"
+    assert "sets[2] (BAD)" in problems[1] and "10.0.0.3" in problems[1]
+    assert "sets[3] (NOTYPE): type is required" in problems[2]
+    assert "sets[4] (R)" in problems[3] and "range" in problems[3]
+    assert module.commands == []
+
+
+def test_bulk_destroy_of_a_referenced_set_is_refused_before_any_change():
+    rule = "-A KUBE-POSTROUTING -m set --match-set A dst,dst -j MASQUERADE"
+    module = bulk(
+        outputs={"save": (0, ALL_SAVED, ""), "iptables-save": (0, f"*nat\n{rule}\nCOMMIT\n", "")},
+        sets=[spec("C", type="hash:ip"), spec("A", state="absent"), spec("P", state="absent")],
+    )
+    with pytest.raises(KubeIpvsError, match="cannot destroy set A") as error:
+        ipset_module.ensure_sets(module)
+    assert error.value.details["referencing_rules"] == [f"iptables-save nat: {rule}"]
+    assert not any(argv[0] == "restore" for argv, _data in module.commands)
+
+
+def test_a_refused_line_names_its_set_and_what_was_applied_before_it():
+    module = bulk(
+        outputs={
+            "save": (0, ALL_SAVED, ""),
+            "restore": (1, "", "ipset v7.17: Error in line 3: Hash is full, cannot add more elements"),
+        },
+        sets=[spec("C", type="hash:ip", members=["10.0.0.1"]), spec("D", type="hash:ip", members=["10.0.0.2"])],
+    )
+    with pytest.raises(KubeIpvsError, match=r"set D failed \(create\).*changes to C .* were applied"):
+        ipset_module.ensure_sets(module)

@@ -23,7 +23,15 @@ COMMIT
 class FakeModule:
     def __init__(self, tmp_path, check_mode=False, outputs=None, **params):
         self.params = dict(
-            {"table": "nat", "rules": None, "jumps": [], "family": "ipv4", "backend": "nft", "state": "present"},
+            {
+                "table": "nat",
+                "rules": None,
+                "jumps": [],
+                "family": "ipv4",
+                "backend": "nft",
+                "state": "present",
+                "chains": None,
+            },
             **params,
         )
         self.check_mode = check_mode
@@ -31,6 +39,10 @@ class FakeModule:
         self.tmpdir = str(tmp_path)
         self.outputs = outputs or {}
         self.commands = []
+        self.warnings = []
+
+    def warn(self, message):
+        self.warnings.append(message)
 
     def get_bin_path(self, name, required=False):
         return f"/usr/sbin/{name}"
@@ -52,7 +64,7 @@ def test_converged_chain_reads_once_and_writes_nothing(tmp_path):
         chain="KUBE-MARK-MASQ",
         rules=["-j MARK --or-mark 0x4000"],
     )
-    result = iptables_chain.ensure_chain(module)
+    result = iptables_chain.ensure_chains(module)
     assert not result["changed"] and result["commands"] == []
     assert tools(module) == ["iptables-nft-save"]
 
@@ -66,7 +78,7 @@ def test_check_mode_canonicalises_but_never_restores_on_the_node(tmp_path):
         chain="KUBE-MARK-MASQ",
         rules=["-j MARK --or-mark 0x8000"],
     )
-    result = iptables_chain.ensure_chain(module)
+    result = iptables_chain.ensure_chains(module)
     assert result["changed"]
     assert tools(module) == ["iptables-nft-save", "unshare"]
     assert "-A KUBE-MARK-MASQ -j MARK --set-xmark 0x8000/0x8000" in result["diff"]["after"]
@@ -81,7 +93,7 @@ def test_change_is_one_noflush_restore(tmp_path):
         chain="KUBE-MARK-MASQ",
         rules=["-j MARK --or-mark 0x8000"],
     )
-    iptables_chain.ensure_chain(module)
+    iptables_chain.ensure_chains(module)
     assert tools(module) == ["iptables-nft-save", "unshare", "iptables-nft-restore"]
     assert module.commands[-1][1].splitlines() == [
         "*nat",
@@ -99,7 +111,7 @@ def test_rule_iptables_rejects_fails_before_the_node_is_touched(tmp_path):
         rules=["-j DNAT --to-destination 10.0.0.1"],
     )
     with pytest.raises(KubeIpvsError, match="nothing was applied: iptables-restore: line 3 failed"):
-        iptables_chain.ensure_chain(module)
+        iptables_chain.ensure_chains(module)
     assert "iptables-nft-restore" not in tools(module)
 
 
@@ -111,5 +123,130 @@ def test_jump_from_a_chain_that_is_not_built_in_is_refused(tmp_path):
         jumps=[{"chain": "FOREIGN", "position": "first", "args": "", "comment": None}],
     )
     with pytest.raises(KubeIpvsError, match="built-in chains of nat are PREROUTING, INPUT, OUTPUT, POSTROUTING"):
-        iptables_chain.ensure_chain(module)
+        iptables_chain.ensure_chains(module)
     assert module.commands == []
+
+
+SAVED_FILTER = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:KUBE-FORWARD - [0:0]\nCOMMIT\n"
+
+
+class PerTableModule(FakeModule):
+    """iptables-nft-save answers per table (-t TABLE); the scratch round trip prints back the batch it
+    was given (the rules are already in printed form), as iptables-save in the namespace would."""
+
+    def run_command(self, argv, data=None, **kwargs):
+        tool = argv[0].rsplit("/", 1)[-1]
+        if tool == "iptables-nft-save":
+            self.commands.append((f"save {argv[-1]}", data))
+            return (0, {"nat": SAVED, "filter": SAVED_FILTER}[argv[-1]], "")
+        if tool == "unshare":
+            with open(argv[-3]) as rules_file:
+                self.commands.append((f"unshare {argv[-1]}", None))
+                return (0, rules_file.read(), "")
+        return super().run_command(argv, data, **kwargs)
+
+
+def chain(table, name, rules=None, jumps=(), state=None):
+    return {"table": table, "chain": name, "rules": rules, "jumps": list(jumps), "state": state}
+
+
+def jump(parent, comment):
+    return {"chain": parent, "position": "first", "args": "", "comment": comment}
+
+
+def test_many_chains_read_each_table_once_and_restore_once_per_table(tmp_path):
+    module = PerTableModule(
+        tmp_path,
+        chains=[
+            chain("nat", "KUBE-MARK-MASQ", ["-j MARK --or-mark 0x4000"]),  # converged
+            chain("nat", "KUBE-SERVICES", jumps=[jump("OUTPUT", "portals"), jump("PREROUTING", "portals")]),
+            chain("filter", "KUBE-FORWARD", jumps=[jump("FORWARD", "forwarding")]),
+        ],
+    )
+    result = iptables_chain.ensure_chains(module)
+    # every table is read and validated before the first one is written
+    assert [tool for tool, _data in module.commands] == [
+        "save nat",
+        "unshare nat",
+        "save filter",
+        "unshare filter",
+        "iptables-nft-restore",
+        "iptables-nft-restore",
+    ]
+    nat_batch, filter_batch = (data for tool, data in module.commands if tool == "iptables-nft-restore")
+    assert nat_batch.splitlines() == [
+        "*nat",
+        ":KUBE-SERVICES - [0:0]",
+        "-I OUTPUT 1 -m comment --comment portals -j KUBE-SERVICES",
+        "-I PREROUTING 1 -m comment --comment portals -j KUBE-SERVICES",
+        "COMMIT",
+    ]
+    assert filter_batch.splitlines() == [
+        "*filter",
+        "-I FORWARD 1 -m comment --comment forwarding -j KUBE-FORWARD",
+        "COMMIT",
+    ]
+    assert [one["changed"] for one in result["chains"]] == [False, True, True]
+    assert "rules" not in result and result["backend"] == "nft"
+    assert result["diff"]["after"].endswith("# 1 of 3 chains unchanged\n")
+    assert "# nat/KUBE-MARK-MASQ" not in result["diff"]["after"]
+
+
+def test_every_invalid_chain_spec_is_reported_before_anything_is_read(tmp_path):
+    module = FakeModule(
+        tmp_path,
+        chains=[
+            chain("nat", "KUBE-MARK-MASQ", ["-j MARK --or-mark 0x4000"]),
+            chain("nat", "KUBE-MARK-MASQ", []),
+            chain("nat", "POSTROUTING", []),
+            chain("filter", "KUBE-X", ["--dport 80 -j ACCEPT"]),
+            chain("nat", "KUBE-SERVICES", jumps=[jump("FORWARD", "x")]),
+            chain("filter", "KUBE-Y", ["-j KUBE-OLD"]),
+            chain("filter", "KUBE-OLD", state="absent"),
+        ],
+    )
+    with pytest.raises(KubeIpvsError) as error:
+        iptables_chain.ensure_chains(module)
+    problems = error.value.details["problems"]
+    assert len(problems) == 5, problems
+    assert "chains[1] (nat/KUBE-MARK-MASQ): listed more than once" in problems
+    assert any("built-in chain of nat" in problem for problem in problems)
+    assert any("needs a protocol" in problem for problem in problems)
+    assert any("jump from FORWARD is not possible" in problem for problem in problems)
+    assert "filter/KUBE-Y: its rules jump to KUBE-OLD, which this call removes" in problems
+    assert module.commands == []
+
+
+def test_check_mode_uses_a_stand_in_for_a_set_the_node_does_not_have(tmp_path):
+    scratch = (
+        "*nat\n:KUBE-POSTROUTING - [0:0]\n-A KUBE-POSTROUTING -m set --match-set LB dst,dst,src -j MASQUERADE\nCOMMIT\n"
+    )
+    outputs = {
+        "iptables-nft-save": (0, SAVED, ""),
+        "ipset": (1, "", "ipset v7.17: The set with the given name does not exist"),
+        "unshare": (0, scratch, ""),
+    }
+    args = {"chain": "KUBE-POSTROUTING", "rules": ["-m set --match-set LB dst,dst,src -j MASQUERADE"]}
+    checked = FakeModule(tmp_path, check_mode=True, outputs=outputs, **args)
+    result = iptables_chain.ensure_chains(checked)
+    assert result["changed"] and tools(checked) == ["iptables-nft-save", "ipset", "unshare"]
+    assert len(checked.warnings) == 1 and "ipset LB does not exist" in checked.warnings[0]
+
+    real = FakeModule(tmp_path, outputs=outputs, **args)
+    with pytest.raises(KubeIpvsError, match="ipset LB, which does not exist on the node"):
+        iptables_chain.ensure_chains(real)
+    assert tools(real) == ["iptables-nft-save", "ipset"]
+
+
+def test_stand_in_sets_match_the_rule_dimension_and_family():
+    from ansible_collections.kubeipvs.node.plugins.module_utils import _iptables as iptables_lib
+
+    rules = [
+        ("-m", "set", "--match-set", "LB", "dst,dst,src", "-j", "MASQUERADE"),
+        ("-m", "set", "!", "--match-set", "IPS", "dst", "-j", "ACCEPT"),
+        ("-m", "set", "--match-set", "PORTS", "dst,dst", "-j", "ACCEPT"),
+    ]
+    dimensions = iptables_lib.set_dimensions(rules)
+    assert dimensions == {"LB": 3, "IPS": 1, "PORTS": 2}
+    assert iptables_lib.stand_in_set_line("LB", 3, "ipv6") == "create LB hash:ip,port,ip family inet6"
+    assert iptables_lib.stand_in_set_line("IPS", 1, "ipv4") == "create IPS hash:ip family inet"
