@@ -2,9 +2,12 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 """iptables: parse ``iptables-save`` output, normalise rules the way iptables prints them, plan the
-content of owned chains and the jumps into them, and render one ``iptables-restore --noflush`` batch.
+content of owned chains and the jumps into them, render one ``iptables-restore --noflush`` batch, and
+find a node's backends (nf_tables or legacy) and their save/restore commands.
 
-Pure logic only (no Ansible import). Normalisation covers the forms this collection writes (see
+No Ansible import: commands are found through ``which(name) -> path or None`` and run through
+``run(argv) -> (rc, stdout, stderr)`` (the module passes get_bin_path and run_command), and /proc
+is read below ``proc_root`` so tests can give a fake one. Normalisation covers the forms this collection writes (see
 ``normalise_rule``); anything it does not know is canonicalised by the module through a round
 trip in a scratch network namespace, so a second run never changes anything.
 """
@@ -12,6 +15,7 @@ trip in a scratch network namespace, so a second run never changes anything.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import shlex
 
@@ -522,3 +526,104 @@ def describe_many(described, total):
         "before": "".join(f"# {label}\n{before}" for label, before, _after in described) + unchanged,
         "after": "".join(f"# {label}\n{after}" for label, _before, after in described) + unchanged,
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Backends: which save/restore commands, which backend holds a table
+
+
+COMMAND = {"ipv4": "iptables", "ipv6": "ip6tables"}
+# Tables the legacy (x_tables) backend has in this network namespace; the nf_tables backend has no such list.
+LEGACY_TABLES_FILE = {"ipv4": "/proc/net/ip_tables_names", "ipv6": "/proc/net/ip6_tables_names"}
+
+
+class BackendTools:
+    """save/restore commands of one backend and family (``iptables-nft-save``, ``ip6tables-legacy-restore``...).
+
+    With ``plain_fallback`` a missing command is replaced by its plain name (``iptables-save``), which
+    older distributions ship alone. ``save`` or ``restore`` is None when not found; ``require`` fails then.
+    """
+
+    def __init__(self, which, backend, family, plain_fallback=True):
+        command = COMMAND[family]
+        self.backend = backend
+        self.family = family
+        self.save = which(f"{command}-{backend}-save")
+        self.restore = which(f"{command}-{backend}-restore")
+        if plain_fallback:
+            self.save = self.save or which(f"{command}-save")
+            self.restore = self.restore or which(f"{command}-restore")
+
+    def require(self):
+        if not self.save or not self.restore:
+            command = COMMAND[self.family]
+            raise KubeIpvsError(
+                f"{command}-save and {command}-restore are needed on the node ({self.backend} backend)"
+            )
+        return self
+
+
+def legacy_tables(family, proc_root="/"):
+    """Names of the tables the legacy backend has loaded; [] when none (or x_tables is not loaded).
+
+    Ask this before reading a legacy table: ``iptables-legacy-save -t TABLE`` creates an absent one
+    (and makes iptables-nft warn about legacy tables forever after).
+    """
+    try:
+        with open(os.path.join(proc_root, LEGACY_TABLES_FILE[family].lstrip("/"))) as handle:
+            return handle.read().split()
+    except OSError:
+        return []
+
+
+def default_backend(which, run, family):
+    """The backend the plain ``iptables`` (``ip6tables``) command uses: ``nft`` or ``legacy``."""
+    binary = which(COMMAND[family])
+    if not binary:
+        raise KubeIpvsError("iptables is not installed on the node")
+    # Debian's alternatives resolve to xtables-legacy-multi or xtables-nft-multi; only the file
+    # name says which (a directory on the way may be called anything).
+    target = os.path.basename(os.path.realpath(binary))
+    if "legacy" in target:
+        return "legacy"
+    if "nft" in target:
+        return "nft"
+    out = run([binary, "--version"])[1]
+    return "legacy" if "legacy" in out else "nft"
+
+
+def read_table(run, tools, table):
+    """TableState of ``table`` through ``tools.save``; empty when the table does not exist."""
+    rc, out, err = run([tools.save, "-t", table])
+    if rc != 0:
+        if "does not exist" in err:
+            return TableState()
+        raise KubeIpvsError(f"{tools.save} -t {table} failed: {err.strip()}", rc=rc)
+    return parse_save(out, table)
+
+
+def choose_backend(which, run, family, backend, table, names, proc_root="/"):
+    """(BackendTools, TableState of ``table``) for ``backend`` nft, legacy or auto.
+
+    auto: the backend whose table holds KUBE- chains (or one of ``names``) wins, else the default one.
+    The other backend is read only when its own save command exists and, for legacy, when the
+    table is already loaded.
+    """
+    if backend != "auto":
+        tools = BackendTools(which, backend, family).require()
+        return tools, read_table(run, tools, table)
+    default = default_backend(which, run, family)
+    tools = BackendTools(which, default, family).require()
+    state = read_table(run, tools, table)
+    if kube_chains(state) or any(name in state.chains for name in names):
+        return tools, state
+    other = "legacy" if default == "nft" else "nft"
+    if other == "legacy" and table not in legacy_tables(family, proc_root):
+        # Reading an unloaded legacy table would create it (and make iptables-nft warn forever after).
+        return tools, state
+    if which(f"{COMMAND[family]}-{other}-save"):
+        other_tools = BackendTools(which, other, family).require()
+        other_state = read_table(run, other_tools, table)
+        if kube_chains(other_state) or any(name in other_state.chains for name in names):
+            return other_tools, other_state
+    return tools, state

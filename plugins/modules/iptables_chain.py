@@ -223,6 +223,7 @@ commands:
   sample: ["*nat", ":KUBE-MARK-MASQ - [0:0]", "-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000", "COMMIT"]
 """
 
+import functools
 import os
 import tempfile
 
@@ -233,75 +234,8 @@ from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeI
 LOCK_WAIT_SECONDS = "5"
 
 
-class Tools:
-    """The save/restore commands of one backend and family."""
-
-    def __init__(self, module, backend, family):
-        prefix = "ip6tables" if family == "ipv6" else "iptables"
-        self.backend = backend
-        self.save = module.get_bin_path(f"{prefix}-{backend}-save") or module.get_bin_path(f"{prefix}-save")
-        self.restore = module.get_bin_path(f"{prefix}-{backend}-restore") or module.get_bin_path(f"{prefix}-restore")
-        if not self.save or not self.restore:
-            raise KubeIpvsError(f"{prefix}-save and {prefix}-restore are needed on the node ({backend} backend)")
-
-
 def run(module, argv, data=None):
     return module.run_command(argv, data=data, binary_data=True, environ_update={"LC_ALL": "C"})
-
-
-def default_backend(module, family):
-    binary = module.get_bin_path("ip6tables" if family == "ipv6" else "iptables")
-    if not binary:
-        raise KubeIpvsError("iptables is not installed on the node")
-    target = os.path.realpath(binary)
-    if "legacy" in target:
-        return "legacy"
-    if "nft" in target:
-        return "nft"
-    out = run(module, [binary, "--version"])[1]
-    return "legacy" if "legacy" in out else "nft"
-
-
-def read_table(module, tools, table):
-    rc, out, err = run(module, [tools.save, "-t", table])
-    if rc != 0:
-        if "does not exist" in err or "Table does not exist" in err:
-            return iptables_lib.TableState()
-        raise KubeIpvsError(f"{tools.save} -t {table} failed: {err.strip()}", rc=rc)
-    return iptables_lib.parse_save(out, table)
-
-
-def legacy_table_loaded(family, table):
-    """Whether the legacy backend has the table in this network namespace (the kernel lists them in /proc)."""
-    path = "/proc/net/ip6_tables_names" if family == "ipv6" else "/proc/net/ip_tables_names"
-    try:
-        with open(path) as handle:
-            return table in handle.read().split()
-    except OSError:
-        return False
-
-
-def choose_backend(module, family, backend, table, names):
-    """(tools, current table): the backend holding KUBE- chains (or one of ``names``) wins; else the default one."""
-    if backend != "auto":
-        tools = Tools(module, backend, family)
-        return tools, read_table(module, tools, table)
-    default = default_backend(module, family)
-    tools = Tools(module, default, family)
-    state = read_table(module, tools, table)
-    if iptables_lib.kube_chains(state) or any(name in state.chains for name in names):
-        return tools, state
-    other = "legacy" if default == "nft" else "nft"
-    prefix = "ip6tables" if family == "ipv6" else "iptables"
-    if other == "legacy" and not legacy_table_loaded(family, table):
-        # Reading an unloaded legacy table would create it (and make iptables-nft warn forever after).
-        return tools, state
-    if module.get_bin_path(f"{prefix}-{other}-save"):
-        other_tools = Tools(module, other, family)
-        other_state = read_table(module, other_tools, table)
-        if iptables_lib.kube_chains(other_state) or any(name in other_state.chains for name in names):
-            return other_tools, other_state
-    return tools, state
 
 
 class DesiredChain:
@@ -488,7 +422,10 @@ def ensure_chains(module):
     planned = {}
     for table in tables:
         wanted = [one for one in desired if one.table == table]
-        tools, state = choose_backend(module, family, params["backend"], table, [one.chain for one in wanted])
+        tools, state = iptables_lib.choose_backend(
+            module.get_bin_path, functools.partial(run, module), family, params["backend"], table,
+            [one.chain for one in wanted],
+        )
         planned[table] = (tools, state, plan_table(module, tools, table, state, family, wanted))
 
     commands, applied = [], []
