@@ -1,0 +1,209 @@
+#!/usr/bin/python
+# Copyright (c) kubeipvs.node contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: dataplane_facts
+short_description: Report which kube-proxy mode a node's dataplane is in
+version_added: 0.1.0
+author: kubeipvs.node maintainers (@kubeipvs)
+description:
+  - Reads the node once and reports what kube-proxy left in the kernel - IPVS services (and which
+    of them are owned), the addresses on C(kube-ipvs0), kube-proxy's ipsets, iptables-mode and
+    ipvs-mode chains per table, family and iptables backend, nftables C(kube-proxy) tables, loaded
+    kernel modules and conntrack usage - and the mode those imply.
+  - The mode is V(iptables), V(ipvs), V(nftables), V(none), or V(mixed) when more than one shows
+    (for example in the middle of a mode switch); RV(dataplane.modes) lists them and
+    RV(dataplane.evidence) says why.
+  - Chains both kube-proxy modes create (nat C(KUBE-SERVICES), C(KUBE-POSTROUTING),
+    C(KUBE-MARK-MASQ), filter C(KUBE-FORWARD), C(KUBE-PROXY-FIREWALL)) prove no mode by themselves.
+  - Read-only; never loads a kernel module. When C(ip_vs) is not loaded the IPVS part is empty.
+    IPVS and links are read with the collection's own netlink code (no pyroute2 needed); if they
+    cannot be read the IPVS part is reported as unknown with a warning and the rest still works.
+  - Also sets the fact C(kubeipvs_dataplane).
+extends_documentation_fragment:
+  - kubeipvs.node.attributes
+attributes:
+  check_mode:
+    support: full
+    details: Read-only, the same in check mode.
+  diff_mode:
+    support: none
+options:
+  scope:
+    description: Which IPVS services count as owned (kube-proxy's).
+    type: dict
+    default: {}
+    suboptions:
+      cidrs:
+        description: Services whose virtual IP lies in one of these networks are owned (the service CIDRs, node IPs).
+        type: list
+        elements: str
+        default: []
+      dummy_interface:
+        description: Services whose virtual IP is an address on this link are owned.
+        type: str
+        default: kube-ipvs0
+  family:
+    description: Address families to look at.
+    type: str
+    choices: [ipv4, ipv6, both]
+    default: both
+notes:
+  - Needs root. Reads C(iptables-save)/C(ip6tables-save) (nft backend, and the legacy backend
+    only for tables the kernel already has), C(ipset list -n), C(nft -j list tables), /proc/modules
+    and the conntrack sysctls.
+"""
+
+EXAMPLES = r"""
+- name: What is this node running?
+  kubeipvs.node.dataplane_facts:
+    scope:
+      cidrs: [10.96.0.0/12]
+
+- name: Stop when the node is half-switched
+  ansible.builtin.assert:
+    that: kubeipvs_dataplane.mode != 'mixed'
+    fail_msg: "leftovers of {{ kubeipvs_dataplane.modes }}: {{ kubeipvs_dataplane.evidence }}"
+"""
+
+RETURN = r"""
+dataplane:
+  description: The node's kube-proxy dataplane (also returned as the fact C(kubeipvs_dataplane)).
+  returned: always
+  type: dict
+  contains:
+    mode:
+      description: V(iptables), V(ipvs), V(nftables), V(none) or V(mixed).
+      type: str
+      sample: ipvs
+    modes:
+      description: Every mode that shows on the node.
+      type: list
+      elements: str
+      sample: [ipvs]
+    evidence:
+      description: Per mode, the objects that prove it (chains as table/name, ipsets, IPVS services, links, tables).
+      type: dict
+      sample: {iptables: [], ipvs: ["nat/KUBE-LOAD-BALANCER", "ipset KUBE-CLUSTER-IP"], nftables: []}
+    ipvs:
+      description: IPVS services - total, owned, foreign, owned VIPs; C(known=false) when IPVS could not be read.
+      type: dict
+      sample: {loaded: true, known: true, services: 12, owned_services: 11, foreign_services: 1,
+               owned_vips: ["10.96.0.1"]}
+    dummy_interface:
+      description: The dummy link, whether it exists (null when unknown) and its addresses.
+      type: dict
+      sample: {name: kube-ipvs0, present: true, addresses: ["10.96.0.1", "10.96.0.10"]}
+    ipsets:
+      description: kube-proxy's ipsets present (C(kube_proxy)) and other C(KUBE-) sets no mode claims (C(other_kube)).
+      type: dict
+      sample: {kube_proxy: [KUBE-CLUSTER-IP, KUBE-LOOP-BACK], other_kube: []}
+    iptables:
+      description: >-
+        Per family, per backend and table, the C(KUBE-) chains other than per-service ones, and
+        the number of per-service chains (KUBE-SVC-, KUBE-SEP-, ...).
+      type: dict
+      sample: {ipv4: {nft: {nat: {chains: [KUBE-SERVICES, KUBE-POSTROUTING], service_chains: 42}}}}
+    nftables:
+      description: The C(kube-proxy) nftables tables present, as "family name".
+      type: list
+      elements: str
+      sample: ["ip kube-proxy"]
+    modules:
+      description: Loaded kernel modules that matter here (ip_vs*, nf_conntrack*, ip_set*, nf_tables, ...).
+      type: list
+      elements: str
+      sample: [ip_vs, ip_vs_rr, nf_conntrack]
+    conntrack:
+      description: Conntrack entries in use and the limit (null when nf_conntrack is not loaded).
+      type: dict
+      sample: {count: 112, max: 131072}
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.kubeipvs.node.plugins.module_utils import _dataplane as dp
+from ansible_collections.kubeipvs.node.plugins.module_utils._dataplane_node import NodeReader, validate_scope
+from ansible_collections.kubeipvs.node.plugins.module_utils._errors import run_module
+from ansible_collections.kubeipvs.node.plugins.module_utils._ipvs import IpvsKernel
+from ansible_collections.kubeipvs.node.plugins.module_utils._links import LinkKernel
+
+FAMILY_CHOICES = {"ipv4": ("ipv4",), "ipv6": ("ipv6",), "both": dp.FAMILIES}
+
+
+def make_reader(module, families):
+    def run(argv, data=None):
+        return module.run_command(argv, data=data, binary_data=True, environ_update={"LC_ALL": "C"})
+
+    return NodeReader(run, module.get_bin_path, families, ipvs_factory=IpvsKernel, link_factory=LinkKernel)
+
+
+def iptables_report(node, families):
+    report = {}
+    for family in families:
+        per_backend = report.setdefault(family, {})
+        for (backend, table), state in sorted(node.families[family].tables.items()):
+            kube = [name for name in state.chains if name.startswith("KUBE-")]
+            if not kube:
+                continue
+            per_backend.setdefault(backend, {})[table] = {
+                "chains": [name for name in kube if not dp.is_service_chain(name)],
+                "service_chains": sum(1 for name in kube if dp.is_service_chain(name)),
+            }
+    return report
+
+
+def gather(module):
+    cidrs, link = validate_scope(module.params["scope"] or {})
+    families = FAMILY_CHOICES[module.params["family"]]
+    reader = make_reader(module, families)
+    node, extra = reader.read(cidrs=cidrs, dummy_interface=link)
+    mode, modes, evidence = dp.infer_mode(node, families)
+    sets = node.families[families[0]].sets
+    own_sets = [name for family in families for name in dp.ipvs_set_names(family)]
+    dataplane = {
+        "mode": mode,
+        "modes": modes,
+        "evidence": evidence,
+        "ipvs": {
+            "loaded": reader.ipvs_loaded(),
+            "known": extra["ipvs_readable"],
+            "services": extra["ipvs_total"],
+            "owned_services": sum(len(node.families[family].ipvs_services) for family in families),
+            "foreign_services": extra["foreign_services"],
+            "owned_vips": sorted(extra["owned_vips"]),
+        },
+        "dummy_interface": {"name": link, "present": extra["dummy_exists"], "addresses": node.dummy_addresses},
+        "ipsets": {"kube_proxy": sorted(name for name in sets if name in own_sets),
+                   "other_kube": sorted(extra["other_kube_sets"])},
+        "iptables": iptables_report(node, families),
+        "nftables": [f"{dp.NFT_FAMILY[family]} {dp.NFT_TABLE}" for family in families
+                     if node.families[family].nft_table],
+        "modules": reader.loaded_modules(),
+        "conntrack": reader.conntrack(),
+    }
+    for warning in reader.warnings:
+        module.warn(warning)
+    return {"changed": False, "dataplane": dataplane, "ansible_facts": {"kubeipvs_dataplane": dataplane}}
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "scope": {"type": "dict", "default": {}, "options": {
+                "cidrs": {"type": "list", "elements": "str", "default": []},
+                "dummy_interface": {"type": "str", "default": "kube-ipvs0"},
+            }},
+            "family": {"type": "str", "choices": ["ipv4", "ipv6", "both"], "default": "both"},
+        },
+        supports_check_mode=True,
+    )
+    run_module(module, gather)
+
+
+if __name__ == "__main__":
+    main()

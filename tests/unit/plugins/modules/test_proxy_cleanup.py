@@ -1,0 +1,201 @@
+# Copyright (c) kubeipvs.node contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""proxy_cleanup and dataplane_facts with the system boundary faked: the iptables/ipset/nft
+commands answer from canned text, IPVS and links are the in-memory fakes of tests/unit/fakes."""
+
+from __future__ import annotations
+
+import functools
+import json
+import socket
+
+import pytest
+from ansible_collections.kubeipvs.node.plugins.module_utils import _dataplane_node
+from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
+from ansible_collections.kubeipvs.node.plugins.module_utils._ipvs_plan import (
+    AF_INET,
+    DEL_SERVICE,
+    PROTO_TCP,
+    PROTO_UDP,
+    Service,
+)
+from ansible_collections.kubeipvs.node.plugins.modules import dataplane_facts, proxy_cleanup
+from ansible_collections.kubeipvs.node.tests.unit.fakes.ipvs import FakeIpvsKernel, FakeLinkKernel
+
+SAVE_V4 = """*nat
+:PREROUTING ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:KUBE-SERVICES - [0:0]
+:KUBE-POSTROUTING - [0:0]
+:KUBE-NODEPORTS - [0:0]
+:KUBE-SVC-AAAA - [0:0]
+:FOREIGN-CHAIN - [0:0]
+-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-A POSTROUTING -j FOREIGN-CHAIN
+-A KUBE-SERVICES -m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT
+-A KUBE-SERVICES -d 10.96.0.1/32 -p tcp -m tcp --dport 443 -j KUBE-SVC-AAAA
+-A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS
+-A KUBE-POSTROUTING -m set --match-set KUBE-LOOP-BACK dst,dst,src -j MASQUERADE
+-A FOREIGN-CHAIN -m set --match-set FOREIGN-SET dst -j RETURN
+COMMIT
+*filter
+:INPUT ACCEPT [0:0]
+:KUBE-FIREWALL - [0:0]
+-A INPUT -j KUBE-FIREWALL
+COMMIT
+"""
+NFT_TABLES = json.dumps({"nftables": [{"metainfo": {"version": "1.0.6"}},
+                                      {"table": {"family": "ip", "name": "kube-proxy", "handle": 3}},
+                                      {"table": {"family": "ip", "name": "foreign", "handle": 4}}]})
+SETS = "KUBE-CLUSTER-IP\nKUBE-LOOP-BACK\nFOREIGN-SET\n"
+
+OWNED = [Service(AF_INET, PROTO_TCP, "10.96.0.1", 443), Service(AF_INET, PROTO_UDP, "10.97.0.10", 53)]
+FOREIGN = Service(AF_INET, PROTO_TCP, "192.0.2.50", 80)
+
+
+class FakeModule:
+    def __init__(self, check_mode=False, save_v4=SAVE_V4, **params):
+        self.params = dict({"scope": {"cidrs": ["10.96.0.0/12"], "dummy_interface": "kube-ipvs0"},
+                            "family": "ipv4"}, **params)
+        self.check_mode = check_mode
+        self._diff = True
+        self.outputs = {"iptables-nft-save": (0, save_v4, ""), "ipset": (0, SETS, ""), "nft": (0, NFT_TABLES, "")}
+        self.commands = []
+        self.warnings = []
+
+    def get_bin_path(self, name, required=False):
+        return f"/usr/sbin/{name}"
+
+    def run_command(self, argv, data=None, **_kwargs):
+        tool = argv[0].rsplit("/", 1)[-1]
+        self.commands.append((tool, *argv[1:]) if data is None else (tool, data))
+        if tool in ("ipset", "nft") and argv[1] in ("destroy", "delete"):
+            return 0, "", ""
+        return self.outputs.get(tool, (0, "", ""))
+
+    def warn(self, text):
+        self.warnings.append(text)
+
+
+@pytest.fixture
+def kernel(monkeypatch, tmp_path):
+    (tmp_path / "proc" / "net").mkdir(parents=True)
+    (tmp_path / "proc" / "net" / "ip_vs").write_text("")
+    fake = FakeIpvsKernel([*OWNED, FOREIGN])
+    links = FakeLinkKernel({"kube-ipvs0": ("dummy", {"10.96.0.1": (socket.AF_INET, 32)})})
+    reader = functools.partial(_dataplane_node.NodeReader, proc_root=str(tmp_path))
+    for module in (proxy_cleanup, dataplane_facts):
+        monkeypatch.setattr(module, "IpvsKernel", lambda: fake)
+        monkeypatch.setattr(module, "LinkKernel", lambda: links)
+        monkeypatch.setattr(module, "NodeReader", reader)
+    return fake, links
+
+
+def writes(module):
+    return [command for command in module.commands if command[0].endswith("restore")
+            or command[1:2] in (("destroy",), ("delete",))]
+
+
+def test_check_mode_lists_everything_and_writes_nothing(kernel):
+    fake, links = kernel
+    module = FakeModule(check_mode=True, mode="ipvs")
+    result = proxy_cleanup.cleanup(module)
+    assert result["changed"]
+    assert sorted(result["removed"]["ipvs_services"]) == ["tcp/10.96.0.1:443", "udp/10.97.0.10:53"]
+    assert result["removed"]["ipsets"] == ["KUBE-CLUSTER-IP", "KUBE-LOOP-BACK"]
+    assert result["removed"]["links"] == ["kube-ipvs0"]
+    assert "ipset KUBE-CLUSTER-IP" in result["diff"]["before"]
+    assert "ipset KUBE-CLUSTER-IP" not in result["diff"]["after"]
+    assert writes(module) == [] and fake.applied == [] and links.calls == []
+
+
+def test_ipvs_cleanup_order_rules_then_sets_then_services_then_link(kernel):
+    fake, links = kernel
+    module = FakeModule(mode="ipvs")
+    result = proxy_cleanup.cleanup(module)
+    done = writes(module)
+    assert [command[0] for command in done] == ["iptables-nft-restore", "ipset", "ipset"]
+    batch = done[0][1]
+    # iptables mode is still live: KUBE-SERVICES stays, only its set rule goes; KUBE-POSTROUTING
+    # stays too and loses its KUBE-LOOP-BACK rule.
+    assert "-D KUBE-SERVICES -m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT" in batch
+    assert "-D KUBE-POSTROUTING -m set --match-set KUBE-LOOP-BACK dst,dst,src -j MASQUERADE" in batch
+    assert "-X KUBE-SERVICES" not in batch and "FOREIGN" not in batch
+    assert [command[1:] for command in done[1:]] == [("destroy", "KUBE-CLUSTER-IP"), ("destroy", "KUBE-LOOP-BACK")]
+    assert sorted(change[1].label() for change in fake.applied) == ["tcp/10.96.0.1:443", "udp/10.97.0.10:53"]
+    assert {change[0] for change in fake.applied} == {DEL_SERVICE}
+    assert FOREIGN.key in fake.table
+    assert links.calls == [("delete_link", "kube-ipvs0")]
+    assert "nft/ipv4/nat/KUBE-SERVICES" in result["kept_shared"]
+
+
+def test_iptables_cleanup_leaves_ipvs_objects(kernel):
+    fake, links = kernel
+    module = FakeModule(mode="iptables")
+    result = proxy_cleanup.cleanup(module)
+    assert [command[0] for command in writes(module)] == ["iptables-nft-restore"]
+    assert result["removed"]["iptables"][0]["chains"] == ["KUBE-NODEPORTS", "KUBE-SVC-AAAA"]
+    assert fake.applied == [] and links.calls == []
+
+
+def test_nftables_cleanup_deletes_only_kube_proxy_tables(kernel):
+    module = FakeModule(mode="nftables")
+    result = proxy_cleanup.cleanup(module)
+    assert writes(module) == [("nft", "delete", "table", "ip", "kube-proxy")]
+    assert result["removed"]["nftables_tables"] == ["ip kube-proxy"]
+
+
+def test_foreign_reference_fails_before_any_write(kernel):
+    fake, links = kernel
+    save = SAVE_V4.replace("-A POSTROUTING -j FOREIGN-CHAIN", "-A FOREIGN-CHAIN -j KUBE-SVC-AAAA")
+    module = FakeModule(mode="iptables", save_v4=save)
+    with pytest.raises(KubeIpvsError) as raised:
+        proxy_cleanup.cleanup(module)
+    assert "-A FOREIGN-CHAIN -j KUBE-SVC-AAAA" in raised.value.msg
+    assert writes(module) == [] and fake.applied == [] and links.calls == []
+
+
+@pytest.mark.parametrize("scope", [{"cidrs": ["10.96.0.0/33"]}, {"cidrs": ["ten"]}, {"dummy_interface": "a b"}])
+def test_bad_scope_fails_before_anything_is_read(kernel, scope):
+    module = FakeModule(mode="ipvs", scope=scope)
+    with pytest.raises(KubeIpvsError):
+        proxy_cleanup.cleanup(module)
+    assert module.commands == []
+
+
+def test_facts_report_mixed_mode_and_owned_vips(kernel):
+    module = FakeModule()
+    result = dataplane_facts.gather(module)
+    dataplane = result["dataplane"]
+    assert not result["changed"]
+    assert (dataplane["mode"], dataplane["modes"]) == ("mixed", ["iptables", "ipvs", "nftables"])
+    assert dataplane["ipvs"]["owned_vips"] == ["10.96.0.1", "10.97.0.10"]
+    assert (dataplane["ipvs"]["owned_services"], dataplane["ipvs"]["foreign_services"]) == (2, 1)
+    assert dataplane["ipsets"]["kube_proxy"] == ["KUBE-CLUSTER-IP", "KUBE-LOOP-BACK"]
+    assert dataplane["iptables"]["ipv4"]["nft"]["nat"]["service_chains"] == 1
+    assert result["ansible_facts"]["kubeipvs_dataplane"] == dataplane
+    assert writes(module) == []
+
+
+def test_facts_without_ip_vs_loaded_report_empty_ipvs(kernel, monkeypatch, tmp_path):
+    (tmp_path / "proc" / "net" / "ip_vs").unlink()
+    fake, _links = kernel
+    fake.read = lambda *args, **kwargs: pytest.fail("IPVS read although ip_vs is not loaded")
+    dataplane = dataplane_facts.gather(FakeModule())["dataplane"]
+    assert dataplane["ipvs"] == {"loaded": False, "known": True, "services": 0, "owned_services": 0,
+                                 "foreign_services": 0, "owned_vips": []}
+
+
+def test_unreadable_ipvs_is_unknown_for_facts_and_fatal_for_ipvs_cleanup(kernel, monkeypatch):
+    def refuse():
+        raise OSError(1, "Operation not permitted")
+
+    for module in (proxy_cleanup, dataplane_facts):
+        monkeypatch.setattr(module, "IpvsKernel", refuse)
+    facts_module = FakeModule()
+    dataplane = dataplane_facts.gather(facts_module)["dataplane"]
+    assert dataplane["ipvs"]["known"] is False
+    assert facts_module.warnings and "IPVS" in facts_module.warnings[0]
+    with pytest.raises(KubeIpvsError):
+        proxy_cleanup.cleanup(FakeModule(mode="ipvs"))
