@@ -29,72 +29,22 @@ swap CPU ratios <= 1.5; the exit status says whether they hold.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
-import json
-import os
-import resource
-import secrets
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-COLLECTION = Path(__file__).resolve().parents[1]
-COLLECTIONS_PATH = COLLECTION / ".build" / "collections"
-MODULE = COLLECTION / "plugins" / "modules" / "ipset.py"
-NAMESPACE_ENV = "KUBEIPVS_BENCH_NETNS"
+from _harness import (
+    in_private_namespace,
+    measured,
+    module_in_process,
+    module_process,
+    report,
+    sh,
+)
 
 
 def addresses(count, first_octet):
     return [f"{first_octet}.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}" for n in range(1, count + 1)]
-
-
-def cpu_seconds():
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
-@contextlib.contextmanager
-def measured(samples):
-    """Append (wall, CPU) seconds of the block to ``samples``."""
-    wall, cpu = time.perf_counter(), cpu_seconds()
-    yield
-    samples.append((time.perf_counter() - wall, cpu_seconds() - cpu))
-
-
-def sh(argv, stdin_text=None):
-    completed = subprocess.run(argv, input=stdin_text, capture_output=True, text=True, check=False)
-    if completed.returncode != 0:
-        raise SystemExit(f"{argv} failed: {completed.stderr}")
-    return completed.stdout
-
-
-def module_in_process(args):
-    """The module's main() with a real AnsibleModule; returns its JSON result."""
-    from ansible.module_utils.testing import patch_module_args
-    from ansible_collections.kubeipvs.node.plugins.modules import ipset as ipset_module
-
-    output = io.StringIO()
-    with patch_module_args(args), contextlib.redirect_stdout(output), contextlib.suppress(SystemExit):
-        ipset_module.main()
-    return json.loads(output.getvalue())
-
-
-def module_process(args, workdir):
-    path = workdir / f"args-{secrets.token_hex(3)}.json"
-    path.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
-    output = subprocess.run(
-        [sys.executable, str(MODULE), str(path)],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=dict(os.environ, PYTHONPATH=str(COLLECTIONS_PATH), LC_ALL="C"),
-    ).stdout
-    return json.loads(output)
 
 
 def expect(result, method):
@@ -141,7 +91,10 @@ def run_inside(options):
             with measured(samples["list"]):
                 sh(["ipset", "list", "REF"])
             sh(["ipset", "destroy", "REF"])
-            for mode, runner in (("body", module_in_process), ("process", lambda args: module_process(args, workdir))):
+            for mode, runner in (
+                ("body", lambda args: module_in_process("ipset", args)),
+                ("process", lambda args: module_process("ipset", args, workdir)),
+            ):
                 base = {
                     "name": "BENCH",
                     "type": "hash:ip",
@@ -157,45 +110,20 @@ def run_inside(options):
                     expect(runner(dict(base, members_file=str(new_file))), "none")
                 sh(["ipset", "destroy", "BENCH"])
 
-    wall = {key: statistics.median(sample[0] for sample in values) for key, values in samples.items()}
-    cpu = {key: statistics.median(sample[1] for sample in values) for key, values in samples.items()}
-    print(f"ipset benchmark, {count} members, median of {options.repeat} runs (seconds: wall, CPU)")
-    for key in samples:
-        print(f"  {key:18s} {wall[key]:8.3f} {cpu[key]:8.3f}")
-    print(f"  {'ratio':48s} {'CPU':>7s} {'wall':>7s}")
-    failed = False
-    for mode in ("body", "process"):
-        for name, ours, reference, target in (
-            ("converge / ipset restore", "converge", "restore", 1.5),
-            ("swap (replace all) / ipset save + restore", "swap", "swap_restore", 1.5),
-            ("no-op / ipset list", "noop", "list", None),
-        ):
-            cpu_ratio = cpu[f"{mode}_{ours}"] / cpu[reference]
-            wall_ratio = wall[f"{mode}_{ours}"] / wall[reference]
-            verdict = ""
-            if target is not None and mode == "body":
-                verdict = "  ok" if cpu_ratio <= target else f"  ABOVE TARGET {target}"
-                failed |= cpu_ratio > target
-            print(f"  {mode + ' ' + name:48s} {cpu_ratio:6.2f}x {wall_ratio:6.2f}x{verdict}")
-    return 1 if failed else 0
+    comparisons = (
+        ("converge / ipset restore", "converge", "restore", 1.5),
+        ("swap (replace all) / ipset save + restore", "swap", "swap_restore", 1.5),
+        ("no-op / ipset list", "noop", "list", None),
+    )
+    title = f"ipset benchmark, {count} members, median of {options.repeat} runs"
+    return report(title, samples, comparisons, 48)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--members", type=int, default=100000)
     parser.add_argument("--repeat", type=int, default=5)
-    options = parser.parse_args()
-    if os.environ.get(NAMESPACE_ENV):
-        return run_inside(options)
-    namespace = f"kubeipvs-t-bench-{secrets.token_hex(3)}"
-    subprocess.run(["ip", "netns", "add", namespace], check=True)
-    try:
-        env = dict(os.environ, PYTHONPATH=str(COLLECTIONS_PATH), **{NAMESPACE_ENV: namespace})
-        return subprocess.run(
-            ["ip", "netns", "exec", namespace, sys.executable, *sys.argv], env=env, check=False
-        ).returncode
-    finally:
-        subprocess.run(["ip", "netns", "del", namespace], check=False)
+    return in_private_namespace(run_inside, parser.parse_args())
 
 
 if __name__ == "__main__":
