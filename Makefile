@@ -84,9 +84,9 @@ sanity: setup $(SANITY_VENV)/.installed ## ansible-test sanity on an assembled a
 lint: setup ## ansible-lint, production profile
 	$(BIN)/ansible-lint --profile production --offline
 
-molecule: setup ## every molecule scenario on lab VMs (boots and stops the lab)
+molecule: setup ## every molecule scenario on lab VMs (SCENARIO=name for one; boots and stops the lab)
 	$(LAB) build
-	$(BIN)/molecule test --all || { $(LAB) down; exit 1; }
+	$(BIN)/molecule test $(if $(SCENARIO),--scenario-name $(SCENARIO),--all) || { $(LAB) down; exit 1; }
 
 build-collection: setup ## ansible-galaxy collection build into .build/
 	$(BIN)/ansible-galaxy collection build --force --output-path $(BUILD) .
@@ -103,8 +103,11 @@ lab-ssh: ## root shell on a lab node (NODE=node1)
 lab-status: ## which lab VMs run
 	$(LAB) status
 
-demo: lab-up ## the main job on the lab: provision the nodes with playbooks/site.yml
-	$(BIN)/ansible-playbook -i .lab/inventory.yml playbooks/site.yml
+DEMO_NODES ?= 2
+demo: setup ## the main job on the lab: boot it, run playbooks/site.yml with example services, show traffic
+	$(LAB) up --nodes $(DEMO_NODES)
+	$(BIN)/ansible-playbook -i .lab/inventory.yml tests/lab/demo/site.yml -e @tests/lab/demo/vars.yml
+	@echo "demo: the lab is still up; 'make lab-ssh' to look around, 'make lab-down' to stop it"
 
 clean: lab-down ## remove build trees (the image cache stays)
 	rm -rf $(BUILD)
