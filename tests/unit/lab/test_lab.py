@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -125,3 +127,21 @@ def test_image_key_changes_with_the_recipe(lab, monkeypatch, tmp_path):
     first = lab.image_dir()
     recipe.write_text("echo two\n")
     assert lab.image_dir() != first
+
+
+def test_down_stops_a_vm_left_behind_by_a_killed_run(lab, tmp_path):
+    # A run killed after QEMU daemonised leaves only QEMU's own PID file: down must stop it.
+    node_dir = tmp_path / "state" / "node1"
+    node_dir.mkdir(parents=True)
+    stand_in = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(600)", "-name", "kubeipvs-lab-node1"]
+    )
+    try:
+        (node_dir / "qemu.pid").write_text(str(stand_in.pid))
+        assert lab.qemu_pid(node_dir) == stand_in.pid
+        lab.down()
+        assert stand_in.wait(timeout=15) is not None
+        assert not node_dir.exists()
+    finally:
+        if stand_in.poll() is None:
+            stand_in.kill()
