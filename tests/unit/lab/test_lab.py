@@ -6,6 +6,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -105,6 +106,8 @@ def test_inventory_lists_every_node_with_its_forwarded_port(lab, monkeypatch):
     }
     assert inventory["all"]["vars"]["ansible_ssh_private_key_file"] == "/keys/id_ed25519"
     assert inventory["all"]["vars"]["ansible_user"] == "root"
+    # The node role installs pyroute2 from the wheels the controller downloaded.
+    assert inventory["all"]["vars"]["ipvs_node_python_wheels_dir"].endswith("/wheels")
 
 
 def test_a_pid_is_only_ours_when_its_command_line_names_the_node(lab, tmp_path):
@@ -138,6 +141,10 @@ def test_down_stops_a_vm_left_behind_by_a_killed_run(lab, tmp_path):
     )
     try:
         (node_dir / "qemu.pid").write_text(str(stand_in.pid))
+        for _ in range(500):  # until the child has exec'd and carries the node's name
+            if lab.qemu_pid(node_dir):
+                break
+            time.sleep(0.01)
         assert lab.qemu_pid(node_dir) == stand_in.pid
         lab.down()
         assert stand_in.wait(timeout=15) is not None
