@@ -152,7 +152,7 @@ def write_json(table):
 def best_of(runs, function, *args):
     """The run with the least CPU time: the guest's clock also charges it the host's contention."""
     best = None
-    for _ in range(runs):
+    for _attempt in range(runs):
         seconds, result = timed(function, *args)
         if best is None or seconds[1] < best[0][1]:
             best = (seconds, result)
@@ -165,7 +165,7 @@ def bench_main_size(args, report):
     churn_path = write_json(make_table(args.services, args.dests, churn_every=100))
     try:
         flush()
-        report["ipvsadm_restore_s"], _ = timed(run_ipvsadm_restore, restore_text(table))
+        report["ipvsadm_restore_s"], _result = timed(run_ipvsadm_restore, restore_text(table))
         flush()
         report["converge_s"], counts = timed(sync_from_file, path)
         report["converge_counts"] = counts
@@ -173,10 +173,10 @@ def bench_main_size(args, report):
         report["noop_s"], counts = best_of(args.repeat, sync_from_file, path)
         if any(counts.values()):
             raise SystemExit(f"no-op run changed something: {counts}")
-        report["ipvsadm_save_s"], _ = best_of(args.repeat, run_ipvsadm_save)
+        report["ipvsadm_save_s"], _result = best_of(args.repeat, run_ipvsadm_save)
         report["churn_s"], counts = timed(sync_from_file, churn_path)
         report["churn_counts"] = counts
-        report["noop_after_churn_s"], _ = best_of(args.repeat, sync_from_file, churn_path)
+        report["noop_after_churn_s"], _result = best_of(args.repeat, sync_from_file, churn_path)
         report["ru_maxrss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     finally:
         os.unlink(path)
@@ -192,7 +192,7 @@ def bench_naive(args, report):
         return
     table = make_table(args.naive_services, args.dests)
     flush(settle=False)
-    seconds, _ = timed(pyroute2_loop, table)
+    seconds, _result = timed(pyroute2_loop, table)
     flush()
     report["pyroute2_loop_services"] = args.naive_services
     report["pyroute2_loop_s"] = seconds
@@ -206,15 +206,15 @@ def bench_memory(args, report):
     del table
     try:
         flush()
-        report["big_converge_s"], _ = timed(sync_from_file, path)
+        report["big_converge_s"], _result = timed(sync_from_file, path)
         gc.collect()
         tracemalloc.start()
-        report["big_noop_s"], _ = timed(sync_from_file, path)
+        report["big_noop_s"], _result = timed(sync_from_file, path)
         _current, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         report["big_noop_tracemalloc_peak_mib"] = round(peak / 2**20, 1)
         report["big_ru_maxrss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-        report["big_ipvsadm_save_s"], _ = timed(run_ipvsadm_save)
+        report["big_ipvsadm_save_s"], _result = timed(run_ipvsadm_save)
     finally:
         os.unlink(path)
         flush()

@@ -141,7 +141,7 @@ def test_down_stops_a_vm_left_behind_by_a_killed_run(lab, tmp_path):
     )
     try:
         (node_dir / "qemu.pid").write_text(str(stand_in.pid))
-        for _ in range(500):  # until the child has exec'd and carries the node's name
+        for _attempt in range(500):  # until the child has exec'd and carries the node's name
             if lab.qemu_pid(node_dir):
                 break
             time.sleep(0.01)

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright (c) kubeipvs.node contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
@@ -12,7 +11,7 @@ NAME = sys.argv[1].encode()
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 - http.server's naming
+    def do_GET(self):
         self.send_response(200)
         self.send_header("Content-Length", str(len(NAME) + 1))
         self.end_headers()

@@ -1,4 +1,4 @@
-#!/bin/bash
+#!/usr/bin/env bash
 # Plant kube-proxy leftovers of all three modes plus foreign and kubelet objects (prepare step).
 # Prints changed=yes when it planted anything; a second run on a planted node changes nothing.
 set -euo pipefail
