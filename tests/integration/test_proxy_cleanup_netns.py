@@ -7,10 +7,6 @@ no dummy links: those parts are proven in the lab VM (extensions/molecule/proxy_
 
 from __future__ import annotations
 
-import shutil
-
-import pytest
-
 KUBELET_AND_FOREIGN = """*filter
 :KUBE-FIREWALL - [0:0]
 :KUBE-KUBELET-CANARY - [0:0]
@@ -179,8 +175,6 @@ def test_foreign_rule_using_a_kube_proxy_set_stops_everything(netns):
 
 
 def test_nftables_mode_only_kube_proxy_tables(netns):
-    if not shutil.which("nft"):
-        pytest.skip("needs nft")
     netns.sh("nft add table ip kube-proxy && nft add chain ip kube-proxy services && "
              "nft add table ip6 kube-proxy && nft add table inet foreign && nft add table ip6 foreign6")
     restore(netns, IPTABLES_MODE)
