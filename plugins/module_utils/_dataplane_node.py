@@ -25,6 +25,15 @@ from ansible_collections.kubeipvs.node.plugins.module_utils._ipvs_plan import (
 from ansible_collections.kubeipvs.node.plugins.module_utils._links import validate_link_name
 from ansible_collections.kubeipvs.node.plugins.module_utils._nftables import Nftables
 
+# The options dataplane_facts and proxy_cleanup share: which IPVS services are kube-proxy's, and
+# which address families to look at.
+SCOPE_AND_FAMILY_ARGS = {
+    "scope": {"type": "dict", "default": {}, "options": {
+        "cidrs": {"type": "list", "elements": "str", "default": []},
+        "dummy_interface": {"type": "str", "default": "kube-ipvs0"},
+    }},
+    "family": {"type": "str", "choices": ["ipv4", "ipv6", "both"], "default": "both"},
+}
 LOCK_WAIT_SECONDS = "5"
 PROC_IP_VS = "/proc/net/ip_vs"
 MODULE_PREFIXES = ("ip_vs", "nf_conntrack", "ip_set", "nf_tables", "ip_tables", "ip6_tables", "nft_",

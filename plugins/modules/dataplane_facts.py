@@ -127,7 +127,11 @@ dataplane:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kubeipvs.node.plugins.module_utils import _dataplane as dp
-from ansible_collections.kubeipvs.node.plugins.module_utils._dataplane_node import NodeReader, validate_scope
+from ansible_collections.kubeipvs.node.plugins.module_utils._dataplane_node import (
+    SCOPE_AND_FAMILY_ARGS,
+    NodeReader,
+    validate_scope,
+)
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import run_module
 from ansible_collections.kubeipvs.node.plugins.module_utils._ipvs import IpvsKernel
 from ansible_collections.kubeipvs.node.plugins.module_utils._links import LinkKernel
@@ -193,13 +197,7 @@ def gather(module):
 
 def main():
     module = AnsibleModule(
-        argument_spec={
-            "scope": {"type": "dict", "default": {}, "options": {
-                "cidrs": {"type": "list", "elements": "str", "default": []},
-                "dummy_interface": {"type": "str", "default": "kube-ipvs0"},
-            }},
-            "family": {"type": "str", "choices": ["ipv4", "ipv6", "both"], "default": "both"},
-        },
+        argument_spec=SCOPE_AND_FAMILY_ARGS,
         supports_check_mode=True,
     )
     run_module(module, gather)

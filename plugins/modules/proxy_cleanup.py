@@ -131,6 +131,7 @@ commands:
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kubeipvs.node.plugins.module_utils import _dataplane as dp
 from ansible_collections.kubeipvs.node.plugins.module_utils._dataplane_node import (
+    SCOPE_AND_FAMILY_ARGS,
     NodeReader,
     PlanApplier,
     validate_scope,
@@ -192,11 +193,7 @@ def main():
     module = AnsibleModule(
         argument_spec={
             "mode": {"type": "str", "required": True, "choices": ["iptables", "ipvs", "nftables"]},
-            "scope": {"type": "dict", "default": {}, "options": {
-                "cidrs": {"type": "list", "elements": "str", "default": []},
-                "dummy_interface": {"type": "str", "default": "kube-ipvs0"},
-            }},
-            "family": {"type": "str", "choices": ["ipv4", "ipv6", "both"], "default": "both"},
+            **SCOPE_AND_FAMILY_ARGS,
         },
         supports_check_mode=True,
     )
