@@ -181,87 +181,147 @@ def externally_accessible(spec):
     return service_type == "ClusterIP" and bool(spec.get("externalIPs"))
 
 
-def sync_service(state, service, endpoint_map, node_addresses):
+class ServicePort:
+    """One port of one Service as every kube-proxy mode sees it on one node and IP family.
+
+    ``endpoints`` are all the port's endpoints of the family; ``internal_endpoints`` serve the
+    ClusterIP and ``external_endpoints`` the NodePorts, external and load-balancer IPs, after
+    kube-proxy's categorisation and traffic policies.
+    """
+
+    __slots__ = ("affinity", "cluster_ip", "endpoints", "external_endpoints", "external_ips", "external_local",
+                 "health_check_node_port", "internal_endpoints", "internal_local", "lb_ips", "name", "namespace",
+                 "node_port", "port", "port_name", "protocol", "source_ranges")
+
+    def __init__(self, **fields):
+        for name in self.__slots__:
+            setattr(self, name, fields[name])
+
+    @property
+    def service_port_name(self):
+        """kube-proxy's ServicePortName.String(): ``namespace/name`` plus ``:port`` when the port is named."""
+        text = f"{self.namespace}/{self.name}"
+        return f"{text}:{self.port_name}" if self.port_name else text
+
+    @property
+    def external(self):
+        """Whether the port is reachable from outside the cluster network (NodePort, external or LB IP)."""
+        return bool(self.node_port or self.lb_ips or self.external_ips)
+
+
+def service_ports(service, endpoint_map, version):
+    """The ServicePorts of one Service for one family; none for ExternalName, headless, another
+    proxy's Services or a Service without a ClusterIP of the family."""
     metadata, spec = service.get("metadata") or {}, service.get("spec") or {}
     if (spec.get("type") == "ExternalName" or SERVICE_PROXY_NAME_LABEL in (metadata.get("labels") or {})):
-        return
+        return []
     cluster_ips = [parse_ip(ip) for ip in (spec.get("clusterIPs") or [spec.get("clusterIP")])]
-    cluster_ip = next((ip for ip in cluster_ips if ip is not None and ip.version == state.version), None)
+    cluster_ip = next((ip for ip in cluster_ips if ip is not None and ip.version == version), None)
     if cluster_ip is None:  # headless, or no ClusterIP of this family
-        return
-    same_family = [ip for ip in map(parse_ip, spec.get("externalIPs") or []) if ip and ip.version == state.version]
+        return []
+    external_ips = [ip for ip in map(parse_ip, spec.get("externalIPs") or []) if ip and ip.version == version]
     ingress = ((service.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
     # ipMode Proxy: the load balancer proxies, the node must not capture the VIP.
     lb_ips = [parse_ip(i.get("ip")) for i in ingress if i.get("ip") and (i.get("ipMode") or "VIP") == "VIP"]
-    lb_ips = [ip for ip in lb_ips if ip and ip.version == state.version]
+    lb_ips = [ip for ip in lb_ips if ip and ip.version == version]
     source_ranges = [r for r in map(parse_network, spec.get("loadBalancerSourceRanges") or [])
-                     if r is not None and r.version == state.version]
+                     if r is not None and r.version == version]
     affinity = None
     if spec.get("sessionAffinity") == "ClientIP":
         affinity = (((spec.get("sessionAffinityConfig") or {}).get("clientIP") or {}).get("timeoutSeconds")
                     or DEFAULT_AFFINITY_TIMEOUT)
     external_local = externally_accessible(spec) and spec.get("externalTrafficPolicy") == "Local"
     internal_local = spec.get("internalTrafficPolicy") == "Local"
-    primary_node_ip = parse_ip(state.node_ips[0]) if state.node_ips else None
+    health_check = spec.get("healthCheckNodePort") if external_local and spec.get("type") == "LoadBalancer" else 0
 
+    result = []
     for port in spec.get("ports") or []:
-        protocol_name = port.get("protocol") or "TCP"
-        protocol = protocol_name.lower()
-        key = (metadata.get("namespace"), metadata.get("name"), port.get("name") or "", protocol_name)
+        protocol = port.get("protocol") or "TCP"
+        key = (metadata.get("namespace"), metadata.get("name"), port.get("name") or "", protocol)
         endpoints = list(endpoint_map.get(key, {}).values())
         node_port = port.get("nodePort") or 0
-        port_accessible = bool(node_port or lb_ips or same_family)
+        port_accessible = bool(node_port or lb_ips or external_ips)
         cluster, local = categorize(endpoints, not internal_local or port_accessible,
                                     internal_local or (external_local and port_accessible))
+        result.append(ServicePort(
+            namespace=metadata.get("namespace") or "", name=metadata.get("name") or "",
+            port_name=port.get("name") or "", protocol=protocol, cluster_ip=str(cluster_ip), port=port["port"],
+            node_port=node_port, external_ips=[str(ip) for ip in external_ips], lb_ips=[str(ip) for ip in lb_ips],
+            source_ranges=source_ranges, affinity=affinity, internal_local=internal_local,
+            external_local=external_local, health_check_node_port=health_check or 0, endpoints=endpoints,
+            internal_endpoints=choose(internal_local, cluster, local),
+            external_endpoints=choose(external_local, cluster, local)))
+    return result
 
-        internal_endpoints = choose(internal_local, cluster, local)
-        external_endpoints = choose(external_local, cluster, local)
 
-        for endpoint in endpoints:  # hairpin: a local endpoint reaching its own Service
-            if endpoint.local:
-                state.add("KUBE-LOOP-BACK", entry(endpoint.address, protocol, endpoint.port, endpoint.address))
+def cluster_service_ports(services, endpoint_slices, node_name, version):
+    """Every ServicePort of one family on one node, Services in (namespace, name) order."""
+    endpoint_map = endpoints_by_port(endpoint_slices, node_name, version)
+    return [sp for service in sorted(services, key=service_key) for sp in service_ports(service, endpoint_map, version)]
 
-        state.add("KUBE-CLUSTER-IP", entry(cluster_ip, protocol, port["port"]))
-        state.virtual_server(str(cluster_ip), protocol, port["port"], affinity, internal_endpoints, bind=True)
 
-        for external_ip in same_family:
-            state.add("KUBE-EXTERNAL-IP-LOCAL" if external_local else "KUBE-EXTERNAL-IP",
-                      entry(external_ip, protocol, port["port"]))
-            state.virtual_server(str(external_ip), protocol, port["port"], affinity, external_endpoints,
-                                 bind=str(external_ip) not in node_addresses)
+def ip_versions(services, node_ips):
+    """The IP families a node has: its node IPs' and its Services' ClusterIPs' (IPv4 when none)."""
+    versions = {ip.version for ip in map(parse_ip, node_ips) if ip}
+    for service in services:
+        spec = service.get("spec") or {}
+        versions.update(ip.version for ip in map(parse_ip, spec.get("clusterIPs") or [spec.get("clusterIP")]) if ip)
+    return sorted(versions or {4})
 
-        for lb_ip in lb_ips:
-            state.add("KUBE-LOAD-BALANCER", entry(lb_ip, protocol, port["port"]))
-            if external_local:
-                state.add("KUBE-LOAD-BALANCER-LOCAL", entry(lb_ip, protocol, port["port"]))
-            if source_ranges:
-                state.add("KUBE-LOAD-BALANCER-FW", entry(lb_ip, protocol, port["port"]))
-                for source in source_ranges:
-                    state.add("KUBE-LOAD-BALANCER-SOURCE-CIDR", entry(lb_ip, protocol, port["port"], net_text(source)))
-                if primary_node_ip and any(primary_node_ip in source for source in source_ranges):
-                    state.add("KUBE-LOAD-BALANCER-SOURCE-IP", entry(lb_ip, protocol, port["port"], lb_ip))
-            state.virtual_server(str(lb_ip), protocol, port["port"], affinity, external_endpoints,
-                                 bind=str(lb_ip) not in node_addresses)
 
-        if node_port:
-            if not state.node_ips:
-                continue  # as kube-proxy: nowhere to listen, and no health check port either
-            if protocol == "sctp":
-                members = [entry(ip, "sctp", node_port) for ip in state.node_ips]
-                sets = ["KUBE-NODE-PORT-SCTP-HASH"] + (["KUBE-NODE-PORT-LOCAL-SCTP-HASH"] if external_local else [])
-            else:
-                members = [str(node_port)]
-                suffix = protocol.upper()
-                sets = [f"KUBE-NODE-PORT-{suffix}"] + ([f"KUBE-NODE-PORT-LOCAL-{suffix}"] if external_local else [])
-            for set_name in sets:
-                for member in members:
-                    state.add(set_name, member)
-            for node_ip in state.node_ips:
-                state.virtual_server(node_ip, protocol, node_port, affinity, external_endpoints, bind=False)
+def check_node_ips(node_ips):
+    bad = [ip for ip in node_ips if parse_ip(ip) is None]
+    if bad:
+        raise ValueError(f"node_ips: {', '.join(map(str, bad))} is not an IP address")
 
-        health_check = spec.get("healthCheckNodePort")
-        if health_check and external_local and spec.get("type") == "LoadBalancer":
-            state.add("KUBE-HEALTH-CHECK-NODE-PORT", str(health_check))
+
+def sync_service_port(state, sp, node_addresses):
+    """What IPVS mode programs for one ServicePort (kube-proxy's syncProxyRules, per port)."""
+    protocol = sp.protocol.lower()
+    for endpoint in sp.endpoints:  # hairpin: a local endpoint reaching its own Service
+        if endpoint.local:
+            state.add("KUBE-LOOP-BACK", entry(endpoint.address, protocol, endpoint.port, endpoint.address))
+
+    state.add("KUBE-CLUSTER-IP", entry(sp.cluster_ip, protocol, sp.port))
+    state.virtual_server(sp.cluster_ip, protocol, sp.port, sp.affinity, sp.internal_endpoints, bind=True)
+
+    for external_ip in sp.external_ips:
+        state.add("KUBE-EXTERNAL-IP-LOCAL" if sp.external_local else "KUBE-EXTERNAL-IP",
+                  entry(external_ip, protocol, sp.port))
+        state.virtual_server(external_ip, protocol, sp.port, sp.affinity, sp.external_endpoints,
+                             bind=external_ip not in node_addresses)
+
+    primary_node_ip = parse_ip(state.node_ips[0]) if state.node_ips else None
+    for lb_ip in sp.lb_ips:
+        state.add("KUBE-LOAD-BALANCER", entry(lb_ip, protocol, sp.port))
+        if sp.external_local:
+            state.add("KUBE-LOAD-BALANCER-LOCAL", entry(lb_ip, protocol, sp.port))
+        if sp.source_ranges:
+            state.add("KUBE-LOAD-BALANCER-FW", entry(lb_ip, protocol, sp.port))
+            for source in sp.source_ranges:
+                state.add("KUBE-LOAD-BALANCER-SOURCE-CIDR", entry(lb_ip, protocol, sp.port, net_text(source)))
+            if primary_node_ip and any(primary_node_ip in source for source in sp.source_ranges):
+                state.add("KUBE-LOAD-BALANCER-SOURCE-IP", entry(lb_ip, protocol, sp.port, lb_ip))
+        state.virtual_server(lb_ip, protocol, sp.port, sp.affinity, sp.external_endpoints,
+                             bind=lb_ip not in node_addresses)
+
+    if sp.node_port and not state.node_ips:
+        return  # as kube-proxy: nowhere to listen, and no health check port either
+    if sp.node_port:
+        if protocol == "sctp":
+            members = [entry(ip, "sctp", sp.node_port) for ip in state.node_ips]
+            sets = ["KUBE-NODE-PORT-SCTP-HASH"] + (["KUBE-NODE-PORT-LOCAL-SCTP-HASH"] if sp.external_local else [])
+        else:
+            members = [str(sp.node_port)]
+            suffix = protocol.upper()
+            sets = [f"KUBE-NODE-PORT-{suffix}"] + ([f"KUBE-NODE-PORT-LOCAL-{suffix}"] if sp.external_local else [])
+        for set_name in sets:
+            for member in members:
+                state.add(set_name, member)
+        for node_ip in state.node_ips:
+            state.virtual_server(node_ip, protocol, sp.node_port, sp.affinity, sp.external_endpoints, bind=False)
+    if sp.health_check_node_port:
+        state.add("KUBE-HEALTH-CHECK-NODE-PORT", str(sp.health_check_node_port))
 
 
 def node_state(services, endpoint_slices, node_name, node_ips, scheduler="rr"):
@@ -271,24 +331,16 @@ def node_state(services, endpoint_slices, node_name, node_ips, scheduler="rr"):
     -> sorted members as ``ipset`` prints them) and ``ipset_types``, for IPv4 and - when the node
     or any Service has IPv6 - IPv6 (sets named KUBE-6-*).
     """
+    check_node_ips(node_ips)
     parsed_node_ips = [parse_ip(ip) for ip in node_ips]
-    bad = [ip for ip in node_ips if parse_ip(ip) is None]
-    if bad:
-        raise ValueError(f"node_ips: {', '.join(map(str, bad))} is not an IP address")
     node_addresses = {str(ip) for ip in parsed_node_ips}
-    versions = {ip.version for ip in parsed_node_ips}
-    for service in services:
-        spec = service.get("spec") or {}
-        versions.update(ip.version for ip in map(parse_ip, spec.get("clusterIPs") or [spec.get("clusterIP")]) if ip)
-    versions = sorted(versions or {4})
 
     addresses, ipvs_services, ipsets, ipset_types = [], [], {}, {}
-    for version in versions:
+    for version in ip_versions(services, node_ips):
         family_node_ips = [str(ip) for ip in parsed_node_ips if ip.version == version]
         state = NodeState(version, family_node_ips, scheduler)
-        endpoint_map = endpoints_by_port(endpoint_slices, node_name, version)
-        for service in sorted(services, key=service_key):
-            sync_service(state, service, endpoint_map, node_addresses)
+        for sp in cluster_service_ports(services, endpoint_slices, node_name, version):
+            sync_service_port(state, sp, node_addresses)
         state.sets["KUBE-IPVS-IPS"] = set(state.bound)
         addresses.extend(sorted(state.bound, key=parse_ip))
         order = sorted(state.services, key=lambda key: (parse_ip(key[1]), key[0], key[2]))
