@@ -53,6 +53,8 @@ MAX_SET_NAME = 31
 
 NFT_TABLE = "kube-proxy"
 NFT_FAMILY = {"ipv4": "ip", "ipv6": "ip6"}
+# nftables mode's verdict map of ClusterIP, external IP and load-balancer IP . protocol . port.
+NFT_SERVICE_MAP = "service-ips"
 DEFAULT_DUMMY_INTERFACE = "kube-ipvs0"
 
 
@@ -111,6 +113,7 @@ class FamilyState:
         self.sets = []  # names of every ipset of this family's naming (the caller filters by family)
         self.ipvs_services = []  # labels of owned IPVS services of this family
         self.nft_table = False
+        self.nft_service_ports = []  # "tcp/10.96.0.10:53" keys of the kube-proxy table's service map
 
 
 class NodeState:
@@ -364,6 +367,65 @@ def objects_of(mode, node, families=FAMILIES):
     if mode == "ipvs" and node.dummy_link:
         names.append(f"link {node.dummy_link}")
     return sorted(set(names))
+
+
+# ---------------------------------------------------------------------------------------------
+# Service ports: which VIP . protocol . port each mode answers on (the switch's verification).
+
+
+def port_label(protocol, address, port):
+    """``tcp/10.96.0.10:53`` or ``tcp/[fd00::10]:53`` - the spelling of IPVS service labels."""
+    host = f"[{address}]" if ":" in str(address) else str(address)
+    return f"{str(protocol).lower()}/{host}:{port}"
+
+
+def _option(tokens, *names):
+    for index, token in enumerate(tokens[:-1]):
+        if token in names:
+            return tokens[index + 1]
+    return None
+
+
+def iptables_service_ports(family_state):
+    """The VIP ports iptables mode serves: nat KUBE-SERVICES rules that match a destination
+    address, protocol and port and jump to a per-service chain."""
+    ports = set()
+    for (_backend, table), state in family_state.tables.items():
+        if table != "nat":
+            continue
+        for tokens in state.rules_of("KUBE-SERVICES"):
+            target, address = _option(tokens, "-j"), _option(tokens, "-d")
+            protocol, port = _option(tokens, "-p"), _option(tokens, "--dport")
+            if not (target and address and protocol and port) or not is_service_chain(target):
+                continue
+            ports.add(port_label(protocol, address.split("/", 1)[0], port))
+    return sorted(ports)
+
+
+def nftables_service_ports(document):
+    """The keys of nftables mode's ``service-ips`` map from ``nft -j list map`` output (parsed JSON)."""
+    ports = set()
+    for item in document.get("nftables", []):
+        nft_map = item.get("map") if isinstance(item, dict) else None
+        for element in (nft_map or {}).get("elem") or []:
+            key = element[0] if isinstance(element, list) and element else element
+            if isinstance(key, dict) and "elem" in key:  # an element with a comment or timeout
+                key = key["elem"].get("val")
+            parts = key.get("concat") if isinstance(key, dict) else None
+            if isinstance(parts, list) and len(parts) == 3:
+                ports.add(port_label(parts[1], parts[0], parts[2]))
+    return sorted(ports)
+
+
+def service_ports(node, families=FAMILIES):
+    """Per mode, the sorted VIP ports (``tcp/10.96.0.10:53``) the node's dataplane serves."""
+    result = {mode: [] for mode in MODES}
+    for family in families:
+        family_state = node.families[family]
+        result["iptables"] += iptables_service_ports(family_state)
+        result["ipvs"] += sorted(label for label in family_state.ipvs_services if not label.startswith("fwmark/"))
+        result["nftables"] += family_state.nft_service_ports
+    return result
 
 
 def removed_names(plan):

@@ -12,6 +12,7 @@ legacy iptables backend only for tables the kernel already lists.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 
 from ansible_collections.kubeipvs.node.plugins.module_utils import _dataplane as dp
@@ -190,7 +191,20 @@ class NodeReader:
             tables = self.nftables().list_tables()
             for family in self.families:
                 node.families[family].nft_table = (dp.NFT_FAMILY[family], dp.NFT_TABLE) in tables
+                if node.families[family].nft_table:
+                    node.families[family].nft_service_ports = self.read_nft_service_ports(dp.NFT_FAMILY[family])
         return node, extra
+
+    def read_nft_service_ports(self, nft_family):
+        """The keys of the kube-proxy table's service map; none when the table has no such map."""
+        rc, out, _err = self.run([self.which("nft"), "-j", "list", "map", nft_family, dp.NFT_TABLE,
+                                  dp.NFT_SERVICE_MAP])
+        if rc != 0:
+            return []
+        try:
+            return dp.nftables_service_ports(json.loads(out or "{}"))
+        except ValueError as error:
+            raise KubeIpvsError(f"nft -j list map printed something that is not JSON: {error}") from None
 
     def ipvs_loaded(self):
         return os.path.exists(self._proc(PROC_IP_VS))

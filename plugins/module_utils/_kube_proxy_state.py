@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import ipaddress
 
+from ansible_collections.kubeipvs.node.plugins.module_utils._dataplane import port_label
+
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 SERVICE_PROXY_NAME_LABEL = "service.kubernetes.io/service-proxy-name"
 DEFAULT_AFFINITY_TIMEOUT = 10800  # seconds; sessionAffinityConfig.clientIP.timeoutSeconds default
@@ -335,12 +337,13 @@ def node_state(services, endpoint_slices, node_name, node_ips, scheduler="rr"):
     parsed_node_ips = [parse_ip(ip) for ip in node_ips]
     node_addresses = {str(ip) for ip in parsed_node_ips}
 
-    addresses, ipvs_services, ipsets, ipset_types = [], [], {}, {}
+    addresses, ipvs_services, ipsets, ipset_types, cluster_ports = [], [], {}, {}, set()
     for version in ip_versions(services, node_ips):
         family_node_ips = [str(ip) for ip in parsed_node_ips if ip.version == version]
         state = NodeState(version, family_node_ips, scheduler)
         for sp in cluster_service_ports(services, endpoint_slices, node_name, version):
             sync_service_port(state, sp, node_addresses)
+            cluster_ports.add(port_label(sp.protocol, sp.cluster_ip, sp.port))
         state.sets["KUBE-IPVS-IPS"] = set(state.bound)
         addresses.extend(sorted(state.bound, key=parse_ip))
         order = sorted(state.services, key=lambda key: (parse_ip(key[1]), key[0], key[2]))
@@ -350,7 +353,7 @@ def node_state(services, endpoint_slices, node_name, node_ips, scheduler="rr"):
             ipset_types[family_name] = IPSET_TYPES[name]
             ipsets[family_name] = sorted(members, key=member_sort_key)
     return {"dummy_interface": {"addresses": addresses}, "ipvs_sync": {"services": ipvs_services},
-            "ipsets": ipsets, "ipset_types": ipset_types}
+            "ipsets": ipsets, "ipset_types": ipset_types, "cluster_ip_ports": sorted(cluster_ports)}
 
 
 def service_key(service):

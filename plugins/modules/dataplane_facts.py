@@ -114,6 +114,14 @@ dataplane:
       type: list
       elements: str
       sample: ["ip kube-proxy"]
+    service_ports:
+      description:
+        - Per mode, the VIP ports the node answers on, as C(protocol/address:port) - iptables mode's
+          nat C(KUBE-SERVICES) rules that jump to a per-service chain, the owned IPVS services
+          (fwmark services left out), and the keys of nftables mode's C(service-ips) map.
+        - A mode switch compares the target mode's list with the ClusterIP ports the cluster has.
+      type: dict
+      sample: {iptables: [], ipvs: ["tcp/10.96.0.1:443", "udp/10.96.0.10:53"], nftables: []}
     modules:
       description: Loaded kernel modules that matter here (ip_vs*, nf_conntrack*, ip_set*, nf_tables, ...).
       type: list
@@ -187,6 +195,7 @@ def gather(module):
         "iptables": iptables_report(node, families),
         "nftables": [f"{dp.NFT_FAMILY[family]} {dp.NFT_TABLE}" for family in families
                      if node.families[family].nft_table],
+        "service_ports": dp.service_ports(node, families),
         "modules": reader.loaded_modules(),
         "conntrack": reader.conntrack(),
     }

@@ -88,6 +88,15 @@ ipset_types:
   returned: success
   type: dict
   sample: {KUBE-CLUSTER-IP: "hash:ip,port", KUBE-NODE-PORT-TCP: "bitmap:port"}
+cluster_ip_ports:
+  description:
+    - Every ClusterIP port of the node's Services as C(protocol/address:port) (IPv6 in brackets) - the
+      spelling of RV(kubeipvs.node.dataplane_facts#module:dataplane.service_ports), so a mode switch can
+      check that the node's new dataplane answers on all of them.
+  returned: success
+  type: list
+  elements: str
+  sample: ["tcp/10.96.0.1:443", "udp/10.96.0.10:53"]
 node_ips:
   description: The node IPs used for NodePorts.
   returned: success

@@ -280,3 +280,59 @@ def test_diff_names_before_and_after():
 def test_unknown_mode_is_refused():
     with pytest.raises(ValueError):
         dp.plan_cleanup("userspace", dp.NodeState())
+
+
+# --------------------------------------------------------------------------------- service ports
+
+NAT_SERVICES = """*nat
+:KUBE-SERVICES - [0:0]
+:KUBE-SVC-TCOU7JCQXEZGVUNU - [0:0]
+:KUBE-SVL-AAAAAAAAAAAAAAAA - [0:0]
+-A KUBE-SERVICES -d 10.96.0.10/32 -p udp -m comment --comment "kube-system/kube-dns:dns cluster IP" -m udp --dport 53 -j KUBE-SVC-TCOU7JCQXEZGVUNU
+-A KUBE-SERVICES -d 10.96.0.50/32 -p tcp -m comment --comment "default/canary cluster IP" -m tcp --dport 80 -j KUBE-SVL-AAAAAAAAAAAAAAAA
+-A KUBE-SERVICES -m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT
+-A KUBE-SERVICES -d 10.96.0.99/32 -p tcp -m comment --comment "x has no endpoints" -m tcp --dport 81 -j REJECT
+-A KUBE-SERVICES -m comment --comment "kubernetes service nodeports" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS
+COMMIT
+"""
+
+
+def test_iptables_service_ports_reads_the_dispatch_rules_only():
+    family_state = dp.FamilyState("ipv4")
+    family_state.tables[("nft", "nat")] = iptables_lib.parse_save(NAT_SERVICES, "nat")
+    assert dp.iptables_service_ports(family_state) == ["tcp/10.96.0.50:80", "udp/10.96.0.10:53"]
+
+
+def test_iptables_service_ports_ipv6_labels_bracket_the_address():
+    text = ("*nat\n:KUBE-SERVICES - [0:0]\n-A KUBE-SERVICES -d fd00::10/128 -p tcp -m tcp --dport 443 "
+            "-j KUBE-SVC-BBBBBBBBBBBBBBBB\nCOMMIT\n")
+    family_state = dp.FamilyState("ipv6")
+    family_state.tables[("legacy", "nat")] = iptables_lib.parse_save(text, "nat")
+    assert dp.iptables_service_ports(family_state) == ["tcp/[fd00::10]:443"]
+
+
+def test_nftables_service_ports_plain_and_commented_elements():
+    document = {"nftables": [
+        {"metainfo": {"version": "1.0.6"}},
+        {"map": {"family": "ip", "name": "service-ips", "table": "kube-proxy", "map": "verdict", "elem": [
+            [{"concat": ["10.96.0.10", "udp", 53]}, {"goto": {"target": "service-X"}}],
+            [{"elem": {"val": {"concat": ["10.96.0.1", "tcp", 443]}, "comment": "default/kubernetes"}},
+             {"goto": {"target": "service-Y"}}],
+        ]}},
+    ]}
+    assert dp.nftables_service_ports(document) == ["tcp/10.96.0.1:443", "udp/10.96.0.10:53"]
+    assert dp.nftables_service_ports({"nftables": [{"map": {"name": "service-ips"}}]}) == []
+
+
+def test_service_ports_per_mode_leave_fwmark_services_out():
+    node = dp.NodeState()
+    node.families["ipv4"].ipvs_services = ["tcp/10.96.0.1:443", "fwmark/inet/7"]
+    node.families["ipv4"].nft_service_ports = ["udp/10.96.0.10:53"]
+    node.families["ipv6"].ipvs_services = ["tcp/[fd00::1]:443"]
+    node.families["ipv4"].tables[("nft", "nat")] = iptables_lib.parse_save(NAT_SERVICES, "nat")
+    assert dp.service_ports(node) == {
+        "iptables": ["tcp/10.96.0.50:80", "udp/10.96.0.10:53"],
+        "ipvs": ["tcp/10.96.0.1:443", "tcp/[fd00::1]:443"],
+        "nftables": ["udp/10.96.0.10:53"],
+    }
+    assert dp.service_ports(node, families=("ipv6",))["ipvs"] == ["tcp/[fd00::1]:443"]

@@ -218,6 +218,8 @@ def test_dual_stack_service_gets_ipv6_sets_and_services():
     assert state["ipset_types"]["KUBE-6-LOAD-BALANCER-SOURCE-CID"] == "hash:ip,port,net"
     v4 = [s for s in state["ipvs_sync"]["services"] if s["family"] == "inet"]
     assert [s["address"] for s in v4] == ["10.96.0.100", "192.0.2.11"]
+    # The ClusterIP ports a mode switch verifies - NodePorts are not ClusterIP ports.
+    assert state["cluster_ip_ports"] == ["tcp/10.96.0.100:80", "tcp/[fd00:10:96::100]:80"]
 
 
 def test_ipv6_only_node_has_no_ipv4_nodeports():
