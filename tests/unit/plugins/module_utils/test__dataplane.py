@@ -288,8 +288,8 @@ NAT_SERVICES = """*nat
 :KUBE-SERVICES - [0:0]
 :KUBE-SVC-TCOU7JCQXEZGVUNU - [0:0]
 :KUBE-SVL-AAAAAAAAAAAAAAAA - [0:0]
--A KUBE-SERVICES -d 10.96.0.10/32 -p udp -m comment --comment "kube-system/kube-dns:dns cluster IP" -m udp --dport 53 -j KUBE-SVC-TCOU7JCQXEZGVUNU
--A KUBE-SERVICES -d 10.96.0.50/32 -p tcp -m comment --comment "default/canary cluster IP" -m tcp --dport 80 -j KUBE-SVL-AAAAAAAAAAAAAAAA
+-A KUBE-SERVICES -d 10.96.0.10/32 -p udp -m comment --comment "dns" -m udp --dport 53 -j KUBE-SVC-TCOU7JCQXEZGVUNU
+-A KUBE-SERVICES -d 10.96.0.50/32 -p tcp -m comment --comment "canary" -m tcp --dport 80 -j KUBE-SVL-AAAAAAAAAAAAAAAA
 -A KUBE-SERVICES -m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT
 -A KUBE-SERVICES -d 10.96.0.99/32 -p tcp -m comment --comment "x has no endpoints" -m tcp --dport 81 -j REJECT
 -A KUBE-SERVICES -m comment --comment "kubernetes service nodeports" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS
