@@ -7,14 +7,18 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: kube_proxy_state
-short_description: Compute what kube-proxy in IPVS mode programs on a node, from Services and EndpointSlices
+short_description: Compute what kube-proxy programs on a node in IPVS, iptables or nftables mode
 version_added: 0.1.0
 author: kubeipvs.node maintainers (@kubeipvs)
 description:
   - Reads every Service and every EndpointSlice (C(discovery.k8s.io/v1)) and computes, for one
-    node, what kube-proxy's IPVS mode would program there - the addresses of C(kube-ipvs0), the
-    IPVS virtual and real servers and the members of its ipsets - in the input format of
-    M(kubeipvs.node.dummy_interface), M(kubeipvs.node.ipvs_sync) and M(kubeipvs.node.ipset).
+    node, what kube-proxy would program there in O(mode) - in IPVS mode the addresses of
+    C(kube-ipvs0), the IPVS virtual and real servers and the members of its ipsets (input of
+    M(kubeipvs.node.dummy_interface), M(kubeipvs.node.ipvs_sync) and M(kubeipvs.node.ipset)); in
+    iptables mode its nat and filter chains (input of M(kubeipvs.node.iptables_chain)); in
+    nftables mode its C(kube-proxy) tables (input of M(kubeipvs.node.nftables_table)).
+  - A mode switch programs the target mode with this before restarting kube-proxy, so Services
+    answer throughout (see the mode_switch role).
   - Follows kube-proxy's rules - ClusterIPs, externalIPs, LoadBalancer ingress IPs (not those with
     C(ipMode=Proxy)) and NodePorts on each node IP; session affinity C(ClientIP) as persistence
     (default 10800 seconds); ready endpoints, or serving and terminating ones when none is ready;
@@ -22,7 +26,7 @@ description:
     (and, as kube-proxy does, the cluster-wide ones when the node has none for external traffic).
   - IPv4 and IPv6 (dual-stack Services, IPv6 EndpointSlices, ipsets named C(KUBE-6-*)).
   - Read-only - never changes anything, so check mode is the same as a normal run.
-  - Not modelled - topology-aware routing hints and the iptables rules.
+  - Not modelled - topology-aware routing hints (zones) and traffic distribution.
 extends_documentation_fragment:
   - kubeipvs.node.attributes
   - kubeipvs.node.k8s_auth
@@ -37,6 +41,24 @@ options:
     type: list
     elements: str
     default: []
+  mode:
+    description:
+      - The kube-proxy mode to compute the node's state for.
+      - V(ipvs) returns RV(dummy_interface), RV(ipvs_sync), RV(ipsets) and RV(ipset_types);
+        V(iptables) returns RV(iptables_chain); V(nftables) returns RV(nftables_tables).
+    type: str
+    default: ipvs
+    choices: [ipvs, iptables, nftables]
+  cluster_cidr:
+    description:
+      - kube-proxy's C(clusterCIDR) (comma-separated for dual-stack) - iptables and nftables mode
+        masquerade traffic to a ClusterIP from outside it. Empty - no such rule, as kube-proxy without it.
+    type: str
+    default: ""
+  masquerade_bit:
+    description: kube-proxy's C(iptables.masqueradeBit) (0-31) - the mark bit of traffic to masquerade.
+    type: int
+    default: 14
   scheduler:
     description: The IPVS scheduler kube-proxy is configured with (C(ipvs.scheduler)).
     type: str
@@ -66,26 +88,52 @@ EXAMPLES = r"""
 RETURN = r"""
 dummy_interface:
   description: Input of M(kubeipvs.node.dummy_interface) - C(addresses) to bind to C(kube-ipvs0).
-  returned: success
+  returned: when O(mode=ipvs)
   type: dict
   sample: {addresses: [10.96.0.1, 10.96.0.10]}
 ipvs_sync:
   description: Input of M(kubeipvs.node.ipvs_sync) - C(services), each with its C(real_servers).
-  returned: success
+  returned: when O(mode=ipvs)
   type: dict
   sample:
     services:
       - {protocol: tcp, address: 10.96.0.10, port: 53, family: inet, scheduler: rr,
          real_servers: [{address: 10.244.1.5, port: 53, weight: 1, forwarding: nat}]}
+iptables_chain:
+  description:
+    - With O(mode=iptables) - per family (V(ipv4), V(ipv6)) the O(kubeipvs.node.iptables_chain#module:chains)
+      input that writes the chains and jumps kube-proxy's iptables mode writes (KUBE-SERVICES,
+      KUBE-SVC-*, KUBE-SEP-*, KUBE-EXT-*, KUBE-NODEPORTS, filter KUBE-SERVICES, ...).
+  returned: when O(mode=iptables)
+  type: dict
+  sample: {ipv4: [{table: nat, chain: KUBE-MARK-MASQ, rules: ["-j MARK --or-mark 0x4000"], jumps: []}]}
+nftables_tables:
+  description:
+    - With O(mode=nftables) - per family the table kube-proxy's nftables mode writes, as input of
+      M(kubeipvs.node.nftables_table) (C(family), C(name), C(content)).
+  returned: when O(mode=nftables)
+  type: list
+  elements: dict
+  sample: [{family: ip, name: kube-proxy, content: "chain services { ... }"}]
+mode:
+  description: The mode the state was computed for.
+  returned: success
+  type: str
+  sample: ipvs
+kubernetes_version:
+  description: The API server's C(gitVersion).
+  returned: success
+  type: str
+  sample: v1.34.1
 ipsets:
   description: Set name -> members as C(ipset list) prints them, for every kube-proxy set of each IP family.
-  returned: success
+  returned: when O(mode=ipvs)
   type: dict
   sample: {KUBE-CLUSTER-IP: ["10.96.0.10,tcp:53"], KUBE-LOOP-BACK: ["10.244.1.5,tcp:53,10.244.1.5"],
            KUBE-NODE-PORT-TCP: ["30080"]}
 ipset_types:
   description: Set name -> ipset type, for creating the sets with M(kubeipvs.node.ipset).
-  returned: success
+  returned: when O(mode=ipvs)
   type: dict
   sample: {KUBE-CLUSTER-IP: "hash:ip,port", KUBE-NODE-PORT-TCP: "bitmap:port"}
 cluster_ip_ports:
@@ -113,6 +161,8 @@ counts:
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
 from ansible_collections.kubeipvs.node.plugins.module_utils._k8s_client import AUTH_ARG_SPEC, client_from_module
+from ansible_collections.kubeipvs.node.plugins.module_utils._kube_proxy_iptables import iptables_state
+from ansible_collections.kubeipvs.node.plugins.module_utils._kube_proxy_nftables import nftables_state
 from ansible_collections.kubeipvs.node.plugins.module_utils._kube_proxy_state import node_state
 
 
@@ -127,25 +177,40 @@ def node_ips_from_api(client, node_name):
     return addresses
 
 
+def render(params, services, slices, node_ips):
+    """The node's state in the requested mode's terms, plus the mode-independent facts."""
+    mode, node_name = params["mode"], params["node_name"]
+    ipvs = node_state(services, slices, node_name, node_ips, params["scheduler"])
+    virtual_servers = ipvs["ipvs_sync"]["services"]
+    result = {"mode": mode, "cluster_ip_ports": ipvs["cluster_ip_ports"],
+              "counts": {"services_read": len(services), "endpoint_slices_read": len(slices),
+                         "virtual_servers": len(virtual_servers),
+                         "real_servers": sum(len(s["real_servers"]) for s in virtual_servers),
+                         "addresses": len(ipvs["dummy_interface"]["addresses"])}}
+    options = {"cluster_cidr": params["cluster_cidr"] or None, "masquerade_bit": params["masquerade_bit"]}
+    if mode == "ipvs":
+        result.update((key, ipvs[key]) for key in ("dummy_interface", "ipvs_sync", "ipsets", "ipset_types"))
+    elif mode == "iptables":
+        result["iptables_chain"] = iptables_state(services, slices, node_name, node_ips, **options)
+    else:
+        result["nftables_tables"] = list(nftables_state(services, slices, node_name, node_ips, **options).values())
+    return result
+
+
 def compute(module):
     params = module.params
+    if not 0 <= params["masquerade_bit"] <= 31:
+        raise KubeIpvsError(f"masquerade_bit must be 0-31, got {params['masquerade_bit']}")
     client = client_from_module(module)
     node_ips = params["node_ips"] or node_ips_from_api(client, params["node_name"])
     services = client.list("Service")
     slices = client.list("EndpointSlice")
     try:
-        state = node_state(services, slices, params["node_name"], node_ips, params["scheduler"])
+        state = render(params, services, slices, node_ips)
     except ValueError as error:
         raise KubeIpvsError(str(error)) from None
-    virtual_servers = state["ipvs_sync"]["services"]
-    state.update(
-        changed=False,
-        node_ips=node_ips,
-        counts={"services_read": len(services), "endpoint_slices_read": len(slices),
-                "virtual_servers": len(virtual_servers),
-                "real_servers": sum(len(s["real_servers"]) for s in virtual_servers),
-                "addresses": len(state["dummy_interface"]["addresses"])},
-    )
+    version = client.version() or {}
+    state.update(changed=False, node_ips=node_ips, kubernetes_version=version.get("gitVersion", ""))
     return state
 
 
@@ -156,6 +221,9 @@ def main():
         node_ips=dict(type="list", elements="str", default=[]),
         scheduler=dict(type="str", default="rr",
                        choices=["rr", "wrr", "lc", "wlc", "lblc", "lblcr", "sh", "dh", "sed", "nq", "mh"]),
+        mode=dict(type="str", default="ipvs", choices=["ipvs", "iptables", "nftables"]),
+        cluster_cidr=dict(type="str", default=""),
+        masquerade_bit=dict(type="int", default=14),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     run_module(module, compute)

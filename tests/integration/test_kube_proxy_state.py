@@ -118,3 +118,32 @@ def test_ipsets_load_into_the_kernel_as_computed(cluster, netns):
         assert saved == set(members), name
         loaded += 1
     assert loaded >= 14, state["ipsets"]
+
+
+def test_state_in_iptables_and_nftables_mode(cluster):
+    seed(cluster)
+    ipvs, iptables, nftables, bad_bit = cluster.modules([
+        ("kube_proxy_state", {"node_name": "node1"}),
+        ("kube_proxy_state", {"node_name": "node1", "mode": "iptables", "cluster_cidr": "10.244.0.0/16"}),
+        ("kube_proxy_state", {"node_name": "node1", "mode": "nftables", "masquerade_bit": 15}),
+        ("kube_proxy_state", {"node_name": "node1", "mode": "nftables", "masquerade_bit": 32}),
+    ])
+    # The mode-independent facts are the same whatever the mode.
+    assert ipvs["mode"] == "ipvs" and iptables["mode"] == "iptables" and nftables["mode"] == "nftables"
+    assert len(ipvs["cluster_ip_ports"]) == SERVICES and "tcp/10.96.0.1:80" in ipvs["cluster_ip_ports"]
+    assert iptables["cluster_ip_ports"] == nftables["cluster_ip_ports"] == ipvs["cluster_ip_ports"]
+    assert ipvs["kubernetes_version"].startswith("v1.")
+    # Each mode returns its own module input only.
+    assert "iptables_chain" not in ipvs and "nftables_tables" not in ipvs
+    assert "ipvs_sync" not in iptables and "nftables_tables" not in iptables
+    assert "ipvs_sync" not in nftables and "iptables_chain" not in nftables
+    chains = {(c["table"], c["chain"]): c for c in iptables["iptables_chain"]["ipv4"]}
+    assert sum(1 for table, name in chains if name.startswith("KUBE-SVC-")) == SERVICES
+    services = chains[("nat", "KUBE-SERVICES")]["rules"]
+    assert any("-d 10.96.0.1 " in rule and "--dport 80" in rule for rule in services)
+    assert any("! -s 10.244.0.0/16" in rule for chain in chains.values() for rule in chain.get("rules") or [])
+    [table] = nftables["nftables_tables"]
+    assert (table["family"], table["name"]) == ("ip", "kube-proxy")
+    assert "10.96.0.1 . tcp . 80" in table["content"] and "0x8000" in table["content"]
+    assert bad_bit["failed"] and "masquerade_bit must be 0-31" in bad_bit["msg"]
+    assert not cluster.writes()
