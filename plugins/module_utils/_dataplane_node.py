@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import time
 
 from ansible_collections.kubeipvs.node.plugins.module_utils import _dataplane as dp
 from ansible_collections.kubeipvs.node.plugins.module_utils import _iptables as iptables_lib
@@ -75,6 +76,7 @@ class NodeReader:
         self.tools = {}  # (backend, family) -> _iptables.BackendTools
         self.services = {}  # label -> Service (owned)
         self.link = None
+        self.link_addresses = []
         self.warnings = []
 
     def _proc(self, path):
@@ -135,6 +137,7 @@ class NodeReader:
         try:
             self.link = links.get_link(name)
             addresses = sorted(links.addresses(self.link)) if self.link is not None else []
+            self.link_addresses = addresses
         finally:
             links.close()
         return self.link is not None, addresses
@@ -226,8 +229,41 @@ class PlanApplier:
     """Applies a _dataplane.CleanupPlan in its order: iptables transactions (jumps, flushes, deletes),
     then ipsets (no rule matches them any more), IPVS services, the dummy link, nftables tables."""
 
-    def __init__(self, reader):
+    def __init__(self, reader, drain_seconds=0, sleep=None):
         self.reader = reader
+        self.drain_seconds = drain_seconds
+        self.sleep = sleep or time.sleep
+
+    def primary_ipv4(self, ip):
+        """The first global IPv4 address of the default route's device, or None."""
+        rc, out, _err = self.reader.run([ip, "-j", "-4", "route", "show", "default"])
+        routes = json.loads(out or "[]") if rc == 0 else []
+        device = next((route.get("dev") for route in routes if route.get("dev")), None)
+        if not device:
+            return None
+        rc, out, _err = self.reader.run([ip, "-j", "-4", "addr", "show", "dev", device, "scope", "global"])
+        for link in json.loads(out or "[]") if rc == 0 else []:
+            for info in link.get("addr_info") or []:
+                if info.get("family") == "inet" and info.get("local"):
+                    return info["local"]
+        return None
+
+    def drain_link(self, link_name, addresses):
+        """Before the dummy link goes: point its IPv4 addresses' local routes at the node's primary
+        address as preferred source and wait. A connection the node itself opens to a VIP on the link
+        takes the VIP as source address; when the link goes, replies to it have nowhere to go. New
+        connections now take the primary address, and the open ones finish while the VIPs stay local."""
+        ip = self.reader.which("ip")
+        vips = [a for a in addresses if ":" not in a]
+        source = self.primary_ipv4(ip) if ip and vips and self.drain_seconds > 0 else None
+        if not source:
+            return
+        for vip in vips:
+            rc, _out, err = self.reader.run([ip, "-4", "route", "replace", "table", "local", "local", vip, "dev",
+                                             link_name, "proto", "kernel", "scope", "host", "src", source])
+            if rc != 0:
+                raise KubeIpvsError(f"cannot prefer source {source} for {vip} on {link_name}: {err.strip()}", rc=rc)
+        self.sleep(self.drain_seconds)
 
     def apply(self, plan):
         run = self.reader.run
@@ -252,6 +288,7 @@ class PlanApplier:
             finally:
                 kernel.close()
         if plan.links:
+            self.drain_link(plan.links[0], self.reader.link_addresses)
             links = self.reader.link_factory()
             try:
                 links.delete_link(self.reader.link)

@@ -64,6 +64,15 @@ options:
     type: str
     choices: [ipv4, ipv6, both]
     default: both
+  drain_seconds:
+    description:
+      - With O(mode=ipvs), before the dummy link goes - make the node's own new connections to the
+        link's IPv4 addresses take the node's primary address as source, then wait this many seconds
+        (0-300). A connection the node opens to a VIP on the link has the VIP as source address, and
+        the replies to it have nowhere to go once the link is gone; this lets those connections finish
+        while the traffic already flows through another mode's rules (a mode switch). V(0) deletes at once.
+    type: int
+    default: 0
 notes:
   - Needs root. IPVS and links are handled with the collection's own netlink code (no pyroute2
     needed); IPVS is only read when C(ip_vs) is loaded.
@@ -150,6 +159,8 @@ def cleanup(module):
     mode = params["mode"]
     cidrs, link = validate_scope(params["scope"] or {})
     families = FAMILY_CHOICES[params["family"]]
+    if not 0 <= params["drain_seconds"] <= 300:
+        raise KubeIpvsError(f"drain_seconds must be 0-300, got {params['drain_seconds']}")
 
     def run(argv, data=None):
         return module.run_command(argv, data=data, binary_data=True, environ_update={"LC_ALL": "C"})
@@ -170,7 +181,7 @@ def cleanup(module):
     gone = dp.removed_names(plan)
     if plan.changed and not module.check_mode:
         try:
-            PlanApplier(reader).apply(plan)
+            PlanApplier(reader, drain_seconds=params["drain_seconds"]).apply(plan)
         except NetlinkError as error:
             raise KubeIpvsError(f"netlink request failed while cleaning up {mode} mode: {error}") from None
     result = {
@@ -193,6 +204,7 @@ def main():
     module = AnsibleModule(
         argument_spec={
             "mode": {"type": "str", "required": True, "choices": ["iptables", "ipvs", "nftables"]},
+            "drain_seconds": {"type": "int", "default": 0},
             **SCOPE_AND_FAMILY_ARGS,
         },
         supports_check_mode=True,

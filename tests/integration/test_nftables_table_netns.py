@@ -44,8 +44,9 @@ SERVICES = [service("web", "172.30.0.41", 80, node_port=30080), service("empty",
 SLICES = [endpoint_slice("web", [BACKEND])]
 
 
-def kube_proxy_table(services=SERVICES, slices=SLICES):
-    return nftables_state(services, slices, NODE, NODE_IPS, cluster_cidr="10.244.0.0/16",
+def kube_proxy_table(services=None, slices=None):
+    return nftables_state(SERVICES if services is None else services, SLICES if slices is None else slices,
+                          NODE, NODE_IPS, cluster_cidr="10.244.0.0/16",
                           service_cidrs="172.30.0.0/16")["ipv4"]
 
 

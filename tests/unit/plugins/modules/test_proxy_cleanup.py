@@ -54,10 +54,14 @@ OWNED = [Service(AF_INET, PROTO_TCP, "10.96.0.1", 443), Service(AF_INET, PROTO_U
 FOREIGN = Service(AF_INET, PROTO_TCP, "192.0.2.50", 80)
 
 
+IP_JSON = {"route": '[{"dst": "default", "gateway": "10.0.2.2", "dev": "eth0"}]',
+           "addr": '[{"ifname": "eth0", "addr_info": [{"family": "inet", "local": "10.0.2.15", "prefixlen": 24}]}]'}
+
+
 class FakeModule:
     def __init__(self, check_mode=False, save_v4=SAVE_V4, **params):
         self.params = dict({"scope": {"cidrs": ["10.96.0.0/12"], "dummy_interface": "kube-ipvs0"},
-                            "family": "ipv4"}, **params)
+                            "family": "ipv4", "drain_seconds": 0}, **params)
         self.check_mode = check_mode
         self._diff = True
         self.outputs = {"iptables-nft-save": (0, save_v4, ""), "ipset": (0, SETS, ""), "nft": (0, NFT_TABLES, "")}
@@ -72,6 +76,8 @@ class FakeModule:
         self.commands.append((tool, *argv[1:]) if data is None else (tool, data))
         if tool in ("ipset", "nft") and argv[1] in ("destroy", "delete"):
             return 0, "", ""
+        if tool == "ip" and "show" in argv:
+            return 0, IP_JSON["route" if "route" in argv else "addr"], ""
         return self.outputs.get(tool, (0, "", ""))
 
     def warn(self, text):
@@ -127,7 +133,27 @@ def test_ipvs_cleanup_order_rules_then_sets_then_services_then_link(kernel):
     assert {change[0] for change in fake.applied} == {DEL_SERVICE}
     assert FOREIGN.key in fake.table
     assert links.calls == [("delete_link", "kube-ipvs0")]
+    assert not any(command[0] == "ip" for command in module.commands)  # no drain asked for: no route touched
     assert "nft/ipv4/nat/KUBE-SERVICES" in result["kept_shared"]
+
+
+def test_drain_points_the_vips_at_the_primary_address_then_waits_then_deletes_the_link(kernel, monkeypatch):
+    fake, links = kernel
+    slept = []
+    monkeypatch.setattr(_dataplane_node.time, "sleep", slept.append)
+    module = FakeModule(mode="ipvs", drain_seconds=3)
+    proxy_cleanup.cleanup(module)
+    replace = [command for command in module.commands if command[:4] == ("ip", "-4", "route", "replace")]
+    assert replace == [("ip", "-4", "route", "replace", "table", "local", "local", "10.96.0.1", "dev", "kube-ipvs0",
+                        "proto", "kernel", "scope", "host", "src", "10.0.2.15")]
+    assert slept == [3] and links.calls == [("delete_link", "kube-ipvs0")]
+
+
+def test_drain_seconds_out_of_range_fails_before_reading(kernel):
+    module = FakeModule(mode="ipvs", drain_seconds=301)
+    with pytest.raises(KubeIpvsError, match="drain_seconds must be 0-300"):
+        proxy_cleanup.cleanup(module)
+    assert module.commands == []
 
 
 def test_iptables_cleanup_leaves_ipvs_objects(kernel):
