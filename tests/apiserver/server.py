@@ -177,6 +177,7 @@ class ApiServer:
                  recreate_delay=0.2, ready_delay=0.2, namespaces=("default", "kube-system", "kube-public")):
         self.store = Store()
         self.faults = Faults()
+        self.version = "v1.31.0"  # the gitVersion /version reports; tests of version gates change it
         self.tokens = {token: "admin"}
         self.tokens.update({t: "viewer" for t in read_only_tokens})
         self.httpd = ThreadingHTTPServer((host, port), Handler)
@@ -217,7 +218,9 @@ class ApiServer:
                 self.faults.errors -= 1
                 raise ApiError(500, "InternalError", "Internal error occurred: injected failure")
         if method == "GET" and path in ("/version", "/version/"):
-            return 200, {"major": "1", "minor": "31", "gitVersion": "v1.31.0-kubeipvs-test", "platform": "linux/amd64"}
+            major, minor = self.version.lstrip("v").split(".")[:2]
+            return 200, {"major": major, "minor": minor, "gitVersion": f"{self.version}-kubeipvs-test",
+                         "platform": "linux/amd64"}
         if method == "GET" and path == "/api":
             return 200, {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}
         if method == "GET" and path == "/apis":

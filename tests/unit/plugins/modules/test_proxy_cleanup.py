@@ -138,7 +138,7 @@ def test_ipvs_cleanup_order_rules_then_sets_then_services_then_link(kernel):
 
 
 def test_drain_points_the_vips_at_the_primary_address_then_waits_then_deletes_the_link(kernel, monkeypatch):
-    fake, links = kernel
+    links = kernel[1]
     slept = []
     monkeypatch.setattr(_dataplane_node.time, "sleep", slept.append)
     module = FakeModule(mode="ipvs", drain_seconds=3)

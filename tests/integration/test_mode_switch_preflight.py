@@ -1,0 +1,67 @@
+# Copyright (c) kubeipvs.node contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+# ruff: noqa: F811 (the cluster fixture is imported from kube_fixtures, the tests take it as an argument)
+"""roles/mode_switch preflight against the API test server: the Kubernetes version gates for IPVS
+mode, an unknown target mode, a node without kube-proxy. Only the preflight entry point runs, so
+nothing on this machine is changed; the whole switch is proven on lab VMs (molecule mode_switch)."""
+
+from __future__ import annotations
+
+import json
+
+from kube_fixtures import cluster, seed_kubeadm_kube_proxy  # noqa: F401  # pylint: disable=unused-import
+
+
+def preflight(cluster, node="node1", **role_vars):
+    inventory = cluster.tmp_path / "inventory.ini"
+    inventory.write_text(f"{node} ansible_connection=local\n")
+    playbook = cluster.tmp_path / "preflight.yml"
+    playbook.write_text(json.dumps([{
+        "name": "preflight", "hosts": "all", "gather_facts": True, "gather_subset": ["min"],
+        "tasks": [{"name": "preflight", "ansible.builtin.include_role": {
+            "name": "kubeipvs.node.mode_switch", "tasks_from": "preflight.yml"},
+            "vars": dict({"kube_proxy_kubeconfig": cluster.kubeconfig,
+                          "mode_switch_node_ips": ["192.0.2.11"]}, **role_vars)}]}]))
+    return cluster.playbook(playbook, inventory)
+
+
+def failure(results):
+    failed = [r for r in results if r.get("failed")]
+    return failed[0].get("msg", "") if failed else None
+
+
+def messages(results):
+    return " ".join(str(r.get("msg", "")) for r in results)
+
+
+def test_ipvs_is_refused_from_kubernetes_1_40_unless_forced(cluster):
+    seed_kubeadm_kube_proxy(cluster)
+    cluster.server.version = "v1.40.2"
+    refused = preflight(cluster, kube_proxy_target_mode="ipvs")
+    assert "no longer supports kube-proxy's IPVS mode" in failure(refused), refused
+    forced = preflight(cluster, kube_proxy_target_mode="ipvs", mode_switch_force=True)
+    assert "no longer supports" not in (failure(forced) or ""), forced
+    assert "deprecated since Kubernetes 1.35" in messages(forced)  # forced, it still warns
+    assert not cluster.writes()  # preflight only reads
+
+
+def test_ipvs_is_warned_about_from_1_35_and_not_before(cluster):
+    seed_kubeadm_kube_proxy(cluster)
+    cluster.server.version = "v1.36.0"
+    warned = preflight(cluster, kube_proxy_target_mode="ipvs")
+    assert "deprecated since Kubernetes 1.35" in messages(warned)
+    assert "no longer supports" not in (failure(warned) or "")
+    cluster.server.version = "v1.34.3"
+    quiet = preflight(cluster, kube_proxy_target_mode="ipvs")
+    assert "deprecated" not in messages(quiet)
+
+
+def test_unknown_target_and_node_without_kube_proxy_fail_first(cluster):
+    seed_kubeadm_kube_proxy(cluster)
+    unknown = preflight(cluster, kube_proxy_target_mode="userspace")
+    assert "kube_proxy_target_mode must be ipvs, nftables or iptables" in failure(unknown)
+    assert not cluster.store.requests  # nothing ran after the check, not even a read of the API
+    stranger = preflight(cluster, node="node9", kube_proxy_target_mode="nftables")
+    assert "node9 runs no pod of DaemonSet kube-system/kube-proxy" in failure(stranger), stranger
+    assert not cluster.writes()
