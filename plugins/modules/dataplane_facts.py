@@ -131,7 +131,17 @@ dataplane:
       description: Conntrack entries in use and the limit (null when nf_conntrack is not loaded).
       type: dict
       sample: {count: 112, max: 131072}
+    kernel:
+      description: The running kernel's release (what decides whether nftables mode is possible).
+      type: str
+      sample: 6.1.0-50-amd64
+    tools:
+      description: Whether each tool a kube-proxy mode is programmed and cleaned with is installed.
+      type: dict
+      sample: {ipset: true, ipvsadm: true, iptables: true, nft: false}
 """
+
+import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kubeipvs.node.plugins.module_utils import _dataplane as dp
@@ -145,6 +155,7 @@ from ansible_collections.kubeipvs.node.plugins.module_utils._ipvs import IpvsKer
 from ansible_collections.kubeipvs.node.plugins.module_utils._links import LinkKernel
 
 FAMILY_CHOICES = {"ipv4": ("ipv4",), "ipv6": ("ipv6",), "both": dp.FAMILIES}
+TOOLS = ("ipset", "ipvsadm", "iptables", "nft")
 
 
 def make_reader(module, families):
@@ -198,6 +209,8 @@ def gather(module):
         "service_ports": dp.service_ports(node, families),
         "modules": reader.loaded_modules(),
         "conntrack": reader.conntrack(),
+        "kernel": os.uname().release,
+        "tools": {name: bool(module.get_bin_path(name)) for name in TOOLS},
     }
     for warning in reader.warnings:
         module.warn(warning)

@@ -7,6 +7,7 @@ commands answer from canned text, IPVS and links are the in-memory fakes of test
 from __future__ import annotations
 
 import functools
+import os
 import json
 import socket
 
@@ -201,7 +202,16 @@ def test_facts_report_mixed_mode_and_owned_vips(kernel):
     assert dataplane["ipsets"]["kube_proxy"] == ["KUBE-CLUSTER-IP", "KUBE-LOOP-BACK"]
     assert dataplane["iptables"]["ipv4"]["nft"]["nat"]["service_chains"] == 1
     assert result["ansible_facts"]["kubeipvs_dataplane"] == dataplane
+    assert dataplane["kernel"] == os.uname().release
     assert writes(module) == []
+
+
+def test_facts_report_which_tools_are_installed(kernel):
+    module = FakeModule()
+    module.get_bin_path = lambda name, required=False: None if name == "nft" else f"/usr/sbin/{name}"
+    module.outputs["nft"] = (1, "", "should not run")
+    tools = dataplane_facts.gather(module)["dataplane"]["tools"]
+    assert tools == {"ipset": True, "ipvsadm": True, "iptables": True, "nft": False}
 
 
 def test_facts_without_ip_vs_loaded_report_empty_ipvs(kernel, monkeypatch, tmp_path):
