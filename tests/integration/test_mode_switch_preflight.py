@@ -18,7 +18,7 @@ def preflight(cluster, node="node1", **role_vars):
     inventory.write_text(f"{node} ansible_connection=local\n")
     playbook = cluster.tmp_path / "preflight.yml"
     playbook.write_text(json.dumps([{
-        "name": "preflight", "hosts": "all", "gather_facts": True, "gather_subset": ["min"],
+        "name": "preflight", "hosts": "all", "gather_facts": False,
         "tasks": [{"name": "preflight", "ansible.builtin.include_role": {
             "name": "kubeipvs.node.mode_switch", "tasks_from": "preflight.yml"},
             "vars": dict({"kube_proxy_kubeconfig": cluster.kubeconfig,
