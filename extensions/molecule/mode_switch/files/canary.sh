@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Canary traffic on a lab node: start | stop | count. start runs one request to the URL every
 # 0.2 s in the background (its PID in /run/kubeipvs-canary/pid) and logs each result; stop ends
-# it by that PID; count prints "ok=N failed=M" and the failures' times.
+# it by that PID; count prints the counts and the failures' times as JSON.
 set -euo pipefail
 dir=/run/kubeipvs-canary
 case "${1:?start URL | stop | count}" in
@@ -10,11 +10,16 @@ case "${1:?start URL | stop | count}" in
     mkdir -p "$dir"
     if [ -f "$dir/pid" ] && kill -0 "$(cat "$dir/pid")" 2>/dev/null; then exit 0; fi
     : >"$dir/log"
-    setsid bash -c "while :; do
+    # nohup: the SSH session that starts it may end before setsid has made it a session of its
+    # own, and its SIGHUP must not kill the loop (seen on a loaded lab host).
+    nohup setsid bash -c "while :; do
         if curl -fsS -m 2 -o /dev/null '$url'; then echo ok; else echo \"failed \$(date +%T.%N)\"; fi
         sleep 0.2
       done" >>"$dir/log" 2>/dev/null </dev/null &
     echo $! >"$dir/pid"
+    for _ in $(seq 1 100); do [ -s "$dir/log" ] && exit 0; sleep 0.1; done
+    echo "the canary loop wrote nothing in 10 s" >&2
+    exit 1
     ;;
   stop)
     if [ -f "$dir/pid" ]; then
@@ -23,7 +28,9 @@ case "${1:?start URL | stop | count}" in
     fi
     ;;
   count)
-    echo "ok=$(grep -c '^ok' "$dir/log" || true) failed=$(grep -c '^failed' "$dir/log" || true)"
-    grep '^failed' "$dir/log" | head -20 || true
+    # {"ok": N, "failed": M, "failures": ["HH:MM:SS.N", ...]} - read with from_json
+    ok=$(grep -c '^ok' "$dir/log" || true)
+    failures=$(grep '^failed' "$dir/log" | head -20 | awk '{print "\"" $2 "\""}' | paste -sd, - || true)
+    echo "{\"ok\": $ok, \"failed\": $(grep -c '^failed' "$dir/log" || true), \"failures\": [$failures]}"
     ;;
 esac
