@@ -293,23 +293,26 @@ def read_proc_dests(path=PROC_IP_VS):
     return parse_proc_ip_vs(text)
 
 
-def _proc_host_port(text, cache):
-    """(family, address text, port) of ``0A600001:0050`` or ``[fd00:0010:...:0001]:0050``."""
-    found = cache.get(text)
-    if found is None:
-        host, _colon, port = text.rpartition(":")
-        if host.startswith("["):
+def _proc_address(host, cache):
+    """The canonical text of a /proc address: ``0A600001`` or ``[fd00:0010:...:0001]``."""
+    address = cache.get(host)
+    if address is None:
+        if host[0] == "[":
             address = socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, host[1:-1]))
-            found = (AF_INET6, address, int(port, 16))
         else:
-            found = (AF_INET, socket.inet_ntoa(bytes.fromhex(host)), int(port, 16))
-        cache[text] = found
-    return found
+            address = socket.inet_ntoa(bytes.fromhex(host))
+        cache[host] = address
+    return address
 
 
 def parse_proc_ip_vs(text):
     """Parse the kernel's /proc/net/ip_vs text. Thresholds are not in it and read as 0; fwmark
-    services are skipped (the file does not say their family)."""
+    services are skipped (the file does not say their family).
+
+    Real-server lines (``  -> C0A8010A:1F90      Masq    1      0          0``) are most of the
+    text at scale; each costs one split, and each address is converted once (a pod IP recurs
+    in every Service port it backs).
+    """
     table = {}
     cache = {}
     dests = None
@@ -321,8 +324,9 @@ def parse_proc_ip_vs(text):
         if parts[0] == "->":
             if dests is None or len(parts) < 6 or parts[1] == "RemoteAddress:Port":
                 continue
-            found = cache.get(parts[1]) or _proc_host_port(parts[1], cache)
-            address, port = found[1], found[2]
+            host_port = parts[1]
+            address = _proc_address(host_port[:-5], cache)  # the port is always 4 hex digits
+            port = int(host_port[-4:], 16)
             dests[(address, port)] = Dest(address, port, forwarding_of.get(parts[2], FWD_MASQ), int(parts[3]), 0, 0,
                                           int(parts[4]), int(parts[5]))
             continue
@@ -330,8 +334,10 @@ def parse_proc_ip_vs(text):
         if protocol is None or len(parts) < 2:
             dests = None  # header lines, FWM services, unknown protocols
             continue
-        family, address, port = _proc_host_port(parts[1], cache)
-        dests = table[(family, protocol, address, port, 0)] = {}
+        host_port = parts[1]
+        family = AF_INET6 if host_port[0] == "[" else AF_INET
+        address = _proc_address(host_port[:-5], cache)
+        dests = table[(family, protocol, address, int(host_port[-4:], 16), 0)] = {}
     return table
 
 
@@ -568,11 +574,18 @@ def normalize_service(entry, where="service", purge_default=True, addresses=None
     servers = entry.get("real_servers") or []
     if not isinstance(servers, list):
         _fail(where, "real_servers must be a list")
+    dests = service.dests
+    default_port = 0 if fwmark else service.port
+    min_port = 0 if fwmark else 1
+    ipv4 = service.family == AF_INET
     for index, server in enumerate(servers):
-        dest = _normalize_dest(where, index, server, service, addresses)
-        if dest.key in service.dests:
+        dest = _plain_dest(server, addresses, default_port, min_port, ipv4)
+        if dest is None:
+            dest = _normalize_dest(where, index, server, service, addresses)
+        key = (dest.address, dest.port)
+        if key in dests:
             _fail(where, f"real server {dest.label(service.family)} is listed twice")
-        service.dests[dest.key] = dest
+        dests[key] = dest
     return service, state
 
 
@@ -599,6 +612,33 @@ def _netmask(where, family, value):
 def _small_int(value, low, high):
     """``value`` when it is already a plain int in range (the fast path at 100k real servers)."""
     return value if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high else None
+
+
+PLAIN_DEST_KEYS = frozenset(("address", "port", "weight"))
+
+
+def _plain_dest(server, addresses, default_port, min_port, ipv4):
+    """The Dest of the common real-server shape - a mapping of an address already seen in this
+    family (``addresses``) or a canonical IPv4 one, an int port and weight in range, nothing
+    else - or None, and then ``_normalize_dest`` validates it in full. At 100k real servers this
+    is most of the validation cost of a run, so it does only what that shape needs."""
+    if not isinstance(server, dict) or not PLAIN_DEST_KEYS.issuperset(server):
+        return None
+    raw = server.get("address")
+    address = addresses.get(raw)
+    if address is None and ipv4 and isinstance(raw, str):
+        try:  # inet_pton accepts only canonical dotted quads, so the text is already canonical
+            inet_pton(socket.AF_INET, raw)
+        except OSError:
+            return None
+        address = addresses[raw] = raw
+    port = server.get("port", default_port)
+    weight = server.get("weight", 1)
+    # Exact types on purpose: a bool is an int too, and must go to the full validation to be refused.
+    if (address is None or type(port) is not int or type(weight) is not int  # pylint: disable=unidiomatic-typecheck
+            or not min_port <= port <= 65535 or not 0 <= weight <= 65535):
+        return None
+    return Dest(address, port, FWD_MASQ, weight)
 
 
 def _normalize_dest(service_where, index, server, service, addresses):

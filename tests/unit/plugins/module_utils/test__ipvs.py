@@ -299,6 +299,36 @@ def test_normalize_services_splits_absent_and_shares_no_cache_across_families():
                             {"address": "fd00::1", "port": 80, "real_servers": [{"address": "10.0.0.1"}]}])
 
 
+@pytest.mark.parametrize("plain, spelled_out", [
+    ({"address": "10.0.0.1", "port": 8080},
+     {"address": "10.0.0.1", "port": "8080", "forwarding": "nat", "weight": 1, "upper_threshold": 0}),
+    ({"address": "10.0.0.1", "weight": 0}, {"address": "10.0.0.1/32", "port": 80, "weight": "0"}),
+    ({"address": "fd00::2", "port": 53}, {"address": "fd00:0::2", "port": 53, "weight": 1}),
+])
+def test_real_servers_in_plain_and_spelled_out_form_agree(plain, spelled_out):
+    """The fast path for {address, port, weight} and the full validation build the same Dest."""
+    family_vip = "fd00::1" if ":" in plain["address"] else "10.96.0.1"
+
+    def dest_of(server):
+        service, _state = normalize_service({"address": family_vip, "port": 80, "real_servers": [server]})
+        (dest,) = service.dests.values()
+        return (dest.address, dest.port, dest.settings())
+
+    assert dest_of(plain) == dest_of(spelled_out)
+
+
+@pytest.mark.parametrize("server, message", [
+    ({"address": "10.0.0.1", "port": True}, "port must be an integer"),
+    ({"address": "10.0.0.1", "port": 0}, "port must be between 1 and 65535"),
+    ({"address": "10.0.0.1", "weight": 65536}, "weight must be between 0 and 65535"),
+    ({"address": "010.0.0.1"}, "not an IPv4 address"),
+    ({"address": "10.0.0.1", "colour": "red"}, "unknown key"),
+])
+def test_real_servers_the_fast_path_passes_on_are_still_refused(server, message):
+    with pytest.raises(KubeIpvsError, match=message):
+        normalize_services([{"address": "10.96.0.1", "port": 80, "real_servers": [{"address": "10.0.0.1"}, server]}])
+
+
 def test_keys_with_thresholds():
     desired, _absent = normalize_services([
         {"address": "10.96.0.1", "port": 80, "real_servers": [{"address": "10.0.0.1", "upper_threshold": 3}]},
