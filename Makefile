@@ -28,7 +28,7 @@ export ANSIBLE_NOCOLOR := True
 export PY_COLORS := 0
 
 .PHONY: help setup apt venv collection test unit pytest sanity lint molecule build-collection \
-	lab-up lab-down lab-ssh lab-status demo clean
+	lab-up lab-down lab-ssh lab-status demo bench-ipvs clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -108,6 +108,24 @@ demo: setup ## the main job on the lab: boot it, run playbooks/site.yml with exa
 	$(LAB) up --nodes $(DEMO_NODES)
 	$(BIN)/ansible-playbook -i .lab/inventory.yml tests/lab/demo/site.yml -e @tests/lab/demo/vars.yml
 	@echo "demo: the lab is still up; 'make lab-ssh' to look around, 'make lab-down' to stop it"
+
+# The IPVS benchmark needs a kernel with IPVS: it runs in a lab VM of its own (more memory than the
+# test lab, so 50k services fit), with the collection and pyroute2 (its naive reference) copied in.
+BENCH_LAB := KUBEIPVS_LAB_STATE=$(CURDIR)/.lab-bench KUBEIPVS_LAB_MEMORY=4096 $(LAB)
+BENCH_ARGS ?= --services 10000 --dests 10 --rounds 3
+bench-ipvs: setup ## IPVS benchmark against ipvsadm in a lab VM (BENCH_ARGS=...); prints ratios, ~40 min
+	$(BENCH_LAB) up --nodes 1
+	tar -cf - plugins bench | $(BENCH_LAB) ssh node1 'rm -rf /root/bench && \
+		mkdir -p /root/bench/ansible_collections/kubeipvs/node && tar -xf - -C /root/bench/ansible_collections/kubeipvs/node'
+	tar -cf - -C "$$($(LAB) wheels)" . | $(BENCH_LAB) ssh node1 'mkdir -p /root/bench/wheels && \
+		tar -xf - -C /root/bench/wheels && for wheel in /root/bench/wheels/*.whl; do python3 -m zipfile -e "$$wheel" /root/bench; done'
+	@# the module runs with a real AnsibleModule, as Ansible would ship it
+	tar -cf - -C "$$($(BIN)/python -c 'import ansible, os; print(os.path.dirname(os.path.dirname(ansible.__file__)))')" \
+		ansible | $(BENCH_LAB) ssh node1 'tar -xf - -C /root/bench'
+	@mkdir -p $(BUILD)
+	$(BENCH_LAB) ssh node1 'cd /root/bench/ansible_collections/kubeipvs/node && \
+		PYTHONPATH=/root/bench python3 bench/ipvs_bench.py $(BENCH_ARGS)' | tee $(BUILD)/ipvs-bench.json; \
+		status=$$?; $(BENCH_LAB) down; exit $$status
 
 clean: lab-down ## remove build trees (the image cache stays)
 	rm -rf $(BUILD)

@@ -3,17 +3,32 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """IPVS benchmark: kubeipvs.node's library against ipvsadm on the same kernel, as ratios.
 
-Run as root on a lab node (it flushes the IPVS table!), with the collection on PYTHONPATH:
+Run as root on a lab node (``make bench-ipvs`` does it from the controller), with the collection
+on PYTHONPATH:
 
-    PYTHONPATH=/root/c python3 bench/ipvs_bench.py --services 10000 --dests 10
+    PYTHONPATH=/root/c python3 bench/ipvs_bench.py --services 10000 --dests 10 --rounds 3
 
-Every library measurement runs the code path of the ipvs_sync module's body: load the JSON
-services file, normalise and validate it, read the kernel once, plan, apply in batches. The
-references run in the same process run: ``ipvsadm-restore`` for the converge from empty,
-``ipvsadm -Sn`` for the no-op read, a pyroute2 per-service loop (at a smaller size,
-extrapolated linearly) as the naive reference. Results are ratios; the exit status says
-whether the targets hold:
-  converge / ipvsadm-restore <= 1, no-op / ipvsadm -Sn <= 1, churn(1%) / no-op <= 1.2.
+Every library measurement runs the ipvs_sync module's main() with a real AnsibleModule (the
+ansible package is copied onto the node for it): load the JSON services file, normalise and
+validate it, read the kernel once, plan, apply in batches, build the result. IPVS
+tables belong to a network namespace, so every converge starts in a new, empty namespace of its
+own - the node's own table is never touched, and no measurement pays for an earlier one (the
+kernel keeps deleted real servers on a per-namespace trash list for minutes, and every real
+server added meanwhile walks it). Each step runs as its own process inside its namespace and
+reports its wall and CPU seconds (user + system, so the kernel's netlink work counts on both
+sides). The namespaces of all rounds stay until the rounds are done. Per round, in this order:
+
+  restore   ``ipvsadm-restore`` of the whole table into a new namespace
+  converge  the library into another new namespace
+  noop      the library again on that converged table     | taking turns with
+  save      ``ipvsadm -Sn`` of the same table             | each other
+  churn     1% of the services swap a real server (every 100th service: one out, one in)
+  noop_churned  the library on the churned table
+
+Ratios are of the medians over the rounds: converge/restore <= 1, noop/save <= 1,
+churn/noop <= 1.2 are the targets; the exit status says whether they hold. Then, once: a
+per-service pyroute2 loop at --naive-services (the naive reference, extrapolated linearly;
+needs pyroute2 on the node) and the peak memory of a no-op run at --big services.
 """
 
 from __future__ import annotations
@@ -23,20 +38,20 @@ import gc
 import json
 import os
 import resource
+import secrets
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import tracemalloc
 
-from ansible_collections.kubeipvs.node.plugins.module_utils._ipvs import (
-    IpvsKernel,
-    keys_with_thresholds,
-    normalize_services,
-)
-from ansible_collections.kubeipvs.node.plugins.module_utils._ipvs_plan import Scope, plan_changes, result_counts
+from _harness import module_in_process
 
 SCOPE_CIDRS = ["10.96.0.0/12"]
+NAMESPACE_PREFIX = "kubeipvs-bench-"
+# Seconds to let the kernel free deleted namespaces' tables before the next phase is measured.
+SETTLE_SECONDS = 60
 
 
 def vip(index):
@@ -69,20 +84,6 @@ def restore_text(table):
     return "\n".join(lines) + "\n"
 
 
-# A deleted real server stays on the namespace's dest trash list for 2-3 minutes
-# (IP_VS_DEST_TRASH_PERIOD, a 60 s timer), and every real server added meanwhile walks that
-# list: right after flushing 100k real servers, adding 100k more costs O(n^2) in the kernel.
-SETTLE_SECONDS = 190
-
-
-def flush(settle=True):
-    """Empty the table, then wait until the kernel's dest trash has been emptied (see above), so
-    that a converge measured next does not pay for the previous table."""
-    subprocess.run(["ipvsadm", "-C"], check=True)
-    if settle:
-        time.sleep(SETTLE_SECONDS)
-
-
 def cpu_seconds():
     """User + system CPU of this process and its finished children: the kernel's netlink work
     runs in the sending process, so this counts ipvsadm's and the library's kernel time alike."""
@@ -92,44 +93,29 @@ def cpu_seconds():
 
 
 def timed(function, *args):
-    """(wall seconds, CPU seconds, result). On a shared 2-core host the CPU figure is the steadier."""
+    """([wall seconds, CPU seconds], result)."""
     gc.collect()
     start, cpu_start = time.perf_counter(), cpu_seconds()
     result = function(*args)
-    return (time.perf_counter() - start, cpu_seconds() - cpu_start), result
+    return [time.perf_counter() - start, cpu_seconds() - cpu_start], result
 
 
-def sync_from_file(path):
-    """What ipvs_sync's body does with services_file (minus Ansible's own start-up)."""
-    with open(path, "rb") as handle:
-        entries = json.loads(handle.read())
-    desired, _absent = normalize_services(entries)
-    del entries  # the module drops the raw list too once it is validated
-    scope = Scope(cidrs=SCOPE_CIDRS)
-    kernel = IpvsKernel()
-    try:
-        current = kernel.read(exact=keys_with_thresholds(desired))
-        plan = plan_changes(desired, current, scope, exclusive=True, now=time.time())
-        changes = plan.ordered()
-        if changes:
-            kernel.apply(changes)
-    finally:
-        kernel.close()
-    return result_counts(plan)
+def ipvs_sync(path):
+    """The ipvs_sync module's main() with a real AnsibleModule in this process: services_file
+    loaded, validated, the kernel read once, planned, applied in batches - all but the
+    interpreter start-up and the controller's cost of a task. Returns the module's counts."""
+    result = module_in_process("ipvs_sync", {"services_file": path, "scope": {"cidrs": SCOPE_CIDRS}})
+    if result.get("failed"):
+        raise SystemExit(f"ipvs_sync failed: {result.get('msg')}")
+    return result["counts"]
 
 
-def run_ipvsadm_restore(text):
-    subprocess.run(["ipvsadm-restore"], input=text.encode(), check=True)
-
-
-def run_ipvsadm_save():
-    subprocess.run(["ipvsadm", "-Sn"], stdout=subprocess.DEVNULL, check=True)
-
-
-def pyroute2_loop(table):
+def pyroute2_loop(path):
     """The naive reference: one pyroute2 request per service and per real server."""
     from pyroute2 import IPVS, IPVSDest, IPVSService
 
+    with open(path) as handle:
+        table = json.load(handle)
     ipvs = IPVS()
     try:
         for entry in table:
@@ -142,118 +128,196 @@ def pyroute2_loop(table):
         ipvs.close()
 
 
-def write_json(table):
-    handle, path = tempfile.mkstemp(prefix="ipvs-bench-", suffix=".json")
-    with os.fdopen(handle, "w") as stream:
+def run_tool(argv, stdin_path=None):
+    with open(stdin_path or os.devnull, "rb") as stdin:
+        subprocess.run(argv, stdin=stdin, stdout=subprocess.DEVNULL, check=True)
+
+
+# --- one step, run inside its namespace by the driver below --------------------------------------
+
+def run_step(step, path):
+    """Run one step in the current network namespace and print its figures as JSON."""
+    if step == "restore":
+        seconds, result = timed(run_tool, ["ipvsadm-restore"], path)
+    elif step == "save":
+        seconds, result = timed(run_tool, ["ipvsadm", "-Sn"])
+    elif step == "sync":
+        seconds, result = timed(ipvs_sync, path)
+    elif step == "pyroute2":
+        seconds, result = timed(pyroute2_loop, path)
+    elif step == "sync_memory":
+        gc.collect()
+        tracemalloc.start()
+        seconds, result = timed(ipvs_sync, path)
+        _current, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        result = {"counts": result, "tracemalloc_peak_mib": round(peak / 2**20, 1)}
+    else:
+        raise SystemExit(f"unknown step {step}")
+    print(json.dumps({"seconds": seconds, "result": result,
+                      "ru_maxrss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
+
+
+# --- the driver -----------------------------------------------------------------------------------
+
+class Namespaces:
+    """Network namespaces made for the benchmark, each with what IPVS needs to accept real servers
+    (a unicast route to them), all deleted at the end."""
+
+    def __init__(self):
+        self.names = []
+
+    def new(self):
+        name = NAMESPACE_PREFIX + secrets.token_hex(3)
+        subprocess.run(["ip", "netns", "add", name], check=True)
+        self.names.append(name)
+        for argv in (["link", "add", "bench0", "type", "dummy"], ["link", "set", "bench0", "up"],
+                     ["addr", "add", "10.255.255.1/32", "dev", "bench0"], ["route", "add", "default", "dev", "bench0"]):
+            subprocess.run(["ip", "-n", name, *argv], check=True)
+        return name
+
+    def step(self, name, step, path=""):
+        completed = subprocess.run(["ip", "netns", "exec", name, sys.executable, os.path.abspath(__file__),
+                                    "--step", step, "--file", path], capture_output=True, text=True, check=False)
+        if completed.returncode != 0:
+            raise SystemExit(f"step {step} failed: {completed.stderr.strip()}")
+        return json.loads(completed.stdout)
+
+    def delete_all(self, settle=0):
+        """Delete them; the kernel frees their IPVS tables in the background, which ``settle``
+        seconds let it finish before anything else is measured."""
+        for name in self.names:
+            subprocess.run(["ip", "netns", "del", name], check=False)
+        if self.names and settle:
+            time.sleep(settle)
+        self.names = []
+
+
+def write_json(directory, name, table):
+    path = os.path.join(directory, name)
+    with open(path, "w") as stream:
         json.dump(table, stream)
     return path
 
 
-def best_of(runs, function, *args):
-    """The run with the least CPU time: the guest's clock also charges it the host's contention."""
-    best = None
-    for _attempt in range(runs):
-        seconds, result = timed(function, *args)
-        if best is None or seconds[1] < best[0][1]:
-            best = (seconds, result)
-    return best
+def expect_counts(step, figures, changed):
+    counts = figures["result"]
+    if bool(any(counts.values())) != changed:
+        raise SystemExit(f"{step}: expected {'changes' if changed else 'no change'}, got {counts}")
 
 
-def bench_main_size(args, report):
+def bench_rounds(args, namespaces, directory, report):
     table = make_table(args.services, args.dests)
-    path = write_json(table)
-    churn_path = write_json(make_table(args.services, args.dests, churn_every=100))
-    try:
-        flush()
-        report["ipvsadm_restore_s"], _result = timed(run_ipvsadm_restore, restore_text(table))
-        flush()
-        report["converge_s"], counts = timed(sync_from_file, path)
-        report["converge_counts"] = counts
-        # No-op run and ipvsadm -Sn take turns, best of --repeat each.
-        report["noop_s"], counts = best_of(args.repeat, sync_from_file, path)
-        if any(counts.values()):
-            raise SystemExit(f"no-op run changed something: {counts}")
-        report["ipvsadm_save_s"], _result = best_of(args.repeat, run_ipvsadm_save)
-        report["churn_s"], counts = timed(sync_from_file, churn_path)
-        report["churn_counts"] = counts
-        report["noop_after_churn_s"], _result = best_of(args.repeat, sync_from_file, churn_path)
-        report["ru_maxrss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    finally:
-        os.unlink(path)
-        os.unlink(churn_path)
-        flush()
+    table_path = write_json(directory, "table.json", table)
+    restore_path = os.path.join(directory, "table.ipvsadm")
+    with open(restore_path, "w") as stream:
+        stream.write(restore_text(table))
+    del table
+    samples = {name: [] for name in ("restore", "converge", "noop", "save", "churn", "noop_churned")}
+    for round_number in range(args.rounds):
+        churn_path = write_json(directory, f"churn-{round_number}.json",
+                                make_table(args.services, args.dests, churn_every=100, churn_round=round_number))
+        samples["restore"].append(namespaces.step(namespaces.new(), "restore", restore_path)["seconds"])
+        library = namespaces.new()
+        figures = namespaces.step(library, "sync", table_path)
+        expect_counts("converge", figures, changed=True)
+        samples["converge"].append(figures["seconds"])
+        for _turn in range(args.repeat):
+            figures = namespaces.step(library, "sync", table_path)
+            expect_counts("noop", figures, changed=False)
+            samples["noop"].append(figures["seconds"])
+            samples["save"].append(namespaces.step(library, "save")["seconds"])
+        figures = namespaces.step(library, "sync", churn_path)
+        expect_counts("churn", figures, changed=True)
+        report["churn_counts"] = figures["result"]
+        samples["churn"].append(figures["seconds"])
+        figures = namespaces.step(library, "sync", churn_path)
+        expect_counts("noop_churned", figures, changed=False)
+        samples["noop_churned"].append(figures["seconds"])
+        report["noop_ru_maxrss_mib"] = figures["ru_maxrss_mib"]
+        print(f"round {round_number + 1}/{args.rounds}: " + ", ".join(
+            f"{name} {values[-1][1]:.1f}" for name, values in samples.items()), file=sys.stderr, flush=True)
+    report["samples"] = samples
+    report["median_s"] = {name: [round(statistics.median(sample[column] for sample in values), 3)
+                                 for column in (0, 1)] for name, values in samples.items()}
 
 
-def bench_naive(args, report):
+def bench_naive(args, namespaces, directory, report):
     try:
         import pyroute2  # noqa: F401 - only checks that the reference can run
     except ImportError:
         report["pyroute2_loop"] = "skipped: pyroute2 not installed"
         return
-    table = make_table(args.naive_services, args.dests)
-    flush(settle=False)
-    seconds, _result = timed(pyroute2_loop, table)
-    flush()
+    path = write_json(directory, "naive.json", make_table(args.naive_services, args.dests))
+    seconds = namespaces.step(namespaces.new(), "pyroute2", path)["seconds"]
+    namespaces.delete_all(settle=SETTLE_SECONDS)
     report["pyroute2_loop_services"] = args.naive_services
     report["pyroute2_loop_s"] = seconds
-    report["pyroute2_loop_extrapolated_s"] = tuple(value * args.services / args.naive_services for value in seconds)
+    report["pyroute2_loop_extrapolated_s"] = [value * args.services / args.naive_services for value in seconds]
 
 
-def bench_memory(args, report):
+def bench_memory(args, namespaces, directory, report):
     """Peak memory of a no-op ipvs_sync at ``--big`` services: fill with the library, then measure."""
-    table = make_table(args.big, args.big_dests)
-    path = write_json(table)
-    del table
-    try:
-        flush()
-        report["big_converge_s"], _result = timed(sync_from_file, path)
-        gc.collect()
-        tracemalloc.start()
-        report["big_noop_s"], _result = timed(sync_from_file, path)
-        _current, peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
-        report["big_noop_tracemalloc_peak_mib"] = round(peak / 2**20, 1)
-        report["big_ru_maxrss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-        report["big_ipvsadm_save_s"], _result = timed(run_ipvsadm_save)
-    finally:
-        os.unlink(path)
-        flush()
+    path = write_json(directory, "big.json", make_table(args.big, args.big_dests))
+    name = namespaces.new()
+    report["big_converge_s"] = namespaces.step(name, "sync", path)["seconds"]
+    figures = namespaces.step(name, "sync_memory", path)
+    expect_counts("big no-op", {"result": figures["result"]["counts"]}, changed=False)
+    report["big_noop_tracemalloc_peak_mib"] = figures["result"]["tracemalloc_peak_mib"]
+    report["big_noop_ru_maxrss_mib"] = figures["ru_maxrss_mib"]
+    report["big_ipvsadm_save_s"] = namespaces.step(name, "save")["seconds"]
+    namespaces.delete_all()
+
+
+def ratios_of(report):
+    median = report["median_s"]
+    ratios = {}
+    for suffix, column in (("", 1), ("_wall", 0)):  # CPU time decides, wall time is shown beside it
+        ratios["converge_vs_ipvsadm_restore" + suffix] = median["converge"][column] / median["restore"][column]
+        ratios["noop_vs_ipvsadm_save" + suffix] = median["noop"][column] / median["save"][column]
+        ratios["churn_vs_noop" + suffix] = median["churn"][column] / median["noop"][column]
+        if "pyroute2_loop_extrapolated_s" in report:
+            ratios["pyroute2_loop_vs_converge" + suffix] = (
+                report["pyroute2_loop_extrapolated_s"][column] / median["converge"][column])
+    return {name: round(value, 3) for name, value in ratios.items()}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--services", type=int, default=10000)
     parser.add_argument("--dests", type=int, default=10)
-    parser.add_argument("--naive-services", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the main measurements (medians are kept)")
+    parser.add_argument("--repeat", type=int, default=2, help="no-op / ipvsadm -Sn turns per round")
+    parser.add_argument("--naive-services", type=int, default=100, help="services for the pyroute2 loop (0: skip)")
     parser.add_argument("--big", type=int, default=50000, help="services for the memory run (0: skip)")
-    parser.add_argument("--big-dests", type=int, default=10)
-    parser.add_argument("--repeat", type=int, default=2, help="runs of the no-op measurements (best is kept)")
+    parser.add_argument("--big-dests", type=int, default=2)
+    parser.add_argument("--step", help=argparse.SUPPRESS)
+    parser.add_argument("--file", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.step:
+        run_step(args.step, args.file)
+        return 0
     if os.geteuid() != 0:
-        raise SystemExit("run as root on a lab node: the benchmark flushes the IPVS table")
-    subprocess.run(["modprobe", "-a", "ip_vs", "ip_vs_rr"], check=True)
+        raise SystemExit("run as root on a lab node: the benchmark makes network namespaces")
+    subprocess.run(["modprobe", "-a", "ip_vs", "ip_vs_rr", "dummy"], check=True)
     report = {"columns": "each *_s figure is [wall seconds, CPU seconds]",
-              "services": args.services, "dests": args.dests, "python": sys.version.split()[0],
-              "kernel": os.uname().release}
-    bench_main_size(args, report)
-    bench_naive(args, report)
-    if args.big:
-        bench_memory(args, report)
-    ratios = {}
-    for suffix, column in (("", 1), ("_wall", 0)):  # CPU time decides, wall time is shown beside it
-        def ratio(mine, theirs, column=column):
-            return report[mine][column] / report[theirs][column]
-
-        ratios["converge_vs_ipvsadm_restore" + suffix] = ratio("converge_s", "ipvsadm_restore_s")
-        ratios["noop_vs_ipvsadm_save" + suffix] = ratio("noop_s", "ipvsadm_save_s")
-        ratios["churn_vs_noop" + suffix] = ratio("churn_s", "noop_s")
-        if "pyroute2_loop_extrapolated_s" in report:
-            ratios["pyroute2_loop_vs_converge" + suffix] = (
-                report["pyroute2_loop_extrapolated_s"][column] / report["converge_s"][column])
-    report["ratios"] = {name: round(value, 3) for name, value in ratios.items()}
+              "services": args.services, "dests": args.dests, "rounds": args.rounds,
+              "python": sys.version.split()[0], "kernel": os.uname().release}
+    namespaces = Namespaces()
+    try:
+        with tempfile.TemporaryDirectory(prefix="ipvs-bench-") as directory:
+            bench_rounds(args, namespaces, directory, report)
+            namespaces.delete_all(settle=SETTLE_SECONDS)
+            if args.naive_services:
+                bench_naive(args, namespaces, directory, report)
+            if args.big:
+                bench_memory(args, namespaces, directory, report)
+    finally:
+        namespaces.delete_all()
+    report["ratios"] = ratios_of(report)
     targets = {"converge_vs_ipvsadm_restore": 1.0, "noop_vs_ipvsadm_save": 1.0, "churn_vs_noop": 1.2}
-    report["targets_met"] = {name: ratios[name] <= limit for name, limit in targets.items()}
-    print(json.dumps(report, indent=2, default=str))
+    report["targets_met"] = {name: report["ratios"][name] <= limit for name, limit in targets.items()}
+    print(json.dumps(report, indent=2))
     return 0 if all(report["targets_met"].values()) else 1
 
 
