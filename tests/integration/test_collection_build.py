@@ -41,7 +41,7 @@ def installed(tmp_path_factory) -> dict:
 def test_tarball_leaves_out_development_trees(installed):
     root = Path(installed["ANSIBLE_COLLECTIONS_PATH"]) / "ansible_collections" / "kubeipvs" / "node"
     assert (root / "MANIFEST.json").exists()
-    for development_only in (".venv", ".build", ".lab", ".git"):
+    for development_only in (".venv", ".venv-sanity", ".build", ".lab", ".lab-bench", ".git"):
         assert not (root / development_only).exists(), development_only
 
 
