@@ -65,8 +65,21 @@ collection: ## link the checkout into .build/collections so Ansible resolves kub
 	@mkdir -p $(COLLECTIONS)/ansible_collections/kubeipvs
 	@ln -sfn $(CURDIR) $(COLLECTIONS)/ansible_collections/kubeipvs/node
 
-test: setup ## everything: sanity, ansible-lint, molecule on lab VMs, then pytest (its summary closes the run)
-	$(MAKE) --no-print-directory sanity lint molecule pytest
+# The host-only checks (sanity, ansible-lint, pytest) need no VM, so they run beside molecule; their
+# output is printed after molecule's, pytest's summary line last. Any failure fails the run.
+test: setup ## everything: molecule on lab VMs, beside it sanity, ansible-lint and pytest (its summary closes the run)
+	@mkdir -p $(BUILD)
+	@( status=0; \
+	  $(MAKE) --no-print-directory sanity lint >$(BUILD)/static-checks.log 2>&1 || status=1; \
+	  $(MAKE) --no-print-directory pytest >$(BUILD)/pytest.log 2>&1 || status=1; \
+	  echo $$status >$(BUILD)/host-checks.status ) & \
+	host_checks=$$!; molecule=0; \
+	$(MAKE) --no-print-directory molecule || molecule=1; \
+	wait $$host_checks; \
+	echo "=== sanity and ansible-lint"; cat $(BUILD)/static-checks.log; \
+	echo "=== molecule: $$([ $$molecule = 0 ] && echo passed || echo FAILED, see above)"; \
+	echo "=== pytest"; cat $(BUILD)/pytest.log; \
+	[ $$molecule = 0 ] && [ "$$(cat $(BUILD)/host-checks.status)" = 0 ]
 
 unit: setup ## unit tests only (pure diff logic, fakes; seconds)
 	PYTHONPATH=$(COLLECTIONS) $(BIN)/pytest tests/unit -p no:cacheprovider
