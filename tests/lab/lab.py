@@ -248,7 +248,8 @@ def write_inventory(nodes: list[dict]) -> Path:
                 "ansible_python_interpreter": "/usr/bin/python3",
                 "ansible_pipelining": True,
                 "kubeipvs_lab_wheels": str(cache_dir() / "wheels"),
-                # The node role's offline path: pyroute2 shipped from the controller's wheel cache.
+                # The node role's offline path, kept tested: pyroute2 shipped from the controller's wheel cache.
+                "ipvs_node_python_source": "wheels",
                 "ipvs_node_python_wheels_dir": str(cache_dir() / "wheels"),
             },
         }
