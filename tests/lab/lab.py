@@ -13,6 +13,8 @@ Environment:
   KUBEIPVS_LAB_STATE   per-run state: PID files, overlays, consoles, inventory (default <repo>/.lab)
   KUBEIPVS_LAB_MIRROR  Debian archive to build from (default: the one apt on this machine uses)
   KUBEIPVS_LAB_MEMORY  MiB of RAM per node (default 1536)
+  KUBEIPVS_LAB_CPU     QEMU CPU model of the nodes (default max)
+  KUBEIPVS_LAB_SMP     virtual CPUs per node (default 2)
 """
 
 from __future__ import annotations
@@ -176,10 +178,12 @@ def boot(name: str, image: Path) -> dict:
     )
     port = free_port()
     memory = os.environ.get("KUBEIPVS_LAB_MEMORY", "1536")
+    cpu = os.environ.get("KUBEIPVS_LAB_CPU", "max")
+    smp = os.environ.get("KUBEIPVS_LAB_SMP", "2")
     command = [
         "qemu-system-x86_64",
         "-name", f"{QEMU_NAME_PREFIX}{name},process={QEMU_NAME_PREFIX}{name}",
-        "-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "2", "-m", memory,
+        "-accel", "tcg,thread=multi", "-cpu", cpu, "-smp", smp, "-m", memory,
         "-nodefaults", "-no-user-config", "-display", "none",
         "-kernel", str(image / "vmlinuz"), "-initrd", str(image / "initrd.img"),
         "-append", "root=/dev/vda rw console=ttyS0 net.ifnames=0 mitigations=off",
@@ -247,7 +251,6 @@ def write_inventory(nodes: list[dict]) -> Path:
                 "ansible_ssh_common_args": " ".join(SSH_OPTIONS[:6]),
                 "ansible_python_interpreter": "/usr/bin/python3",
                 "ansible_pipelining": True,
-                "kubeipvs_lab_wheels": str(cache_dir() / "wheels"),
                 # The node role's offline path, kept tested: pyroute2 shipped from the controller's wheel cache.
                 "ipvs_node_python_source": "wheels",
                 "ipvs_node_python_wheels_dir": str(cache_dir() / "wheels"),
