@@ -137,8 +137,8 @@ bench-ipvs: setup ## IPVS benchmark against ipvsadm in a lab VM (BENCH_ARGS=...)
 		ansible | $(BENCH_LAB) ssh node1 'tar -xf - -C /root/bench'
 	@mkdir -p $(BUILD)
 	$(BENCH_LAB) ssh node1 'cd /root/bench/ansible_collections/kubeipvs/node && \
-		PYTHONPATH=/root/bench python3 bench/ipvs_bench.py $(BENCH_ARGS)' | tee $(BUILD)/ipvs-bench.json; \
-		status=$$?; $(BENCH_LAB) down; exit $$status
+		PYTHONPATH=/root/bench python3 bench/ipvs_bench.py $(BENCH_ARGS)' | tee $(BUILD)/ipvs-bench.json \
+		&& status=0 || status=$$?; $(BENCH_LAB) down; exit $$status
 
 clean: lab-down ## remove build trees (the image cache stays)
 	rm -rf $(BUILD)
