@@ -11,9 +11,7 @@ changes go out hundreds per send() with an ACK each, so a failure names the chan
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import gc
 import json
 import os
 import socket
@@ -790,22 +788,3 @@ def open_ipvs(run_command, check_mode, schedulers=()):
         raise KubeIpvsError(f"the kernel cannot provide the IPVS scheduler(s) {', '.join(missing)}: "
                             f"modprobe finds no {modules}", missing_schedulers=missing)
     return IpvsKernel()
-
-
-@contextlib.contextmanager
-def collector_paused():
-    """Pause Python's cyclic garbage collector for a whole-table run.
-
-    A table of 10k services x 10 real servers is some 300k container objects on the desired and
-    the current side, none of them in a reference cycle; with the collector on, every 700 new
-    containers start a pass and every few thousand a pass over all of them, which cost a third of
-    a no-op run (measured 1.33 s -> 0.84 s natively at 10k x 10). Reference counting still frees
-    everything as usual; only cycles wait until the collector is back on.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()

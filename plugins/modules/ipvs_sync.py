@@ -161,7 +161,6 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
 from ansible_collections.kubeipvs.node.plugins.module_utils._ipvs import (
-    collector_paused,
     keys_with_thresholds,
     load_drain_state,
     normalize_services,
@@ -306,8 +305,7 @@ def sync(module):
 
 def run(module):
     try:
-        with collector_paused():
-            return sync(module)
+        return sync(module)
     except NetlinkError as error:
         raise KubeIpvsError(f"IPVS netlink request failed: {error}") from None
 
