@@ -126,7 +126,7 @@ demo: setup ## the main job on the lab: boot it, run playbooks/site.yml with exa
 # test lab, so 50k services fit), with the collection and pyroute2 (its naive reference) copied in.
 BENCH_LAB := KUBEIPVS_LAB_STATE=$(CURDIR)/.lab-bench KUBEIPVS_LAB_MEMORY=4096 $(LAB)
 BENCH_ARGS ?= --services 10000 --dests 10 --rounds 3
-bench-ipvs: setup ## IPVS benchmark against ipvsadm in a lab VM (BENCH_ARGS=...); prints ratios, ~40 min
+bench-ipvs: setup ## IPVS benchmark against ipvsadm in a lab VM (BENCH_ARGS=...); prints ratios, ~25 min
 	$(BENCH_LAB) up --nodes 1
 	tar -cf - plugins bench | $(BENCH_LAB) ssh node1 'rm -rf /root/bench && \
 		mkdir -p /root/bench/ansible_collections/kubeipvs/node && tar -xf - -C /root/bench/ansible_collections/kubeipvs/node'
