@@ -99,7 +99,11 @@ lint: setup ## ansible-lint, production profile
 
 molecule: setup ## every molecule scenario on lab VMs (SCENARIO=name for one; boots and stops the lab)
 	$(LAB) build
-	$(BIN)/molecule test $(if $(SCENARIO),--scenario-name $(SCENARIO),--all) || { $(LAB) down; exit 1; }
+	@# Molecule's state of this checkout, fresh each run: its default place is keyed by the
+	@# directory's name only, so an interrupted run (or another checkout of the same name) would
+	@# leave the scenarios believing the lab was created and prepared.
+	rm -rf $(BUILD)/molecule
+	MOLECULE_EPHEMERAL_DIRECTORY=$(BUILD)/molecule $(BIN)/molecule test $(if $(SCENARIO),--scenario-name $(SCENARIO),--all) || { $(LAB) down; exit 1; }
 
 build-collection: setup ## ansible-galaxy collection build into .build/
 	$(BIN)/ansible-galaxy collection build --force --output-path $(BUILD) .
