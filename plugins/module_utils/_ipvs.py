@@ -4,9 +4,10 @@
 """IPVS on the node: input normalisation, one-pass table dump, batched changes, global timeouts.
 
 The generic netlink messages are packed by hand (attribute numbers from
-include/uapi/linux/ip_vs.h, checked against ipvsadm on Debian's 6.1 kernel). Reading the table
-costs one GET_SERVICE dump plus one GET_DEST dump per service, sent many at a time on one socket;
-changes go out hundreds per send() with an ACK each, so a failure names the change that caused it.
+include/uapi/linux/ip_vs.h, checked against ipvsadm on Debian's 6.1 kernel). Reading the whole
+table costs one GET_SERVICE dump plus one read of /proc/net/ip_vs for the real servers, whose
+lines are decoded only for services the planner cannot match by their text; changes go out
+hundreds per send() with an ACK each, so a failure names the change that caused it.
 """
 
 from __future__ import annotations
@@ -211,24 +212,42 @@ def _address_text(family, data, offset, cache):
 
 
 def decode_service(data, start, end, cache=None):
-    """A Service from the nested IPVS_CMD_ATTR_SERVICE payload data[start:end]."""
+    """A Service from the nested IPVS_CMD_ATTR_SERVICE payload data[start:end] (walks the
+    attributes once: a dump of 10k services decodes 10k of these)."""
     cache = {} if cache is None else cache
-    attrs = nl.parse_attrs(data, start, end)
-    u16, u32 = nl.U16.unpack_from, _U32.unpack_from
-    family = u16(data, attrs[IPVS_SVC_ATTR_AF][0])[0]
-    service = Service(family)
-    if IPVS_SVC_ATTR_FWMARK in attrs and u32(data, attrs[IPVS_SVC_ATTR_FWMARK][0])[0]:
-        service.fwmark = u32(data, attrs[IPVS_SVC_ATTR_FWMARK][0])[0]
+    u32 = _U32.unpack_from
+    family = protocol = port = fwmark = flags = timeout = 0
+    address_at = netmask_at = -1
+    scheduler = b""
+    for kind, value_at, length in nl.iter_attrs(data, start, end):
+        if kind == IPVS_SVC_ATTR_AF:
+            family = nl.U16.unpack_from(data, value_at)[0]
+        elif kind == IPVS_SVC_ATTR_PROTOCOL:
+            protocol = nl.U16.unpack_from(data, value_at)[0]
+        elif kind == IPVS_SVC_ATTR_ADDR:
+            address_at = value_at
+        elif kind == IPVS_SVC_ATTR_PORT:
+            port = nl.BE16.unpack_from(data, value_at)[0]
+        elif kind == IPVS_SVC_ATTR_FWMARK:
+            fwmark = u32(data, value_at)[0]
+        elif kind == IPVS_SVC_ATTR_SCHED_NAME:
+            scheduler = data[value_at:value_at + length]
+        elif kind == IPVS_SVC_ATTR_FLAGS:
+            flags = _FLAGS.unpack_from(data, value_at)[0]
+        elif kind == IPVS_SVC_ATTR_TIMEOUT:
+            timeout = u32(data, value_at)[0]
+        elif kind == IPVS_SVC_ATTR_NETMASK:
+            netmask_at = value_at
+    if family not in ADDRESS_BYTES or (not fwmark and address_at < 0):
+        raise KubeIpvsError(f"the kernel sent an IPVS service without its family or address (family {family})")
+    netmask = None if netmask_at < 0 else (_BE32 if family == AF_INET else _U32).unpack_from(data, netmask_at)[0]
+    if fwmark:
+        service = Service(family, fwmark=fwmark, netmask=netmask)
     else:
-        service.protocol = u16(data, attrs[IPVS_SVC_ATTR_PROTOCOL][0])[0]
-        service.address = _address_text(family, data, attrs[IPVS_SVC_ATTR_ADDR][0], cache)
-        service.port = nl.BE16.unpack_from(data, attrs[IPVS_SVC_ATTR_PORT][0])[0]
-    offset, length = attrs[IPVS_SVC_ATTR_SCHED_NAME]
-    service.scheduler = data[offset:offset + length].split(b"\0", 1)[0].decode()
-    service.flags = _FLAGS.unpack_from(data, attrs[IPVS_SVC_ATTR_FLAGS][0])[0]
-    service.timeout = u32(data, attrs[IPVS_SVC_ATTR_TIMEOUT][0])[0]
-    netmask_at = attrs[IPVS_SVC_ATTR_NETMASK][0]
-    service.netmask = (_BE32 if family == AF_INET else _U32).unpack_from(data, netmask_at)[0]
+        service = Service(family, protocol, _address_text(family, data, address_at, cache), port, netmask=netmask)
+    service.scheduler = scheduler.split(b"\0", 1)[0].decode()
+    service.flags = flags
+    service.timeout = timeout
     return service
 
 
@@ -237,13 +256,7 @@ def decode_dest(data, start, end, family, cache):
     u32 = _U32.unpack_from
     address_at = port = forwarding = weight = u_thr = l_thr = active = inactive = 0
     dest_family = family
-    offset = start
-    unpack = nl.NLATTR.unpack_from
-    while offset + 4 <= end:
-        length, kind = unpack(data, offset)
-        if length < 4:
-            break
-        value_at = offset + 4
+    for kind, value_at, _length in nl.iter_attrs(data, start, end):
         if kind == IPVS_DEST_ATTR_ADDR:
             address_at = value_at
         elif kind == IPVS_DEST_ATTR_PORT:
@@ -262,32 +275,26 @@ def decode_dest(data, start, end, family, cache):
             inactive = u32(data, value_at)[0]
         elif kind == IPVS_DEST_ATTR_ADDR_FAMILY:
             dest_family = nl.U16.unpack_from(data, value_at)[0]
-        offset += (length + 3) & ~3
     address = _address_text(dest_family, data, address_at, cache)
     return Dest(address, port, forwarding, weight, u_thr, l_thr, active, inactive)
 
 
 def _top_attr(data, start, end, kind):
     """(offset, end) of the payload of top-level attribute ``kind`` after the genl header."""
-    offset = start + 4
-    unpack = nl.NLATTR.unpack_from
-    while offset + 4 <= end:
-        length, found = unpack(data, offset)
-        if length < 4:
-            break
-        if found & nl.NLA_TYPE_MASK == kind:
-            return offset + 4, offset + length
-        offset += (length + 3) & ~3
+    for found, offset, length in nl.iter_attrs(data, start + 4, end):
+        if found == kind:
+            return offset, offset + length
     return None
 
 
 PROC_IP_VS = "/proc/net/ip_vs"
 PROC_PROTOCOLS = {"TCP": PROTO_TCP, "UDP": PROTO_UDP, "SCTP": PROTO_SCTP}
 PROC_FORWARDING = {"Masq": FWD_MASQ, "Local": FWD_LOCAL, "Tunnel": FWD_TUNNEL, "Route": FWD_ROUTE}
+PROC_FORWARDING_NAMES = {number: name for name, number in PROC_FORWARDING.items()}
 
 
 def read_proc_dests(path=PROC_IP_VS):
-    """{service key: {dest key: Dest}} of the address services in /proc/net/ip_vs (one read)."""
+    """{service key: ProcDests} of the address services in /proc/net/ip_vs (one read)."""
     with open(path) as handle:
         text = handle.read()
     return parse_proc_ip_vs(text)
@@ -305,39 +312,155 @@ def _proc_address(host, cache):
     return address
 
 
+def _proc_host(address, cache):
+    """The /proc text of a canonical address, the inverse of ``_proc_address``."""
+    host = cache.get(address)
+    if host is None:
+        if ":" in address:
+            digits = socket.inet_pton(socket.AF_INET6, address).hex()
+            host = "[" + ":".join(digits[at:at + 4] for at in range(0, 32, 4)) + "]"
+        else:
+            host = socket.inet_aton(address).hex().upper()
+        cache[address] = host
+    return host
+
+
+def _proc_tail(port, forwarding, weight):
+    """What follows the address in a real server's /proc line, up to the connection counts
+    (``:1F90      Masq    1     ``); "" when the kernel could not print it that way."""
+    name = PROC_FORWARDING_NAMES.get(forwarding)
+    if name is None or not 0 <= port <= 0xFFFF or not 0 <= weight <= 999999:
+        return ""
+    return f":{port:04X}      {name:<7} {weight:<6}"
+
+
+class ProcDests:
+    """The real servers of one service as its /proc/net/ip_vs lines, decoded on first use.
+
+    Decoding 100k real-server lines (and comparing 100k Dest objects) is most of a no-op run at
+    scale, and a no-op changes nothing, so ``matches()`` first compares the lines' text up to the
+    weight (``  -> 0A000001:1F90      Masq    1     ``) with the same text rendered from the
+    desired real servers. Equal text means equal keys, forwarding and weight; anything else -
+    another kernel's spacing included - only sends the planner to the full comparison. Otherwise
+    this is a mapping {(address, port): Dest}, like the real servers read by netlink.
+    """
+
+    __slots__ = ("_caches", "_dests", "_lines")
+
+    def __init__(self, lines, caches):
+        self._lines = lines
+        # ({proc host: address}, {address: proc host}, {(port, forwarding, weight): _proc_tail})
+        self._caches = caches  # shared by the services of one read
+        self._dests = None
+
+    @property
+    def _decoded(self):
+        if self._dests is None:
+            cache = self._caches[0]
+            dests = self._dests = {}
+            forwarding_of = PROC_FORWARDING
+            for line in self._lines:
+                parts = line.split()
+                if len(parts) < 6:
+                    continue
+                host_port = parts[1]
+                address = _proc_address(host_port[:-5], cache)  # the port is always 4 hex digits
+                port = int(host_port[-4:], 16)
+                dests[(address, port)] = Dest(address, port, forwarding_of.get(parts[2], FWD_MASQ), int(parts[3]),
+                                              0, 0, int(parts[4]), int(parts[5]))
+            self._lines = None
+        return self._dests
+
+    def matches(self, desired):
+        """True only if ``desired`` ({key: Dest}) has exactly these real servers with the same
+        forwarding and weight and no thresholds (/proc does not show them); False means "compare
+        in full", not "different"."""
+        lines = self._lines
+        if lines is None or len(lines) != len(desired):
+            return False
+        hosts, tails = self._caches[1], self._caches[2]
+        host_of, tail_of = hosts.get, tails.get
+        wanted = set()
+        for dest in desired.values():
+            if dest.u_threshold or dest.l_threshold:
+                return False
+            host = host_of(dest.address)
+            if host is None:
+                host = _proc_host(dest.address, hosts)
+            settings = (dest.port, dest.forwarding, dest.weight)
+            tail = tail_of(settings)
+            if tail is None:
+                tail = tails[settings] = _proc_tail(*settings)
+            if not tail:
+                return False
+            wanted.add(host + tail)
+        if not wanted:
+            return True
+        end = 5 + len(next(iter(wanted)))  # every line starts with "  -> "
+        return wanted == {line[5:end] for line in lines}
+
+    def __getitem__(self, key):
+        return self._decoded[key]
+
+    def __setitem__(self, key, dest):
+        self._decoded[key] = dest
+
+    def __contains__(self, key):
+        return key in self._decoded
+
+    def __iter__(self):
+        return iter(self._decoded)
+
+    def __len__(self):
+        return len(self._lines) if self._dests is None else len(self._dests)
+
+    def __eq__(self, other):
+        return self._decoded == (other._decoded if isinstance(other, ProcDests) else other)
+
+    __hash__ = None
+
+    def get(self, key, default=None):
+        return self._decoded.get(key, default)
+
+    def pop(self, key, *default):
+        return self._decoded.pop(key, *default)
+
+    def keys(self):
+        return self._decoded.keys()
+
+    def values(self):
+        return self._decoded.values()
+
+    def items(self):
+        return self._decoded.items()
+
+
 def parse_proc_ip_vs(text):
-    """Parse the kernel's /proc/net/ip_vs text. Thresholds are not in it and read as 0; fwmark
-    services are skipped (the file does not say their family).
+    """{service key: ProcDests} from the kernel's /proc/net/ip_vs text. Thresholds are not in it
+    and read as 0; fwmark services are skipped (the file does not say their family).
 
     Real-server lines (``  -> C0A8010A:1F90      Masq    1      0          0``) are most of the
-    text at scale; each costs one split, and each address is converted once (a pod IP recurs
-    in every Service port it backs).
+    text at scale: here they are only grouped by service, and decoded when (if) the planner
+    needs them; each address is converted once (a pod IP recurs in every Service port it backs).
     """
     table = {}
-    cache = {}
-    dests = None
-    forwarding_of = PROC_FORWARDING
+    caches = ({}, {}, {})
+    lines = None
     for line in text.splitlines():
-        parts = line.split()
-        if not parts:
+        if line[:2] == "  ":
+            if lines is not None:
+                lines.append(line)
             continue
-        if parts[0] == "->":
-            if dests is None or len(parts) < 6 or parts[1] == "RemoteAddress:Port":
-                continue
-            host_port = parts[1]
-            address = _proc_address(host_port[:-5], cache)  # the port is always 4 hex digits
-            port = int(host_port[-4:], 16)
-            dests[(address, port)] = Dest(address, port, forwarding_of.get(parts[2], FWD_MASQ), int(parts[3]), 0, 0,
-                                          int(parts[4]), int(parts[5]))
-            continue
-        protocol = PROC_PROTOCOLS.get(parts[0])
+        parts = line.split(None, 2)
+        protocol = PROC_PROTOCOLS.get(parts[0]) if parts else None
         if protocol is None or len(parts) < 2:
-            dests = None  # header lines, FWM services, unknown protocols
+            lines = None  # header lines, FWM services, unknown protocols
             continue
         host_port = parts[1]
         family = AF_INET6 if host_port[0] == "[" else AF_INET
-        address = _proc_address(host_port[:-5], cache)
-        dests = table[(family, protocol, address, int(host_port[-4:], 16), 0)] = {}
+        address = _proc_address(host_port[:-5], caches[0])
+        lines = []
+        table[(family, protocol, address, int(host_port[-4:], 16), 0)] = ProcDests(lines, caches)
     return table
 
 
@@ -378,7 +501,8 @@ class IpvsKernel:
 
         ``keys`` None reads the whole table: one GET_SERVICE dump for the services, and the real
         servers of address services from one read of /proc/net/ip_vs (measured ~10x faster than
-        one GET_DEST dump per service, which is what ``ipvsadm -Sn`` does; see docs/performance.md).
+        one GET_DEST dump per service, which is what ``ipvsadm -Sn`` does; see docs/performance.md),
+        as ProcDests that decode their lines only when the planner needs them.
         /proc does not show the connection thresholds, so they read as 0 there; services in
         ``exact`` (the ones whose desired real servers use thresholds) and fwmark services (whose
         family /proc does not show) get their real servers by netlink.

@@ -108,20 +108,23 @@ def message(msg_type, flags, seq, payload):
     return NLMSGHDR.pack(16 + len(payload), msg_type, flags, seq, 0) + payload
 
 
-def parse_attrs(data, start=0, end=None):
-    """Attributes of one level as {type: (offset of payload, payload length)} (last one wins)."""
+def iter_attrs(data, start=0, end=None):
+    """(type, offset of payload, payload length) of each attribute of one level, in order."""
     if end is None:
         end = len(data)
-    found = {}
     unpack = NLATTR.unpack_from
     offset = start
     while offset + 4 <= end:
         length, kind = unpack(data, offset)
         if length < 4:
-            break
-        found[kind & NLA_TYPE_MASK] = (offset + 4, length - 4)
+            return
+        yield kind & NLA_TYPE_MASK, offset + 4, length - 4
         offset += (length + 3) & ~3
-    return found
+
+
+def parse_attrs(data, start=0, end=None):
+    """Attributes of one level as {type: (offset of payload, payload length)} (last one wins)."""
+    return {kind: (offset, length) for kind, offset, length in iter_attrs(data, start, end)}
 
 
 def iter_messages(data):

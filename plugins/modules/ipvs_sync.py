@@ -267,9 +267,12 @@ def sync(module):
         plan = plan_changes(desired, current, scope, exclusive=params["exclusive"], absent=owned_absent,
                             drain_state=drain_state, now=time.time(), drain_timeout=params["drain_timeout"])
         changes = plan.ordered()
-        considered = {service.label() for service in current.values() if scope.contains(service)}
-        considered.update(service.label() for service in desired)
-        new_drain_state = merge_drain_state(drain_state, plan, considered)
+        owned_before = sum(1 for service in current.values() if scope.contains(service))
+        new_drain_state = plan.drain_state
+        if drain_state:  # keep what other tasks' services (outside scope and list) still drain
+            considered = {service.label() for service in current.values() if scope.contains(service)}
+            considered.update(service.label() for service in desired)
+            new_drain_state = merge_drain_state(drain_state, plan, considered)
         timeouts = kernel.get_timeouts() if kernel else {}
         timeouts_to_set = {name: value for name, value in wanted_timeouts.items() if timeouts.get(name) != value}
         if not module.check_mode:
@@ -284,7 +287,6 @@ def sync(module):
             kernel.close()
     after_timeouts = dict(timeouts, **timeouts_to_set)
     counts = result_counts(plan)
-    owned_before = sum(1 for service in current.values() if scope.contains(service))
     owned_after = owned_before + counts["services_added"] - counts["services_removed"]
     limit = params["diff_lines"]
     summary = summarize(plan, limit)

@@ -7,6 +7,7 @@ and the netlink batching/ACK logic against a scripted socket."""
 from __future__ import annotations
 
 import errno
+import random
 import socket
 import struct
 import sys
@@ -49,6 +50,8 @@ from ansible_collections.kubeipvs.node.plugins.module_utils._ipvs_plan import (
     SVC_F_SCHED2,
     Dest,
     Service,
+    change_line,
+    plan_changes,
 )
 
 pytestmark = pytest.mark.skipif(sys.byteorder != "little", reason="fixtures are little-endian hosts' bytes")
@@ -137,6 +140,12 @@ def test_fwmark_service_decode():
     assert service.flags & ~SVC_F_HASHED == SVC_F_SCHED1 | SVC_F_SCHED2
 
 
+def test_service_without_an_address_is_refused():
+    body = nl.attr_u16(1, AF_INET) + nl.attr_u16(2, PROTO_TCP) + nl.attr_str(6, "rr")
+    with pytest.raises(KubeIpvsError, match="without its family or address"):
+        decode_service(body, 0, len(body))
+
+
 def test_dest_decode_skips_stats_and_reads_counters():
     kernel_extra = (nl.attr_u32(7, 4) + nl.attr_u32(8, 9) + nl.attr_u32(9, 1)
                     + nl.attr_nested(10, nl.attr_u32(1, 123)) + nl.attr(13, b"\x00") + nl.attr_be16(14, 0))
@@ -204,6 +213,131 @@ def test_parse_proc_ip_vs():
     assert (v6.active, v6.inactive) == (2, 7)
     assert table[(AF_INET, PROTO_UDP, "10.96.0.10", 53, 0)][("10.244.1.2", 53)].forwarding == FWD_TUNNEL
     assert table[(AF_INET, PROTO_SCTP, "10.96.0.20", 9999, 0)] == {}
+
+
+PROC_FORWARDING_WORDS = {FWD_MASQ: "Masq", FWD_TUNNEL: "Tunnel", FWD_ROUTE: "Route"}
+
+
+def proc_dest_line(family, dest):
+    """A real server's line as ip_vs_info_seq_show() prints it (6.1: "  -> %08X:%04X      %-7s
+    %-6d %-10d %-10d", IPv6 addresses as [%pI6], four hex digits per group)."""
+    if family == AF_INET6:
+        digits = socket.inet_pton(socket.AF_INET6, dest.address).hex()
+        host = "[" + ":".join(digits[at:at + 4] for at in range(0, 32, 4)) + "]"
+    else:
+        host = socket.inet_aton(dest.address).hex().upper()
+    return (f"  -> {host}:{dest.port:04X}      {PROC_FORWARDING_WORDS[dest.forwarding]:<7} {dest.weight:<6} "
+            f"{dest.active:<10} {dest.inactive:<10}")
+
+
+def proc_text(services):
+    lines = PROC_TEXT.splitlines()[:3]
+    for service in services:
+        host = (f"[{proc_dest_line(AF_INET6, Dest(service.address, 0)).split('[')[1].split(']')[0]}]"
+                if service.family == AF_INET6 else socket.inet_aton(service.address).hex().upper())
+        lines.append(f"{'TCP' if service.protocol == PROTO_TCP else 'UDP'}  {host}:{service.port:04X} rr  ")
+        lines += [proc_dest_line(service.family, dest) for dest in service.dests.values()]
+    return "\n".join(lines) + "\n"
+
+
+def test_proc_dest_line_is_the_kernels_format():
+    table = parse_proc_ip_vs(PROC_TEXT)
+    rendered = {proc_dest_line(key[0], dest) for key, dests in table.items() for dest in dests.values()}
+    captured = {line for line in PROC_TEXT.splitlines() if line.startswith("  -> ") and "Remote" not in line}
+    assert rendered == captured - {"  -> 0A000009:0000      Route   1      0          0         "}  # the FWM one
+
+
+def test_proc_dests_match_without_decoding():
+    table = parse_proc_ip_vs(PROC_TEXT)
+    https = table[(AF_INET, PROTO_TCP, "10.96.0.1", 443, 0)]
+    same = {("192.168.1.10", 6443): Dest("192.168.1.10", 6443, FWD_MASQ, 1),
+            ("192.168.1.11", 443): Dest("192.168.1.11", 443, FWD_ROUTE, 0)}
+    assert https.matches(same)
+    assert https._dests is None  # nothing decoded
+    v6 = table[(AF_INET6, PROTO_TCP, "fd00:10:96::1", 80, 0)]
+    assert v6.matches({("fd00:10:244::5", 8080): Dest("fd00:10:244::5", 8080, FWD_MASQ, 1)})
+    assert table[(AF_INET, PROTO_SCTP, "10.96.0.20", 9999, 0)].matches({})
+
+
+@pytest.mark.parametrize("change", [
+    {"weight": 2}, {"forwarding": FWD_TUNNEL}, {"port": 6444}, {"address": "192.168.1.12"},
+    {"u_threshold": 10}, {"l_threshold": 1}, {"weight": 10_000_000},
+])
+def test_proc_dests_do_not_vouch_for_a_difference(change):
+    https = parse_proc_ip_vs(PROC_TEXT)[(AF_INET, PROTO_TCP, "10.96.0.1", 443, 0)]
+    first = Dest("192.168.1.10", 6443, FWD_MASQ, 1).copy(**change)
+    desired = {first.key: first, ("192.168.1.11", 443): Dest("192.168.1.11", 443, FWD_ROUTE, 0)}
+    assert not https.matches(desired)
+
+
+def test_proc_dests_count_must_match():
+    https = parse_proc_ip_vs(PROC_TEXT)[(AF_INET, PROTO_TCP, "10.96.0.1", 443, 0)]
+    assert not https.matches({("192.168.1.10", 6443): Dest("192.168.1.10", 6443, FWD_MASQ, 1)})
+    assert len(https) == 2
+    assert sorted(https) == [("192.168.1.10", 6443), ("192.168.1.11", 443)]  # decoded on use
+    assert not https.matches({})  # decoded: the full comparison decides from now on
+
+
+def random_table(rng, family):
+    services = []
+    for index in range(30):
+        address = f"fd00:10:96::{index + 1:x}" if family == AF_INET6 else f"10.96.0.{index + 1}"
+        service = Service(family, rng.choice((PROTO_TCP, PROTO_UDP)), address, rng.choice((53, 80, 443)))
+        for _slot in range(rng.randrange(0, 6)):
+            number = rng.randrange(1, 40)
+            host = f"fd00:10:244::{number:x}" if family == AF_INET6 else f"10.244.0.{number}"
+            dest = Dest(host, rng.choice((53, 8080)), rng.choice((FWD_MASQ, FWD_ROUTE, FWD_TUNNEL)),
+                        rng.choice((0, 1, 1, 5)), active=rng.choice((0, 0, 3)), inactive=rng.choice((0, 2)))
+            service.dests[dest.key] = dest
+        if service.key not in {other.key for other in services}:
+            services.append(service)
+    return services
+
+
+def mutated(rng, services):
+    desired = []
+    for service in services:
+        clone = service.copy_without_dests()
+        clone.dests = {key: dest.copy(active=0, inactive=0) for key, dest in service.dests.items()}
+        roll = rng.random()
+        dests = list(clone.dests.values())
+        if roll < 0.1 and dests:
+            dests[0].weight += 1
+        elif roll < 0.2 and dests:
+            del clone.dests[dests[0].key]
+        elif roll < 0.3:
+            extra = dests[0].copy(port=9999) if dests else Dest(clone.address, 9999)
+            clone.dests[extra.key] = extra
+        elif roll < 0.35 and dests:
+            dests[-1].forwarding = FWD_TUNNEL if dests[-1].forwarding != FWD_TUNNEL else FWD_MASQ
+        elif roll < 0.4 and dests:
+            dests[0].u_threshold = 100
+        desired.append(clone)
+    return desired
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_planning_from_proc_equals_planning_from_decoded_real_servers(seed):
+    """The shortcut may only skip work: every plan equals the one from plain, decoded tables."""
+    rng = random.Random(seed)
+    family = AF_INET6 if seed % 4 == 3 else AF_INET
+    current = random_table(rng, family)
+    desired = mutated(rng, current)
+    plain = {service.key: service for service in current}
+    from_proc = {}
+    for key, dests in parse_proc_ip_vs(proc_text(current)).items():
+        service = plain[key].copy_without_dests()
+        service.dests = dests
+        from_proc[key] = service
+    assert set(from_proc) == set(plain)
+    expected = plan_changes(desired, plain, drain_timeout=None)
+    got = plan_changes(desired, from_proc, drain_timeout=None)
+    assert [change_line(change) for change in got.ordered()] == [change_line(c) for c in expected.ordered()]
+    assert (got.draining, got.drain_state) == (expected.draining, expected.drain_state)
+    for service in desired:  # and the unchanged services were never decoded
+        same = {key: dest.settings() for key, dest in service.dests.items()} == {
+            key: dest.settings() for key, dest in plain[service.key].dests.items()}
+        assert (from_proc[service.key].dests._dests is None) == same
 
 
 # --- input validation -------------------------------------------------------------------------

@@ -7,8 +7,8 @@ commands answer from canned text, IPVS and links are the in-memory fakes of test
 from __future__ import annotations
 
 import functools
-import os
 import json
+import os
 import socket
 
 import pytest
