@@ -12,7 +12,9 @@ hundreds per send() with an ACK each, so a failure names the change that caused 
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import gc
 import json
 import os
 import socket
@@ -912,3 +914,23 @@ def open_ipvs(run_command, check_mode, schedulers=()):
         raise KubeIpvsError(f"the kernel cannot provide the IPVS scheduler(s) {', '.join(missing)}: "
                             f"modprobe finds no {modules}", missing_schedulers=missing)
     return IpvsKernel()
+
+
+@contextlib.contextmanager
+def collector_paused():
+    """Pause Python's cyclic garbage collector for a whole-table run.
+
+    A table of 10k services x 10 real servers is over 200k container objects (the input and the
+    validated services), none of them in a reference cycle; with the collector on, every 700 new
+    containers start a pass and every few thousand a pass over all of them. Measured in the lab
+    VM, a no-op at 10k x 10 in a fresh process: 9.5-10.1 s CPU paused against 11.3-12.5 s not
+    (four pairs). Reference counting still frees everything as usual; only cycles wait until the
+    collector is back on.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()

@@ -161,6 +161,7 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
 from ansible_collections.kubeipvs.node.plugins.module_utils._ipvs import (
+    collector_paused,
     keys_with_thresholds,
     load_drain_state,
     normalize_services,
@@ -307,7 +308,8 @@ def sync(module):
 
 def run(module):
     try:
-        return sync(module)
+        with collector_paused():
+            return sync(module)
     except NetlinkError as error:
         raise KubeIpvsError(f"IPVS netlink request failed: {error}") from None
 

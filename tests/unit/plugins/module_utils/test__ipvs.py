@@ -7,6 +7,7 @@ and the netlink batching/ACK logic against a scripted socket."""
 from __future__ import annotations
 
 import errno
+import gc
 import random
 import socket
 import struct
@@ -21,6 +22,7 @@ from ansible_collections.kubeipvs.node.plugins.module_utils._ipvs import (
     IPVS_CMD_DEL_DEST,
     IPVS_CMD_NEW_SERVICE,
     ChangeEncoder,
+    collector_paused,
     decode_dest,
     decode_service,
     dest_full_attr,
@@ -597,3 +599,23 @@ def test_resolve_genl_family():
             return len(data)
 
     assert nl.resolve_genl_family(scripted_socket(Missing()), "IPVS") is None
+
+
+def test_collector_paused_turns_the_collector_back_on_even_after_an_error():
+    assert gc.isenabled()
+    with collector_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(KubeIpvsError), collector_paused():
+        raise KubeIpvsError("failed mid-run")
+    assert gc.isenabled()
+
+
+def test_collector_paused_leaves_a_collector_that_was_off_off():
+    gc.disable()
+    try:
+        with collector_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import socket
 
@@ -52,6 +53,21 @@ def test_converge_then_idempotent(kernel, capsys):
     again = run_main(ipvs_sync, capsys, services=SERVICES, scope=SCOPE, timeouts={"tcp": 901})
     assert again["changed"] is False
     assert not any(again["counts"].values())
+
+
+def test_the_table_is_read_and_planned_with_the_collector_paused(kernel, capsys, monkeypatch):
+    seen = []
+    read = kernel.read
+
+    def watching_read(*args, **kwargs):
+        seen.append(gc.isenabled())
+        return read(*args, **kwargs)
+
+    monkeypatch.setattr(kernel, "read", watching_read)
+    result = run_main(ipvs_sync, capsys, services=SERVICES, scope=SCOPE)
+    assert result["changed"] is True
+    assert seen == [False]
+    assert gc.isenabled()
 
 
 def test_check_mode_changes_nothing(kernel, capsys):
