@@ -596,6 +596,12 @@ def _fail(where, text):
 
 def canonical_address(where, value, family=None):
     """(family, canonical text) of a host address; accepts a /32 or /128 suffix."""
+    if family != AF_INET6 and type(value) is str:  # pylint: disable=unidiomatic-typecheck
+        try:  # inet_pton accepts only canonical dotted quads, so such a text is already canonical
+            inet_pton(socket.AF_INET, value)
+            return AF_INET, value
+        except OSError:
+            pass
     text = str(value).strip()
     if "/" in text:
         text, _slash, prefix = text.partition("/")
@@ -623,6 +629,8 @@ def _int(where, entry, name, default, low, high):
     value = entry.get(name)
     if value is None:
         return default
+    if type(value) is int and low <= value <= high:  # pylint: disable=unidiomatic-typecheck
+        return value  # the common case, and a bool (an int too) still goes the long way to be refused
     if isinstance(value, bool):
         _fail(where, f"{name} must be an integer, not {value!r}")
     try:
@@ -650,9 +658,10 @@ def normalize_service(entry, where="service", purge_default=True, addresses=None
     """
     if not isinstance(entry, dict):
         _fail(where, f"must be a mapping, not {entry!r}")
-    unknown = sorted(name for name, value in entry.items() if name not in SERVICE_KEYS and value is not None)
-    if unknown:
-        _fail(where, f"unknown keys {', '.join(unknown)} (allowed: {', '.join(sorted(SERVICE_KEYS))})")
+    if not SERVICE_KEYS.issuperset(entry):
+        unknown = sorted(name for name, value in entry.items() if name not in SERVICE_KEYS and value is not None)
+        if unknown:
+            _fail(where, f"unknown keys {', '.join(unknown)} (allowed: {', '.join(sorted(SERVICE_KEYS))})")
     family_name = entry.get("family")
     if family_name is not None and family_name not in FAMILIES:
         _fail(where, f"family must be inet or inet6, not {family_name!r}")
@@ -748,11 +757,17 @@ def _plain_dest(server, addresses, default_port, min_port, ipv4):
     family (``addresses``) or a canonical IPv4 one, an int port and weight in range, nothing
     else - or None, and then ``_normalize_dest`` validates it in full. At 100k real servers this
     is most of the validation cost of a run, so it does only what that shape needs."""
-    if not isinstance(server, dict) or not PLAIN_DEST_KEYS.issuperset(server):
+    # Exact types on purpose: a bool is an int too, and must go to the full validation to be
+    # refused; so must an address that is not a text (a list is not even a key of ``addresses``).
+    if type(server) is not dict or not PLAIN_DEST_KEYS.issuperset(server):  # pylint: disable=unidiomatic-typecheck
         return None
     raw = server.get("address")
+    if type(raw) is not str:  # pylint: disable=unidiomatic-typecheck
+        return None
     address = addresses.get(raw)
-    if address is None and ipv4 and isinstance(raw, str):
+    if address is None:
+        if not ipv4:
+            return None
         try:  # inet_pton accepts only canonical dotted quads, so the text is already canonical
             inet_pton(socket.AF_INET, raw)
         except OSError:
@@ -760,8 +775,7 @@ def _plain_dest(server, addresses, default_port, min_port, ipv4):
         address = addresses[raw] = raw
     port = server.get("port", default_port)
     weight = server.get("weight", 1)
-    # Exact types on purpose: a bool is an int too, and must go to the full validation to be refused.
-    if (address is None or type(port) is not int or type(weight) is not int  # pylint: disable=unidiomatic-typecheck
+    if (type(port) is not int or type(weight) is not int  # pylint: disable=unidiomatic-typecheck
             or not min_port <= port <= 65535 or not 0 <= weight <= 65535):
         return None
     return Dest(address, port, FWD_MASQ, weight)

@@ -378,6 +378,11 @@ BAD_SERVICES = [
     ({"address": "10.96.0.1", "port": 80, "real_servers": [{"port": 80}]}, "address is required"),
     ({"address": "10.96.0.1", "port": 80, "real_servers": [{"address": "10.0.0.1", "wieght": 2}]},
      "unknown key(s) wieght"),
+    ({"address": "10.96.0.1", "port": 80, "real_servers": [{"address": ["10.0.0.1"]}]}, "not an IPv4 address"),
+    ({"address": ["10.96.0.1"], "port": 80}, "not an IPv4 or IPv6 address"),
+    ({"address": "10.96.0.1", "port": True}, "port must be an integer"),
+    ({"address": "10.96.0.1", "port": 80, "real_servers": [{"address": "10.0.0.1", "weight": True}]},
+     "weight must be an integer"),
 ]
 
 
