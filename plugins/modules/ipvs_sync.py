@@ -268,10 +268,10 @@ def sync(module):
         plan = plan_changes(desired, current, scope, exclusive=params["exclusive"], absent=owned_absent,
                             drain_state=drain_state, now=time.time(), drain_timeout=params["drain_timeout"])
         changes = plan.ordered()
-        owned_before = sum(1 for service in current.values() if scope.contains(service))
+        owned = [service for service in current.values() if scope.contains(service)]
         new_drain_state = plan.drain_state
         if drain_state:  # keep what other tasks' services (outside scope and list) still drain
-            considered = {service.label() for service in current.values() if scope.contains(service)}
+            considered = {service.label() for service in owned}
             considered.update(service.label() for service in desired)
             new_drain_state = merge_drain_state(drain_state, plan, considered)
         timeouts = kernel.get_timeouts() if kernel else {}
@@ -288,7 +288,7 @@ def sync(module):
             kernel.close()
     after_timeouts = dict(timeouts, **timeouts_to_set)
     counts = result_counts(plan)
-    owned_after = owned_before + counts["services_added"] - counts["services_removed"]
+    owned_after = len(owned) + counts["services_added"] - counts["services_removed"]
     limit = params["diff_lines"]
     summary = summarize(plan, limit)
     if timeouts_to_set:
@@ -300,7 +300,7 @@ def sync(module):
         "changes": [change_line(change) for change in changes[:limit]],
         "draining": plan.draining[:limit],
         "services": owned_after,
-        "foreign_services": len(current) - owned_before,
+        "foreign_services": len(current) - len(owned),
         "timeouts": after_timeouts,
         "diff": {"prepared": summary},
     }
