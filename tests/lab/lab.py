@@ -137,11 +137,19 @@ def build() -> Path:
         staging.rename(target)
         kernel = (target / "kernel-release").read_text().strip()
         log(f"image built in {time.monotonic() - started:.0f}s; kernel {kernel}")
-        # Older images are never reused once the recipe changed.
-        for old in (cache_dir() / "images").iterdir():
-            if old != target:
-                shutil.rmtree(old, ignore_errors=True)
+        prune_images(keep=target)
     return target
+
+
+def prune_images(keep: Path, spare: int = 1) -> None:
+    """Drop images of older recipes, but not the newest ``spare`` others: another checkout (a branch
+    with another recipe) may be booting from one right now."""
+    others = sorted(
+        (path for path in (cache_dir() / "images").iterdir() if path != keep and not path.name.endswith(".partial")),
+        key=lambda path: path.stat().st_mtime, reverse=True,
+    )
+    for old in others[spare:]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def free_port() -> int:

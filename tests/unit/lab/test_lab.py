@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import time
@@ -152,3 +153,15 @@ def test_down_stops_a_vm_left_behind_by_a_killed_run(lab, tmp_path):
     finally:
         if stand_in.poll() is None:
             stand_in.kill()
+
+
+def test_prune_keeps_the_target_and_the_newest_other_image(lab):
+    images = lab.cache_dir() / "images"
+    seconds_old = {"newest-other": 100, "older": 200, "oldest": 300, "current": 500}
+    for name, age in seconds_old.items():
+        (images / name).mkdir(parents=True)
+        stamp = time.time() - age
+        os.utime(images / name, (stamp, stamp))
+    (images / "building.partial").mkdir()
+    lab.prune_images(keep=images / "current")
+    assert sorted(path.name for path in images.iterdir()) == ["building.partial", "current", "newest-other"]
