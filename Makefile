@@ -17,7 +17,7 @@ ANSIBLE_CORE := $(shell grep -E '^ansible-core==' tests/requirements.txt)
 LAB := $(PYTHON) tests/lab/lab.py
 NODES ?= 1
 APT_PACKAGES := qemu-system-x86 qemu-utils debootstrap e2fsprogs openssh-client rsync git \
-	python3-venv shellcheck iproute2 ipset iptables nftables
+	python3-venv shellcheck iproute2 ipset iptables nftables vde2 openssl
 
 export PATH := $(BIN):$(PATH)
 export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)

@@ -54,6 +54,26 @@ DNS=10.0.2.3
 IPv6AcceptRA=no
 LinkLocalAddressing=ipv6
 NET
+# The lab network between the nodes (a second NIC on a switch of the lab's own): node N is
+# 192.168.200.N and fd00:200::N, its pods are 10.244.N.0/24 and fd00:10:244:N::/64 on bridge cbr0,
+# and every node routes the other nodes' pod networks through them, as a host-gateway CNI would.
+# The node's number comes from the kernel command line (kubeipvs.node=N), so one image serves all.
+max_nodes=8
+for n in $(seq 1 $max_nodes); do
+  {
+    printf '[Match]\nName=eth1\nKernelCommandLine=kubeipvs.node=%s\n\n' "$n"
+    printf '[Network]\nAddress=192.168.200.%s/24\nAddress=fd00:200::%s/64\n' "$n" "$n"
+    printf 'IPv6AcceptRA=no\nLinkLocalAddressing=ipv6\n'
+    for m in $(seq 1 $max_nodes); do
+      [ "$m" = "$n" ] && continue
+      printf '\n[Route]\nDestination=10.244.%s.0/24\nGateway=192.168.200.%s\n' "$m" "$m"
+      printf '\n[Route]\nDestination=fd00:10:244:%s::/64\nGateway=fd00:200::%s\n' "$m" "$m"
+    done
+  } >"$rootfs/etc/systemd/network/20-lab-eth1-node$n.network"
+  printf '[Match]\nName=cbr0\nKernelCommandLine=kubeipvs.node=%s\n\n[Network]\nAddress=10.244.%s.1/24\nAddress=fd00:10:244:%s::1/64\nConfigureWithoutCarrier=yes\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n' \
+    "$n" "$n" "$n" >"$rootfs/etc/systemd/network/30-lab-cbr0-node$n.network"
+done
+printf '[NetDev]\nName=cbr0\nKind=bridge\n' >"$rootfs/etc/systemd/network/30-lab-cbr0.netdev"
 rm -f "$rootfs/etc/resolv.conf"
 printf 'nameserver 10.0.2.3\n' >"$rootfs/etc/resolv.conf"
 

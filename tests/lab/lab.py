@@ -185,6 +185,7 @@ def boot(name: str, image: Path) -> dict:
         check=True,
     )
     port = free_port()
+    index = int(name.removeprefix("node"))
     memory = os.environ.get("KUBEIPVS_LAB_MEMORY", "1536")
     cpu = os.environ.get("KUBEIPVS_LAB_CPU", "max")
     smp = os.environ.get("KUBEIPVS_LAB_SMP", "2")
@@ -194,10 +195,17 @@ def boot(name: str, image: Path) -> dict:
         "-accel", "tcg,thread=multi", "-cpu", cpu, "-smp", smp, "-m", memory,
         "-nodefaults", "-no-user-config", "-display", "none",
         "-kernel", str(image / "vmlinuz"), "-initrd", str(image / "initrd.img"),
-        "-append", "root=/dev/vda rw console=ttyS0 net.ifnames=0 mitigations=off",
+        "-append", f"root=/dev/vda rw console=ttyS0 net.ifnames=0 mitigations=off systemd.hostname={name} "
+                   f"kubeipvs.node={index}",
         "-drive", f"file={overlay},if=virtio,format=qcow2,cache=unsafe",
+        # eth0: QEMU's user-mode network (SSH forward, the controller at 10.0.2.2, Debian's archive)
         "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:22",
         "-device", "virtio-net-pci,netdev=net0",
+        # eth1: the lab network between the nodes, on the lab's own switch
+        "-netdev", f"vde,id=lan,sock={switch_socket()}",
+        "-device", f"virtio-net-pci,netdev=lan,mac=52:54:00:c8:00:{index:02x}",
+        # the Kubernetes binaries the controller built, read-only: the nodes' image store
+        "-virtfs", f"local,path={k8s_cache()},mount_tag=kubeipvs-k8s,security_model=none,readonly=on",
         "-device", "virtio-rng-pci",
         "-serial", f"file:{node_dir / 'console.log'}",
         "-pidfile", str(node_dir / "qemu.pid"),
@@ -208,6 +216,56 @@ def boot(name: str, image: Path) -> dict:
     (node_dir / "node.json").write_text(json.dumps(node))
     log(f"{name}: QEMU pid {node['pid']}, ssh on 127.0.0.1:{port}")
     return node
+
+
+def k8s_cache() -> Path:
+    path = cache_dir() / "k8s"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def switch_socket() -> Path:
+    return state_dir() / "switch"
+
+
+def switch_pid() -> int | None:
+    """The PID of this lab's network switch if it runs (checked by its socket path on its command line)."""
+    try:
+        pid = int((state_dir() / "switch.pid").read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if str(switch_socket()).encode() in cmdline else None
+
+
+def start_switch() -> None:
+    """The lab network's switch: a user-space Ethernet switch the nodes' second NICs plug into."""
+    if switch_pid():
+        return
+    if not shutil.which("vde_switch"):
+        raise LabError("vde_switch is missing: run 'make setup' first")
+    shutil.rmtree(switch_socket(), ignore_errors=True)
+    (state_dir() / "switch.pid").unlink(missing_ok=True)
+    subprocess.run(["vde_switch", "--sock", str(switch_socket()), "--daemon",
+                    "--pidfile", str(state_dir() / "switch.pid")], check=True)
+    deadline = time.monotonic() + 10
+    while not switch_pid() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not switch_pid():
+        raise LabError("the lab network's switch did not start")
+
+
+def stop_switch() -> None:
+    pid = switch_pid()
+    if pid:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while switch_pid() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if switch_pid():
+            os.kill(pid, signal.SIGKILL)
+    (state_dir() / "switch.pid").unlink(missing_ok=True)
+    shutil.rmtree(switch_socket(), ignore_errors=True)
 
 
 def ssh_command(node: dict, *remote: str, options: tuple[str, ...] = ()) -> list[str]:
@@ -282,6 +340,7 @@ def up(count: int) -> None:
     image = build()
     wheels()
     started = time.monotonic()
+    start_switch()
     nodes = [boot(name, image) for name in node_names(count)]
     with concurrent.futures.ThreadPoolExecutor(len(nodes)) as pool:
         for future in [pool.submit(wait_for_ssh, node) for node in nodes]:
@@ -303,6 +362,7 @@ def down() -> None:
                 os.kill(pid, signal.SIGKILL)
             stopped += 1
         shutil.rmtree(node_dir, ignore_errors=True)
+    stop_switch()
     (state_dir() / "inventory.yml").unlink(missing_ok=True)
     log(f"stopped {stopped} VM(s)")
 
