@@ -9,8 +9,9 @@ the kubelet's job for the pods bound to its node, and nothing else of the cluste
   from the node's image store (a copy of the binaries the controller built), lays out its volumes
   as the kubelet does (configMap, secret, projected service-account token with ``ca.crt`` and
   ``namespace``, hostPath, emptyDir; configMap/projected files through ``..data`` symlink swaps,
-  refreshed while the pod runs), and starts each container's command in a mount namespace of its
-  own where the image's directories and the volumes are bind-mounted at their mount paths;
+  refreshed while the pod runs), and starts each container's command as a privileged container:
+  a mount namespace of its own, chrooted to a copy-on-write view of the node's root with the
+  image's directories and the volumes bind-mounted at their paths (see ``in_container``);
 - expands ``$(VAR)`` in command and args from the container's env (values, fieldRefs);
 - runs readiness and liveness probes (httpGet, tcpSocket, exec), restarts exited containers with
   the kubelet's back-off (10 s doubling to 5 min), reports the pod's phase, conditions and
@@ -234,18 +235,35 @@ class Api:
 # Containers
 
 
-def in_mount_namespace(mounts: list, argv: list) -> list:
-    """``argv`` run in a mount namespace of its own where ``mounts`` (source, target, read_only) are
-    bind-mounted; nothing of it is visible on the node. unshare(1) and sh exec in turn, so the
-    container's PID is the one the runner started."""
-    steps = ["set -e"]
+def in_container(mounts: list, argv: list, scratch: str, netns: str | None = None,
+                 workdir: str | None = None) -> list:
+    """``argv`` as a privileged host-network container: in a mount namespace of its own, chrooted to a
+    copy-on-write overlay of the node's root (writes land in a tmpfs and vanish with it) with the
+    node's /proc, /sys and /dev, an empty /run and /tmp, and ``mounts`` (source, target, read_only)
+    bind-mounted: the image's directories and the pod's volumes. Nothing of it is visible on the
+    node. unshare, sh and chroot exec in turn, so the container's PID is the one the runner started.
+    ``netns``: run it in that network namespace (a node that is a network namespace of its host)."""
+    root = f"{scratch}/root"
+    steps = ["set -e", f"mount -t tmpfs -o mode=0755 container {shlex.quote(scratch)}",
+             f"mkdir {shlex.quote(scratch)}/upper {shlex.quote(scratch)}/work {shlex.quote(root)}",
+             f"mount -t overlay container -o lowerdir=/,upperdir={shlex.quote(scratch)}/upper,"
+             f"workdir={shlex.quote(scratch)}/work {shlex.quote(root)}"]
+    steps += [f"mount --rbind /{name} {shlex.quote(root)}/{name}" for name in ("proc", "sys", "dev")]
+    steps += [f"mount -t tmpfs tmpfs {shlex.quote(root)}/{name}" for name in ("run", "tmp")]
     for source, target, read_only in mounts:
-        steps.append(f"mount --rbind {shlex.quote(source)} {shlex.quote(target)}")
+        # The root is the node's own (overlaid), so its symlinks resolve as the node's do; resolved
+        # here, an absolute one (Debian's /var/run -> /run) cannot lead the mount out of the root.
+        inside = shlex.quote(root + os.path.realpath(target))
+        steps.append(f"if [ -d {shlex.quote(source)} ]; then mkdir -p {inside}; "
+                     f"else mkdir -p $(dirname {inside}); touch {inside}; fi")
+        steps.append(f"mount --rbind {shlex.quote(source)} {inside}")
         if read_only:
-            steps.append(f"mount -o remount,bind,ro {shlex.quote(target)}")
-    steps.append('exec "$@"')
-    return ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", "; ".join(steps), "container",
-            *argv]
+            steps.append(f"mount -o remount,bind,ro {inside}")
+    chdir = ["/usr/bin/env", f"--chdir={workdir}"] if workdir else []
+    steps.append(f'exec chroot {shlex.quote(root)} {" ".join(chdir)} "$@"')
+    command = ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", "; ".join(steps),
+               "container", *argv]
+    return ["ip", "netns", "exec", netns, *command] if netns else command
 
 
 class Container:
@@ -452,18 +470,24 @@ class Runner:
             return files
         return None
 
+    def host_path(self, path: str) -> str:
+        """Where a hostPath is on this node: the node's own root, or a folder of its own for a node
+        that is a network namespace of its host (``host_root``)."""
+        root = self.config.get("host_root")
+        return os.path.join(root, path.lstrip("/")) if root else path
+
     def prepare_volumes(self, pod: Pod) -> dict:
         """Volume name -> path on the node."""
         paths = {}
         for volume in pod.obj["spec"].get("volumes") or []:
             name = volume["name"]
             if "hostPath" in volume:
-                path, kind = volume["hostPath"]["path"], volume["hostPath"].get("type", "")
+                path, kind = self.host_path(volume["hostPath"]["path"]), volume["hostPath"].get("type", "")
                 if kind == "FileOrCreate" and not os.path.exists(path):
                     os.makedirs(os.path.dirname(path), exist_ok=True)
                     open(path, "a").close()
-                elif kind == "DirectoryOrCreate":
-                    os.makedirs(path, exist_ok=True)
+                elif kind in ("DirectoryOrCreate", "") and not os.path.exists(path):
+                    os.makedirs(path)  # the container runtime creates a missing unchecked path as a folder
                 elif kind in ("File", "Directory") and not os.path.exists(path):
                     raise FileNotFoundError(f"hostPath {path} ({kind}) does not exist")
                 paths[name] = path
@@ -527,22 +551,19 @@ class Runner:
             source = volumes[mount["name"]]
             if mount.get("subPath"):
                 source = os.path.join(source, mount["subPath"])
-            target = mount["mountPath"]
-            if os.path.isdir(source):
-                os.makedirs(target, exist_ok=True)
-            elif not os.path.exists(target):
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                open(target, "a").close()
-            mounts.append((source, target, bool(mount.get("readOnly"))))
+            mounts.append((source, mount["mountPath"], bool(mount.get("readOnly"))))
         env = container_env(pod.obj, spec, self.node_ips, self.service_env())
         argv = container_argv(spec, env)
         container.serial += 1
-        logs = os.path.join("/var/log/pods", f"{pod.obj['metadata']['namespace']}_{pod.obj['metadata']['name']}_"
-                            f"{pod.uid}", container.name)
+        meta = pod.obj["metadata"]
+        logs = os.path.join(self.config.get("log_dir", "/var/log/pods"),
+                            f"{meta['namespace']}_{meta['name']}_{pod.uid}", container.name)
         os.makedirs(logs, exist_ok=True)
         with open(os.path.join(logs, f"{container.restarts}.log"), "ab") as output:
+            scratch = os.path.join(self.pod_dir(pod), "containers", f"{container.name}-{container.serial}")
+            os.makedirs(scratch, exist_ok=True)
             container.process = subprocess.Popen(
-                in_mount_namespace(mounts, argv), env=env, cwd=spec.get("workingDir") or "/",
+                in_container(mounts, argv, scratch, self.config.get("netns"), spec.get("workingDir")), env=env,
                 stdin=subprocess.DEVNULL, stdout=output, stderr=output, start_new_session=True)
         container.started_at = now()
         container.waiting = None

@@ -83,18 +83,32 @@ def test_atomic_write_swaps_the_data_link_and_keeps_key_links(tmp_path):
     assert sorted(p.name for p in volume.iterdir() if not p.name.startswith("..")) == ["config.conf"]
 
 
-def test_mount_namespace_command_binds_then_execs_the_container():
-    argv = podrunner.in_mount_namespace(
+def test_container_command_binds_into_an_overlay_root_then_execs_the_command():
+    argv = podrunner.in_container(
         [("/var/lib/podrunner/images/x/rootfs/usr/local/bin", "/usr/local/bin", True),
          ("/var/lib/podrunner/pods/u/volumes/kube proxy", "/var/lib/kube-proxy", False)],
-        ["/usr/local/bin/kube-proxy", "--config=/var/lib/kube-proxy/config.conf"])
+        ["/usr/local/bin/kube-proxy", "--config=/var/lib/kube-proxy/config.conf"], "/scratch/c-1")
     assert argv[:5] == ["unshare", "--mount", "--propagation", "private", "--"]
-    script = argv[7]
-    assert "mount --rbind /var/lib/podrunner/images/x/rootfs/usr/local/bin /usr/local/bin" in script
-    assert "mount -o remount,bind,ro /usr/local/bin" in script
-    assert "'/var/lib/podrunner/pods/u/volumes/kube proxy'" in script
-    assert "remount,bind,ro /var/lib/kube-proxy" not in script
+    script = argv[7].split("; ")
+    assert script[0] == "set -e"
+    assert "mount -t overlay container -o lowerdir=/,upperdir=/scratch/c-1/upper,workdir=/scratch/c-1/work " \
+           "/scratch/c-1/root" in script
+    assert "mount --rbind /proc /scratch/c-1/root/proc" in script
+    assert "mount -t tmpfs tmpfs /scratch/c-1/root/run" in script
+    image = script.index("mount --rbind /var/lib/podrunner/images/x/rootfs/usr/local/bin "
+                         "/scratch/c-1/root/usr/local/bin")
+    assert script[image + 1] == "mount -o remount,bind,ro /scratch/c-1/root/usr/local/bin"
+    volume = script.index("mount --rbind '/var/lib/podrunner/pods/u/volumes/kube proxy' "
+                          "/scratch/c-1/root/var/lib/kube-proxy")
+    assert "remount" not in script[volume + 1]
+    assert script[-1] == 'exec chroot /scratch/c-1/root  "$@"'
     assert argv[8:] == ["container", "/usr/local/bin/kube-proxy", "--config=/var/lib/kube-proxy/config.conf"]
+
+
+def test_a_node_in_a_network_namespace_runs_its_containers_there():
+    argv = podrunner.in_container([], ["/bin/true"], "/s", netns="kipt-node1", workdir="/data")
+    assert argv[:4] == ["ip", "netns", "exec", "kipt-node1"]
+    assert argv[11].endswith('exec chroot /s/root /usr/bin/env --chdir=/data "$@"')
 
 
 def test_pod_conditions_keep_their_transition_times():
