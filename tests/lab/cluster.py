@@ -62,6 +62,11 @@ log = lab.log
 LabError = lab.LabError
 
 
+def host(address: str) -> str:
+    """An address as the host part of a URL."""
+    return f"[{address}]" if ":" in address else address
+
+
 def version() -> str:
     return os.environ.get("KUBEIPVS_K8S_VERSION", KUBERNETES_VERSION).lstrip("v")
 
@@ -202,17 +207,19 @@ def node_certificate(pki: Path, node: str) -> tuple[Path, Path]:
     return pki / f"node-{node}.crt", pki / f"node-{node}.key"
 
 
-def make_pki(pki: Path) -> None:
+def make_pki(pki: Path, addresses: tuple[str, ...]) -> None:
+    """The lab's CA and certificates; the API server's names every address it is reached at."""
     pki.mkdir(parents=True, exist_ok=True)
     if not (pki / "ca.crt").exists():
         openssl("req", "-x509", "-new", "-nodes", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
                 "-keyout", "ca.key", "-out", "ca.crt", "-days", "3650", "-subj", "/CN=kubeipvs-lab-ca", cwd=pki)
-    issue_certificate(
-        pki, "apiserver", "/CN=kube-apiserver", "serverAuth",
-        ("DNS:localhost", "DNS:kubernetes", "DNS:kubernetes.default", "DNS:kubernetes.default.svc",
-         "DNS:kubernetes.default.svc.cluster.local", "IP:127.0.0.1", f"IP:{ADVERTISE_ADDRESS}", "IP:10.96.0.1",
-         "IP:fd00:10:96::1"),
-    )
+    names = ("DNS:localhost", "DNS:kubernetes", "DNS:kubernetes.default", "DNS:kubernetes.default.svc",
+             "DNS:kubernetes.default.svc.cluster.local", "IP:10.96.0.1", "IP:fd00:10:96::1",
+             *(f"IP:{address}" for address in sorted(set(addresses))))
+    if not (pki / "apiserver.names").exists() or (pki / "apiserver.names").read_text() != ",".join(names):
+        (pki / "apiserver.crt").unlink(missing_ok=True)
+        issue_certificate(pki, "apiserver", "/CN=kube-apiserver", "serverAuth", names)
+        (pki / "apiserver.names").write_text(",".join(names))
     issue_certificate(pki, "admin", "/O=system:masters/CN=kubernetes-admin", "clientAuth")
     issue_certificate(pki, "controller-manager", "/CN=system:kube-controller-manager", "clientAuth")
     issue_certificate(pki, "scheduler", "/CN=system:kube-scheduler", "clientAuth")
@@ -245,14 +252,28 @@ def kubeconfig(server: str, pki: Path, name: str) -> dict:
 # The control plane
 
 
+# Every request of the lab's administrators and test users, as the API server saw it (the
+# components' own requests are left out): tests read it to prove what a module wrote, or that it
+# wrote nothing, and that check mode sent only dry runs.
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
+    "rules": [{"level": "Metadata", "users": ["kubernetes-admin", *(user for user in TOKENS)]}, {"level": "None"}],
+}
+
+
 class ControlPlane:
     """etcd, kube-apiserver, kube-controller-manager and kube-scheduler of one lab, under ``root``
-    (``<state>/k8s``): certificates, data, logs, PID files and ``cluster.json`` (ports, version)."""
+    (``<state>/k8s``): certificates, data, logs, PID files, the audit log and ``cluster.json``
+    (addresses, ports, version). The API server listens on ``bind_address`` and tells the cluster
+    (the ``kubernetes`` Service) it is at ``advertise_address``."""
 
-    def __init__(self, root: Path | None = None, kubernetes: str | None = None):
+    def __init__(self, root: Path | None = None, kubernetes: str | None = None, bind_address: str = "127.0.0.1",
+                 advertise_address: str = ADVERTISE_ADDRESS):
         self.root = (root or lab.state_dir() / "k8s").resolve()
         self.pki = self.root / "pki"
         self.kubernetes = kubernetes or version()
+        self.bind_address = bind_address
+        self.advertise_address = advertise_address
 
     # ---- what runs
 
@@ -273,12 +294,16 @@ class ControlPlane:
     @property
     def server(self) -> str:
         """The API server's address from the controller."""
-        return f"https://127.0.0.1:{self.info['apiserver_port']}"
+        return f"https://{host(self.info['bind_address'])}:{self.info['apiserver_port']}"
 
     @property
     def node_server(self) -> str:
-        """The API server's address from the lab VMs."""
-        return f"https://{ADVERTISE_ADDRESS}:{self.info['apiserver_port']}"
+        """The API server's address from the nodes."""
+        return f"https://{host(self.info['advertise_address'])}:{self.info['apiserver_port']}"
+
+    @property
+    def audit_log(self) -> Path:
+        return self.root / "audit.log"
 
     @property
     def admin_kubeconfig(self) -> Path:
@@ -303,17 +328,20 @@ class ControlPlane:
             return self
         binaries = build(self.kubernetes)
         self.root.mkdir(parents=True, exist_ok=True)
-        make_pki(self.pki)
+        make_pki(self.pki, ("127.0.0.1", self.bind_address, self.advertise_address))
         ports = {name: lab.free_port() for name in ("etcd", "etcd_peer", "apiserver", "controller_manager",
                                                      "scheduler")}
         info = {"kubernetes": f"v{self.kubernetes}", "apiserver_port": ports["apiserver"],
+                "bind_address": self.bind_address, "advertise_address": self.advertise_address,
                 "etcd_port": ports["etcd"], "service_cidrs": list(SERVICE_CIDRS),
                 "cluster_cidrs": list(CLUSTER_CIDRS), "binaries": str(binaries)}
         (self.root / "cluster.json").write_text(json.dumps(info, indent=2) + "\n")
-        server = f"https://127.0.0.1:{ports['apiserver']}"
+        server = f"https://{host(self.bind_address)}:{ports['apiserver']}"
         for name in ("admin", "controller-manager", "scheduler"):
             (self.root / f"{name}.kubeconfig").write_text(json.dumps(kubeconfig(server, self.pki, name), indent=2))
         self.admin_kubeconfig.chmod(0o600)
+        (self.root / "audit-policy.json").write_text(json.dumps(AUDIT_POLICY))
+        self.audit_log.unlink(missing_ok=True)
         started = time.monotonic()
         etcd_data = self.root / "etcd"
         shutil.rmtree(etcd_data, ignore_errors=True)
@@ -329,8 +357,8 @@ class ControlPlane:
         pki = self.pki
         self.start("kube-apiserver", [
             str(binaries / "kube-apiserver"), f"--etcd-servers={etcd_client}",
-            "--bind-address=127.0.0.1", f"--secure-port={ports['apiserver']}",
-            f"--advertise-address={ADVERTISE_ADDRESS}",
+            f"--bind-address={self.bind_address}", f"--secure-port={ports['apiserver']}",
+            f"--advertise-address={self.advertise_address}",
             f"--service-cluster-ip-range={','.join(SERVICE_CIDRS)}",
             f"--client-ca-file={pki / 'ca.crt'}",
             f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
@@ -340,6 +368,8 @@ class ControlPlane:
             f"--token-auth-file={pki / 'tokens.csv'}",
             "--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
             "--allow-privileged=true", "--profiling=false", "--event-ttl=1h",
+            f"--audit-policy-file={self.root / 'audit-policy.json'}", f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json", "--audit-log-mode=blocking",
         ])
         self.start("kube-controller-manager", [
             str(binaries / "kube-controller-manager"),

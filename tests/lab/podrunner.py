@@ -170,8 +170,10 @@ def atomic_write(directory: str, files: dict) -> bool:
     return True
 
 
-def pod_conditions(scheduled: dict | None, started: bool, ready: bool, since: dict) -> list:
-    """The pod's conditions; ``since`` keeps each condition's last transition time."""
+def pod_conditions(scheduled: dict | None, started: bool, unready: list, since: dict) -> list:
+    """The pod's conditions (``unready``: the names of containers not ready); ``since`` keeps each
+    condition's last transition time."""
+    ready = not unready
     wanted = {"PodReadyToStartContainers": started, "Initialized": True, "ContainersReady": ready, "Ready": ready}
     conditions = [scheduled] if scheduled else []
     for name, value in wanted.items():
@@ -181,6 +183,7 @@ def pod_conditions(scheduled: dict | None, started: bool, ready: bool, since: di
         condition = {"type": name, "status": status, "lastProbeTime": None, "lastTransitionTime": since[name][1]}
         if not value and name in ("ContainersReady", "Ready"):
             condition["reason"] = "ContainersNotReady"
+            condition["message"] = f"containers with unready status: [{' '.join(unready)}]"
         conditions.append(condition)
     return conditions
 
@@ -280,6 +283,7 @@ class Container:
         self.probe_due = {"readiness": 0.0, "liveness": 0.0}
         self.probe_streak = {"readiness": [0, 0], "liveness": [0, 0]}  # successes, failures
         self.image_id = ""
+        self.pull_failures = 0
         self.serial = 0
 
     def running(self) -> bool:
@@ -314,6 +318,7 @@ class Runner:
         self.stopping = False
         self.node_refreshed = 0.0
         self.tokens: dict = {}
+        self.recorded: dict = {}
 
     # ---- the Node
 
@@ -362,13 +367,23 @@ class Runner:
         if container:
             involved["fieldPath"] = f"spec.containers{{{container}}}"
         stamp = now()
-        body = {"apiVersion": "v1", "kind": "Event",
-                "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-                "involvedObject": involved, "reason": reason, "message": message, "type": kind,
-                "source": {"component": "kubelet", "host": self.node}, "firstTimestamp": stamp,
-                "lastTimestamp": stamp, "count": 1, "reportingComponent": "kubelet", "reportingInstance": self.node}
+        # The same event again is one event counted twice, as client-go's recorder aggregates it.
+        key = (meta["uid"], container, kind, reason, message)
+        seen = self.recorded.get(key)
         try:
-            self.api.call("POST", f"/api/v1/namespaces/{meta['namespace']}/events", body)
+            if seen:
+                seen["count"] += 1
+                self.api.call("PATCH", f"/api/v1/namespaces/{meta['namespace']}/events/{seen['name']}",
+                              {"count": seen["count"], "lastTimestamp": stamp}, "application/merge-patch+json")
+                return
+            body = {"apiVersion": "v1", "kind": "Event",
+                    "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+                    "involvedObject": involved, "reason": reason, "message": message, "type": kind,
+                    "source": {"component": "kubelet", "host": self.node}, "firstTimestamp": stamp,
+                    "lastTimestamp": stamp, "count": 1, "reportingComponent": "kubelet",
+                    "reportingInstance": self.node}
+            created = self.api.call("POST", f"/api/v1/namespaces/{meta['namespace']}/events", body)
+            self.recorded[key] = {"name": created["metadata"]["name"], "count": 1}
         except (ApiError, OSError) as error:
             log(f"event {reason} for {pod.key} not recorded: {error}")
 
@@ -488,8 +503,10 @@ class Runner:
                     open(path, "a").close()
                 elif kind in ("DirectoryOrCreate", "") and not os.path.exists(path):
                     os.makedirs(path)  # the container runtime creates a missing unchecked path as a folder
-                elif kind in ("File", "Directory") and not os.path.exists(path):
-                    raise FileNotFoundError(f"hostPath {path} ({kind}) does not exist")
+                if kind in ("File", "FileOrCreate") and not os.path.isfile(path):
+                    raise ValueError(f"hostPath type check failed: {path} is not a file")
+                if kind in ("Directory", "DirectoryOrCreate") and not os.path.isdir(path):
+                    raise ValueError(f"hostPath type check failed: {path} is not a directory")
                 paths[name] = path
                 continue
             path = os.path.join(self.pod_dir(pod), "volumes", name)
@@ -532,10 +549,14 @@ class Runner:
         try:
             rootfs, image_id = self.pull(spec["image"])
         except (LookupError, OSError) as error:
-            container.waiting = ("ErrImagePull", str(error))
-            container.next_start = time.monotonic() + backoff(container.restarts + 1)
+            # ErrImagePull on the first failure, ImagePullBackOff while waiting to try again
+            container.pull_failures += 1
+            container.waiting = ("ErrImagePull" if container.pull_failures == 1 else "ImagePullBackOff", str(error))
+            container.next_start = time.monotonic() + backoff(container.pull_failures)
             self.event(pod, "Warning", "Failed", f"Failed to pull image \"{spec['image']}\": {error}", container.name)
+            self.event(pod, "Normal", "BackOff", f"Back-off pulling image \"{spec['image']}\"", container.name)
             return
+        container.pull_failures = 0
         if not container.image_id:
             self.event(pod, "Normal", "Pulled", f"Container image \"{spec['image']}\" already present on machine",
                        container.name)
@@ -723,9 +744,10 @@ class Runner:
         self.pods.pop(pod.uid, None)
         shutil.rmtree(self.pod_dir(pod), ignore_errors=True)
         self.tokens = {key: value for key, value in self.tokens.items() if key[0] != pod.uid}
+        self.recorded = {key: value for key, value in self.recorded.items() if key[0] != pod.uid}
 
     def report(self, pod: Pod) -> None:
-        statuses, all_ready, any_started = [], True, False
+        statuses, unready, any_started = [], [], False
         for container in pod.containers.values():
             status = {"name": container.name, "image": container.spec["image"], "imageID": container.image_id,
                       "ready": container.ready, "restartCount": container.restarts,
@@ -739,14 +761,15 @@ class Runner:
                 status["state"] = {"waiting": {"reason": reason, "message": message}}
             if container.finished:
                 status["lastState"] = {"terminated": container.finished}
-            all_ready = all_ready and container.ready and container.running()
+            if not (container.ready and container.running()):
+                unready.append(container.name)
             statuses.append(status)
         scheduled = next((c for c in pod.obj.get("status", {}).get("conditions") or []
                           if c.get("type") == "PodScheduled"), None)
         ips = [{"ip": ip} for ip in self.node_ips]
         status = {"phase": "Running" if any_started or any(c.restarts for c in pod.containers.values())
                   else "Pending",
-                  "conditions": pod_conditions(scheduled, any_started, all_ready, pod.since),
+                  "conditions": pod_conditions(scheduled, any_started, unready, pod.since),
                   "hostIP": self.node_ips[0] if self.node_ips else None, "hostIPs": ips,
                   "podIP": self.node_ips[0] if self.node_ips else None, "podIPs": ips,
                   "startTime": pod.obj.get("status", {}).get("startTime") or now(),

@@ -114,12 +114,13 @@ def test_a_node_in_a_network_namespace_runs_its_containers_there():
 def test_pod_conditions_keep_their_transition_times():
     since = {}
     scheduled = {"type": "PodScheduled", "status": "True"}
-    first = podrunner.pod_conditions(scheduled, True, False, since)
+    first = podrunner.pod_conditions(scheduled, True, ["kube-proxy"], since)
     assert [(c["type"], c["status"]) for c in first] == [
         ("PodScheduled", "True"), ("PodReadyToStartContainers", "True"), ("Initialized", "True"),
         ("ContainersReady", "False"), ("Ready", "False")]
     ready_before = since["Ready"]
-    again = podrunner.pod_conditions(scheduled, True, False, since)
+    assert first[-1]["message"] == "containers with unready status: [kube-proxy]"
+    again = podrunner.pod_conditions(scheduled, True, ["kube-proxy"], since)
     assert since["Ready"] == ready_before and again == first
-    podrunner.pod_conditions(scheduled, True, True, since)
+    podrunner.pod_conditions(scheduled, True, [], since)
     assert since["Ready"][0] == "True"
