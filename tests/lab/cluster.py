@@ -282,8 +282,14 @@ class ControlPlane:
         line naming this lab's folder, so a stale PID file never hits another process."""
         try:
             pid = int((self.root / f"{component}.pid").read_text())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except (OSError, ValueError):
+            for _ in range(50):
+                # A Go program just started can show an empty command line for a moment (its memory
+                # map is busy): that is not an exit, so look again.
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                if cmdline or Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                    break
+                time.sleep(0.01)
+        except (OSError, ValueError, IndexError):
             return None
         return pid if str(self.root).encode() in cmdline else None
 
