@@ -72,8 +72,26 @@ def config_map(namespace, name, config_key, config_text, api_server):
             "data": {"kubeconfig.conf": kubeconfig_text(api_server), config_key: config_text}}
 
 
+def health_endpoint(healthz_bind_address):
+    """(host, port) of kube-proxy's /healthz from its ``healthzBindAddress`` (empty: 0.0.0.0:10256);
+    host None when kube-proxy listens on every address, so the probe goes to the pod's (node's) IP."""
+    address = healthz_bind_address or "0.0.0.0:10256"
+    host, _sep, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not port.isdigit():
+        host, port = address.strip("[]"), "10256"
+    return (None if host in ("", "0.0.0.0", "::") else host), int(port)
+
+
 def daemon_set(namespace, name, image, configmap_name, config_key, service_account_name, node_selector,
-               image_pull_policy="IfNotPresent"):
+               image_pull_policy="IfNotPresent", healthz_bind_address=""):
+    """kubeadm's kube-proxy DaemonSet plus a readiness probe on kube-proxy's own /healthz, so a pod is
+    Ready only once kube-proxy has programmed the node (what a restart waits for)."""
+    probe_host, probe_port = health_endpoint(healthz_bind_address)
+    probe = {"httpGet": {"path": "/healthz", "port": probe_port, "scheme": "HTTP"}, "periodSeconds": 2,
+             "timeoutSeconds": 1, "successThreshold": 1, "failureThreshold": 3}
+    if probe_host:
+        probe["httpGet"]["host"] = probe_host
     container = {
         "name": "kube-proxy",
         "image": image,
@@ -87,6 +105,7 @@ def daemon_set(namespace, name, image, configmap_name, config_key, service_accou
             {"mountPath": "/lib/modules", "name": "lib-modules", "readOnly": True},
         ],
         "env": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "spec.nodeName"}}}],
+        "readinessProbe": probe,
     }
     return {
         "apiVersion": "apps/v1", "kind": "DaemonSet",

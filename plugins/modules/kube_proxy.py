@@ -262,8 +262,9 @@ def present(module, deployer):
     stored_cm = deployer.ensure("ConfigMap", namespace, desired_cm, configmap_for)
     if stored_cm is not None and "config" not in results:
         results["config"] = fresh_config
-    deployer.ensure("DaemonSet", namespace, daemon_set(namespace, name, f"{p['image']}:{p['version']}", name, key, name,
-                                                       p["node_selector"], p["image_pull_policy"]))
+    deployer.ensure("DaemonSet", namespace, daemon_set(
+        namespace, name, f"{p['image']}:{p['version']}", name, key, name, p["node_selector"], p["image_pull_policy"],
+        (results.get("config") or {}).get("healthzBindAddress", "")))
     return results.get("config")
 
 

@@ -10,6 +10,7 @@ from ansible_collections.kubeipvs.node.plugins.module_utils._kube_proxy_manifest
     config_map,
     contains,
     daemon_set,
+    health_endpoint,
     managed_view,
     overlay,
     owned,
@@ -36,6 +37,19 @@ def test_daemon_set_is_shaped_like_kubeadms():
     mounts = {m["name"]: m for m in container["volumeMounts"]}
     assert mounts["lib-modules"] == {"mountPath": "/lib/modules", "name": "lib-modules", "readOnly": True}
     assert mounts["kube-proxy"]["mountPath"] == "/var/lib/kube-proxy"
+
+
+def test_readiness_comes_from_kube_proxys_own_healthz():
+    probe = kube_proxy_daemon_set()["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
+    assert probe["httpGet"] == {"path": "/healthz", "port": 10256, "scheme": "HTTP"}
+    assert health_endpoint("") == (None, 10256)
+    assert health_endpoint("0.0.0.0:10256") == (None, 10256)
+    assert health_endpoint("[::]:10300") == (None, 10300)
+    assert health_endpoint("127.0.0.1:10266") == ("127.0.0.1", 10266)
+    assert health_endpoint("[fd00::1]:10256") == ("fd00::1", 10256)
+    local = daemon_set("kube-system", "kube-proxy", "i:v1", "kube-proxy", "config.conf", "kube-proxy", {},
+                       healthz_bind_address="127.0.0.1:10266")
+    assert local["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["host"] == "127.0.0.1"
 
 
 def test_rbac_and_configmap():
