@@ -15,6 +15,7 @@ SANITY_TREE := $(BUILD)/sanity/ansible_collections/kubeipvs/node
 SANITY_VENV := $(CURDIR)/.venv-sanity
 ANSIBLE_CORE := $(shell grep -E '^ansible-core==' tests/requirements.txt)
 LAB := $(PYTHON) tests/lab/lab.py
+CLUSTER := $(PYTHON) tests/lab/cluster.py
 NODES ?= 1
 APT_PACKAGES := qemu-system-x86 qemu-utils debootstrap e2fsprogs openssh-client rsync git \
 	python3-venv shellcheck iproute2 ipset iptables nftables vde2 openssl
@@ -27,7 +28,7 @@ export ANSIBLE_FORCE_COLOR := False
 export ANSIBLE_NOCOLOR := True
 export PY_COLORS := 0
 
-.PHONY: help setup apt venv collection test unit pytest sanity lint molecule build-collection \
+.PHONY: help setup apt venv collection k8s test unit pytest sanity lint molecule build-collection \
 	lab-up lab-down lab-ssh lab-status demo bench-ipvs clean
 
 help: ## list the targets
@@ -61,6 +62,10 @@ $(SANITY_VENV)/.installed: tests/requirements.txt
 	cp tests/sanity/bootstrap_pip.py $(HOME)/.ansible/test/cache/get_pip_$${version//./_}.py
 	touch $@
 
+k8s: ## build the pinned Kubernetes programs (KUBEIPVS_K8S_VERSION) from their Go modules, once per machine
+	@command -v go >/dev/null || { echo "k8s: Go is needed to build Kubernetes (see README)"; exit 1; }
+	$(CLUSTER) build
+
 collection: ## link the checkout into .build/collections so Ansible resolves kubeipvs.node.*
 	@mkdir -p $(COLLECTIONS)/ansible_collections/kubeipvs
 	@ln -sfn $(CURDIR) $(COLLECTIONS)/ansible_collections/kubeipvs/node
@@ -84,7 +89,7 @@ test: setup ## everything: molecule on lab VMs, beside it sanity, ansible-lint a
 unit: setup ## unit tests only (pure diff logic, fakes; seconds)
 	PYTHONPATH=$(COLLECTIONS) $(BIN)/pytest tests/unit -p no:cacheprovider
 
-pytest: setup ## unit tests and host-kernel integration tests (network namespaces, API test server, galaxy build)
+pytest: setup k8s ## unit tests and host-kernel integration tests (network namespaces, API test server, galaxy build)
 	PYTHONPATH=$(COLLECTIONS) $(BIN)/pytest tests/unit tests/integration -p no:cacheprovider
 
 sanity: setup $(SANITY_VENV)/.installed ## ansible-test sanity on an assembled ansible_collections tree
@@ -97,7 +102,7 @@ sanity: setup $(SANITY_VENV)/.installed ## ansible-test sanity on an assembled a
 lint: setup ## ansible-lint, production profile
 	$(BIN)/ansible-lint --profile production --offline
 
-molecule: setup ## every molecule scenario on lab VMs (SCENARIO=name for one; boots and stops the lab)
+molecule: setup k8s ## every molecule scenario on lab VMs (SCENARIO=name for one; boots and stops the lab)
 	$(LAB) build
 	@# Molecule's state of this checkout, fresh each run: its default place is keyed by the
 	@# directory's name only, so an interrupted run (or another checkout of the same name) would
@@ -108,17 +113,21 @@ molecule: setup ## every molecule scenario on lab VMs (SCENARIO=name for one; bo
 build-collection: setup ## ansible-galaxy collection build into .build/
 	$(BIN)/ansible-galaxy collection build --force --output-path $(BUILD) .
 
-lab-up: setup ## boot the lab (NODES=n, default 1) and write .lab/inventory.yml
+lab-up: setup k8s ## boot the lab (NODES=n, default 1), start its control plane, make every VM a Node
 	$(LAB) up --nodes $(NODES)
+	$(CLUSTER) up
+	$(CLUSTER) join
 
-lab-down: ## stop every lab VM by its PID
+lab-down: ## stop the control plane and every lab VM by their PIDs
+	$(CLUSTER) down
 	$(LAB) down
 
 lab-ssh: ## root shell on a lab node (NODE=node1)
 	$(LAB) ssh $(or $(NODE),node1)
 
-lab-status: ## which lab VMs run
+lab-status: ## which lab VMs and control plane processes run
 	$(LAB) status
+	$(CLUSTER) status
 
 DEMO_NODES ?= 2
 demo: setup ## the main job on the lab: boot it, run playbooks/site.yml with example services, show traffic
