@@ -108,7 +108,7 @@ molecule: setup k8s ## every molecule scenario on lab VMs (SCENARIO=name for one
 	@# directory's name only, so an interrupted run (or another checkout of the same name) would
 	@# leave the scenarios believing the lab was created and prepared.
 	rm -rf $(BUILD)/molecule
-	MOLECULE_EPHEMERAL_DIRECTORY=$(BUILD)/molecule $(BIN)/molecule test $(if $(SCENARIO),--scenario-name $(SCENARIO),--all) || { $(LAB) down; exit 1; }
+	MOLECULE_EPHEMERAL_DIRECTORY=$(BUILD)/molecule $(BIN)/molecule test $(if $(SCENARIO),--scenario-name $(SCENARIO),--all) || { $(CLUSTER) down; $(LAB) down; exit 1; }
 
 build-collection: setup ## ansible-galaxy collection build into .build/
 	$(BIN)/ansible-galaxy collection build --force --output-path $(BUILD) .
@@ -130,9 +130,12 @@ lab-status: ## which lab VMs and control plane processes run
 	$(CLUSTER) status
 
 DEMO_NODES ?= 2
-demo: setup ## the main job on the lab: boot it, run playbooks/site.yml with example services, show traffic
+demo: setup k8s ## the main job on the lab cluster: site.yml to IPVS mode, traffic, then a switch to nftables
 	$(LAB) up --nodes $(DEMO_NODES)
-	$(BIN)/ansible-playbook -i .lab/inventory.yml tests/lab/demo/site.yml -e @tests/lab/demo/vars.yml
+	$(CLUSTER) up
+	$(CLUSTER) join
+	$(BIN)/ansible-playbook -i .lab/inventory.yml tests/lab/demo/site.yml -e @tests/lab/demo/vars.yml \
+		-e kube_proxy_kubeconfig=$(CURDIR)/.lab/k8s/admin.kubeconfig
 	@echo "demo: the lab is still up; 'make lab-ssh' to look around, 'make lab-down' to stop it"
 
 # The IPVS benchmark needs a kernel with IPVS: it runs in a lab VM of its own (more memory than the

@@ -82,7 +82,9 @@ EXAMPLES = r"""
 
 RETURN = r"""
 restarted:
-  description: One item per node - the deleted pods, the new Ready pod and the seconds it took.
+  description:
+    - One item per node - the deleted pods, the new Ready pod and the seconds it took.
+    - In check mode nothing is deleted; C(ready) then tells whether the node's current pods are Ready.
   returned: success
   type: list
   elements: dict
@@ -235,7 +237,8 @@ def run(module):
                           "after": {"update_strategy": strategy_after, "restarted_nodes": list(nodes)}}
     if module.check_mode:
         output["restarted"] = [{"node": n, "old_pods": [p["metadata"]["name"] for p in by_node[n]],
-                                "new_pod": None, "seconds": 0} for n in nodes]
+                                "ready": all(pod_ready(p) for p in by_node[n]), "new_pod": None, "seconds": 0}
+                               for n in nodes]
         return output
     restarted = []
     groups = [nodes] if params["all_nodes"] else [[n] for n in nodes]

@@ -73,7 +73,9 @@ for n in $(seq 1 $max_nodes); do
   printf '[Match]\nName=cbr0\nKernelCommandLine=kubeipvs.node=%s\n\n[Network]\nAddress=10.244.%s.1/24\nAddress=fd00:10:244:%s::1/64\nConfigureWithoutCarrier=yes\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n' \
     "$n" "$n" "$n" >"$rootfs/etc/systemd/network/30-lab-cbr0-node$n.network"
 done
-printf '[NetDev]\nName=cbr0\nKind=bridge\n' >"$rootfs/etc/systemd/network/30-lab-cbr0.netdev"
+# No multicast snooping: a pod's neighbour solicitation must reach it even if its group report was
+# sent before the bridge forwarded.
+printf '[NetDev]\nName=cbr0\nKind=bridge\n\n[Bridge]\nMulticastSnooping=no\n' >"$rootfs/etc/systemd/network/30-lab-cbr0.netdev"
 rm -f "$rootfs/etc/resolv.conf"
 printf 'nameserver 10.0.2.3\n' >"$rootfs/etc/resolv.conf"
 

@@ -5,6 +5,9 @@ Commands:
                         (CGO_ENABLED=0) into ~/.cache/kubeipvs-lab/k8s/v<V>/ unless they are there already
   join [NODE...]        make the running lab VMs Nodes: each gets its client certificate and the pod
                         runner (podrunner.py) as a systemd service, which registers the Node
+  apply FILE | delete FILE
+                        server-side apply (or delete) the Services, EndpointSlices, ConfigMaps and
+                        Namespaces of a YAML file as the lab's administrator
   up                    start etcd, kube-apiserver, kube-controller-manager and kube-scheduler on the
                         controller (certificates generated locally), write the admin kubeconfig
   down                  stop them by the PIDs they were started with
@@ -261,6 +264,31 @@ AUDIT_POLICY = {
 }
 
 
+# Where the kinds the lab applies live in the API: (API path prefix, plural, namespaced).
+KINDS = {
+    "Namespace": ("/api/v1", "namespaces", False),
+    "Service": ("/api/v1", "services", True),
+    "ConfigMap": ("/api/v1", "configmaps", True),
+    "EndpointSlice": ("/apis/discovery.k8s.io/v1", "endpointslices", True),
+}
+
+
+def object_path(obj: dict) -> str:
+    if obj.get("kind") not in KINDS:
+        raise LabError(f"the lab applies only {', '.join(KINDS)}, not {obj.get('kind')}")
+    prefix, plural, namespaced = KINDS[obj["kind"]]
+    meta = obj["metadata"]
+    where = f"/namespaces/{meta.get('namespace', 'default')}" if namespaced else ""
+    return f"{prefix}{where}/{plural}/{meta['name']}"
+
+
+def load_objects(path: Path) -> list[dict]:
+    import yaml  # the lab's Python (the project's virtual environment) has it
+
+    return [obj for document in yaml.safe_load_all(path.read_text()) if document
+            for obj in (document if isinstance(document, list) else [document])]
+
+
 class ControlPlane:
     """etcd, kube-apiserver, kube-controller-manager and kube-scheduler of one lab, under ``root``
     (``<state>/k8s``): certificates, data, logs, PID files, the audit log and ``cluster.json``
@@ -341,8 +369,11 @@ class ControlPlane:
                 "bind_address": self.bind_address, "advertise_address": self.advertise_address,
                 "etcd_port": ports["etcd"], "service_cidrs": list(SERVICE_CIDRS),
                 "cluster_cidrs": list(CLUSTER_CIDRS), "binaries": str(binaries)}
-        (self.root / "cluster.json").write_text(json.dumps(info, indent=2) + "\n")
         server = f"https://{host(self.bind_address)}:{ports['apiserver']}"
+        # What playbooks need to reach this cluster, from the controller and from the nodes.
+        info.update(server=server, node_server=f"https://{host(self.advertise_address)}:{ports['apiserver']}",
+                    kubeconfig=str(self.admin_kubeconfig))
+        (self.root / "cluster.json").write_text(json.dumps(info, indent=2) + "\n")
         for name in ("admin", "controller-manager", "scheduler"):
             (self.root / f"{name}.kubeconfig").write_text(json.dumps(kubeconfig(server, self.pki, name), indent=2))
         self.admin_kubeconfig.chmod(0o600)
@@ -400,11 +431,12 @@ class ControlPlane:
         context.load_cert_chain(str(self.pki / "admin.crt"), str(self.pki / "admin.key"))
         return context
 
-    def request(self, path: str, method: str = "GET", body: dict | None = None) -> tuple[int, dict | str]:
+    def request(self, path: str, method: str = "GET", body: dict | None = None,
+                content_type: str = "application/json") -> tuple[int, dict | str]:
         """One request as the lab's administrator; (status, decoded body)."""
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(self.server + path, data=data, method=method,
-                                         headers={"Content-Type": "application/json"})
+                                         headers={"Content-Type": content_type})
         try:
             with urllib.request.urlopen(request, context=self.ssl_context(), timeout=30) as response:
                 status, text = response.status, response.read().decode()
@@ -414,6 +446,21 @@ class ControlPlane:
             return status, json.loads(text)
         except ValueError:
             return status, text
+
+    def apply(self, objects: list[dict]) -> None:
+        """Server-side apply of ``objects`` as the lab's administrator (field manager kubeipvs-lab)."""
+        for obj in objects:
+            status, body = self.request(object_path(obj) + "?fieldManager=kubeipvs-lab&force=true", "PATCH", obj,
+                                        "application/apply-patch+yaml")
+            if status >= 300:
+                raise LabError(f"applying {obj['kind']} {obj['metadata'].get('namespace', '')}/"
+                               f"{obj['metadata']['name']} failed ({status}): {body}")
+
+    def delete(self, objects: list[dict]) -> None:
+        for obj in objects:
+            status, body = self.request(object_path(obj), "DELETE")
+            if status >= 300 and status != 404:
+                raise LabError(f"deleting {obj['kind']} {obj['metadata']['name']} failed ({status}): {body}")
 
     def wait_ready(self) -> None:
         """Until the API server's /readyz passes and the default namespace and ServiceCIDR exist."""
@@ -587,6 +634,8 @@ def main() -> int:
     sub.add_parser("up")
     join_parser = sub.add_parser("join")
     join_parser.add_argument("nodes", nargs="*")
+    for verb in ("apply", "delete"):
+        sub.add_parser(verb).add_argument("file", type=Path)
     sub.add_parser("down")
     sub.add_parser("status")
     args = parser.parse_args()
@@ -595,6 +644,10 @@ def main() -> int:
             print(build(args.version.lstrip("v") if args.version else None))
         elif args.command == "up":
             ControlPlane().up()
+        elif args.command == "apply":
+            ControlPlane().apply(load_objects(args.file))
+        elif args.command == "delete":
+            ControlPlane().delete(load_objects(args.file))
         elif args.command == "join":
             join(ControlPlane(), args.nodes or None)
         elif args.command == "down":

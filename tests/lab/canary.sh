@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Canary traffic on a lab node: start | stop | count. start runs one HTTP request to the URL every
-# 0.2 s in the background (its PID in /run/kubeipvs-canary/pid) and logs each result; stop ends
-# it by that PID; count prints the counts and the failures' times as JSON.
+# Canary traffic on a lab node (make demo, molecule mode_switch): start | stop | count. start runs
+# one HTTP request to the URL every 0.2 s in the background (its PID in /run/kubeipvs-canary/pid)
+# and logs each result; stop ends it by that PID; count prints the counts and the failures' times
+# as JSON.
 set -euo pipefail
 dir=/run/kubeipvs-canary
 case "${1:?start URL | stop | count}" in
