@@ -89,7 +89,7 @@ test: setup ## everything: molecule on lab VMs, beside it sanity, ansible-lint a
 unit: setup ## unit tests only (pure diff logic, fakes; seconds)
 	PYTHONPATH=$(COLLECTIONS) $(BIN)/pytest tests/unit -p no:cacheprovider
 
-pytest: setup k8s ## unit tests and host-kernel integration tests (network namespaces, API test server, galaxy build)
+pytest: setup k8s ## unit tests and host-kernel integration tests (network namespaces, a real Kubernetes cluster, galaxy build)
 	PYTHONPATH=$(COLLECTIONS) $(BIN)/pytest tests/unit tests/integration -p no:cacheprovider
 
 sanity: setup $(SANITY_VENV)/.installed ## ansible-test sanity on an assembled ansible_collections tree

@@ -3,7 +3,8 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Real-kernel tests on the host: each test gets its own network namespace (its own ipsets and
 iptables tables), and the collection's modules run inside it as Ansible runs them: the module
-file executed with an ANSIBLE_MODULE_ARGS document, by ``ip netns exec``."""
+file executed with an ANSIBLE_MODULE_ARGS document, by ``ip netns exec``. The Kubernetes tests
+share one real cluster per session (kube_fixtures.py), started by the first test that needs it."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ import sys
 from pathlib import Path
 
 import pytest
+
+# The Kubernetes tests' fixtures, here so that every test module shares the session's one cluster.
+from kube_fixtures import cluster, kube_cluster  # noqa: F401  # pylint: disable=unused-import
 
 COLLECTION = Path(__file__).resolve().parents[2]
 COLLECTIONS_PATH = (

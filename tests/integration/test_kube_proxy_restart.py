@@ -1,43 +1,47 @@
 # Copyright (c) kubeipvs.node contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-# ruff: noqa: F811 (the cluster fixture is imported from kube_fixtures, the tests take it as an argument)
-"""kubeipvs.node.kube_proxy_restart against the API test server and its DaemonSet controller."""
+"""kubeipvs.node.kube_proxy_restart against the real API server: kubeadm's kube-proxy DaemonSet runs
+the real kube-proxy on the three nodes; the real DaemonSet controller replaces a deleted pod, the
+scheduler binds it, the node's pod runner starts it and reports it Ready."""
 
 from __future__ import annotations
 
-from kube_fixtures import (  # pylint: disable=unused-import
-    NODES,
-    cluster,  # noqa: F401
-    pod_ready,
-    seed_kubeadm_kube_proxy,
-)
+import shutil
 
-FAST = {"poll_interval": 0.1, "timeout": 15}
+from kube_fixtures import NODES, pod_ready, seed_kubeadm_kube_proxy
+
+WAIT = {"poll_interval": 0.5, "timeout": 180}
+PODS = "/api/v1/namespaces/kube-system/pods"
+DAEMONSET = "/apis/apps/v1/namespaces/kube-system/daemonsets/kube-proxy"
 
 
 def uids(cluster):
     return {p["spec"]["nodeName"]: p["metadata"]["uid"] for p in cluster.pods()}
 
 
-def image_on(cluster, node):
-    return [p["spec"]["containers"][0]["image"] for p in cluster.pods(node)]
+def names(cluster):
+    return {p["spec"]["nodeName"]: p["metadata"]["name"] for p in cluster.pods()}
+
+
+def env_on(cluster, node):
+    return [p["spec"]["containers"][0].get("env") for p in cluster.pods(node)]
 
 
 def test_check_mode_then_node_by_node_with_on_delete(cluster):
     seed_kubeadm_kube_proxy(cluster)
-    before = uids(cluster)
+    before, old_names = uids(cluster), names(cluster)
 
     checked = cluster.module("kube_proxy_restart", check=True, diff=True, nodes=["node1", "node2"],
-                             update_strategy="OnDelete", **FAST)
+                             update_strategy="OnDelete", **WAIT)
     assert checked["changed"] and [r["node"] for r in checked["restarted"]] == ["node1", "node2"]
     assert checked["update_strategy"] == {"before": "RollingUpdate", "after": "OnDelete"}
     assert uids(cluster) == before, "check mode deleted a pod"
     assert cluster.get("DaemonSet", "kube-proxy")["spec"]["updateStrategy"]["type"] == "RollingUpdate"
-    assert not [w for w in cluster.writes() if w[0] == "DELETE"]
-    assert all(w[2].get("dryRun") == "All" for w in cluster.writes())
+    assert cluster.writes() == [("patch", DAEMONSET + "?dryRun=All", 200)]
 
-    result = cluster.module("kube_proxy_restart", nodes=["node1", "node2"], update_strategy="OnDelete", **FAST)
+    cluster.mark()
+    result = cluster.module("kube_proxy_restart", nodes=["node1", "node2"], update_strategy="OnDelete", **WAIT)
     assert result["changed"], result
     assert [r["node"] for r in result["restarted"]] == ["node1", "node2"]
     after = uids(cluster)
@@ -48,55 +52,68 @@ def test_check_mode_then_node_by_node_with_on_delete(cluster):
     assert daemonset["spec"]["updateStrategy"] == {"type": "OnDelete"}
     assert {r["new_pod"] for r in result["restarted"]} == {p["metadata"]["name"] for p in cluster.pods()
                                                            if p["spec"]["nodeName"] in ("node1", "node2")}
+    # the strategy first, then the named nodes' pods, in the order given
+    assert cluster.writes() == [("patch", DAEMONSET, 200), ("delete", f"{PODS}/{old_names['node1']}", 200),
+                                ("delete", f"{PODS}/{old_names['node2']}", 200)]
 
     # OnDelete: a template change reaches only the node restarted afterwards.
-    daemonset["spec"]["template"]["spec"]["containers"][0]["image"] = "registry.k8s.io/kube-proxy:v1.32.0"
-    cluster.add(daemonset)
-    again = cluster.module("kube_proxy_restart", nodes=["node3"], update_strategy="OnDelete", **FAST)
+    marker = [{"name": "KUBEIPVS_TEST_REVISION", "value": "2"}]
+    cluster.patch("DaemonSet", "kube-proxy",
+                  {"spec": {"template": {"spec": {"containers": [{"name": "kube-proxy", "env": marker}]}}}},
+                  strategic=True)
+    template_env = cluster.get("DaemonSet", "kube-proxy")["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert [e["name"] for e in template_env] == ["KUBEIPVS_TEST_REVISION", "NODE_NAME"]
+    again = cluster.module("kube_proxy_restart", nodes=["node3"], update_strategy="OnDelete", **WAIT)
     assert again["changed"] and again["update_strategy"] == {"before": "OnDelete", "after": "OnDelete"}
-    assert image_on(cluster, "node3") == ["registry.k8s.io/kube-proxy:v1.32.0"]
-    assert image_on(cluster, "node1") == ["registry.k8s.io/kube-proxy:v1.31.2"]
-
-
-def test_rolling_update_template_change_replaces_every_pod(cluster):
-    """The test server's controller, as the restart module relies on it."""
-    seed_kubeadm_kube_proxy(cluster)
-    before = uids(cluster)
-    daemonset = cluster.get("DaemonSet", "kube-proxy")
-    daemonset["spec"]["template"]["spec"]["containers"][0]["image"] = "registry.k8s.io/kube-proxy:v1.32.0"
-    cluster.add(daemonset)
-    cluster.wait_for(lambda: all(image_on(cluster, n) == ["registry.k8s.io/kube-proxy:v1.32.0"] for n in NODES)
-                     and all(pod_ready(p) for p in cluster.pods()))
-    assert not set(uids(cluster).values()) & set(before.values())
+    assert env_on(cluster, "node3") == [template_env]
+    assert all(e["name"] == "NODE_NAME" for e in env_on(cluster, "node1")[0])
+    assert uids(cluster)["node1"] == after["node1"] and uids(cluster)["node2"] == after["node2"]
+    assert all(pod_ready(p) for p in cluster.pods())
 
 
 def test_all_nodes_at_once(cluster):
     seed_kubeadm_kube_proxy(cluster)
-    before = uids(cluster)
-    result = cluster.module("kube_proxy_restart", all_nodes=True, **FAST)
+    before, old_names = uids(cluster), names(cluster)
+    result = cluster.module("kube_proxy_restart", all_nodes=True, **WAIT)
     assert result["changed"] and sorted(r["node"] for r in result["restarted"]) == list(NODES)
     after = uids(cluster)
     assert all(after[n] != before[n] for n in NODES)
+    assert all(pod_ready(p) for p in cluster.pods())
+    assert sorted(cluster.writes()) == sorted(("delete", f"{PODS}/{name}", 200) for name in old_names.values())
 
 
 def test_timeout_reports_the_pod_and_stops_the_rollout(cluster):
+    """node2's /run/xtables.lock is a directory: its new kube-proxy pod fails the hostPath type check
+    (FileOrCreate) at every start, as the kubelet's would, and never gets Ready."""
     seed_kubeadm_kube_proxy(cluster)
     before = uids(cluster)
-    cluster.faults.never_ready_nodes = {"node2"}
-    result = cluster.module("kube_proxy_restart", nodes=["node1", "node2", "node3"], poll_interval=0.1, timeout=3)
+    lock = cluster.host_root("node2") / "run" / "xtables.lock"
+    lock.unlink()
+    lock.mkdir()
+
+    def restore():
+        shutil.rmtree(lock)
+        lock.touch()
+    cluster.undo.append(restore)
+
+    result = cluster.module("kube_proxy_restart", nodes=["node1", "node2", "node3"], poll_interval=0.5, timeout=30)
     assert result["failed"], result
-    assert "kube-proxy on node node2 not Ready 3s after deleting" in result["msg"]
-    assert "CrashLoopBackOff" in result["msg"] and "BackOff: Back-off restarting failed container" in result["msg"]
+    assert "kube-proxy on node node2 not Ready 30s after deleting" in result["msg"], result["msg"]
+    assert "kube-proxy waiting (CreateContainerError), restarts 0" in result["msg"], result["msg"]
+    assert "hostPath type check failed" in result["msg"], result["msg"]
     pod = result["pod"]
-    assert pod["node"] == "node2" and pod["phase"] == "Running"
+    assert pod["node"] == "node2" and pod["phase"] == "Pending", pod
     assert {"type": "Ready", "status": "False", "reason": "ContainersNotReady",
             "message": "containers with unready status: [kube-proxy]"} in pod["conditions"]
-    assert pod["container_statuses"][0]["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+    [container] = pod["container_statuses"]
+    assert container["state"]["waiting"]["reason"] == "CreateContainerError" and not container["ready"]
     reasons = [e["reason"] for e in pod["events"]]
-    assert "Scheduled" in reasons and reasons.count("BackOff") == 1, reasons
-    assert next(e["count"] for e in pod["events"] if e["reason"] == "BackOff") >= 2, "BackOff not aggregated"
+    assert "Scheduled" in reasons and reasons.count("Failed") == 1, pod["events"]
+    failed = next(e for e in pod["events"] if e["reason"] == "Failed")
+    assert "hostPath type check failed" in failed["message"] and failed["count"] >= 2, "Failed not aggregated"
     assert [r["node"] for r in result["restarted"]] == ["node1"]
     assert uids(cluster)["node3"] == before["node3"], "the rollout went on after a failed node"
+    assert pod_ready(cluster.pods("node1")[0]) and uids(cluster)["node1"] != before["node1"]
 
 
 def test_unknown_node_and_missing_daemonset_fail_before_deleting(cluster):
@@ -105,8 +122,8 @@ def test_unknown_node_and_missing_daemonset_fail_before_deleting(cluster):
     seed_kubeadm_kube_proxy(cluster)
     before = uids(cluster)
     unknown, both = cluster.modules([
-        ("kube_proxy_restart", {"nodes": ["node1", "node9"], **FAST}),
-        ("kube_proxy_restart", {"nodes": ["node1"], "all_nodes": True, **FAST}),
+        ("kube_proxy_restart", {"nodes": ["node1", "node9"], **WAIT}),
+        ("kube_proxy_restart", {"nodes": ["node1"], "all_nodes": True, **WAIT}),
     ])
     assert unknown["failed"] and "on node(s) node9" in unknown["msg"] and "node1, node2, node3" in unknown["msg"]
     assert both["failed"] and "not both" in both["msg"]

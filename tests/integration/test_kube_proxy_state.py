@@ -1,57 +1,81 @@
 # Copyright (c) kubeipvs.node contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-# ruff: noqa: F811 (the cluster fixture is imported from kube_fixtures, the tests take it as an argument)
-"""kubeipvs.node.kube_proxy_state reading Services and EndpointSlices from the API test server."""
+"""kubeipvs.node.kube_proxy_state reading Services and EndpointSlices from the real API server.
+
+The Services are created through the API (ClusterIPs from the cluster's 10.96.0.0/12, chosen clear
+of the ones the cluster allocated); their EndpointSlices are written as a controller would, since
+Services without a selector get none from the EndpointSlice controller. The cluster's own
+``default/kubernetes`` Service (10.96.0.1:443, backed by the API server's address) is there too and
+counts like any other."""
 
 from __future__ import annotations
 
-from kube_fixtures import cluster  # noqa: F401  # pylint: disable=unused-import
+from kube_fixtures import lab_cluster
 
 SERVICES = 620  # more than one page of the client's list (500), so pagination is exercised
+KUBERNETES = "10.96.0.1"  # the default/kubernetes Service
+
+
+def service_ip(index):
+    return f"10.100.{index // 250}.{index % 250 + 1}"
 
 
 def seed(cluster):
+    objects = []
     for index in range(SERVICES):
         name = f"svc{index}"
-        cluster.add({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "default"},
-                     "spec": {"type": "NodePort" if index == 0 else "ClusterIP",
-                              "clusterIP": f"10.96.{index // 250}.{index % 250 + 1}",
-                              "clusterIPs": [f"10.96.{index // 250}.{index % 250 + 1}"],
-                              "ports": [{"name": "http", "port": 80, "protocol": "TCP",
-                                         **({"nodePort": 30080} if index == 0 else {})}]}})
-        cluster.add({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-                     "metadata": {"name": f"{name}-abcde", "namespace": "default",
-                                  "labels": {"kubernetes.io/service-name": name}},
-                     "addressType": "IPv4",
-                     "endpoints": [{"addresses": [f"10.244.{index // 250 + 1}.{index % 250 + 1}"],
-                                    "conditions": {"ready": True}, "nodeName": "node1" if index % 2 else "node2"}],
-                     "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]})
+        objects.append({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "default"},
+                        "spec": {"type": "NodePort" if index == 0 else "ClusterIP",
+                                 "clusterIP": service_ip(index), "clusterIPs": [service_ip(index)],
+                                 "ports": [{"name": "http", "port": 80, "protocol": "TCP",
+                                            **({"nodePort": 30080} if index == 0 else {})}]}})
+        objects.append({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                        "metadata": {"name": f"{name}-abcde", "namespace": "default",
+                                     "labels": {"kubernetes.io/service-name": name}},
+                        "addressType": "IPv4",
+                        "endpoints": [{"addresses": [f"10.244.{index // 250 + 1}.{index % 250 + 1}"],
+                                       "conditions": {"ready": True}, "nodeName": "node1" if index % 2 else "node2"}],
+                        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]})
+    cluster.create_all(objects)
 
 
 def test_state_of_a_node_from_the_api(cluster):
     seed(cluster)
+    node_ip = cluster.node_ip("node1")
     default_ips, explicit, check = cluster.modules([
         ("kube_proxy_state", {"node_name": "node1"}),
         ("kube_proxy_state", {"node_name": "node1", "node_ips": ["198.51.100.1", "2001:db8::1"], "scheduler": "wrr"}),
         ("kube_proxy_state", {"node_name": "node1", "_check": True}),
     ])
-    assert not default_ips["changed"] and default_ips["node_ips"] == ["192.0.2.11"], default_ips
-    assert default_ips["counts"] == {"services_read": SERVICES, "endpoint_slices_read": SERVICES,
-                                     "virtual_servers": SERVICES + 1, "real_servers": SERVICES + 1,
-                                     "addresses": SERVICES}
+    # the Node's InternalIP, as its runner registered it
+    assert not default_ips["changed"] and default_ips["node_ips"] == [node_ip], default_ips
+    assert default_ips["counts"] == {"services_read": SERVICES + 1, "endpoint_slices_read": SERVICES + 1,
+                                     "virtual_servers": SERVICES + 2, "real_servers": SERVICES + 2,
+                                     "addresses": SERVICES + 1}
     services = default_ips["ipvs_sync"]["services"]
-    assert {"protocol": "tcp", "address": "192.0.2.11", "port": 30080, "family": "inet", "scheduler": "rr",
+    assert {"protocol": "tcp", "address": node_ip, "port": 30080, "family": "inet", "scheduler": "rr",
             "real_servers": [{"address": "10.244.1.1", "port": 8080, "weight": 1, "forwarding": "nat"}]} in services
-    assert len(default_ips["ipsets"]["KUBE-CLUSTER-IP"]) == SERVICES
+    # the API server behind default/kubernetes, at the address it advertises
+    api_port = int(cluster.server.rsplit(":", 1)[1])
+    assert {"protocol": "tcp", "address": KUBERNETES, "port": 443, "family": "inet", "scheduler": "rr",
+            "real_servers": [{"address": cluster.kube.gateway, "port": api_port, "weight": 1,
+                              "forwarding": "nat"}]} in services
+    assert len(default_ips["ipsets"]["KUBE-CLUSTER-IP"]) == SERVICES + 1
     assert len(default_ips["ipsets"]["KUBE-LOOP-BACK"]) == SERVICES // 2  # the endpoints on node1
     assert default_ips["ipsets"]["KUBE-NODE-PORT-TCP"] == ["30080"]
-    assert default_ips["dummy_interface"]["addresses"][0] == "10.96.0.1"
+    assert default_ips["dummy_interface"]["addresses"][0] == KUBERNETES
     assert explicit["node_ips"] == ["198.51.100.1", "2001:db8::1"]
     assert {s["scheduler"] for s in explicit["ipvs_sync"]["services"]} == {"wrr"}
     assert "KUBE-6-NODE-PORT-TCP" in explicit["ipsets"]
     assert check["ipvs_sync"] == default_ips["ipvs_sync"]
     assert not cluster.writes()
+    # each run read the Services and EndpointSlices in pages of 500
+    lists = [r.uri for r in cluster.requests() if r.verb == "list"]
+    for collection in ("/api/v1/services?", "/apis/discovery.k8s.io/v1/endpointslices?"):
+        pages = [uri for uri in lists if uri.startswith(collection)]
+        assert len(pages) == 6 and sum("continue=" in uri for uri in pages) == 3, pages
+        assert all("limit=500" in uri for uri in pages)
 
 
 def test_unknown_node_and_bad_node_ip(cluster):
@@ -61,13 +85,17 @@ def test_unknown_node_and_bad_node_ip(cluster):
     ])
     assert unknown["failed"] and "node node9 not found" in unknown["msg"]
     assert bad["failed"] and "192.0.2.300 is not an IP address" in bad["msg"]
+    assert not cluster.writes()
 
 
 def varied_services(cluster):
     """One of each kind of Service kube-proxy's ipsets care about, IPv4 and IPv6."""
     def add_service(name, spec, status=None):
         cluster.add({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "default"},
-                     "spec": spec, **({"status": status} if status else {})})
+                     "spec": spec})
+        if status:  # what a load-balancer controller writes, through the status subresource
+            cluster.call("PATCH", f"/api/v1/namespaces/default/services/{name}/status", {"status": status},
+                         "application/merge-patch+json")
 
     def add_slice(name, address_type, endpoints, ports):
         cluster.add({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
@@ -91,7 +119,7 @@ def varied_services(cluster):
     add_service("sctp", {"type": "NodePort", "clusterIP": "10.96.0.90", "clusterIPs": ["10.96.0.90"],
                          "externalTrafficPolicy": "Local",
                          "ports": [{"port": 9000, "protocol": "SCTP", "nodePort": 30900}]})
-    add_service("dual", {"type": "NodePort", "clusterIP": "10.96.0.100",
+    add_service("dual", {"type": "NodePort", "clusterIP": "10.96.0.100", "ipFamilyPolicy": "RequireDualStack",
                          "clusterIPs": ["10.96.0.100", "fd00:10:96::100"], "ipFamilies": ["IPv4", "IPv6"],
                          "ports": [{"port": 80, "protocol": "TCP", "nodePort": 30100}]})
     add_slice("dual", "IPv6", [("fd00:10:244:1::5", "node1")], [(8080, "TCP")])
@@ -101,6 +129,10 @@ def test_ipsets_load_into_the_kernel_as_computed(cluster, netns):
     """Every computed set goes through kubeipvs.node.ipset into a real kernel's ip_set unchanged."""
     varied_services(cluster)
     state = cluster.module("kube_proxy_state", node_name="node1", node_ips=["192.0.2.11", "2001:db8::11"])
+    assert state["counts"]["services_read"] == 5, state["counts"]  # the four above and default/kubernetes
+    assert f"{KUBERNETES},tcp:443" in state["ipsets"]["KUBE-CLUSTER-IP"]
+    assert "fd00:10:96::100,tcp:80" in state["ipsets"]["KUBE-6-CLUSTER-IP"]
+    assert state["ipsets"]["KUBE-LOAD-BALANCER"] == ["203.0.113.10,tcp:443"]
     loaded = 0
     for name, members in sorted(state["ipsets"].items()):
         if not members:
@@ -130,20 +162,22 @@ def test_state_in_iptables_and_nftables_mode(cluster):
     ])
     # The mode-independent facts are the same whatever the mode.
     assert ipvs["mode"] == "ipvs" and iptables["mode"] == "iptables" and nftables["mode"] == "nftables"
-    assert len(ipvs["cluster_ip_ports"]) == SERVICES and "tcp/10.96.0.1:80" in ipvs["cluster_ip_ports"]
+    assert len(ipvs["cluster_ip_ports"]) == SERVICES + 1
+    assert {"tcp/10.100.0.1:80", f"tcp/{KUBERNETES}:443"} <= set(ipvs["cluster_ip_ports"])
     assert iptables["cluster_ip_ports"] == nftables["cluster_ip_ports"] == ipvs["cluster_ip_ports"]
-    assert ipvs["kubernetes_version"].startswith("v1.")
+    assert ipvs["kubernetes_version"] == f"v{lab_cluster.version()}"
     # Each mode returns its own module input only.
     assert "iptables_chain" not in ipvs and "nftables_tables" not in ipvs
     assert "ipvs_sync" not in iptables and "nftables_tables" not in iptables
     assert "ipvs_sync" not in nftables and "iptables_chain" not in nftables
     chains = {(c["table"], c["chain"]): c for c in iptables["iptables_chain"]["ipv4"]}
-    assert sum(1 for table, name in chains if name.startswith("KUBE-SVC-")) == SERVICES
+    assert sum(1 for table, name in chains if name.startswith("KUBE-SVC-")) == SERVICES + 1
     services = chains[("nat", "KUBE-SERVICES")]["rules"]
-    assert any("-d 10.96.0.1 " in rule and "--dport 80" in rule for rule in services)
+    assert any("-d 10.100.0.1 " in rule and "--dport 80" in rule for rule in services)
+    assert any(f"-d {KUBERNETES} " in rule and "--dport 443" in rule for rule in services)
     assert any("! -s 10.244.0.0/16" in rule for chain in chains.values() for rule in chain.get("rules") or [])
     [table] = nftables["nftables_tables"]
     assert (table["family"], table["name"]) == ("ip", "kube-proxy")
-    assert "10.96.0.1 . tcp . 80" in table["content"] and "0x8000" in table["content"]
+    assert "10.100.0.1 . tcp . 80" in table["content"] and "0x8000" in table["content"]
     assert bad_bit["failed"] and "masquerade_bit must be 0-31" in bad_bit["msg"]
     assert not cluster.writes()
