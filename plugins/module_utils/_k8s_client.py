@@ -168,6 +168,13 @@ class KubeClient:
             reason = getattr(error, "reason", None) or error
             raise KubeIpvsError(f"cannot reach the Kubernetes API at {self.host}: {reason}; check host/kubeconfig "
                                 "and that the API server is running", host=self.host) from None
+        except k8s_client.exceptions.ApiException as error:
+            # Newer clients wrap transport failures (TLS verification, for one) as status 0.
+            if getattr(error, "status", None):
+                raise
+            reason = getattr(error, "reason", None) or error
+            raise KubeIpvsError(f"cannot reach the Kubernetes API at {self.host}: {reason}; check host/kubeconfig, "
+                                "ca_cert and that the API server is running", host=self.host) from None
         data = response.data or b""
         if not 200 <= response.status <= 299:
             raise self.api_error(method, path, response.status, data)

@@ -101,7 +101,9 @@ def daemon_set(namespace, name, image, configmap_name, config_key, service_accou
         "securityContext": {"privileged": True},
         "volumeMounts": [
             {"mountPath": CONFIG_DIR, "name": "kube-proxy"},
-            {"mountPath": "/run/xtables.lock", "name": "xtables-lock", "readOnly": False},
+            # readOnly false is the default, which the API server does not store: leaving it out keeps
+            # the stored object comparable with this one.
+            {"mountPath": "/run/xtables.lock", "name": "xtables-lock"},
             {"mountPath": "/lib/modules", "name": "lib-modules", "readOnly": True},
         ],
         "env": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "spec.nodeName"}}}],

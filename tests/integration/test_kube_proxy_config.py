@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import socket
 
-import pytest
 import yaml
 from kube_fixtures import KUBEADM_CONFIG, KUBEADM_KUBECONFIG, READER_TOKEN, Request, seed_kubeadm_kube_proxy
 
@@ -150,11 +149,6 @@ def test_wrong_credentials_forbidden_unreachable_and_no_kubeconfig(cluster):
     assert stored(cluster)[1]["mode"] == ""
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: the kubernetes client (37.x) raises an untrusted server certificate as ApiException "
-    "(status 0, SSLError), which _k8s_client.KubeClient.request does not catch (only urllib3 errors): the "
-    "module crashes with 'Module failed: (0) Reason: SSLError' instead of failing through KubeIpvsError "
-    "with the API's address"))
 def test_an_untrusted_server_certificate_fails_clearly(cluster):
     """host and api_key without ca_cert: the lab's CA is not among the system's."""
     seed_kubeadm_kube_proxy(cluster, run=False)

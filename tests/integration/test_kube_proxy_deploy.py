@@ -12,7 +12,6 @@ real kube-proxy answers its /healthz, which it does after programming its node."
 
 from __future__ import annotations
 
-import pytest
 import yaml
 from kube_fixtures import KUBE_PROXY_IMAGE, seed_kubeadm_kube_proxy
 
@@ -102,10 +101,6 @@ def test_deploy_check_apply_upgrade_and_remove(cluster):
     cluster.wait_for(lambda: not cluster.pods(terminating=True))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: the DaemonSet's xtables-lock volumeMount carries readOnly: false, which the API server "
-    "does not store (false is its default), so the stored DaemonSet never contains the desired one: every "
-    "run reports the DaemonSet 'updated', changed, and sends an update"))
 def test_a_second_deploy_changes_nothing(cluster):
     applied, again = cluster.modules([("kube_proxy", deploy(cluster)),
                                       ("kube_proxy", dict(deploy(cluster), _diff=True))])
