@@ -144,15 +144,12 @@ dataplane:
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kubeipvs.node.plugins.module_utils import _dataplane as dp
-from ansible_collections.kubeipvs.node.plugins.module_utils._dataplane_node import (
-    SCOPE_AND_FAMILY_ARGS,
-    NodeReader,
-    validate_scope,
-)
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import run_module
-from ansible_collections.kubeipvs.node.plugins.module_utils._ipvs import IpvsKernel
-from ansible_collections.kubeipvs.node.plugins.module_utils._links import LinkKernel
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._dataplane import SCOPE_AND_FAMILY_ARGS, NodeReader
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._ipvs import IpvsKernel
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._links import LinkKernel
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure import _dataplane as dp
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._dataplane import validate_scope
 
 FAMILY_CHOICES = {"ipv4": ("ipv4",), "ipv6": ("ipv6",), "both": dp.FAMILIES}
 TOOLS = ("ipset", "ipvsadm", "iptables", "nft")

@@ -94,17 +94,16 @@ address_count:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
-from ansible_collections.kubeipvs.node.plugins.module_utils._links import (
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._links import IFF_BROADCAST, LinkKernel
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._netlink import NetlinkError
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._links import (
     FAMILY_BITS,
-    IFF_BROADCAST,
     IFF_NOARP,
     Link,
-    LinkKernel,
     normalize_addresses,
     plan_addresses,
     validate_link_name,
 )
-from ansible_collections.kubeipvs.node.plugins.module_utils._netlink import NetlinkError
 
 DIFF_LINES = 20
 

@@ -277,8 +277,8 @@ changed_sets:
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kubeipvs.node.plugins.module_utils import _ipset as ipset_lib
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure import _ipset as ipset_lib
 
 NOT_FOUND = "does not exist"
 IN_USE = "in use by a kernel component"

@@ -228,8 +228,9 @@ import os
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kubeipvs.node.plugins.module_utils import _iptables as iptables_lib
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._iptables import choose_backend
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure import _iptables as iptables_lib
 
 LOCK_WAIT_SECONDS = "5"
 
@@ -422,7 +423,7 @@ def ensure_chains(module):
     planned = {}
     for table in tables:
         wanted = [one for one in desired if one.table == table]
-        tools, state = iptables_lib.choose_backend(
+        tools, state = choose_backend(
             module.get_bin_path, functools.partial(run, module), family, params["backend"], table,
             [one.chain for one in wanted],
         )

@@ -191,19 +191,19 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
-from ansible_collections.kubeipvs.node.plugins.module_utils._ipvs import (
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._ipvs import (
     load_drain_state,
     normalize_service,
     open_ipvs,
     save_drain_state,
 )
-from ansible_collections.kubeipvs.node.plugins.module_utils._ipvs_plan import (
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._netlink import NetlinkError
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipvs_plan import (
     change_line,
     merge_drain_state,
     plan_changes,
     simulate,
 )
-from ansible_collections.kubeipvs.node.plugins.module_utils._netlink import NetlinkError
 
 SERVICE_OPTIONS = ("protocol", "address", "port", "fwmark", "family", "scheduler", "scheduler_flags",
                    "persistence_timeout", "netmask", "real_servers", "purge_real_servers", "state")

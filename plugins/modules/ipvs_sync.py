@@ -160,7 +160,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
-from ansible_collections.kubeipvs.node.plugins.module_utils._ipvs import (
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._ipvs import (
     collector_paused,
     keys_with_thresholds,
     load_drain_state,
@@ -168,7 +168,9 @@ from ansible_collections.kubeipvs.node.plugins.module_utils._ipvs import (
     open_ipvs,
     save_drain_state,
 )
-from ansible_collections.kubeipvs.node.plugins.module_utils._ipvs_plan import (
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._links import LinkKernel
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._netlink import NetlinkError
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipvs_plan import (
     Scope,
     change_line,
     merge_drain_state,
@@ -176,8 +178,6 @@ from ansible_collections.kubeipvs.node.plugins.module_utils._ipvs_plan import (
     result_counts,
     summarize,
 )
-from ansible_collections.kubeipvs.node.plugins.module_utils._links import LinkKernel
-from ansible_collections.kubeipvs.node.plugins.module_utils._netlink import NetlinkError
 
 
 def load_services_file(path):

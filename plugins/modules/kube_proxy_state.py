@@ -160,10 +160,10 @@ counts:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
-from ansible_collections.kubeipvs.node.plugins.module_utils._k8s_client import AUTH_ARG_SPEC, client_from_module
-from ansible_collections.kubeipvs.node.plugins.module_utils._kube_proxy_iptables import iptables_state
-from ansible_collections.kubeipvs.node.plugins.module_utils._kube_proxy_nftables import nftables_state
-from ansible_collections.kubeipvs.node.plugins.module_utils._kube_proxy_state import node_state
+from ansible_collections.kubeipvs.node.plugins.module_utils.k8s._client import AUTH_ARG_SPEC, client_from_module
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_iptables import iptables_state
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_nftables import nftables_state
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_state import node_state
 
 
 def node_ips_from_api(client, node_name):

@@ -112,9 +112,9 @@ diff:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
-from ansible_collections.kubeipvs.node.plugins.module_utils._nftables import (
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._nftables import TableEditor
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._nftables import (
     TABLE_FAMILIES,
-    TableEditor,
     check_content,
     replace_batch,
     validate_table,

@@ -138,17 +138,17 @@ commands:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kubeipvs.node.plugins.module_utils import _dataplane as dp
-from ansible_collections.kubeipvs.node.plugins.module_utils._dataplane_node import (
+from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._dataplane import (
     SCOPE_AND_FAMILY_ARGS,
     NodeReader,
     PlanApplier,
-    validate_scope,
 )
-from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
-from ansible_collections.kubeipvs.node.plugins.module_utils._ipvs import IpvsKernel
-from ansible_collections.kubeipvs.node.plugins.module_utils._links import LinkKernel
-from ansible_collections.kubeipvs.node.plugins.module_utils._netlink import NetlinkError
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._ipvs import IpvsKernel
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._links import LinkKernel
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._netlink import NetlinkError
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure import _dataplane as dp
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._dataplane import validate_scope
 
 FAMILY_CHOICES = {"ipv4": ("ipv4",), "ipv6": ("ipv6",), "both": dp.FAMILIES}
 PARTS = {"iptables": ("iptables",), "ipvs": ("iptables", "ipvs"), "nftables": ("nftables",)}

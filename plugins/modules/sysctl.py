@@ -115,16 +115,16 @@ modules_loaded:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
-from ansible_collections.kubeipvs.node.plugins.module_utils._files import apply_file, plan_file
-from ansible_collections.kubeipvs.node.plugins.module_utils._kmod import (
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._files import apply_file, plan_file
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._kmod import (
     DEFAULT_MODPROBE_FILE,
     KernelModules,
     modprobe_for,
     plan_persistence,
-    validate_owned_path,
 )
-from ansible_collections.kubeipvs.node.plugins.module_utils._sysctl import (
-    Sysctl,
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._sysctl import Sysctl
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kmod import validate_owned_path
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._sysctl import (
     key_parts,
     missing_keys,
     plan_live,

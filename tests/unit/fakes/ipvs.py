@@ -14,7 +14,7 @@ import os
 import socket
 
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
-from ansible_collections.kubeipvs.node.plugins.module_utils._ipvs_plan import (
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipvs_plan import (
     ADD_DEST,
     ADD_SERVICE,
     DEL_DEST,
@@ -24,7 +24,7 @@ from ansible_collections.kubeipvs.node.plugins.module_utils._ipvs_plan import (
     SVC_F_HASHED,
     Service,
 )
-from ansible_collections.kubeipvs.node.plugins.module_utils._links import Link
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._links import Link
 
 
 def _copy_service(service):

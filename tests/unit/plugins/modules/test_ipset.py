@@ -6,8 +6,8 @@
 from __future__ import annotations
 
 import pytest
-from ansible_collections.kubeipvs.node.plugins.module_utils import _ipset as ipset_lib
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure import _ipset as ipset_lib
 from ansible_collections.kubeipvs.node.plugins.modules import ipset as ipset_module
 
 SAVED = "create S hash:ip,port family inet hashsize 1024 maxelem 65536\nadd S 10.0.0.1,tcp:80\n"

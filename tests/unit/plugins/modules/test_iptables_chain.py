@@ -239,7 +239,7 @@ def test_check_mode_uses_a_stand_in_for_a_set_the_node_does_not_have(tmp_path):
 
 
 def test_stand_in_sets_match_the_rule_dimension_and_family():
-    from ansible_collections.kubeipvs.node.plugins.module_utils import _iptables as iptables_lib
+    from ansible_collections.kubeipvs.node.plugins.module_utils.pure import _iptables as iptables_lib
 
     rules = [
         ("-m", "set", "--match-set", "LB", "dst,dst,src", "-j", "MASQUERADE"),

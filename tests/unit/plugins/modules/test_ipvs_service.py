@@ -6,8 +6,8 @@
 from __future__ import annotations
 
 import pytest
-from ansible_collections.kubeipvs.node.plugins.module_utils import _ipvs
-from ansible_collections.kubeipvs.node.plugins.module_utils._ipvs_plan import (
+from ansible_collections.kubeipvs.node.plugins.module_utils.node import _ipvs
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipvs_plan import (
     ADD_SERVICE,
     AF_INET,
     DEL_SERVICE,

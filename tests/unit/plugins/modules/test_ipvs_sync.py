@@ -10,8 +10,8 @@ import json
 import socket
 
 import pytest
-from ansible_collections.kubeipvs.node.plugins.module_utils import _ipvs
-from ansible_collections.kubeipvs.node.plugins.module_utils._ipvs_plan import AF_INET, PROTO_TCP, Dest, Service
+from ansible_collections.kubeipvs.node.plugins.module_utils.node import _ipvs
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipvs_plan import AF_INET, PROTO_TCP, Dest, Service
 from ansible_collections.kubeipvs.node.plugins.modules import ipvs_sync
 from ansible_collections.kubeipvs.node.tests.unit.fakes.ipvs import FakeIpvsKernel, FakeLinkKernel
 from ansible_collections.kubeipvs.node.tests.unit.plugins.modules.ipvs_helpers import run_main

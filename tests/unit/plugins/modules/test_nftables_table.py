@@ -11,8 +11,8 @@ import json
 
 import pytest
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
-from ansible_collections.kubeipvs.node.plugins.module_utils._nftables import (
-    SCRATCH_SEPARATOR,
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._nftables import SCRATCH_SEPARATOR
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._nftables import (
     canonical_table,
     check_content,
     listing_comments,

@@ -12,9 +12,9 @@ import os
 import socket
 
 import pytest
-from ansible_collections.kubeipvs.node.plugins.module_utils import _dataplane_node
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
-from ansible_collections.kubeipvs.node.plugins.module_utils._ipvs_plan import (
+from ansible_collections.kubeipvs.node.plugins.module_utils.node import _dataplane as _dataplane_node
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipvs_plan import (
     AF_INET,
     DEL_SERVICE,
     PROTO_TCP,

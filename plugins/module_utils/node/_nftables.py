@@ -1,0 +1,104 @@
+# Copyright (c) kubeipvs.node contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""nftables on the node through the ``nft`` tool: list the tables and delete one (``Nftables``), and
+read one table, load a batch into a scratch network namespace and apply it (``TableEditor``).
+
+Only whole tables: kube-proxy's nftables mode keeps everything it makes in its own ``kube-proxy``
+table per family. Table names, content checks and the comparable form are pure/_nftables.py's.
+"""
+
+from __future__ import annotations
+
+from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._nftables import TableListing, parse_tables
+
+
+class Nftables:
+    """The node's nftables through the ``nft`` tool; ``run(argv)`` returns (rc, stdout, stderr)."""
+
+    def __init__(self, run, nft_path):
+        self.run = run
+        self.nft = nft_path
+
+    def list_tables(self):
+        if not self.nft:
+            return []  # no nft tool: nothing kube-proxy's nftables mode can have left either
+        rc, out, err = self.run([self.nft, "-j", "list", "tables"])
+        if rc != 0:
+            raise KubeIpvsError(f"nft -j list tables failed: {err.strip()}", rc=rc)
+        return parse_tables(out)
+
+    def delete_table(self, family, name):
+        rc, _out, err = self.run([self.nft, "delete", "table", family, name])
+        if rc != 0 and "No such file or directory" not in err:
+            raise KubeIpvsError(f"nft delete table {family} {name} failed: {err.strip()}", rc=rc)
+
+
+# --- one whole table, declaratively (the nftables_table module) ---------------------------------
+
+SCRATCH_SEPARATOR = "@@kubeipvs-nftables-separator@@"
+# Runs inside a network namespace of its own (unshare --net), which dies with the shell: loads the
+# batch into an empty ruleset and prints the tables, the table as JSON and the table as text.
+SCRATCH_SCRIPT = (
+    'nft="$1"; family="$2"; name="$3"; '
+    '"$nft" -f - || exit 90; '
+    '"$nft" -j list tables || exit 91; echo "' + SCRATCH_SEPARATOR + '"; '
+    '"$nft" -j list table "$family" "$name" || exit 92; echo "' + SCRATCH_SEPARATOR + '"; '
+    '"$nft" list table "$family" "$name" || exit 93'
+)
+
+
+def _not_found(err):
+    return "No such file or directory" in (err or "")
+
+
+class TableEditor(Nftables):
+    """Nftables plus what a declarative table needs: read one table, load a batch into a scratch
+    network namespace, apply a batch. ``run(argv, data=None)`` returns (rc, stdout, stderr)."""
+
+    def __init__(self, run, nft_path, unshare_path=None):
+        super().__init__(run, nft_path)
+        self.unshare = unshare_path
+
+    def read_table(self, family, name):
+        """The live table, or None when it does not exist."""
+        rc, out, err = self.run([self.nft, "-j", "list", "table", family, name])
+        if rc != 0:
+            if _not_found(err):
+                return None
+            raise KubeIpvsError(f"nft -j list table {family} {name} failed: {err.strip()}", rc=rc)
+        rc, text, err = self.run([self.nft, "list", "table", family, name])
+        if rc != 0:
+            raise KubeIpvsError(f"nft list table {family} {name} failed: {err.strip()}", rc=rc)
+        return TableListing(out, text)
+
+    def scratch_load(self, batch, family, name):
+        """Load ``batch`` into an empty, throw-away network namespace and read the table back as the
+        kernel stores it - the canonical form of the desired content, and its validation: nft's
+        error comes back before anything on the node changed."""
+        if not self.unshare:
+            raise KubeIpvsError("the unshare tool (util-linux) is needed to check the content in a scratch "
+                                "network namespace; install util-linux")
+        rc, out, err = self.run([self.unshare, "--net", "--", "sh", "-c", SCRATCH_SCRIPT, "sh", self.nft, family, name],
+                                data=batch)
+        if rc == 90:
+            raise KubeIpvsError(f"nft rejected the content of table {family} {name}, nothing was changed: "
+                                f"{err.strip()}", rc=rc, batch=batch)
+        if rc != 0:
+            raise KubeIpvsError(f"could not check the content in a scratch network namespace (unshare --net, rc "
+                                f"{rc}): {err.strip()}", rc=rc)
+        parts = out.split(SCRATCH_SEPARATOR + "\n")
+        if len(parts) != 3:
+            raise KubeIpvsError("unexpected output while checking the content in a scratch network namespace")
+        tables = parse_tables(parts[0])
+        others = sorted(f"{f} {n}" for f, n in tables if (f, n) != (family, name))
+        if others:
+            raise KubeIpvsError(f"the content must only describe table {family} {name}, but it also makes "
+                                f"{', '.join(others)}; nothing was changed")
+        return TableListing(parts[1], parts[2])
+
+    def apply(self, batch):
+        rc, _out, err = self.run([self.nft, "-f", "-"], data=batch)
+        if rc != 0:
+            raise KubeIpvsError(f"nft -f failed, the kernel kept the table as it was: {err.strip()}", rc=rc)
