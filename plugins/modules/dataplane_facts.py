@@ -150,8 +150,9 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.node._ipvs import Ip
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._links import LinkKernel
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure import _dataplane as dp
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._dataplane import validate_scope
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import FAMILIES, IPV4, IPV6, NFT
 
-FAMILY_CHOICES = {"ipv4": ("ipv4",), "ipv6": ("ipv6",), "both": dp.FAMILIES}
+FAMILY_CHOICES = {"ipv4": (IPV4,), "ipv6": (IPV6,), "both": FAMILIES}
 TOOLS = ("ipset", "ipvsadm", "iptables", "nft")
 
 
@@ -201,7 +202,7 @@ def gather(module):
         "ipsets": {"kube_proxy": sorted(name for name in sets if name in own_sets),
                    "other_kube": sorted(extra["other_kube_sets"])},
         "iptables": iptables_report(node, families),
-        "nftables": [f"{dp.NFT_FAMILY[family]} {dp.NFT_TABLE}" for family in families
+        "nftables": [f"{NFT[family]} {dp.NFT_TABLE}" for family in families
                      if node.families[family].nft_table],
         "service_ports": dp.service_ports(node, families),
         "modules": reader.loaded_modules(),

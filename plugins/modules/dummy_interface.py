@@ -96,8 +96,8 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._links import IFF_BROADCAST, LinkKernel
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._netlink import NetlinkError
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import HOST_PREFIX
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._links import (
-    FAMILY_BITS,
     IFF_NOARP,
     Link,
     normalize_addresses,
@@ -149,7 +149,7 @@ def ensure_dummy_interface(module, links):
     for _family, text, _prefix in to_remove:
         after_addresses.pop(text, None)
     for family, text in to_add:
-        after_addresses[text] = (family, FAMILY_BITS[family])
+        after_addresses[text] = (family, HOST_PREFIX[family])
     shown_link = link or Link(name, 0, "dummy", IFF_BROADCAST | IFF_NOARP)
     result.update(changed=changed, addresses_added=len(to_add), addresses_removed=len(to_remove),
                   link=shown_link.as_dict(), address_count=len(after_addresses))

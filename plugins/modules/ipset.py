@@ -279,6 +279,7 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure import _ipset as ipset_lib
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import OF_INET
 
 NOT_FOUND = "does not exist"
 IN_USE = "in use by a kernel component"
@@ -384,7 +385,7 @@ def desired_set(spec):
         raise KubeIpvsError("type is required when state=present")
     if set_type not in ipset_lib.SET_TYPES:
         raise KubeIpvsError("type {} is not one of {}".format(set_type, ", ".join(ipset_lib.SET_TYPES)))
-    family = spec["family"]
+    family = OF_INET[spec["family"]]
     port_range = (
         ipset_lib.parse_range(spec["range"], set_type)
         if spec["range"] is not None

@@ -149,8 +149,9 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.node._links import L
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._netlink import NetlinkError
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure import _dataplane as dp
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._dataplane import validate_scope
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import FAMILIES, IPV4, IPV6
 
-FAMILY_CHOICES = {"ipv4": ("ipv4",), "ipv6": ("ipv6",), "both": dp.FAMILIES}
+FAMILY_CHOICES = {"ipv4": (IPV4,), "ipv6": (IPV6,), "both": FAMILIES}
 PARTS = {"iptables": ("iptables",), "ipvs": ("iptables", "ipvs"), "nftables": ("nftables",)}
 
 

@@ -19,9 +19,9 @@ from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeI
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._iptables import BackendTools, legacy_tables
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._nftables import Nftables
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure import _dataplane as dp
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import FAMILIES, INET, IPV4, NFT
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._iptables import parse_save
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipvs_plan import (
-    AF_INET6,
     DEL_SERVICE,
     Scope,
 )
@@ -52,7 +52,7 @@ def _read_file(path):
 class NodeReader:
     """Reads everything both modules need, once; keeps what the apply step needs (IPVS services)."""
 
-    def __init__(self, run, which, families=dp.FAMILIES, ipvs_factory=None, link_factory=None, proc_root="/"):
+    def __init__(self, run, which, families=FAMILIES, ipvs_factory=None, link_factory=None, proc_root="/"):
         self.run = run
         self.which = which
         self.families = families
@@ -167,7 +167,7 @@ class NodeReader:
                 table = {}
             scope = Scope(cidrs=cidrs, addresses=addresses)
             for service in table.values():
-                family = "ipv6" if service.family == AF_INET6 else "ipv4"
+                family = service.family
                 if scope.contains(service) and family in self.families:
                     self.services[service.label()] = service
                     node.families[family].ipvs_services.append(service.label())
@@ -178,9 +178,9 @@ class NodeReader:
         if "nftables" in parts:
             tables = self.nftables().list_tables()
             for family in self.families:
-                node.families[family].nft_table = (dp.NFT_FAMILY[family], dp.NFT_TABLE) in tables
+                node.families[family].nft_table = (NFT[family], dp.NFT_TABLE) in tables
                 if node.families[family].nft_table:
-                    node.families[family].nft_service_ports = self.read_nft_service_ports(dp.NFT_FAMILY[family])
+                    node.families[family].nft_service_ports = self.read_nft_service_ports(NFT[family])
         return node, extra
 
     def read_nft_service_ports(self, nft_family):
@@ -229,7 +229,7 @@ class PlanApplier:
         rc, out, _err = self.reader.run([ip, "-j", "-4", "addr", "show", "dev", device, "scope", "global"])
         for link in json.loads(out or "[]") if rc == 0 else []:
             for info in link.get("addr_info") or []:
-                if info.get("family") == "inet" and info.get("local"):
+                if info.get("family") == INET[IPV4] and info.get("local"):
                     return info["local"]
         return None
 

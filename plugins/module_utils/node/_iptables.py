@@ -13,13 +13,14 @@ from __future__ import annotations
 import os
 
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import IPV4, IPV6
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._iptables import TableState, kube_chains, parse_save
 
-COMMAND = {"ipv4": "iptables", "ipv6": "ip6tables"}
+COMMAND = {IPV4: "iptables", IPV6: "ip6tables"}
 
 
 # Tables the legacy (x_tables) backend has in this network namespace; the nf_tables backend has no such list.
-LEGACY_TABLES_FILE = {"ipv4": "/proc/net/ip_tables_names", "ipv6": "/proc/net/ip6_tables_names"}
+LEGACY_TABLES_FILE = {IPV4: "/proc/net/ip_tables_names", IPV6: "/proc/net/ip6_tables_names"}
 
 
 class BackendTools:

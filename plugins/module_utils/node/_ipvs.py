@@ -23,11 +23,17 @@ import tempfile
 
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
 from ansible_collections.kubeipvs.node.plugins.module_utils.node import _netlink as nl
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import (
+    ADDRESS_FAMILY,
+    HOST_PREFIX,
+    IPV4,
+    IPV6,
+    OF_ADDRESS_FAMILY,
+    OF_INET,
+)
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipvs_plan import (
     ADD_DEST,
     ADD_SERVICE,
-    AF_INET,
-    AF_INET6,
     DEL_DEST,
     DEL_SERVICE,
     FORWARDING_NUMBERS,
@@ -94,8 +100,7 @@ TIMEOUT_ATTRS = {"tcp": IPVS_CMD_ATTR_TIMEOUT_TCP, "tcp_fin": IPVS_CMD_ATTR_TIME
                  "udp": IPVS_CMD_ATTR_TIMEOUT_UDP}
 
 SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "mh", "fo", "ovf", "twos")
-SOCKET_FAMILY = {AF_INET: socket.AF_INET, AF_INET6: socket.AF_INET6}
-ADDRESS_BYTES = {AF_INET: 4, AF_INET6: 16}
+ADDRESS_BYTES = {IPV4: 4, IPV6: 16}
 
 ACK_FLAGS = nl.NLM_F_REQUEST | nl.NLM_F_ACK
 DUMP_FLAGS = nl.NLM_F_REQUEST | nl.NLM_F_DUMP
@@ -115,20 +120,21 @@ def _dest_full_pack(family, address_bytes, port, forwarding, weight, u_threshold
                            20, IPVS_DEST_ATTR_ADDR, address_bytes, 6, IPVS_DEST_ATTR_PORT, socket.htons(port),
                            8, IPVS_DEST_ATTR_FWD_METHOD, forwarding, 8, IPVS_DEST_ATTR_WEIGHT, weight,
                            8, IPVS_DEST_ATTR_U_THRESH, u_threshold, 8, IPVS_DEST_ATTR_L_THRESH, l_threshold,
-                           6, IPVS_DEST_ATTR_ADDR_FAMILY, family)
+                           6, IPVS_DEST_ATTR_ADDR_FAMILY, ADDRESS_FAMILY[family])
 
 
 def packed_address(family, address):
     """The 16-byte union nf_inet_addr the kernel uses for both families."""
-    return socket.inet_pton(SOCKET_FAMILY[family], address).ljust(16, b"\0")
+    return socket.inet_pton(ADDRESS_FAMILY[family], address).ljust(16, b"\0")
 
 
 def service_id_attr(service):
     """The nested attribute that names a service (what every dest request carries)."""
     if service.fwmark:
-        body = nl.attr_u16(IPVS_SVC_ATTR_AF, service.family) + nl.attr_u32(IPVS_SVC_ATTR_FWMARK, service.fwmark)
+        body = (nl.attr_u16(IPVS_SVC_ATTR_AF, ADDRESS_FAMILY[service.family])
+                + nl.attr_u32(IPVS_SVC_ATTR_FWMARK, service.fwmark))
     else:
-        body = (nl.attr_u16(IPVS_SVC_ATTR_AF, service.family)
+        body = (nl.attr_u16(IPVS_SVC_ATTR_AF, ADDRESS_FAMILY[service.family])
                 + nl.attr_u16(IPVS_SVC_ATTR_PROTOCOL, service.protocol)
                 + nl.attr(IPVS_SVC_ATTR_ADDR, packed_address(service.family, service.address))
                 + nl.attr_be16(IPVS_SVC_ATTR_PORT, service.port))
@@ -137,7 +143,7 @@ def service_id_attr(service):
 
 def encode_netmask(family, netmask):
     # IPv4: a __be32 mask; IPv6: the prefix length as a plain u32 (what ipvsadm sends).
-    return _BE32.pack(netmask) if family == AF_INET else _U32.pack(netmask)
+    return _BE32.pack(netmask) if family == IPV4 else _U32.pack(netmask)
 
 
 def service_full_attr(service):
@@ -161,7 +167,7 @@ def dest_full_attr(service, dest):
 def dest_id_attr(service, dest):
     body = (nl.attr(IPVS_DEST_ATTR_ADDR, packed_address(service.family, dest.address))
             + nl.attr_be16(IPVS_DEST_ATTR_PORT, dest.port)
-            + nl.attr_u16(IPVS_DEST_ATTR_ADDR_FAMILY, service.family))
+            + nl.attr_u16(IPVS_DEST_ATTR_ADDR_FAMILY, ADDRESS_FAMILY[service.family]))
     return nl.attr_nested(IPVS_CMD_ATTR_DEST, body)
 
 
@@ -208,7 +214,7 @@ def _address_text(family, data, offset, cache):
     raw = data[offset:offset + ADDRESS_BYTES[family]]
     text = cache.get(raw)
     if text is None:
-        text = socket.inet_ntop(SOCKET_FAMILY[family], raw)
+        text = socket.inet_ntop(ADDRESS_FAMILY[family], raw)
         cache[raw] = text
     return text
 
@@ -218,12 +224,12 @@ def decode_service(data, start, end, cache=None):
     attributes once: a dump of 10k services decodes 10k of these)."""
     cache = {} if cache is None else cache
     u32 = _U32.unpack_from
-    family = protocol = port = fwmark = flags = timeout = 0
+    family_number = protocol = port = fwmark = flags = timeout = 0
     address_at = netmask_at = -1
     scheduler = b""
     for kind, value_at, length in nl.iter_attrs(data, start, end):
         if kind == IPVS_SVC_ATTR_AF:
-            family = nl.U16.unpack_from(data, value_at)[0]
+            family_number = nl.U16.unpack_from(data, value_at)[0]
         elif kind == IPVS_SVC_ATTR_PROTOCOL:
             protocol = nl.U16.unpack_from(data, value_at)[0]
         elif kind == IPVS_SVC_ATTR_ADDR:
@@ -240,9 +246,10 @@ def decode_service(data, start, end, cache=None):
             timeout = u32(data, value_at)[0]
         elif kind == IPVS_SVC_ATTR_NETMASK:
             netmask_at = value_at
-    if family not in ADDRESS_BYTES or (not fwmark and address_at < 0):
-        raise KubeIpvsError(f"the kernel sent an IPVS service without its family or address (family {family})")
-    netmask = None if netmask_at < 0 else (_BE32 if family == AF_INET else _U32).unpack_from(data, netmask_at)[0]
+    family = OF_ADDRESS_FAMILY.get(family_number)
+    if family is None or (not fwmark and address_at < 0):
+        raise KubeIpvsError(f"the kernel sent an IPVS service without its family or address (family {family_number})")
+    netmask = None if netmask_at < 0 else (_BE32 if family == IPV4 else _U32).unpack_from(data, netmask_at)[0]
     if fwmark:
         service = Service(family, fwmark=fwmark, netmask=netmask)
     else:
@@ -276,7 +283,7 @@ def decode_dest(data, start, end, family, cache):
         elif kind == IPVS_DEST_ATTR_INACT_CONNS:
             inactive = u32(data, value_at)[0]
         elif kind == IPVS_DEST_ATTR_ADDR_FAMILY:
-            dest_family = nl.U16.unpack_from(data, value_at)[0]
+            dest_family = OF_ADDRESS_FAMILY.get(nl.U16.unpack_from(data, value_at)[0], family)
     address = _address_text(dest_family, data, address_at, cache)
     return Dest(address, port, forwarding, weight, u_thr, l_thr, active, inactive)
 
@@ -459,7 +466,7 @@ def parse_proc_ip_vs(text):
             lines = None  # header lines, FWM services, unknown protocols
             continue
         host_port = parts[1]
-        family = AF_INET6 if host_port[0] == "[" else AF_INET
+        family = IPV6 if host_port[0] == "[" else IPV4
         address = _proc_address(host_port[:-5], caches[0])
         lines = []
         table[(family, protocol, address, int(host_port[-4:], 16), 0)] = ProcDests(lines, caches)
@@ -596,10 +603,10 @@ def _fail(where, text):
 
 def canonical_address(where, value, family=None):
     """(family, canonical text) of a host address; accepts a /32 or /128 suffix."""
-    if family != AF_INET6 and type(value) is str:  # pylint: disable=unidiomatic-typecheck
+    if family != IPV6 and type(value) is str:  # pylint: disable=unidiomatic-typecheck
         try:  # inet_pton accepts only canonical dotted quads, so such a text is already canonical
             inet_pton(socket.AF_INET, value)
-            return AF_INET, value
+            return IPV4, value
         except OSError:
             pass
     text = str(value).strip()
@@ -607,14 +614,14 @@ def canonical_address(where, value, family=None):
         text, _slash, prefix = text.partition("/")
         if prefix not in ("32", "128"):
             _fail(where, f"{value!r} is not a host address (only /32 or /128 may follow it)")
-    for candidate in ((family,) if family else (AF_INET, AF_INET6)):
+    for candidate in ((family,) if family else (IPV4, IPV6)):
         try:
-            packed = socket.inet_pton(SOCKET_FAMILY[candidate], text)
+            packed = socket.inet_pton(ADDRESS_FAMILY[candidate], text)
         except (OSError, ValueError):
             continue
         if prefix_ok(candidate, value):
-            return candidate, socket.inet_ntop(SOCKET_FAMILY[candidate], packed)
-    expected = {AF_INET: "an IPv4", AF_INET6: "an IPv6"}.get(family, "an IPv4 or IPv6")
+            return candidate, socket.inet_ntop(ADDRESS_FAMILY[candidate], packed)
+    expected = {IPV4: "an IPv4", IPV6: "an IPv6"}.get(family, "an IPv4 or IPv6")
     _fail(where, f"{value!r} is not {expected} address")
 
 
@@ -622,7 +629,7 @@ def prefix_ok(family, value):
     text = str(value)
     if "/" not in text:
         return True
-    return text.rsplit("/", 1)[1] == ("32" if family == AF_INET else "128")
+    return text.rsplit("/", 1)[1] == str(HOST_PREFIX[family])
 
 
 def _int(where, entry, name, default, low, high):
@@ -647,7 +654,6 @@ def _int(where, entry, name, default, low, high):
 SERVICE_KEYS = frozenset(("protocol", "address", "port", "fwmark", "family", "scheduler", "scheduler_flags",
                           "persistence_timeout", "netmask", "real_servers", "purge_real_servers", "state"))
 DEST_KEYS = frozenset(("address", "port", "weight", "forwarding", "upper_threshold", "lower_threshold"))
-FAMILIES = {"inet": AF_INET, "inet6": AF_INET6}
 
 
 def normalize_service(entry, where="service", purge_default=True, addresses=None):
@@ -663,15 +669,15 @@ def normalize_service(entry, where="service", purge_default=True, addresses=None
         if unknown:
             _fail(where, f"unknown keys {', '.join(unknown)} (allowed: {', '.join(sorted(SERVICE_KEYS))})")
     family_name = entry.get("family")
-    if family_name is not None and family_name not in FAMILIES:
+    if family_name is not None and family_name not in OF_INET:
         _fail(where, f"family must be inet or inet6, not {family_name!r}")
-    family = FAMILIES.get(family_name)
+    family = OF_INET.get(family_name)
     fwmark = _int(where, entry, "fwmark", 0, 1, 0xFFFFFFFF)
     if fwmark:
         for name in ("protocol", "address", "port"):
             if entry.get(name) is not None:
                 _fail(where, f"a fwmark service has no {name}: give either fwmark or protocol/address/port")
-        service = Service(family or AF_INET, fwmark=fwmark)
+        service = Service(family or IPV4, fwmark=fwmark)
     else:
         for name in ("address", "port"):
             if entry.get(name) is None:
@@ -705,14 +711,14 @@ def normalize_service(entry, where="service", purge_default=True, addresses=None
     state = entry.get("state") or "present"
     if state not in ("present", "absent"):
         _fail(where, f"state must be present or absent, not {state!r}")
-    addresses = ({AF_INET: {}, AF_INET6: {}} if addresses is None else addresses)[service.family]
+    addresses = ({IPV4: {}, IPV6: {}} if addresses is None else addresses)[service.family]
     servers = entry.get("real_servers") or []
     if not isinstance(servers, list):
         _fail(where, "real_servers must be a list")
     dests = service.dests
     default_port = 0 if fwmark else service.port
     min_port = 0 if fwmark else 1
-    ipv4 = service.family == AF_INET
+    ipv4 = service.family == IPV4
     for index, server in enumerate(servers):
         dest = _plain_dest(server, addresses, default_port, min_port, ipv4)
         if dest is None:
@@ -728,7 +734,7 @@ def _netmask(where, family, value):
     if value is None or value == "":
         return NETMASK_HOST[family]
     text = str(value).strip().lstrip("/")
-    if family == AF_INET6:
+    if family == IPV6:
         if not text.isdigit() or not 1 <= int(text) <= 128:
             _fail(where, f"netmask of an IPv6 service is a prefix length 1-128, not {value!r}")
         return int(text)
@@ -797,7 +803,7 @@ def _normalize_dest(service_where, index, server, service, addresses):
     raw = server.get("address")
     is_text = isinstance(raw, str)
     address = addresses.get(raw) if is_text else None
-    if address is None and service.family == AF_INET and is_text:
+    if address is None and service.family == IPV4 and is_text:
         try:  # inet_pton accepts only canonical dotted quads, so the text is already canonical
             inet_pton(socket.AF_INET, raw)
             address = raw
@@ -836,7 +842,7 @@ def normalize_services(entries, where="services", purge_default=True):
     """(services to have, services to delete) from a list of entries; duplicates are an error."""
     if not isinstance(entries, list):
         _fail(where, "must be a list of services")
-    desired, absent, seen, addresses = [], [], {}, {AF_INET: {}, AF_INET6: {}}
+    desired, absent, seen, addresses = [], [], {}, {IPV4: {}, IPV6: {}}
     for index, entry in enumerate(entries):
         label = f"{where}[{index}]"
         service, state = normalize_service(entry, label, purge_default, addresses)

@@ -15,7 +15,13 @@ import struct
 
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
 from ansible_collections.kubeipvs.node.plugins.module_utils.node import _netlink as nl
-from ansible_collections.kubeipvs.node.plugins.module_utils.pure._links import FAMILY_BITS, Link
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import (
+    ADDRESS_FAMILY,
+    HOST_PREFIX,
+    IPV6,
+    OF_ADDRESS_FAMILY,
+)
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._links import Link
 
 RTM_NEWLINK = 16
 RTM_DELLINK = 17
@@ -92,15 +98,16 @@ class LinkKernel:
         found = {}
         unpack = IFADDRMSG.unpack_from
         for data, start, end in self.sock.dump(request):
-            family, prefix, _flags, _scope, index = unpack(data, start)
-            if index != link.index:
+            number, prefix, _flags, _scope, index = unpack(data, start)
+            family = OF_ADDRESS_FAMILY.get(number)
+            if index != link.index or family is None:
                 continue
             attrs = nl.parse_attrs(data, start + IFADDRMSG.size, end)
             where = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
             if where is None:
                 continue
             offset, length = where
-            found[socket.inet_ntop(family, data[offset:offset + length])] = (family, prefix)
+            found[socket.inet_ntop(number, data[offset:offset + length])] = (family, prefix)
         return found
 
     def change_addresses(self, link, to_add, to_remove):
@@ -111,7 +118,7 @@ class LinkKernel:
         create = nl.NLM_F_CREATE | nl.NLM_F_EXCL
         for family, text in to_add:
             requests.append((("add", text), RTM_NEWADDR, create,
-                             _address_body(link.index, family, text, FAMILY_BITS[family])))
+                             _address_body(link.index, family, text, HOST_PREFIX[family])))
         failures = self.sock.transact(requests)
         if failures:
             shown = ", ".join(f"{tag[0]} {tag[1]}: errno {code}" for tag, code in failures[:10])
@@ -120,8 +127,9 @@ class LinkKernel:
 
 
 def _address_body(index, family, text, prefix):
-    packed = socket.inet_pton(family, text)
+    number = ADDRESS_FAMILY[family]
+    packed = socket.inet_pton(number, text)
     # NODAD: the link stays down, an IPv6 VIP must not wait for duplicate address detection.
-    ifa_flags = IFA_F_NODAD if family == socket.AF_INET6 else 0
-    header = IFADDRMSG.pack(family, prefix, ifa_flags, 0, index)
+    ifa_flags = IFA_F_NODAD if family == IPV6 else 0
+    header = IFADDRMSG.pack(number, prefix, ifa_flags, 0, index)
     return header + nl.attr(IFA_LOCAL, packed) + nl.attr(IFA_ADDRESS, packed)

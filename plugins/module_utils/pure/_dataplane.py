@@ -15,10 +15,10 @@ import ipaddress
 
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure import _iptables as iptables_lib
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import FAMILIES, IPV4, IPV6, NFT
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._links import validate_link_name
 
 MODES = ("iptables", "ipvs", "nftables")
-FAMILIES = ("ipv4", "ipv6")
 TABLES = ("nat", "filter", "mangle")
 
 # iptables mode: per-service chains (nat), current prefixes plus the KUBE-XLB- of releases before 1.24.
@@ -56,7 +56,6 @@ LEGACY_IPVS_SETS = ("KUBE-NODE-PORT-SCTP", "KUBE-NODE-PORT-LOCAL-SCTP")
 MAX_SET_NAME = 31
 
 NFT_TABLE = "kube-proxy"
-NFT_FAMILY = {"ipv4": "ip", "ipv6": "ip6"}
 # nftables mode's verdict map of ClusterIP, external IP and load-balancer IP . protocol . port.
 NFT_SERVICE_MAP = "service-ips"
 DEFAULT_DUMMY_INTERFACE = "kube-ipvs0"
@@ -64,7 +63,7 @@ DEFAULT_DUMMY_INTERFACE = "kube-ipvs0"
 
 def set_name(name, family):
     """kube-proxy's name of an ipset in a family: IPv6 swaps the KUBE- prefix for KUBE-6-, cut to 31."""
-    if family == "ipv6":
+    if family == IPV6:
         return ("KUBE-6-" + name[len("KUBE-"):])[:MAX_SET_NAME]
     return name
 
@@ -96,7 +95,7 @@ def classify_set(name):
         if name in ipvs_set_names(family):
             return "ipvs", family
     if name.startswith("KUBE-"):
-        return "unknown-kube", "ipv6" if name.startswith("KUBE-6-") else "ipv4"
+        return "unknown-kube", IPV6 if name.startswith("KUBE-6-") else IPV4
     return "foreign", None
 
 
@@ -165,7 +164,7 @@ def evidence(family_state, dummy_link=None):
     if dummy_link:
         found["ipvs"].append(f"link {dummy_link}")
     if family_state.nft_table:
-        found["nftables"].append(f"nft table {NFT_FAMILY[family_state.family]} {NFT_TABLE}")
+        found["nftables"].append(f"nft table {NFT[family_state.family]} {NFT_TABLE}")
     return found
 
 
@@ -325,7 +324,7 @@ def plan_cleanup(mode, node, families=FAMILIES, dummy_interface=DEFAULT_DUMMY_IN
         family_state = node.families[family]
         if mode == "nftables":
             if family_state.nft_table:
-                plan.nft_tables.append((NFT_FAMILY[family], NFT_TABLE))
+                plan.nft_tables.append((NFT[family], NFT_TABLE))
             continue
         # For the ipvs mode, the family's own kube-proxy sets go (the ones no foreign rule matches).
         doomed_sets = []
@@ -358,7 +357,7 @@ def objects_of(mode, node, families=FAMILIES):
         family_state = node.families[family]
         if mode == "nftables":
             if family_state.nft_table:
-                names.append(f"nft table {NFT_FAMILY[family]} {NFT_TABLE}")
+                names.append(f"nft table {NFT[family]} {NFT_TABLE}")
             continue
         for (backend, table), state in sorted(family_state.tables.items()):
             for chain in state.chains:

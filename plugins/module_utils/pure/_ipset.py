@@ -16,6 +16,7 @@ import re
 import shlex
 
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import HOST_PREFIX, INET, IPV4, IPV6, family_of
 
 MAX_SET_NAME = 31
 
@@ -85,15 +86,15 @@ _CANONICAL_IPV4 = re.compile(
 
 
 def _address(text, family, what):
-    if family == "inet" and _CANONICAL_IPV4.match(text):
+    if family == IPV4 and _CANONICAL_IPV4.match(text):
         return text
     try:
         address = ipaddress.ip_address(text)
     except ValueError:
         raise KubeIpvsError(f"'{text}' is not an IP address ({what})") from None
-    if (address.version == 6) != (family == "inet6"):
+    if family_of(address) != family:
         raise KubeIpvsError(
-            "'{}' is not an {} address (family {})".format(text, "IPv6" if family == "inet6" else "IPv4", family)
+            "'{}' is not an {} address (family {})".format(text, "IPv6" if family == IPV6 else "IPv4", INET[family])
         )
     return str(address)
 
@@ -102,7 +103,7 @@ def _host_address(text, family, what):
     """hash:ip members: a single address; the /32 or /128 host form is accepted and printed bare."""
     if "/" in text:
         address, _slash, prefix = text.partition("/")
-        host_prefix = "128" if family == "inet6" else "32"
+        host_prefix = str(HOST_PREFIX[family])
         if prefix != host_prefix:
             raise KubeIpvsError(
                 f"'{text}' is a network, but {what} holds single addresses (use a hash:net type or /{host_prefix})"
@@ -117,8 +118,8 @@ def _network(text, family, what):
         network = ipaddress.ip_network(text, strict=False)
     except ValueError:
         raise KubeIpvsError(f"'{text}' is not an IP address or CIDR ({what})") from None
-    if (network.version == 6) != (family == "inet6"):
-        raise KubeIpvsError(f"'{text}' does not belong to family {family} ({what})")
+    if family_of(network) != family:
+        raise KubeIpvsError(f"'{text}' does not belong to family {INET[family]} ({what})")
     if network.prefixlen == 0:
         raise KubeIpvsError(f"'{text}': ipset refuses a /0 network ({what})")
     if network.prefixlen == network.max_prefixlen:
@@ -161,7 +162,7 @@ def _mark(text, what):
     return f"0x{value:08x}"
 
 
-def normalise_entry(entry, set_type, family="inet", port_range=None):
+def normalise_entry(entry, set_type, family=IPV4, port_range=None):
     """One member in the form ``ipset save`` prints it, or KubeIpvsError naming what is wrong."""
     kinds = SET_TYPES[set_type]
     text = str(entry).strip()
@@ -208,12 +209,12 @@ _CANONICAL_PART = {
 def _canonical_pattern(set_type, family):
     """A regex matching entries already in the printed form (IPv4 addresses and ports only), or None."""
     kinds = SET_TYPES[set_type]
-    if family != "inet" or set_type.startswith("bitmap:") or not all(kind in _CANONICAL_PART for kind in kinds):
+    if family != IPV4 or set_type.startswith("bitmap:") or not all(kind in _CANONICAL_PART for kind in kinds):
         return None  # bitmap sets also check the range, which a regex cannot
     return re.compile("^" + ",".join(_CANONICAL_PART[kind] for kind in kinds) + "$")
 
 
-def normalise_entries(entries, set_type, family="inet", port_range=None):
+def normalise_entries(entries, set_type, family=IPV4, port_range=None):
     """All members as a set; the first bad one raises before anything is changed.
 
     Entries already in the printed form (the usual case for generated lists) are recognised by one
@@ -281,7 +282,7 @@ def desired_header(set_type, family, hashsize, maxelem, port_range, comment, tim
     """The create options, as ``ipset save`` prints them, that this module compares."""
     header = {"type": set_type}
     if set_type.startswith("hash:") and set_type != "hash:mac":
-        header["family"] = family
+        header["family"] = INET[family]
     if set_type.startswith("hash:"):
         # The kernel rounds hashsize up to a power of two.
         header["hashsize"] = _next_power_of_two(hashsize or 1024)

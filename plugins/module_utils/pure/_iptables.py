@@ -17,6 +17,7 @@ import re
 import shlex
 
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import INET, IPV4, IPV6, family_of
 
 BUILTIN_CHAINS = {
     "filter": ("INPUT", "FORWARD", "OUTPUT"),
@@ -137,7 +138,7 @@ def _address(value, family):
         network = ipaddress.ip_network(value, strict=False)
     except ValueError:
         return value  # host names and ranges: the round trip canonicalises them
-    if (network.version == 6) != (family == "ipv6"):
+    if family_of(network) != family:
         raise KubeIpvsError(f"address {value} does not belong to family {family}")
     return str(network)
 
@@ -217,7 +218,7 @@ def _groups(tokens):
     return generic, groups, target
 
 
-def normalise_rule(rule, family="ipv4"):
+def normalise_rule(rule, family=IPV4):
     """Tokens of a rule the way iptables-save prints it, for the forms this collection uses.
 
     Handled: generic options order and long spellings (-s -d -i -o -p), host addresses as /32 or
@@ -277,7 +278,7 @@ def _normalise_target(target, family):
                 index += 1
         options = rewritten
     elif name == "REJECT" and "--reject-with" not in options:
-        options += ["--reject-with", "icmp6-port-unreachable" if family == "ipv6" else "icmp-port-unreachable"]
+        options += ["--reject-with", "icmp6-port-unreachable" if family == IPV6 else "icmp-port-unreachable"]
     return [verb, name, *options]
 
 
@@ -511,7 +512,7 @@ def set_dimensions(rules):
 def stand_in_set_line(name, dimension, family):
     """The ``ipset restore`` line of a stand-in set that accepts rules matching ``dimension`` flags."""
     set_type = _STAND_IN_TYPES[min(max(dimension, 1), 3)]
-    return f"create {name} {set_type} family {'inet6' if family == 'ipv6' else 'inet'}"
+    return f"create {name} {set_type} family {INET[family]}"
 
 
 def describe_many(described, total):

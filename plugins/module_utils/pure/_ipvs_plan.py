@@ -12,9 +12,13 @@ from __future__ import annotations
 import ipaddress
 import socket
 
-AF_INET = 2
-AF_INET6 = 10
-FAMILY_NAMES = {AF_INET: "inet", AF_INET6: "inet6"}
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import (
+    ADDRESS_FAMILY,
+    INET,
+    IPV4,
+    IPV6,
+    family_of,
+)
 
 PROTO_TCP = 6
 PROTO_UDP = 17
@@ -46,7 +50,7 @@ FORWARDING_NAMES = {FWD_MASQ: "nat", FWD_LOCAL: "local", FWD_TUNNEL: "tunnel", F
 FORWARDING_NUMBERS = {"nat": FWD_MASQ, "tunnel": FWD_TUNNEL, "route": FWD_ROUTE}
 IPVSADM_FORWARDING_FLAGS = {FWD_MASQ: "-m", FWD_LOCAL: "-g", FWD_TUNNEL: "-i", FWD_ROUTE: "-g"}
 
-NETMASK_HOST = {AF_INET: 0xFFFFFFFF, AF_INET6: 128}
+NETMASK_HOST = {IPV4: 0xFFFFFFFF, IPV6: 128}
 
 ADD_SERVICE = "add-service"
 SET_SERVICE = "set-service"
@@ -146,7 +150,7 @@ class Service:
     def ipvsadm_spec(self):
         """The ipvsadm words that name this service (``-t 10.96.0.1:80`` / ``-f 7``)."""
         if self.fwmark:
-            return f"-f {self.fwmark}" + (" -6" if self.family == AF_INET6 else "")
+            return f"-f {self.fwmark}" + (" -6" if self.family == IPV6 else "")
         return f"{IPVSADM_PROTOCOL_FLAGS[self.protocol]} {host_port(self.family, self.address, self.port)}"
 
     def ipvsadm_options(self):
@@ -164,7 +168,7 @@ class Service:
         return " ".join(words)
 
     def as_dict(self, with_dests=True):
-        result = {"family": FAMILY_NAMES[self.family], "scheduler": self.scheduler,
+        result = {"family": INET[self.family], "scheduler": self.scheduler,
                   "flags": self.flags & SVC_F_COMPARED, "persistence_timeout": self.timeout if self.persistent else 0,
                   "netmask": netmask_text(self.family, self.netmask)}
         if self.fwmark:
@@ -178,11 +182,11 @@ class Service:
 
 
 def host_port(family, address, port):
-    return f"[{address}]:{port}" if family == AF_INET6 else f"{address}:{port}"
+    return f"[{address}]:{port}" if family == IPV6 else f"{address}:{port}"
 
 
 def netmask_text(family, netmask):
-    if family == AF_INET6:
+    if family == IPV6:
         return str(netmask)
     return str(ipaddress.IPv4Address(netmask))
 
@@ -190,7 +194,7 @@ def netmask_text(family, netmask):
 def service_label(key):
     family, protocol, address, port, fwmark = key
     if fwmark:
-        return f"fwmark/{FAMILY_NAMES[family]}/{fwmark}"
+        return f"fwmark/{INET[family]}/{fwmark}"
     return f"{PROTOCOL_NAMES.get(protocol, str(protocol))}/{host_port(family, address, port)}"
 
 
@@ -200,8 +204,8 @@ class Scope:
 
     def __init__(self, cidrs=(), addresses=(), fwmarks=()):
         self.networks = [ipaddress.ip_network(cidr, strict=False) for cidr in cidrs]
-        # (version, network as int, mask as int): containment without an ip_address per VIP.
-        self._ranges = [(network.version, int(network.network_address), int(network.netmask))
+        # (family, network as int, mask as int): containment without an ip_address per VIP.
+        self._ranges = [(family_of(network), int(network.network_address), int(network.netmask))
                         for network in self.networks]
         self.addresses = set(addresses)
         self.fwmarks = set(fwmarks)
@@ -214,9 +218,9 @@ class Scope:
             return True
         if not self._ranges:
             return False
-        version = 6 if service.family == AF_INET6 else 4
-        value = int.from_bytes(socket.inet_pton(socket.AF_INET6 if version == 6 else socket.AF_INET, address), "big")
-        return any(net_version == version and value & mask == network for net_version, network, mask in self._ranges)
+        family = service.family
+        value = int.from_bytes(socket.inet_pton(ADDRESS_FAMILY[family], address), "big")
+        return any(net_family == family and value & mask == network for net_family, network, mask in self._ranges)
 
     def describe(self):
         return {"cidrs": [str(network) for network in self.networks], "addresses": len(self.addresses),

@@ -35,17 +35,17 @@ import base64
 import hashlib
 import ipaddress
 
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import FAMILIES, IPV4, IPV6, VERSION, family_of
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_state import (
     categorize,
     check_node_ips,
     cluster_service_ports,
-    ip_versions,
+    ip_families,
     parse_ip,
 )
 
 LARGE_CLUSTER_ENDPOINTS = 1000  # kube-proxy's largeClusterEndpointsThreshold
-FAMILY_NAMES = {4: "ipv4", 6: "ipv6"}
-LOOPBACK = {4: "127.0.0.0/8", 6: "::1/128"}
+LOOPBACK = {IPV4: "127.0.0.0/8", IPV6: "::1/128"}
 
 # kube-proxy's iptablesJumpChains and iptablesKubeletJumpChains: (table, chain, parent, comment,
 # match args). kube-proxy prepends each missing jump in this order (EnsureRule Prepend).
@@ -172,21 +172,21 @@ class Tables:
 
 
 class Options:
-    def __init__(self, version, node_ips, cluster_cidr, masquerade_bit, random_fully, masquerade_all,
+    def __init__(self, family, node_ips, cluster_cidr, masquerade_bit, random_fully, masquerade_all,
                  nodeport_addresses, localhost_nodeports, conntrack_tcp_be_liberal):
-        if version not in FAMILY_NAMES:
-            raise ValueError(f"version must be 4 or 6, not {version!r}")
+        if family not in FAMILIES:
+            raise ValueError(f"family must be {' or '.join(FAMILIES)}, not {family!r}")
         check_node_ips(node_ips)
-        self.version = version
-        self.node_ips = [parse_ip(ip) for ip in node_ips if parse_ip(ip).version == version]
+        self.family = family
+        self.node_ips = [parse_ip(ip) for ip in node_ips if family_of(parse_ip(ip)) == family]
         self.cluster_cidr = None
         if cluster_cidr:
             try:
                 self.cluster_cidr = ipaddress.ip_network(str(cluster_cidr).strip(), strict=False)
             except ValueError:
                 raise ValueError(f"cluster_cidr: {cluster_cidr} is not a CIDR") from None
-            if self.cluster_cidr.version != version:
-                raise ValueError(f"cluster_cidr: {cluster_cidr} is not an IPv{version} CIDR")
+            if family_of(self.cluster_cidr) != family:
+                raise ValueError(f"cluster_cidr: {cluster_cidr} is not an IPv{VERSION[family]} CIDR")
         if not 0 <= int(masquerade_bit) <= 31:
             raise ValueError(f"masquerade_bit must be 0-31, not {masquerade_bit}")
         self.mark = masquerade_mark(int(masquerade_bit))
@@ -195,9 +195,9 @@ class Options:
         self.nodeport_addresses = None
         if nodeport_addresses is not None:
             check_node_ips(nodeport_addresses)
-            self.nodeport_addresses = [parse_ip(ip) for ip in nodeport_addresses if parse_ip(ip).version == version]
+            self.nodeport_addresses = [parse_ip(ip) for ip in nodeport_addresses if family_of(parse_ip(ip)) == family]
         # kube-proxy accepts NodePorts on 127.0.0.0/8 only for IPv4 (it sets route_localnet for that).
-        self.localhost_nodeports = bool(localhost_nodeports) and version == 4
+        self.localhost_nodeports = bool(localhost_nodeports) and family == IPV4
         self.conntrack_tcp_be_liberal = conntrack_tcp_be_liberal
 
     @property
@@ -366,21 +366,21 @@ def write_service_port(tables, sp, options, large):
                    "-j", "DNAT", "--to-destination", endpoint_text(endpoint))
 
 
-def iptables_chains(service_ports, version, node_ips, cluster_cidr=None, masquerade_bit=14, random_fully=True,
+def iptables_chains(service_ports, family, node_ips, cluster_cidr=None, masquerade_bit=14, random_fully=True,
                     masquerade_all=False, nodeport_addresses=None, localhost_nodeports=True,
                     conntrack_tcp_be_liberal=False):
     """The nat and filter chains kube-proxy's iptables mode writes for one IP family, as
     ``kubeipvs.node.iptables_chain`` ``chains`` entries ({table, chain, rules, jumps}).
 
     ``service_ports`` comes from ``_kube_proxy_state.cluster_service_ports`` for the same
-    ``version`` (4 or 6). ``node_ips``: the node's addresses (the primary one of the family decides
+    ``family`` ("ipv4" or "ipv6"). ``node_ips``: the node's addresses (the primary one of the family decides
     whether loadBalancerSourceRanges admit the node itself). ``cluster_cidr``: the pod CIDR of the
     family (kube-proxy's ``--cluster-cidr`` detector); None writes no off-cluster masquerade rule,
     as kube-proxy without a detector. ``nodeport_addresses``: None accepts NodePorts on every
     local address (kube-proxy's default), else the IPs to accept them on.
     ``conntrack_tcp_be_liberal``: the node's sysctl; when set kube-proxy writes no INVALID drop.
     """
-    options = Options(version, node_ips, cluster_cidr, masquerade_bit, random_fully, masquerade_all,
+    options = Options(family, node_ips, cluster_cidr, masquerade_bit, random_fully, masquerade_all,
                       nodeport_addresses, localhost_nodeports, conntrack_tcp_be_liberal)
     tables = Tables()
     for chain in FILTER_CHAINS:
@@ -409,7 +409,7 @@ def iptables_chains(service_ports, version, node_ips, cluster_cidr=None, masquer
     if options.nodeport_addresses is None:
         destinations = ["-m", "addrtype", "--dst-type", "LOCAL"]
         if not options.localhost_nodeports:
-            destinations += ["!", "-d", LOOPBACK[version]]
+            destinations += ["!", "-d", LOOPBACK[family]]
         tables.add("nat", "KUBE-SERVICES", last, destinations, "-j", "KUBE-NODEPORTS")
     else:
         for address in options.nodeport_addresses:
@@ -442,14 +442,14 @@ def chain_entries(tables):
              "jumps": jumps.get((table, chain), [])} for table, chain in order]
 
 
-def _family_value(value, version):
-    """The entry of a per-family option (``"10.244.0.0/16,fd00::/48"`` or a list) that is of ``version``."""
+def _family_value(value, family):
+    """The entry of a per-family option (``"10.244.0.0/16,fd00::/48"`` or a list) that is of ``family``."""
     if value is None:
         return None
     items = value.split(",") if isinstance(value, str) else list(value)
     for item in items:
         try:
-            if ipaddress.ip_network(str(item).strip(), strict=False).version == version:
+            if family_of(ipaddress.ip_network(str(item).strip(), strict=False)) == family:
                 return str(item).strip()
         except ValueError:
             raise ValueError(f"cluster_cidr: {item} is not a CIDR") from None
@@ -457,14 +457,14 @@ def _family_value(value, version):
 
 
 def iptables_state(services, endpoint_slices, node_name, node_ips, cluster_cidr=None, **options):
-    """{"ipv4": chains, "ipv6": chains} of a node: the families ``_kube_proxy_state.ip_versions``
+    """{"ipv4": chains, "ipv6": chains} of a node: the families ``_kube_proxy_state.ip_families``
     finds, each with its own node IPs and the ``cluster_cidr`` entry of that family (a
     comma-separated string or list, as kube-proxy's ``--cluster-cidr``)."""
     check_node_ips(node_ips)
     result = {}
-    for version in ip_versions(services, node_ips):
-        family_ips = [str(ip) for ip in map(parse_ip, node_ips) if ip.version == version]
-        service_ports = cluster_service_ports(services, endpoint_slices, node_name, version)
-        result[FAMILY_NAMES[version]] = iptables_chains(service_ports, version, family_ips,
-                                                        cluster_cidr=_family_value(cluster_cidr, version), **options)
+    for family in ip_families(services, node_ips):
+        family_ips = [str(ip) for ip in map(parse_ip, node_ips) if family_of(ip) == family]
+        service_ports = cluster_service_ports(services, endpoint_slices, node_name, family)
+        result[family] = iptables_chains(service_ports, family, family_ips,
+                                         cluster_cidr=_family_value(cluster_cidr, family), **options)
     return result

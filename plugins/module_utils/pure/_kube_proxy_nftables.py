@@ -23,11 +23,12 @@ import base64
 import hashlib
 import ipaddress
 
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import IPV4, IPV6, NFT, VERSION, family_of
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_state import (
     categorize,
     check_node_ips,
     cluster_service_ports,
-    ip_versions,
+    ip_families,
     parse_ip,
     parse_network,
 )
@@ -81,7 +82,7 @@ JUMPS = (
     ("filter-forward", "ct state new", CLUSTER_IPS_CHECK_CHAIN),
     ("filter-output-post-dnat", "ct state new", CLUSTER_IPS_CHECK_CHAIN),
 )
-FAMILY = {4: ("ip", "ipv4_addr", "127.0.0.0/8"), 6: ("ip6", "ipv6_addr", "::1")}
+FAMILY = {IPV4: ("ipv4_addr", "127.0.0.0/8"), IPV6: ("ipv6_addr", "::1")}
 NODEPORT_ADDRESSES = ("primary", "all")
 
 
@@ -140,13 +141,13 @@ def categorize_endpoints(sp):
             sorted(reachable.values(), key=endpoint_sort_key), has_any, uses_cluster, uses_local)
 
 
-def detect_local(cluster_cidrs, version):
+def detect_local(cluster_cidrs, family):
     """The pod network of one family for the ClusterCIDR local-traffic detector, or None."""
     for text in cluster_cidrs:
         network = parse_network(text)
         if network is None:
             raise ValueError(f"cluster_cidr: {text!r} is not a network in CIDR notation")
-        if network.version == version:
+        if family_of(network) == family:
             return network
     return None
 
@@ -162,8 +163,9 @@ def split_list(value):
 class Table:
     """Accumulates the sets, maps and chains of one family's kube-proxy table in upstream's shape."""
 
-    def __init__(self, version):
-        self.ip, self.addr_type, self.localhost = FAMILY[version]
+    def __init__(self, family):
+        self.ip = NFT[family]
+        self.addr_type, self.localhost = FAMILY[family]
         self.sets = {}  # name -> (declaration lines, elements list)
         self.elements = {}  # set/map name -> {key: value or None}
         self.chains = {}  # name -> [rules]
@@ -216,7 +218,7 @@ class Options:
     __slots__ = ("cluster_cidr", "mark", "masquerade_all", "node_ips", "nodeport_all", "primary_ip", "service_cidrs")
 
 
-def build_options(version, node_ips, cluster_cidr, masquerade_bit, masquerade_all, nodeport_addresses,
+def build_options(family, node_ips, cluster_cidr, masquerade_bit, masquerade_all, nodeport_addresses,
                   service_cidrs):
     if not isinstance(masquerade_bit, int) or not 0 <= masquerade_bit <= 31:
         raise ValueError(f"masquerade_bit: {masquerade_bit!r} is not a bit number 0-31")
@@ -226,8 +228,8 @@ def build_options(version, node_ips, cluster_cidr, masquerade_bit, masquerade_al
     options = Options()
     options.mark = hex(1 << masquerade_bit)
     options.masquerade_all = bool(masquerade_all)
-    options.cluster_cidr = detect_local(split_list(cluster_cidr), version)
-    family_ips = [ip for ip in map(parse_ip, node_ips) if ip.version == version]
+    options.cluster_cidr = detect_local(split_list(cluster_cidr), family)
+    family_ips = [ip for ip in map(parse_ip, node_ips) if family_of(ip) == family]
     options.primary_ip = family_ips[0] if family_ips else None
     options.node_ips = sorted({str(ip) for ip in family_ips if not ip.is_loopback}, key=ip_sort_key)
     options.nodeport_all = nodeport_addresses == "all"
@@ -236,7 +238,7 @@ def build_options(version, node_ips, cluster_cidr, masquerade_bit, masquerade_al
         network = parse_network(text)
         if network is None:
             raise ValueError(f"service_cidrs: {text!r} is not a network in CIDR notation")
-        if network.version == version:
+        if family_of(network) == family:
             cidrs.append(str(network))
     options.service_cidrs = cidrs
     return options
@@ -455,40 +457,41 @@ def render(table, options, affinity):
     return "\n".join(lines) + "\n"
 
 
-def nftables_table(service_ports, version, node_ips, cluster_cidr=None, masquerade_bit=14, masquerade_all=False,
+def nftables_table(service_ports, family, node_ips, cluster_cidr=None, masquerade_bit=14, masquerade_all=False,
                    nodeport_addresses="primary", service_cidrs=None):
     """The ``kube-proxy`` table of one family: {"family": "ip"|"ip6", "name": "kube-proxy", "content": body}.
 
-    ``service_ports`` come from _kube_proxy_state.cluster_service_ports for the same ``version``.
+    ``service_ports`` come from _kube_proxy_state.cluster_service_ports for the same ``family``.
     ``node_ips`` are the node's addresses (NodePorts listen on those of this family when
     ``nodeport_addresses`` is "primary", kube-proxy's default in nftables mode; "all" listens on every
     local address). ``cluster_cidr`` (str, comma-separated str or list) enables the ClusterCIDR
     local-traffic detector; ``service_cidrs`` adds the drop rule for unallocated ClusterIPs.
     Raises ValueError on bad input.
     """
-    if version not in FAMILY:
-        raise ValueError(f"version: {version!r} is not 4 or 6")
-    options = build_options(version, list(node_ips), cluster_cidr, masquerade_bit, masquerade_all,
+    if family not in FAMILY:
+        raise ValueError(f"family: {family!r} is not {' or '.join(FAMILY)}")
+    options = build_options(family, list(node_ips), cluster_cidr, masquerade_bit, masquerade_all,
                             nodeport_addresses, service_cidrs)
-    table = Table(version)
+    table = Table(family)
     for name in (SERVICES_CHAIN, CLUSTER_IPS_CHECK_CHAIN, MASQUERADING_CHAIN, MARK_MASQ_CHAIN, REJECT_CHAIN,
                  SERVICE_ENDPOINTS_CHECK_CHAIN, NODEPORT_ENDPOINTS_CHECK_CHAIN, FIREWALL_CHECK_CHAIN):
         table.chain(name)
     setup_rules(table, options)
     affinity = {}
     for sp in service_ports:
-        if parse_ip(sp.cluster_ip) is None or ipaddress.ip_address(sp.cluster_ip).version != version:
-            raise ValueError(f"{sp.service_port_name}: ClusterIP {sp.cluster_ip} is not an IPv{version} address")
+        if parse_ip(sp.cluster_ip) is None or family_of(ipaddress.ip_address(sp.cluster_ip)) != family:
+            raise ValueError(f"{sp.service_port_name}: ClusterIP {sp.cluster_ip} is not an "
+                             f"IPv{VERSION[family]} address")
         sync_service_port(table, sp, options, affinity)
     return {"family": table.ip, "name": TABLE_NAME, "content": render(table, options, affinity)}
 
 
 def nftables_state(services, endpoint_slices, node_name, node_ips, **options):
     """The kube-proxy tables of one node: {"ipv4": table, "ipv6": table} for the families it has
-    (as _kube_proxy_state.ip_versions decides). ``options`` are nftables_table's keyword options."""
+    (as _kube_proxy_state.ip_families decides). ``options`` are nftables_table's keyword options."""
     check_node_ips(node_ips)
     result = {}
-    for version in ip_versions(services, node_ips):
-        service_ports = cluster_service_ports(services, endpoint_slices, node_name, version)
-        result[f"ipv{version}"] = nftables_table(service_ports, version, node_ips, **options)
+    for family in ip_families(services, node_ips):
+        service_ports = cluster_service_ports(services, endpoint_slices, node_name, family)
+        result[family] = nftables_table(service_ports, family, node_ips, **options)
     return result

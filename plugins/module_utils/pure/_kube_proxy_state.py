@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._dataplane import port_label
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import INET, IPV4, IPV6, KUBERNETES, family_of
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 SERVICE_PROXY_NAME_LABEL = "service.kubernetes.io/service-proxy-name"
@@ -43,12 +44,11 @@ IPSET_TYPES = {
     "KUBE-HEALTH-CHECK-NODE-PORT": "bitmap:port",
     "KUBE-IPVS-IPS": "hash:ip",
 }
-FAMILIES = {4: ("IPv4", "inet"), 6: ("IPv6", "inet6")}
 
 
-def ipset_name(name, version):
+def ipset_name(name, family):
     """kube-proxy's name of a set for an IP family: IPv6 sets are KUBE-6-*, cut to 31 characters."""
-    if version == 6:
+    if family == IPV6:
         name = "KUBE-6-" + name[len("KUBE-"):]
     return name[:IPSET_NAME_MAX]
 
@@ -68,14 +68,14 @@ class Endpoint:
         self.ready, self.serving, self.terminating, self.local = ready, serving, terminating, local
 
 
-def endpoints_by_port(slices, node_name, version):
+def endpoints_by_port(slices, node_name, family):
     """(namespace, service, port name, protocol) -> {"ip:port": Endpoint} from the slices of one family.
 
     As kube-proxy's endpoint slice cache: only the first address of an endpoint counts; a
     missing ready or serving condition means true, a missing terminating one false; every
     endpoint is kept whatever its conditions (categorize() picks).
     """
-    address_type = FAMILIES[version][0]
+    address_type = KUBERNETES[family]
     result = {}
     for endpoint_slice in slices:
         metadata = endpoint_slice.get("metadata") or {}
@@ -90,7 +90,7 @@ def endpoints_by_port(slices, node_name, version):
             for endpoint in endpoint_slice.get("endpoints") or []:
                 addresses = endpoint.get("addresses") or []
                 address = parse_ip(addresses[0]) if addresses else None
-                if address is None or address.version != version:
+                if address is None or family_of(address) != family:
                     continue
                 conditions = endpoint.get("conditions") or {}
                 terminating = conditions.get("terminating") is True
@@ -125,8 +125,8 @@ def categorize(endpoints, uses_cluster, uses_local):
 class NodeState:
     """Accumulates the dummy addresses, IPVS services and ipset members of one family."""
 
-    def __init__(self, version, node_ips, scheduler):
-        self.version = version
+    def __init__(self, family, node_ips, scheduler):
+        self.family = family
         self.node_ips = node_ips
         self.scheduler = scheduler
         self.bound = set()
@@ -140,7 +140,7 @@ class NodeState:
         key = (protocol, address, port)
         if key in self.services:  # the first Service to claim a VIP:port wins, as in the kernel
             return
-        service = {"protocol": protocol, "address": address, "port": port, "family": FAMILIES[self.version][1],
+        service = {"protocol": protocol, "address": address, "port": port, "family": INET[self.family],
                    "scheduler": self.scheduler}
         if self.scheduler == "mh":
             service["scheduler_flags"] = ["mh-port"]  # kube-proxy sets the source-port hash flag for mh
@@ -211,23 +211,23 @@ class ServicePort:
         return bool(self.node_port or self.lb_ips or self.external_ips)
 
 
-def service_ports(service, endpoint_map, version):
+def service_ports(service, endpoint_map, family):
     """The ServicePorts of one Service for one family; none for ExternalName, headless, another
     proxy's Services or a Service without a ClusterIP of the family."""
     metadata, spec = service.get("metadata") or {}, service.get("spec") or {}
     if (spec.get("type") == "ExternalName" or SERVICE_PROXY_NAME_LABEL in (metadata.get("labels") or {})):
         return []
     cluster_ips = [parse_ip(ip) for ip in (spec.get("clusterIPs") or [spec.get("clusterIP")])]
-    cluster_ip = next((ip for ip in cluster_ips if ip is not None and ip.version == version), None)
+    cluster_ip = next((ip for ip in cluster_ips if ip is not None and family_of(ip) == family), None)
     if cluster_ip is None:  # headless, or no ClusterIP of this family
         return []
-    external_ips = [ip for ip in map(parse_ip, spec.get("externalIPs") or []) if ip and ip.version == version]
+    external_ips = [ip for ip in map(parse_ip, spec.get("externalIPs") or []) if ip and family_of(ip) == family]
     ingress = ((service.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
     # ipMode Proxy: the load balancer proxies, the node must not capture the VIP.
     lb_ips = [parse_ip(i.get("ip")) for i in ingress if i.get("ip") and (i.get("ipMode") or "VIP") == "VIP"]
-    lb_ips = [ip for ip in lb_ips if ip and ip.version == version]
+    lb_ips = [ip for ip in lb_ips if ip and family_of(ip) == family]
     source_ranges = [r for r in map(parse_network, spec.get("loadBalancerSourceRanges") or [])
-                     if r is not None and r.version == version]
+                     if r is not None and family_of(r) == family]
     affinity = None
     if spec.get("sessionAffinity") == "ClientIP":
         affinity = (((spec.get("sessionAffinityConfig") or {}).get("clientIP") or {}).get("timeoutSeconds")
@@ -256,19 +256,19 @@ def service_ports(service, endpoint_map, version):
     return result
 
 
-def cluster_service_ports(services, endpoint_slices, node_name, version):
+def cluster_service_ports(services, endpoint_slices, node_name, family):
     """Every ServicePort of one family on one node, Services in (namespace, name) order."""
-    endpoint_map = endpoints_by_port(endpoint_slices, node_name, version)
-    return [sp for service in sorted(services, key=service_key) for sp in service_ports(service, endpoint_map, version)]
+    endpoint_map = endpoints_by_port(endpoint_slices, node_name, family)
+    return [sp for service in sorted(services, key=service_key) for sp in service_ports(service, endpoint_map, family)]
 
 
-def ip_versions(services, node_ips):
+def ip_families(services, node_ips):
     """The IP families a node has: its node IPs' and its Services' ClusterIPs' (IPv4 when none)."""
-    versions = {ip.version for ip in map(parse_ip, node_ips) if ip}
+    families = {family_of(ip) for ip in map(parse_ip, node_ips) if ip}
     for service in services:
         spec = service.get("spec") or {}
-        versions.update(ip.version for ip in map(parse_ip, spec.get("clusterIPs") or [spec.get("clusterIP")]) if ip)
-    return sorted(versions or {4})
+        families.update(family_of(ip) for ip in map(parse_ip, spec.get("clusterIPs") or [spec.get("clusterIP")]) if ip)
+    return sorted(families or {IPV4})
 
 
 def check_node_ips(node_ips):
@@ -338,10 +338,10 @@ def node_state(services, endpoint_slices, node_name, node_ips, scheduler="rr"):
     node_addresses = {str(ip) for ip in parsed_node_ips}
 
     addresses, ipvs_services, ipsets, ipset_types, cluster_ports = [], [], {}, {}, set()
-    for version in ip_versions(services, node_ips):
-        family_node_ips = [str(ip) for ip in parsed_node_ips if ip.version == version]
-        state = NodeState(version, family_node_ips, scheduler)
-        for sp in cluster_service_ports(services, endpoint_slices, node_name, version):
+    for family in ip_families(services, node_ips):
+        family_node_ips = [str(ip) for ip in parsed_node_ips if family_of(ip) == family]
+        state = NodeState(family, family_node_ips, scheduler)
+        for sp in cluster_service_ports(services, endpoint_slices, node_name, family):
             sync_service_port(state, sp, node_addresses)
             cluster_ports.add(port_label(sp.protocol, sp.cluster_ip, sp.port))
         state.sets["KUBE-IPVS-IPS"] = set(state.bound)
@@ -349,7 +349,7 @@ def node_state(services, endpoint_slices, node_name, node_ips, scheduler="rr"):
         order = sorted(state.services, key=lambda key: (parse_ip(key[1]), key[0], key[2]))
         ipvs_services.extend(state.services[key] for key in order)
         for name, members in state.sets.items():
-            family_name = ipset_name(name, version)
+            family_name = ipset_name(name, family)
             ipset_types[family_name] = IPSET_TYPES[name]
             ipsets[family_name] = sorted(members, key=member_sort_key)
     return {"dummy_interface": {"addresses": addresses}, "ipvs_sync": {"services": ipvs_services},

@@ -10,14 +10,12 @@ from __future__ import annotations
 import socket
 
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import ADDRESS_FAMILY, FAMILIES, HOST_PREFIX
 
 IFF_UP = 0x1
 
 
 IFF_NOARP = 0x80
-
-
-FAMILY_BITS = {socket.AF_INET: 32, socket.AF_INET6: 128}
 
 
 IFNAMSIZ = 16
@@ -38,19 +36,19 @@ class Link:
 
 
 def canonical_host(value):
-    """(socket family, canonical text) of ``10.96.0.1``, ``10.96.0.1/32``, ``fd00::1/128``."""
+    """(family, canonical text) of ``10.96.0.1``, ``10.96.0.1/32``, ``fd00::1/128``."""
     text = str(value).strip()
     prefix = None
     if "/" in text:
         text, _slash, prefix = text.partition("/")
-    for family in (socket.AF_INET, socket.AF_INET6):
+    for family in FAMILIES:
         try:
-            packed = socket.inet_pton(family, text)
+            packed = socket.inet_pton(ADDRESS_FAMILY[family], text)
         except (OSError, ValueError):
             continue
-        if prefix is not None and prefix != str(FAMILY_BITS[family]):
-            raise KubeIpvsError(f"address {value!r}: only host addresses (/{FAMILY_BITS[family]}) go on the dummy link")
-        return family, socket.inet_ntop(family, packed)
+        if prefix is not None and prefix != str(HOST_PREFIX[family]):
+            raise KubeIpvsError(f"address {value!r}: only host addresses (/{HOST_PREFIX[family]}) go on the dummy link")
+        return family, socket.inet_ntop(ADDRESS_FAMILY[family], packed)
     raise KubeIpvsError(f"address {value!r} is not an IPv4 or IPv6 address")
 
 
@@ -78,7 +76,7 @@ def plan_addresses(wanted, current, exclusive):
 
 
 def _address_order(item):
-    return (item[0], socket.inet_pton(item[0], item[1]))
+    return (item[0], socket.inet_pton(ADDRESS_FAMILY[item[0]], item[1]))
 
 
 def validate_link_name(name):

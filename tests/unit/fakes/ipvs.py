@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
 
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import HOST_PREFIX
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipvs_plan import (
     ADD_DEST,
     ADD_SERVICE,
@@ -145,7 +145,7 @@ class FakeLinkKernel:
         for family, text in to_add:
             if text in current:
                 raise KubeIpvsError(f"EEXIST: {text} re-added")
-            current[text] = (family, 32 if family == socket.AF_INET else 128)
+            current[text] = (family, HOST_PREFIX[family])
 
     def close(self):
         pass

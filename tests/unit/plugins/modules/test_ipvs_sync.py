@@ -11,12 +11,13 @@ import socket
 
 import pytest
 from ansible_collections.kubeipvs.node.plugins.module_utils.node import _ipvs
-from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipvs_plan import AF_INET, PROTO_TCP, Dest, Service
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import IPV4
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipvs_plan import PROTO_TCP, Dest, Service
 from ansible_collections.kubeipvs.node.plugins.modules import ipvs_sync
 from ansible_collections.kubeipvs.node.tests.unit.fakes.ipvs import FakeIpvsKernel, FakeLinkKernel
 from ansible_collections.kubeipvs.node.tests.unit.plugins.modules.ipvs_helpers import run_main
 
-FOREIGN = Service(AF_INET, PROTO_TCP, "192.0.2.50", 80, scheduler="wlc",
+FOREIGN = Service(IPV4, PROTO_TCP, "192.0.2.50", 80, scheduler="wlc",
                   dests={("192.0.2.60", 80): Dest("192.0.2.60", 80)})
 
 
@@ -83,7 +84,7 @@ def test_exclusive_never_touches_foreign_services(kernel, capsys):
     run_main(ipvs_sync, capsys, services=SERVICES, scope=SCOPE)
     result = run_main(ipvs_sync, capsys, services=SERVICES[:1], scope=SCOPE)
     assert result["counts"]["services_removed"] == 1
-    assert set(kernel.table) == {FOREIGN.key, (AF_INET, PROTO_TCP, "10.96.0.1", 443, 0)}
+    assert set(kernel.table) == {FOREIGN.key, (IPV4, PROTO_TCP, "10.96.0.1", 443, 0)}
     assert kernel.table[FOREIGN.key].scheduler == "wlc"
 
 
@@ -119,7 +120,7 @@ def test_services_file_and_drain(kernel, capsys, tmp_path):
     path = tmp_path / "services.json"
     path.write_text(json.dumps({"services": SERVICES}))
     run_main(ipvs_sync, capsys, services_file=str(path), scope=SCOPE)
-    key = (AF_INET, PROTO_TCP, "10.96.0.1", 443, 0)
+    key = (IPV4, PROTO_TCP, "10.96.0.1", 443, 0)
     # A new endpoint replaces the old one while it still serves a connection: drained, not deleted.
     moved = [dict(SERVICES[0], real_servers=[{"address": "10.0.0.5", "port": 6443}]), SERVICES[1]]
     path.write_text(json.dumps(moved))

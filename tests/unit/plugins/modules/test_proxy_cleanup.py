@@ -14,8 +14,8 @@ import socket
 import pytest
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
 from ansible_collections.kubeipvs.node.plugins.module_utils.node import _dataplane as _dataplane_node
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import IPV4
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipvs_plan import (
-    AF_INET,
     DEL_SERVICE,
     PROTO_TCP,
     PROTO_UDP,
@@ -51,8 +51,8 @@ NFT_TABLES = json.dumps({"nftables": [{"metainfo": {"version": "1.0.6"}},
                                       {"table": {"family": "ip", "name": "foreign", "handle": 4}}]})
 SETS = "KUBE-CLUSTER-IP\nKUBE-LOOP-BACK\nFOREIGN-SET\n"
 
-OWNED = [Service(AF_INET, PROTO_TCP, "10.96.0.1", 443), Service(AF_INET, PROTO_UDP, "10.97.0.10", 53)]
-FOREIGN = Service(AF_INET, PROTO_TCP, "192.0.2.50", 80)
+OWNED = [Service(IPV4, PROTO_TCP, "10.96.0.1", 443), Service(IPV4, PROTO_UDP, "10.97.0.10", 53)]
+FOREIGN = Service(IPV4, PROTO_TCP, "192.0.2.50", 80)
 
 
 IP_JSON = {"route": '[{"dst": "default", "gateway": "10.0.2.2", "dev": "eth0"}]',

@@ -35,10 +35,9 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.node._ipvs import (
     save_drain_state,
     service_full_attr,
 )
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import IPV4, IPV6
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipvs_plan import (
     ADD_SERVICE,
-    AF_INET,
-    AF_INET6,
     DEL_DEST,
     FWD_MASQ,
     FWD_ROUTE,
@@ -103,19 +102,19 @@ DEST_MASQ = h("""
 
 
 def test_service_attribute_bytes():
-    assert service_full_attr(Service(AF_INET, PROTO_TCP, "10.96.0.1", 80)) == SERVICE_TCP_RR
-    persistent = Service(AF_INET6, PROTO_UDP, "fd00::1", 53, scheduler="wrr", flags=SVC_F_PERSISTENT, timeout=300,
+    assert service_full_attr(Service(IPV4, PROTO_TCP, "10.96.0.1", 80)) == SERVICE_TCP_RR
+    persistent = Service(IPV6, PROTO_UDP, "fd00::1", 53, scheduler="wrr", flags=SVC_F_PERSISTENT, timeout=300,
                          netmask=64)
     assert service_full_attr(persistent) == SERVICE_UDP6_PERSISTENT
 
 
 def test_ipv4_netmask_is_big_endian():
-    service = Service(AF_INET, PROTO_TCP, "10.96.0.1", 80, flags=SVC_F_PERSISTENT, timeout=10, netmask=0xFFFFFF00)
+    service = Service(IPV4, PROTO_TCP, "10.96.0.1", 80, flags=SVC_F_PERSISTENT, timeout=10, netmask=0xFFFFFF00)
     assert service_full_attr(service).endswith(h("0800 0900 ffffff00"))
 
 
 def test_dest_attribute_bytes():
-    service = Service(AF_INET, PROTO_TCP, "10.96.0.1", 80)
+    service = Service(IPV4, PROTO_TCP, "10.96.0.1", 80)
     assert dest_full_attr(service, Dest("10.0.0.1", 8080)) == DEST_MASQ
 
 
@@ -125,25 +124,25 @@ def test_service_round_trip_through_decode():
     stats = nl.attr_nested(10, nl.attr_u32(1, 5) + nl.attr_u32(2, 6))
     data = b"junk" + stats + body
     service = decode_service(data, 4, len(data))
-    assert service.key == (AF_INET6, PROTO_UDP, "fd00::1", 53, 0)
+    assert service.key == (IPV6, PROTO_UDP, "fd00::1", 53, 0)
     assert (service.scheduler, service.flags, service.timeout, service.netmask) == (
         "wrr", SVC_F_PERSISTENT | SVC_F_HASHED, 300, 64)
-    wanted = Service(AF_INET6, PROTO_UDP, "fd00::1", 53, scheduler="wrr", flags=SVC_F_PERSISTENT, timeout=300,
+    wanted = Service(IPV6, PROTO_UDP, "fd00::1", 53, scheduler="wrr", flags=SVC_F_PERSISTENT, timeout=300,
                      netmask=64)
     assert service.settings() == wanted.settings()
 
 
 def test_fwmark_service_decode():
-    body = (nl.attr_u16(1, AF_INET) + nl.attr_u32(5, 7) + nl.attr_str(6, "sh")
+    body = (nl.attr_u16(1, socket.AF_INET) + nl.attr_u32(5, 7) + nl.attr_str(6, "sh")
             + nl.attr(7, struct.pack("=II", SVC_F_HASHED | SVC_F_SCHED1 | SVC_F_SCHED2, 0xFFFFFFFF))
             + nl.attr_u32(8, 0) + nl.attr(9, h("ffffffff")))
     service = decode_service(body, 0, len(body))
-    assert service.key == (AF_INET, 0, "", 0, 7)
+    assert service.key == (IPV4, 0, "", 0, 7)
     assert service.flags & ~SVC_F_HASHED == SVC_F_SCHED1 | SVC_F_SCHED2
 
 
 def test_service_without_an_address_is_refused():
-    body = nl.attr_u16(1, AF_INET) + nl.attr_u16(2, PROTO_TCP) + nl.attr_str(6, "rr")
+    body = nl.attr_u16(1, socket.AF_INET) + nl.attr_u16(2, PROTO_TCP) + nl.attr_str(6, "rr")
     with pytest.raises(KubeIpvsError, match="without its family or address"):
         decode_service(body, 0, len(body))
 
@@ -152,7 +151,7 @@ def test_dest_decode_skips_stats_and_reads_counters():
     kernel_extra = (nl.attr_u32(7, 4) + nl.attr_u32(8, 9) + nl.attr_u32(9, 1)
                     + nl.attr_nested(10, nl.attr_u32(1, 123)) + nl.attr(13, b"\x00") + nl.attr_be16(14, 0))
     payload = DEST_MASQ[4:] + kernel_extra
-    dest = decode_dest(payload, 0, len(payload), AF_INET, {})
+    dest = decode_dest(payload, 0, len(payload), IPV4, {})
     assert (dest.address, dest.port, dest.forwarding, dest.weight, dest.u_threshold, dest.l_threshold) == (
         "10.0.0.1", 8080, FWD_MASQ, 1, 0, 0)
     assert (dest.active, dest.inactive) == (4, 9)
@@ -160,14 +159,14 @@ def test_dest_decode_skips_stats_and_reads_counters():
 
 def test_ipv6_dest_uses_its_address_family_attribute():
     payload = (nl.attr(1, socket.inet_pton(socket.AF_INET6, "fd00::10")) + nl.attr_be16(2, 8443)
-               + nl.attr_u32(3, FWD_TUNNEL) + nl.attr_u32(4, 3) + nl.attr_u16(11, AF_INET6))
-    dest = decode_dest(payload, 0, len(payload), AF_INET, {})
+               + nl.attr_u32(3, FWD_TUNNEL) + nl.attr_u32(4, 3) + nl.attr_u16(11, socket.AF_INET6))
+    dest = decode_dest(payload, 0, len(payload), IPV4, {})
     assert (dest.address, dest.port, dest.forwarding, dest.weight) == ("fd00::10", 8443, FWD_TUNNEL, 3)
 
 
 def test_encoder_messages():
     encoder = ChangeEncoder(33)
-    service = Service(AF_INET, PROTO_TCP, "10.96.0.1", 80)
+    service = Service(IPV4, PROTO_TCP, "10.96.0.1", 80)
     payload = encoder.payload((ADD_SERVICE, service, None))
     assert payload[:4] == bytes([IPVS_CMD_NEW_SERVICE, 1, 0, 0])
     assert payload[4:] == SERVICE_TCP_RR
@@ -203,18 +202,18 @@ FWM  00000007 rr
 def test_parse_proc_ip_vs():
     table = parse_proc_ip_vs(PROC_TEXT)
     assert set(table) == {
-        (AF_INET, PROTO_UDP, "10.96.0.10", 53, 0),
-        (AF_INET6, PROTO_TCP, "fd00:10:96::1", 80, 0),
-        (AF_INET, PROTO_SCTP, "10.96.0.20", 9999, 0),
-        (AF_INET, PROTO_TCP, "10.96.0.1", 443, 0),
+        (IPV4, PROTO_UDP, "10.96.0.10", 53, 0),
+        (IPV6, PROTO_TCP, "fd00:10:96::1", 80, 0),
+        (IPV4, PROTO_SCTP, "10.96.0.20", 9999, 0),
+        (IPV4, PROTO_TCP, "10.96.0.1", 443, 0),
     }  # the fwmark service is skipped: /proc does not say its family
-    https = table[(AF_INET, PROTO_TCP, "10.96.0.1", 443, 0)]
+    https = table[(IPV4, PROTO_TCP, "10.96.0.1", 443, 0)]
     assert sorted((d.address, d.port, d.forwarding, d.weight) for d in https.values()) == [
         ("192.168.1.10", 6443, FWD_MASQ, 1), ("192.168.1.11", 443, FWD_ROUTE, 0)]
-    v6 = table[(AF_INET6, PROTO_TCP, "fd00:10:96::1", 80, 0)][("fd00:10:244::5", 8080)]
+    v6 = table[(IPV6, PROTO_TCP, "fd00:10:96::1", 80, 0)][("fd00:10:244::5", 8080)]
     assert (v6.active, v6.inactive) == (2, 7)
-    assert table[(AF_INET, PROTO_UDP, "10.96.0.10", 53, 0)][("10.244.1.2", 53)].forwarding == FWD_TUNNEL
-    assert table[(AF_INET, PROTO_SCTP, "10.96.0.20", 9999, 0)] == {}
+    assert table[(IPV4, PROTO_UDP, "10.96.0.10", 53, 0)][("10.244.1.2", 53)].forwarding == FWD_TUNNEL
+    assert table[(IPV4, PROTO_SCTP, "10.96.0.20", 9999, 0)] == {}
 
 
 PROC_FORWARDING_WORDS = {FWD_MASQ: "Masq", FWD_TUNNEL: "Tunnel", FWD_ROUTE: "Route"}
@@ -223,7 +222,7 @@ PROC_FORWARDING_WORDS = {FWD_MASQ: "Masq", FWD_TUNNEL: "Tunnel", FWD_ROUTE: "Rou
 def proc_dest_line(family, dest):
     """A real server's line as ip_vs_info_seq_show() prints it (6.1: "  -> %08X:%04X      %-7s
     %-6d %-10d %-10d", IPv6 addresses as [%pI6], four hex digits per group)."""
-    if family == AF_INET6:
+    if family == IPV6:
         digits = socket.inet_pton(socket.AF_INET6, dest.address).hex()
         host = "[" + ":".join(digits[at:at + 4] for at in range(0, 32, 4)) + "]"
     else:
@@ -235,8 +234,8 @@ def proc_dest_line(family, dest):
 def proc_text(services):
     lines = PROC_TEXT.splitlines()[:3]
     for service in services:
-        host = (f"[{proc_dest_line(AF_INET6, Dest(service.address, 0)).split('[')[1].split(']')[0]}]"
-                if service.family == AF_INET6 else socket.inet_aton(service.address).hex().upper())
+        host = (f"[{proc_dest_line(IPV6, Dest(service.address, 0)).split('[')[1].split(']')[0]}]"
+                if service.family == IPV6 else socket.inet_aton(service.address).hex().upper())
         lines.append(f"{'TCP' if service.protocol == PROTO_TCP else 'UDP'}  {host}:{service.port:04X} rr  ")
         lines += [proc_dest_line(service.family, dest) for dest in service.dests.values()]
     return "\n".join(lines) + "\n"
@@ -251,14 +250,14 @@ def test_proc_dest_line_is_the_kernels_format():
 
 def test_proc_dests_match_without_decoding():
     table = parse_proc_ip_vs(PROC_TEXT)
-    https = table[(AF_INET, PROTO_TCP, "10.96.0.1", 443, 0)]
+    https = table[(IPV4, PROTO_TCP, "10.96.0.1", 443, 0)]
     same = {("192.168.1.10", 6443): Dest("192.168.1.10", 6443, FWD_MASQ, 1),
             ("192.168.1.11", 443): Dest("192.168.1.11", 443, FWD_ROUTE, 0)}
     assert https.matches(same)
     assert https._dests is None  # nothing decoded
-    v6 = table[(AF_INET6, PROTO_TCP, "fd00:10:96::1", 80, 0)]
+    v6 = table[(IPV6, PROTO_TCP, "fd00:10:96::1", 80, 0)]
     assert v6.matches({("fd00:10:244::5", 8080): Dest("fd00:10:244::5", 8080, FWD_MASQ, 1)})
-    assert table[(AF_INET, PROTO_SCTP, "10.96.0.20", 9999, 0)].matches({})
+    assert table[(IPV4, PROTO_SCTP, "10.96.0.20", 9999, 0)].matches({})
 
 
 @pytest.mark.parametrize("change", [
@@ -266,14 +265,14 @@ def test_proc_dests_match_without_decoding():
     {"u_threshold": 10}, {"l_threshold": 1}, {"weight": 10_000_000},
 ])
 def test_proc_dests_do_not_vouch_for_a_difference(change):
-    https = parse_proc_ip_vs(PROC_TEXT)[(AF_INET, PROTO_TCP, "10.96.0.1", 443, 0)]
+    https = parse_proc_ip_vs(PROC_TEXT)[(IPV4, PROTO_TCP, "10.96.0.1", 443, 0)]
     first = Dest("192.168.1.10", 6443, FWD_MASQ, 1).copy(**change)
     desired = {first.key: first, ("192.168.1.11", 443): Dest("192.168.1.11", 443, FWD_ROUTE, 0)}
     assert not https.matches(desired)
 
 
 def test_proc_dests_count_must_match():
-    https = parse_proc_ip_vs(PROC_TEXT)[(AF_INET, PROTO_TCP, "10.96.0.1", 443, 0)]
+    https = parse_proc_ip_vs(PROC_TEXT)[(IPV4, PROTO_TCP, "10.96.0.1", 443, 0)]
     assert not https.matches({("192.168.1.10", 6443): Dest("192.168.1.10", 6443, FWD_MASQ, 1)})
     assert len(https) == 2
     assert sorted(https) == [("192.168.1.10", 6443), ("192.168.1.11", 443)]  # decoded on use
@@ -283,11 +282,11 @@ def test_proc_dests_count_must_match():
 def random_table(rng, family):
     services = []
     for index in range(30):
-        address = f"fd00:10:96::{index + 1:x}" if family == AF_INET6 else f"10.96.0.{index + 1}"
+        address = f"fd00:10:96::{index + 1:x}" if family == IPV6 else f"10.96.0.{index + 1}"
         service = Service(family, rng.choice((PROTO_TCP, PROTO_UDP)), address, rng.choice((53, 80, 443)))
         for _slot in range(rng.randrange(0, 6)):
             number = rng.randrange(1, 40)
-            host = f"fd00:10:244::{number:x}" if family == AF_INET6 else f"10.244.0.{number}"
+            host = f"fd00:10:244::{number:x}" if family == IPV6 else f"10.244.0.{number}"
             dest = Dest(host, rng.choice((53, 8080)), rng.choice((FWD_MASQ, FWD_ROUTE, FWD_TUNNEL)),
                         rng.choice((0, 1, 1, 5)), active=rng.choice((0, 0, 3)), inactive=rng.choice((0, 2)))
             service.dests[dest.key] = dest
@@ -322,7 +321,7 @@ def mutated(rng, services):
 def test_planning_from_proc_equals_planning_from_decoded_real_servers(seed):
     """The shortcut may only skip work: every plan equals the one from plain, decoded tables."""
     rng = random.Random(seed)
-    family = AF_INET6 if seed % 4 == 3 else AF_INET
+    family = IPV6 if seed % 4 == 3 else IPV4
     current = random_table(rng, family)
     desired = mutated(rng, current)
     plain = {service.key: service for service in current}
@@ -402,7 +401,7 @@ def test_good_service_input_is_normalised():
                                                    "forwarding": "route", "upper_threshold": 10,
                                                    "lower_threshold": 2}]})
     assert state == "present"
-    assert service.key == (AF_INET, PROTO_TCP, "10.96.0.1", 80, 0)
+    assert service.key == (IPV4, PROTO_TCP, "10.96.0.1", 80, 0)
     assert service.flags == SVC_F_PERSISTENT | SVC_F_SCHED1 | SVC_F_SCHED2
     assert (service.timeout, service.netmask) == (60, 0xFFFFFF00)
     assert service.dests[("10.0.0.1", 80)].settings() == (FWD_MASQ, 1, 0, 0)  # port defaults to the service's
@@ -412,11 +411,11 @@ def test_good_service_input_is_normalised():
 def test_ipv6_and_fwmark_input():
     service, _state = normalize_service({"address": "FD00:0:0::1", "port": 443,
                                          "real_servers": [{"address": "fd00:0::10"}]})
-    assert service.key == (AF_INET6, PROTO_TCP, "fd00::1", 443, 0)
+    assert service.key == (IPV6, PROTO_TCP, "fd00::1", 443, 0)
     assert list(service.dests) == [("fd00::10", 443)]
     assert service.netmask == 128
     mark, _state = normalize_service({"fwmark": 9, "family": "inet6", "real_servers": [{"address": "fd00::12"}]})
-    assert mark.key == (AF_INET6, 0, "", 0, 9)
+    assert mark.key == (IPV6, 0, "", 0, 9)
     assert list(mark.dests) == [("fd00::12", 0)]
 
 

@@ -12,11 +12,12 @@ import pytest
 from ansible_collections.kubeipvs.node.plugins.module_utils.node import _links
 from ansible_collections.kubeipvs.node.plugins.module_utils.node import _netlink as nl
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._links import LinkKernel
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import ADDRESS_FAMILY, IPV4, IPV6
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._links import (
     Link,
 )
 
-V4, V6 = socket.AF_INET, socket.AF_INET6
+V4, V6 = IPV4, IPV6
 
 
 @pytest.mark.skipif(sys.byteorder != "little", reason="little-endian fixture")
@@ -46,8 +47,8 @@ class ScriptedRoute:
 
 
 def addr_row(family, prefix, index, text):
-    packed = socket.inet_pton(family, text)
-    return _links.IFADDRMSG.pack(family, prefix, 0, 0, index) + nl.attr(_links.IFA_ADDRESS, packed) + (
+    packed = socket.inet_pton(ADDRESS_FAMILY[family], text)
+    return _links.IFADDRMSG.pack(ADDRESS_FAMILY[family], prefix, 0, 0, index) + nl.attr(_links.IFA_ADDRESS, packed) + (
         nl.attr(_links.IFA_LOCAL, packed) if family == V4 else b"")
 
 

@@ -8,28 +8,29 @@ from __future__ import annotations
 import pytest
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure import _ipset as ipset
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import IPV4, IPV6
 
 # (entry, type, family, expected form as `ipset save` prints it)
 ENTRIES = [
-    ("10.96.0.10,80", "hash:ip,port", "inet", "10.96.0.10,tcp:80"),
-    ("10.96.0.10,tcp:80", "hash:ip,port", "inet", "10.96.0.10,tcp:80"),
-    ("10.96.0.10,UDP:53", "hash:ip,port", "inet", "10.96.0.10,udp:53"),
-    ("10.96.0.10,sctp:9000", "hash:ip,port", "inet", "10.96.0.10,sctp:9000"),
-    ("10.96.0.10/32,udp:0", "hash:ip,port", "inet", "10.96.0.10,udp:0"),
-    ("10.96.0.10,tcp:80,10.244.1.5", "hash:ip,port,ip", "inet", "10.96.0.10,tcp:80,10.244.1.5"),
-    ("10.96.0.10,80,10.244.1.5/32", "hash:ip,port,ip", "inet", "10.96.0.10,tcp:80,10.244.1.5"),
-    ("10.0.0.1,80,10.1.0.7/16", "hash:ip,port,net", "inet", "10.0.0.1,tcp:80,10.1.0.0/16"),
-    ("10.0.0.1,udp:53,10.1.0.1/32", "hash:ip,port,net", "inet", "10.0.0.1,udp:53,10.1.0.1"),
-    ("10.0.0.5/24", "hash:net", "inet", "10.0.0.0/24"),
-    ("10.0.0.1/32", "hash:net", "inet", "10.0.0.1"),
-    ("30080", "bitmap:port", "inet", "30080"),
-    ("tcp:30081", "bitmap:port", "inet", "30081"),
-    ("2001:0db8:0:0::1", "hash:ip", "inet6", "2001:db8::1"),
-    ("2001:db8:0:0::1,tcp:80,2001:0db8::0002", "hash:ip,port,ip", "inet6", "2001:db8::1,tcp:80,2001:db8::2"),
-    ("2001:db8::1/128", "hash:ip", "inet6", "2001:db8::1"),
-    ("2001:db8::5/64", "hash:net", "inet6", "2001:db8::/64"),
-    ("10.0.0.1,0x10", "hash:ip,mark", "inet", "10.0.0.1,0x00000010"),
-    ("aa:bb:cc:dd:ee:ff", "hash:mac", "inet", "AA:BB:CC:DD:EE:FF"),
+    ("10.96.0.10,80", "hash:ip,port", IPV4, "10.96.0.10,tcp:80"),
+    ("10.96.0.10,tcp:80", "hash:ip,port", IPV4, "10.96.0.10,tcp:80"),
+    ("10.96.0.10,UDP:53", "hash:ip,port", IPV4, "10.96.0.10,udp:53"),
+    ("10.96.0.10,sctp:9000", "hash:ip,port", IPV4, "10.96.0.10,sctp:9000"),
+    ("10.96.0.10/32,udp:0", "hash:ip,port", IPV4, "10.96.0.10,udp:0"),
+    ("10.96.0.10,tcp:80,10.244.1.5", "hash:ip,port,ip", IPV4, "10.96.0.10,tcp:80,10.244.1.5"),
+    ("10.96.0.10,80,10.244.1.5/32", "hash:ip,port,ip", IPV4, "10.96.0.10,tcp:80,10.244.1.5"),
+    ("10.0.0.1,80,10.1.0.7/16", "hash:ip,port,net", IPV4, "10.0.0.1,tcp:80,10.1.0.0/16"),
+    ("10.0.0.1,udp:53,10.1.0.1/32", "hash:ip,port,net", IPV4, "10.0.0.1,udp:53,10.1.0.1"),
+    ("10.0.0.5/24", "hash:net", IPV4, "10.0.0.0/24"),
+    ("10.0.0.1/32", "hash:net", IPV4, "10.0.0.1"),
+    ("30080", "bitmap:port", IPV4, "30080"),
+    ("tcp:30081", "bitmap:port", IPV4, "30081"),
+    ("2001:0db8:0:0::1", "hash:ip", IPV6, "2001:db8::1"),
+    ("2001:db8:0:0::1,tcp:80,2001:0db8::0002", "hash:ip,port,ip", IPV6, "2001:db8::1,tcp:80,2001:db8::2"),
+    ("2001:db8::1/128", "hash:ip", IPV6, "2001:db8::1"),
+    ("2001:db8::5/64", "hash:net", IPV6, "2001:db8::/64"),
+    ("10.0.0.1,0x10", "hash:ip,mark", IPV4, "10.0.0.1,0x00000010"),
+    ("aa:bb:cc:dd:ee:ff", "hash:mac", IPV4, "AA:BB:CC:DD:EE:FF"),
 ]
 
 
@@ -39,16 +40,16 @@ def test_entries_normalise_to_the_printed_form(entry, set_type, family, expected
 
 
 BAD_ENTRIES = [
-    ("10.96.0.10", "hash:ip,port", "inet", "expected 2 comma-separated"),
-    ("10.96.0.10,icmp:8", "hash:ip,port", "inet", "protocol 'icmp'"),
-    ("10.96.0.10,tcp:70000", "hash:ip,port", "inet", "not a port number"),
-    ("10.0.0.0/24", "hash:ip", "inet", "is a network"),
-    ("2001:db8::1", "hash:ip", "inet", "not an IPv4 address"),
-    ("10.0.0.1", "hash:ip", "inet6", "not an IPv6 address"),
-    ("not-an-ip", "hash:net", "inet", "not an IP address or CIDR"),
-    ("0.0.0.0/0", "hash:net", "inet", "/0"),
-    ("10.0.0.1,80,", "hash:ip,port,ip", "inet", "expected 3"),
-    ("80000", "bitmap:port", "inet", "not a port number"),
+    ("10.96.0.10", "hash:ip,port", IPV4, "expected 2 comma-separated"),
+    ("10.96.0.10,icmp:8", "hash:ip,port", IPV4, "protocol 'icmp'"),
+    ("10.96.0.10,tcp:70000", "hash:ip,port", IPV4, "not a port number"),
+    ("10.0.0.0/24", "hash:ip", IPV4, "is a network"),
+    ("2001:db8::1", "hash:ip", IPV4, "not an IPv4 address"),
+    ("10.0.0.1", "hash:ip", IPV6, "not an IPv6 address"),
+    ("not-an-ip", "hash:net", IPV4, "not an IP address or CIDR"),
+    ("0.0.0.0/0", "hash:net", IPV4, "/0"),
+    ("10.0.0.1,80,", "hash:ip,port,ip", IPV4, "expected 3"),
+    ("80000", "bitmap:port", IPV4, "not a port number"),
 ]
 
 
@@ -60,7 +61,7 @@ def test_entries_that_do_not_match_the_type_fail_clearly(entry, set_type, family
 
 def test_bitmap_port_entries_outside_the_range_fail():
     with pytest.raises(KubeIpvsError, match=r"outside the set's range 30000-32767"):
-        ipset.normalise_entry("80", "bitmap:port", "inet", (30000, 32767))
+        ipset.normalise_entry("80", "bitmap:port", IPV4, (30000, 32767))
 
 
 def test_one_bad_entry_fails_the_whole_list():
@@ -88,7 +89,7 @@ def test_save_output_is_parsed_per_set_and_drops_per_entry_extensions():
     assert ipset.parse_save(SAVE, "missing") == (None, set())
 
 
-HEADER = ipset.desired_header("hash:ip,port,ip", "inet", 1024, 65536, None, False, None)
+HEADER = ipset.desired_header("hash:ip,port,ip", IPV4, 1024, 65536, None, False, None)
 
 
 # (name, current header, current members, desired members, exclusive, threshold, method, adds, removes)
@@ -151,8 +152,8 @@ def test_scratch_names_fit_the_kernel_limit_and_differ_from_the_set(name):
 
 def test_bitmap_header_needs_a_range_and_hash_header_rounds_hashsize():
     with pytest.raises(KubeIpvsError, match="needs range"):
-        ipset.desired_header("bitmap:port", "inet", 1024, 65536, None, False, None)
-    assert ipset.desired_header("hash:ip", "inet6", 1000, 10, None, True, 60) == {
+        ipset.desired_header("bitmap:port", IPV4, 1024, 65536, None, False, None)
+    assert ipset.desired_header("hash:ip", IPV6, 1000, 10, None, True, 60) == {
         "type": "hash:ip",
         "family": "inet6",
         "hashsize": 1024,
@@ -218,7 +219,7 @@ def test_fast_path_agrees_with_the_full_parser(set_type):
 def test_bitmap_ip_range_is_checked_for_every_entry():
     with pytest.raises(KubeIpvsError, match="outside"):
         ipset.normalise_entries(
-            ["10.0.0.1", "10.0.1.1"], "bitmap:ip", "inet", ipset.parse_range("10.0.0.0/24", "bitmap:ip")
+            ["10.0.0.1", "10.0.1.1"], "bitmap:ip", IPV4, ipset.parse_range("10.0.0.0/24", "bitmap:ip")
         )
 
 

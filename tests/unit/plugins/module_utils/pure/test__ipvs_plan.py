@@ -6,11 +6,10 @@
 from __future__ import annotations
 
 import pytest
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import IPV4, IPV6
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipvs_plan import (
     ADD_DEST,
     ADD_SERVICE,
-    AF_INET,
-    AF_INET6,
     DEL_DEST,
     DEL_SERVICE,
     FWD_MASQ,
@@ -33,14 +32,14 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipvs_plan impo
 )
 
 
-def svc(address="10.96.0.1", port=80, protocol=PROTO_TCP, dests=(), family=AF_INET, **kwargs):
+def svc(address="10.96.0.1", port=80, protocol=PROTO_TCP, dests=(), family=IPV4, **kwargs):
     service = Service(family, protocol, address, port, **kwargs)
     for dest in dests:
         service.dests[dest.key] = dest
     return service
 
 
-def fw(mark, dests=(), family=AF_INET, **kwargs):
+def fw(mark, dests=(), family=IPV4, **kwargs):
     service = Service(family, fwmark=mark, **kwargs)
     for dest in dests:
         service.dests[dest.key] = dest
@@ -110,11 +109,11 @@ CASES = [
         [fw(7, dests=[d("10.0.0.9", port=0)])], table(), {},
         ["-A -f 7 -s rr", "-a -f 7 -r 10.0.0.9:0 -m -w 1"], id="fwmark-add"),
     pytest.param(
-        [svc("fd00::1", 443, family=AF_INET6, dests=[d("fd00::10", 8443)])], table(), {},
+        [svc("fd00::1", 443, family=IPV6, dests=[d("fd00::10", 8443)])], table(), {},
         ["-A -t [fd00::1]:443 -s rr", "-a -t [fd00::1]:443 -r [fd00::10]:8443 -m -w 1"], id="ipv6-add"),
     pytest.param(
-        [fw(9, family=AF_INET6, flags=SVC_F_PERSISTENT, timeout=60, netmask=64)],
-        table(fw(9, family=AF_INET6, flags=SVC_F_PERSISTENT, timeout=60, netmask=128)), {},
+        [fw(9, family=IPV6, flags=SVC_F_PERSISTENT, timeout=60, netmask=64)],
+        table(fw(9, family=IPV6, flags=SVC_F_PERSISTENT, timeout=60, netmask=128)), {},
         ["-E -f 9 -6 -s rr -p 60 -M 64"], id="ipv6-fwmark-netmask"),
     pytest.param(
         [svc("10.96.0.1", 53, protocol=PROTO_UDP)], table(svc("10.96.0.1", 53, protocol=PROTO_TCP)), {},
@@ -151,7 +150,7 @@ SCOPE_CASES = [
 @pytest.mark.parametrize(("scope", "expected"), SCOPE_CASES)
 def test_exclusive_deletes_only_inside_scope(scope, expected):
     current = table(svc("10.96.0.1"), svc("10.96.0.2"), svc("192.0.2.50"), fw(7), fw(8),
-                    svc("fd00::2", family=AF_INET6))
+                    svc("fd00::2", family=IPV6))
     plan = plan_changes([svc("10.96.0.1")], current, scope, exclusive=True)
     assert sorted(lines(plan)) == sorted(expected)
 
@@ -173,8 +172,8 @@ def test_scope_contains():
     assert not scope.contains(svc("10.112.0.0"))
     assert scope.contains(svc("192.0.2.1"))
     assert not scope.contains(svc("192.0.2.2"))
-    assert scope.contains(svc("fd00:10:96::ffff", family=AF_INET6))
-    assert not scope.contains(svc("fd00:10:97::1", family=AF_INET6))
+    assert scope.contains(svc("fd00:10:96::ffff", family=IPV6))
+    assert not scope.contains(svc("fd00:10:97::1", family=IPV6))
     assert scope.contains(fw(5)) and not scope.contains(fw(6))
 
 

@@ -10,6 +10,7 @@ import base64
 import hashlib
 
 import pytest
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import IPV4
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_iptables import (
     endpoint_chain_name,
     iptables_chains,
@@ -52,9 +53,9 @@ def chains_of(entries):
     return {(entry["table"], entry["chain"]): entry["rules"] for entry in entries}
 
 
-def render(services, slices, version=4, node_ips=("192.0.2.11",), **options):
-    ports = cluster_service_ports(services, slices, NODE, version)
-    return chains_of(iptables_chains(ports, version, list(node_ips), **options))
+def render(services, slices, family=IPV4, node_ips=("192.0.2.11",), **options):
+    ports = cluster_service_ports(services, slices, NODE, family)
+    return chains_of(iptables_chains(ports, family, list(node_ips), **options))
 
 
 def b32_sha256_16(text):
@@ -236,7 +237,7 @@ def test_reproduces_kube_proxy_expected_rules():
 
 
 def test_jumps_in_kube_proxy_prepend_order():
-    entries = iptables_chains([], 4, ["192.0.2.11"])
+    entries = iptables_chains([], IPV4, ["192.0.2.11"])
     jumps = [(e["table"], jump["chain"], jump.get("args"), jump.get("comment"), e["chain"])
              for e in entries for jump in e["jumps"]]
     new = "-m conntrack --ctstate NEW"
@@ -431,4 +432,4 @@ def test_source_ranges_admit_the_node_itself_through_the_vip():
 def test_invalid_options_are_refused(kwargs, message):
     args = dict({"node_ips": ["192.0.2.11"]}, **kwargs)
     with pytest.raises(ValueError, match=message):
-        iptables_chains([], 4, **args)
+        iptables_chains([], IPV4, **args)

@@ -14,6 +14,7 @@ import random
 import re
 
 import pytest
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import IPV4, IPV6
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_nftables import (
     hash_and_truncate,
     nftables_state,
@@ -62,10 +63,10 @@ def elements(content, name):
     return [re.sub(r' comment "[^"]*"', "", item) for item in items]
 
 
-def table(services, slices, version=4, node_ips=None, **options):
+def table(services, slices, family=IPV4, node_ips=None, **options):
     node_ips = NODE_IPS if node_ips is None else node_ips
-    ports = cluster_service_ports(services, slices, NODE, version)
-    return nftables_table(ports, version, node_ips, **options)["content"]
+    ports = cluster_service_ports(services, slices, NODE, family)
+    return nftables_table(ports, family, node_ips, **options)["content"]
 
 
 def web_slice(endpoints, name="web", ports=(("http", 8080, "TCP"),), **kwargs):
@@ -99,7 +100,7 @@ def test_ipv6_endpoint_chain_names_match_upstream():
     svc1 = service("svc1", ["fd00:10:96::1"], [port(80, name="p80")], namespace="ns1")
     slices = [endpoint_slice("svc1", [ep("fd00:10:180::1", "node2"), ep("fd00:10:180::2:1", "node2")],
                              [("p80", 80, "TCP")], address_type="IPv6", namespace="ns1")]
-    chains = parse(table([svc1], slices, version=6, node_ips=["2001:db8::11"]))["chains"]
+    chains = parse(table([svc1], slices, family=IPV6, node_ips=["2001:db8::11"]))["chains"]
     assert chains["endpoint-ZVRFLKHO-ns1/svc1/tcp/p80__fd00.10.180..1/80"] == [
         "ip6 saddr fd00:10:180::1 jump mark-for-masquerade", "meta l4proto tcp dnat to [fd00:10:180::1]:80"]
     assert "endpoint-2CRNCTTE-ns1/svc1/tcp/p80__fd00.10.180..2.1/80" in chains

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._ipvs import normalize_services
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import IPV4, IPV6
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipset import normalise_entries
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_state import ipset_name, node_state
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._links import normalize_addresses
@@ -267,13 +268,13 @@ def test_missing_conditions_mean_ready_and_serving():
     assert out[0]["real_servers"] == [rs("10.244.1.5", 80)]
 
 
-@pytest.mark.parametrize("name, version, expected", [
-    ("KUBE-CLUSTER-IP", 4, "KUBE-CLUSTER-IP"), ("KUBE-CLUSTER-IP", 6, "KUBE-6-CLUSTER-IP"),
-    ("KUBE-LOAD-BALANCER-SOURCE-CIDR", 6, "KUBE-6-LOAD-BALANCER-SOURCE-CID"),
-    ("KUBE-NODE-PORT-LOCAL-SCTP-HASH", 6, "KUBE-6-NODE-PORT-LOCAL-SCTP-HAS"),
+@pytest.mark.parametrize("name, family, expected", [
+    ("KUBE-CLUSTER-IP", IPV4, "KUBE-CLUSTER-IP"), ("KUBE-CLUSTER-IP", IPV6, "KUBE-6-CLUSTER-IP"),
+    ("KUBE-LOAD-BALANCER-SOURCE-CIDR", IPV6, "KUBE-6-LOAD-BALANCER-SOURCE-CID"),
+    ("KUBE-NODE-PORT-LOCAL-SCTP-HASH", IPV6, "KUBE-6-NODE-PORT-LOCAL-SCTP-HAS"),
 ])
-def test_ipset_name(name, version, expected):
-    assert ipset_name(name, version) == expected
+def test_ipset_name(name, family, expected):
+    assert ipset_name(name, family) == expected
 
 
 def test_bad_node_ip():
@@ -299,6 +300,6 @@ def test_output_is_accepted_as_is_by_the_dataplane_modules():
     assert sum(1 for members in state["ipsets"].values() if members) > 15
     for name, members in state["ipsets"].items():
         set_type = state["ipset_types"][name]
-        family = "inet6" if name.startswith("KUBE-6-") else "inet"
+        family = IPV6 if name.startswith("KUBE-6-") else IPV4
         port_range = (0, 65535) if set_type == "bitmap:port" else None
         assert normalise_entries(members, set_type, family, port_range) == set(members), name

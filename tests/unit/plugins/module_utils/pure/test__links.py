@@ -5,10 +5,9 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import IPV4, IPV6
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._links import (
     canonical_host,
     normalize_addresses,
@@ -16,7 +15,7 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._links import (
     validate_link_name,
 )
 
-V4, V6 = socket.AF_INET, socket.AF_INET6
+V4, V6 = IPV4, IPV6
 
 
 @pytest.mark.parametrize(("value", "expected"), [
