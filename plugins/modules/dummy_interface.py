@@ -92,10 +92,11 @@ address_count:
   sample: 10000
 """
 
+import contextlib
+
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._links import IFF_BROADCAST, LinkKernel
-from ansible_collections.kubeipvs.node.plugins.module_utils.node._netlink import NetlinkError
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import HOST_PREFIX
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._links import (
     IFF_NOARP,
@@ -115,11 +116,17 @@ def diff_text(addresses):
     return shown
 
 
-def ensure_dummy_interface(module, links):
+def ensure_dummy_interface(module):
     params = module.params
     name = params["name"]
     validate_link_name(name)
     wanted = normalize_addresses(params["addresses"])
+    with contextlib.closing(LinkKernel()) as links:
+        return converge(module, links, name, wanted)
+
+
+def converge(module, links, name, wanted):
+    params = module.params
     link = links.get_link(name)
     if link is not None and link.kind != "dummy":
         raise KubeIpvsError(f"link {name} exists with type {link.kind or '?'!r}, not dummy: refusing to touch it",
@@ -158,16 +165,6 @@ def ensure_dummy_interface(module, links):
     return result
 
 
-def run(module):
-    links = LinkKernel()
-    try:
-        return ensure_dummy_interface(module, links)
-    except NetlinkError as error:
-        raise KubeIpvsError("rtnetlink request failed on link {}: {}".format(module.params["name"], error)) from None
-    finally:
-        links.close()
-
-
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -178,7 +175,7 @@ def main():
         ),
         supports_check_mode=True,
     )
-    run_module(module, run)
+    run_module(module, ensure_dummy_interface)
 
 
 if __name__ == "__main__":

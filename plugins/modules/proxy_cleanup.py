@@ -146,7 +146,6 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.node._dataplane impo
 )
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._ipvs import IpvsKernel
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._links import LinkKernel
-from ansible_collections.kubeipvs.node.plugins.module_utils.node._netlink import NetlinkError
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure import _dataplane as dp
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._dataplane import validate_scope
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import FAMILIES, IPV4, IPV6
@@ -181,10 +180,7 @@ def cleanup(module):
     before = dp.objects_of(mode, node, families)
     gone = dp.removed_names(plan)
     if plan.changed and not module.check_mode:
-        try:
-            PlanApplier(reader, drain_seconds=params["drain_seconds"]).apply(plan)
-        except NetlinkError as error:
-            raise KubeIpvsError(f"netlink request failed while cleaning up {mode} mode: {error}") from None
+        PlanApplier(reader, drain_seconds=params["drain_seconds"]).apply(plan)
     result = {
         "changed": plan.changed,
         "removed": plan.summary(),

@@ -137,7 +137,7 @@ class NodeReader:
             self.warnings.append(f"cannot read IPVS ({getattr(error, 'msg', error)}): IPVS reported as unknown")
             return None
         try:
-            return kernel.read()
+            return kernel.read(real_servers=False)  # ownership and deletion need the services alone
         finally:
             kernel.close()
 

@@ -1,55 +1,46 @@
 # Copyright (c) kubeipvs.node contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""IPVS on the node: input normalisation, one-pass table dump, batched changes, global timeouts.
+"""IPVS on the node, the kernel adapter: one-pass table read, batched changes, global timeouts.
 
 The generic netlink messages are packed by hand (attribute numbers from
 include/uapi/linux/ip_vs.h, checked against ipvsadm on Debian's 6.1 kernel). Reading the whole
 table costs one GET_SERVICE dump plus one read of /proc/net/ip_vs for the real servers, whose
-lines are decoded only for services the planner cannot match by their text; changes go out
-hundreds per send() with an ACK each, so a failure names the change that caused it.
+lines are decoded only for services whose real servers differ from the expected ones; changes go
+out hundreds per send(), and every error the kernel reports names the change that caused it.
+Input validation is pure/_ipvs_input.py's, planning pure/_ipvs_plan.py's, and one run of both
+against this adapter node/_ipvs_reconcile.py's.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import gc
-import json
 import os
 import socket
 import struct
-import tempfile
 
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
 from ansible_collections.kubeipvs.node.plugins.module_utils.node import _netlink as nl
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import (
     ADDRESS_FAMILY,
-    HOST_PREFIX,
     IPV4,
     IPV6,
     OF_ADDRESS_FAMILY,
-    OF_INET,
 )
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipvs_plan import (
     ADD_DEST,
     ADD_SERVICE,
     DEL_DEST,
     DEL_SERVICE,
-    FORWARDING_NUMBERS,
     FWD_LOCAL,
     FWD_MASQ,
     FWD_ROUTE,
     FWD_TUNNEL,
-    NETMASK_HOST,
     PROTO_SCTP,
     PROTO_TCP,
     PROTO_UDP,
-    PROTOCOL_NUMBERS,
-    SCHEDULER_FLAGS,
     SET_DEST,
     SET_SERVICE,
-    SVC_F_PERSISTENT,
     Dest,
     Service,
     change_line,
@@ -99,7 +90,6 @@ IPVS_DEST_ATTR_ADDR_FAMILY = 11
 TIMEOUT_ATTRS = {"tcp": IPVS_CMD_ATTR_TIMEOUT_TCP, "tcp_fin": IPVS_CMD_ATTR_TIMEOUT_TCP_FIN,
                  "udp": IPVS_CMD_ATTR_TIMEOUT_UDP}
 
-SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "mh", "fo", "ovf", "twos")
 ADDRESS_BYTES = {IPV4: 4, IPV6: 16}
 
 ACK_FLAGS = nl.NLM_F_REQUEST | nl.NLM_F_ACK
@@ -302,13 +292,6 @@ PROC_FORWARDING = {"Masq": FWD_MASQ, "Local": FWD_LOCAL, "Tunnel": FWD_TUNNEL, "
 PROC_FORWARDING_NAMES = {number: name for name, number in PROC_FORWARDING.items()}
 
 
-def read_proc_dests(path=PROC_IP_VS):
-    """{service key: ProcDests} of the address services in /proc/net/ip_vs (one read)."""
-    with open(path) as handle:
-        text = handle.read()
-    return parse_proc_ip_vs(text)
-
-
 def _proc_address(host, cache):
     """The canonical text of a /proc address: ``0A600001`` or ``[fd00:0010:...:0001]``."""
     address = cache.get(host)
@@ -343,54 +326,77 @@ def _proc_tail(port, forwarding, weight):
     return f":{port:04X}      {name:<7} {weight:<6}"
 
 
-class ProcDests:
-    """The real servers of one service as its /proc/net/ip_vs lines, decoded on first use.
+class ProcTable:
+    """/proc/net/ip_vs read once: the real-server lines of each address service, kept as text.
 
-    Decoding 100k real-server lines (and comparing 100k Dest objects) is most of a no-op run at
-    scale, and a no-op changes nothing, so ``matches()`` first compares the lines' text up to the
-    weight (``  -> 0A000001:1F90      Masq    1     ``) with the same text rendered from the
-    desired real servers. Equal text means equal keys, forwarding and weight; anything else -
-    another kernel's spacing included - only sends the planner to the full comparison. Otherwise
-    this is a mapping {(address, port): Dest}, like the real servers read by netlink.
+    Real-server lines (``  -> C0A8010A:1F90      Masq    1      0          0``) are most of the
+    text at scale, and most of a no-op run would go into decoding them into Dest objects and
+    comparing those with the desired ones. So ``real_servers(key, expected)`` first renders the
+    expected real servers the way the kernel prints them, up to the weight, and compares the two
+    sets of strings: equal text means equal keys, forwarding and weight, and the expected mapping
+    itself is handed back - nothing decoded, nothing compared again. Any difference (another
+    kernel's spacing too) only means the lines are decoded in full. Thresholds are not in /proc:
+    real servers expected with thresholds are never vouched for here (the reader asks netlink).
+    fwmark services are not in the table (their lines do not say the family).
     """
 
-    __slots__ = ("_caches", "_dests", "_lines")
+    def __init__(self, text):
+        self._lines = {}
+        # {proc host: address}, {address: proc host}, {(port, forwarding, weight): _proc_tail}: shared by
+        # every service of one read (a pod IP recurs in every Service port it backs).
+        self._addresses, self._hosts, self._tails = {}, {}, {}
+        lines = None
+        for line in text.splitlines():
+            if line[:2] == "  ":
+                if lines is not None:
+                    lines.append(line)
+                continue
+            parts = line.split(None, 2)
+            protocol = PROC_PROTOCOLS.get(parts[0]) if parts else None
+            if protocol is None or len(parts) < 2:
+                lines = None  # header lines, FWM services, unknown protocols
+                continue
+            host_port = parts[1]
+            family = IPV6 if host_port[0] == "[" else IPV4
+            address = _proc_address(host_port[:-5], self._addresses)
+            lines = []
+            self._lines[(family, protocol, address, int(host_port[-4:], 16), 0)] = lines
 
-    def __init__(self, lines, caches):
-        self._lines = lines
-        # ({proc host: address}, {address: proc host}, {(port, forwarding, weight): _proc_tail})
-        self._caches = caches  # shared by the services of one read
-        self._dests = None
+    def __iter__(self):
+        return iter(self._lines)
 
-    @property
-    def _decoded(self):
-        if self._dests is None:
-            cache = self._caches[0]
-            dests = self._dests = {}
-            forwarding_of = PROC_FORWARDING
-            for line in self._lines:
-                parts = line.split()
-                if len(parts) < 6:
-                    continue
-                host_port = parts[1]
-                address = _proc_address(host_port[:-5], cache)  # the port is always 4 hex digits
-                port = int(host_port[-4:], 16)
-                dests[(address, port)] = Dest(address, port, forwarding_of.get(parts[2], FWD_MASQ), int(parts[3]),
-                                              0, 0, int(parts[4]), int(parts[5]))
-            self._lines = None
-        return self._dests
+    def __contains__(self, key):
+        return key in self._lines
 
-    def matches(self, desired):
-        """True only if ``desired`` ({key: Dest}) has exactly these real servers with the same
-        forwarding and weight and no thresholds (/proc does not show them); False means "compare
-        in full", not "different"."""
-        lines = self._lines
-        if lines is None or len(lines) != len(desired):
+    def real_servers(self, key, expected=None):
+        """{(address, port): Dest} of the service ``key``: ``expected`` itself when the kernel prints
+        exactly those real servers, else the lines decoded (thresholds read as 0)."""
+        lines = self._lines[key]
+        if expected is not None and self._same(lines, expected):
+            return expected
+        cache = self._addresses
+        dests = {}
+        forwarding_of = PROC_FORWARDING
+        for line in lines:
+            parts = line.split()
+            if len(parts) < 6:
+                continue
+            host_port = parts[1]
+            address = _proc_address(host_port[:-5], cache)  # the port is always 4 hex digits
+            port = int(host_port[-4:], 16)
+            dests[(address, port)] = Dest(address, port, forwarding_of.get(parts[2], FWD_MASQ), int(parts[3]),
+                                          0, 0, int(parts[4]), int(parts[5]))
+        return dests
+
+    def _same(self, lines, expected):
+        """True only if ``expected`` ({key: Dest}) has exactly these real servers with the same
+        forwarding and weight and no thresholds; False means "decode and compare", not "different"."""
+        if len(lines) != len(expected):
             return False
-        hosts, tails = self._caches[1], self._caches[2]
+        hosts, tails = self._hosts, self._tails
         host_of, tail_of = hosts.get, tails.get
         wanted = set()
-        for dest in desired.values():
+        for dest in expected.values():
             if dest.u_threshold or dest.l_threshold:
                 return False
             host = host_of(dest.address)
@@ -408,69 +414,19 @@ class ProcDests:
         end = 5 + len(next(iter(wanted)))  # every line starts with "  -> "
         return wanted == {line[5:end] for line in lines}
 
-    def __getitem__(self, key):
-        return self._decoded[key]
 
-    def __setitem__(self, key, dest):
-        self._decoded[key] = dest
-
-    def __contains__(self, key):
-        return key in self._decoded
-
-    def __iter__(self):
-        return iter(self._decoded)
-
-    def __len__(self):
-        return len(self._lines) if self._dests is None else len(self._dests)
-
-    def __eq__(self, other):
-        return self._decoded == (other._decoded if isinstance(other, ProcDests) else other)
-
-    __hash__ = None
-
-    def get(self, key, default=None):
-        return self._decoded.get(key, default)
-
-    def pop(self, key, *default):
-        return self._decoded.pop(key, *default)
-
-    def keys(self):
-        return self._decoded.keys()
-
-    def values(self):
-        return self._decoded.values()
-
-    def items(self):
-        return self._decoded.items()
+def keys_with_thresholds(services):
+    """Keys of the services whose real servers use connection thresholds: these must be read
+    by netlink, since /proc/net/ip_vs does not show thresholds."""
+    return {service.key for service in services
+            if any(dest.u_threshold or dest.l_threshold for dest in service.dests.values())}
 
 
-def parse_proc_ip_vs(text):
-    """{service key: ProcDests} from the kernel's /proc/net/ip_vs text. Thresholds are not in it
-    and read as 0; fwmark services are skipped (the file does not say their family).
-
-    Real-server lines (``  -> C0A8010A:1F90      Masq    1      0          0``) are most of the
-    text at scale: here they are only grouped by service, and decoded when (if) the planner
-    needs them; each address is converted once (a pod IP recurs in every Service port it backs).
-    """
-    table = {}
-    caches = ({}, {}, {})
-    lines = None
-    for line in text.splitlines():
-        if line[:2] == "  ":
-            if lines is not None:
-                lines.append(line)
-            continue
-        parts = line.split(None, 2)
-        protocol = PROC_PROTOCOLS.get(parts[0]) if parts else None
-        if protocol is None or len(parts) < 2:
-            lines = None  # header lines, FWM services, unknown protocols
-            continue
-        host_port = parts[1]
-        family = IPV6 if host_port[0] == "[" else IPV4
-        address = _proc_address(host_port[:-5], caches[0])
-        lines = []
-        table[(family, protocol, address, int(host_port[-4:], 16), 0)] = ProcDests(lines, caches)
-    return table
+def refused(changes, failures):
+    """The KubeIpvsError of a batch the kernel applied only in part: ``failures`` [(change, errno)]."""
+    lines = [f"{change_line(change)}: {os.strerror(code)}" for change, code in failures[:20]]
+    return KubeIpvsError(f"the kernel refused {len(failures)} of {len(changes)} IPVS changes "
+                         f"(the others were applied): {'; '.join(lines)}", failed_changes=lines)
 
 
 def _as_service(key):
@@ -486,11 +442,12 @@ def _as_service(key):
 class IpvsKernel:
     """The node's IPVS table: ``read()`` it once, ``apply()`` a change list, global timeouts.
 
-    The same interface is faked in memory by the unit tests (tests/unit/fakes).
+    What ``read`` returns is plain data, {key: Service} with {(address, port): Dest} real servers;
+    the same interface is faked in memory by the unit tests (tests/unit/fakes).
     """
 
     def __init__(self, get_window=128):
-        self.sock = nl.NetlinkSocket(nl.NETLINK_GENERIC)
+        self.sock = nl.NetlinkSocket(nl.NETLINK_GENERIC, what="IPVS netlink request")
         self.family_id = nl.resolve_genl_family(self.sock, IPVS_GENL_NAME)
         if self.family_id is None:
             self.sock.close()
@@ -505,16 +462,18 @@ class IpvsKernel:
         seq = self.sock.next_seq()
         return seq, nl.genl_message(self.family_id, flags, seq, command, IPVS_GENL_VERSION, attrs)
 
-    def read(self, keys=None, exact=()):
+    def read(self, keys=None, expected=None, real_servers=True, proc_path=PROC_IP_VS):
         """{key: Service} with every real server and its connection counts.
 
         ``keys`` None reads the whole table: one GET_SERVICE dump for the services, and the real
         servers of address services from one read of /proc/net/ip_vs (measured ~10x faster than
-        one GET_DEST dump per service, which is what ``ipvsadm -Sn`` does; see docs/performance.md),
-        as ProcDests that decode their lines only when the planner needs them.
-        /proc does not show the connection thresholds, so they read as 0 there; services in
-        ``exact`` (the ones whose desired real servers use thresholds) and fwmark services (whose
-        family /proc does not show) get their real servers by netlink.
+        one GET_DEST dump per service, which is what ``ipvsadm -Sn`` does; see docs/performance.md).
+        ``expected`` ({key: Service}, the table the caller is about to compare with) spares the
+        decoding of real servers the kernel holds exactly as expected: such a service gets the
+        expected mapping itself (see ProcTable; its connection counts are not read). /proc does not
+        show connection thresholds, so services expected with thresholds, and fwmark services (whose
+        family /proc does not show), get their real servers by netlink. ``real_servers=False``
+        reads the services alone.
         With ``keys``, only the services named (a Service or key each) are read, all by netlink.
         """
         cache = {}
@@ -533,17 +492,22 @@ class IpvsKernel:
             if found:
                 service = decode_service(data, found[0], found[1], cache)
                 services[service.key] = service
+        if not real_servers:
+            return services
         if keys is not None:
             self._read_dests(services.values(), cache)
             return services
-        by_proc = read_proc_dests()
+        with open(proc_path) as handle:
+            proc = ProcTable(handle.read())
+        expected = expected or {}
         by_netlink = []
-        exact = set(exact)
+        exact = keys_with_thresholds(expected.values())
         for key, service in services.items():
-            if service.fwmark or key in exact or key not in by_proc:
+            if service.fwmark or key in exact or key not in proc:
                 by_netlink.append(service)
             else:
-                service.dests = by_proc[key]
+                wanted = expected.get(key)
+                service.dests = proc.real_servers(key, wanted.dests if wanted is not None else None)
         self._read_dests(by_netlink, cache)
         return services
 
@@ -570,9 +534,7 @@ class IpvsKernel:
         encoder = ChangeEncoder(self.family_id)
         failures = self.sock.transact(encoder.request(change) for change in changes)
         if failures:
-            lines = [f"{change_line(change)}: {os.strerror(code)}" for change, code in failures[:20]]
-            raise KubeIpvsError(f"the kernel refused {len(failures)} of {len(changes)} IPVS changes "
-                                f"(the others were applied): {'; '.join(lines)}", failed_changes=lines)
+            raise refused(changes, failures)
 
     def get_timeouts(self):
         _seq, request = self._request(ACK_FLAGS, IPVS_CMD_GET_CONFIG, b"")
@@ -592,365 +554,54 @@ class IpvsKernel:
             raise KubeIpvsError(f"the kernel refused the IPVS timeouts {timeouts!r}: {os.strerror(failures[0][1])}")
 
 
-inet_pton = socket.inet_pton
+class NoIpvs:
+    """The IPVS table of a kernel that has not loaded ip_vs yet, in check mode: empty, and nothing
+    is ever applied to it (check mode applies nothing)."""
 
-# --- input normalisation ----------------------------------------------------------------------
+    def read(self, keys=None, expected=None, real_servers=True):
+        return {}
 
+    def get_timeouts(self):
+        return {}
 
-def _fail(where, text):
-    raise KubeIpvsError(f"{where}: {text}")
-
-
-def canonical_address(where, value, family=None):
-    """(family, canonical text) of a host address; accepts a /32 or /128 suffix."""
-    if family != IPV6 and type(value) is str:  # pylint: disable=unidiomatic-typecheck
-        try:  # inet_pton accepts only canonical dotted quads, so such a text is already canonical
-            inet_pton(socket.AF_INET, value)
-            return IPV4, value
-        except OSError:
-            pass
-    text = str(value).strip()
-    if "/" in text:
-        text, _slash, prefix = text.partition("/")
-        if prefix not in ("32", "128"):
-            _fail(where, f"{value!r} is not a host address (only /32 or /128 may follow it)")
-    for candidate in ((family,) if family else (IPV4, IPV6)):
-        try:
-            packed = socket.inet_pton(ADDRESS_FAMILY[candidate], text)
-        except (OSError, ValueError):
-            continue
-        if prefix_ok(candidate, value):
-            return candidate, socket.inet_ntop(ADDRESS_FAMILY[candidate], packed)
-    expected = {IPV4: "an IPv4", IPV6: "an IPv6"}.get(family, "an IPv4 or IPv6")
-    _fail(where, f"{value!r} is not {expected} address")
+    def close(self):
+        pass
 
 
-def prefix_ok(family, value):
-    text = str(value)
-    if "/" not in text:
-        return True
-    return text.rsplit("/", 1)[1] == str(HOST_PREFIX[family])
-
-
-def _int(where, entry, name, default, low, high):
-    value = entry.get(name)
-    if value is None:
-        return default
-    if type(value) is int and low <= value <= high:  # pylint: disable=unidiomatic-typecheck
-        return value  # the common case, and a bool (an int too) still goes the long way to be refused
-    if isinstance(value, bool):
-        _fail(where, f"{name} must be an integer, not {value!r}")
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        _fail(where, f"{name} must be an integer, not {value!r}")
-    if str(number) != str(value).strip() and not isinstance(value, int):
-        _fail(where, f"{name} must be an integer, not {value!r}")
-    if not low <= number <= high:
-        _fail(where, f"{name} must be between {low} and {high}, not {number}")
-    return number
-
-
-SERVICE_KEYS = frozenset(("protocol", "address", "port", "fwmark", "family", "scheduler", "scheduler_flags",
-                          "persistence_timeout", "netmask", "real_servers", "purge_real_servers", "state"))
-DEST_KEYS = frozenset(("address", "port", "weight", "forwarding", "upper_threshold", "lower_threshold"))
-
-
-def normalize_service(entry, where="service", purge_default=True, addresses=None):
-    """A validated Service from one user entry (module options or one item of a services file).
-
-    Raises KubeIpvsError naming the entry and the field to fix. The returned Service has
-    ``state`` information in the second item: (service, state).
-    """
-    if not isinstance(entry, dict):
-        _fail(where, f"must be a mapping, not {entry!r}")
-    if not SERVICE_KEYS.issuperset(entry):
-        unknown = sorted(name for name, value in entry.items() if name not in SERVICE_KEYS and value is not None)
-        if unknown:
-            _fail(where, f"unknown keys {', '.join(unknown)} (allowed: {', '.join(sorted(SERVICE_KEYS))})")
-    family_name = entry.get("family")
-    if family_name is not None and family_name not in OF_INET:
-        _fail(where, f"family must be inet or inet6, not {family_name!r}")
-    family = OF_INET.get(family_name)
-    fwmark = _int(where, entry, "fwmark", 0, 1, 0xFFFFFFFF)
-    if fwmark:
-        for name in ("protocol", "address", "port"):
-            if entry.get(name) is not None:
-                _fail(where, f"a fwmark service has no {name}: give either fwmark or protocol/address/port")
-        service = Service(family or IPV4, fwmark=fwmark)
-    else:
-        for name in ("address", "port"):
-            if entry.get(name) is None:
-                _fail(where, f"{name} is required (or give fwmark)")
-        protocol = entry.get("protocol") or "tcp"
-        if protocol not in PROTOCOL_NUMBERS:
-            _fail(where, f"protocol must be one of tcp, udp, sctp, not {protocol!r}")
-        family, address = canonical_address(where + ".address", entry["address"], family)
-        port = _int(where, entry, "port", 0, 1, 65535)
-        service = Service(family, PROTOCOL_NUMBERS[protocol], address, port)
-    scheduler = entry.get("scheduler") or "rr"
-    if scheduler not in SCHEDULERS:
-        _fail(where, f"unknown scheduler {scheduler!r} (known: {', '.join(SCHEDULERS)})")
-    service.scheduler = scheduler
-    flags = 0
-    for flag in entry.get("scheduler_flags") or ():
-        if flag not in SCHEDULER_FLAGS:
-            _fail(where, f"unknown scheduler flag {flag!r} (known: {', '.join(sorted(SCHEDULER_FLAGS))})")
-        if flag.split("-")[0] != scheduler:
-            owner = flag.split("-")[0]
-            _fail(where, f"scheduler flag {flag} only applies to the {owner} scheduler, not {scheduler}")
-        flags |= SCHEDULER_FLAGS[flag]
-    timeout = _int(where, entry, "persistence_timeout", 0, 0, 2147483)
-    if timeout:
-        flags |= SVC_F_PERSISTENT
-    service.flags = flags
-    service.timeout = timeout
-    service.netmask = _netmask(where, service.family, entry.get("netmask"))
-    purge = entry.get("purge_real_servers")
-    service.purge = purge_default if purge is None else bool(purge)
-    state = entry.get("state") or "present"
-    if state not in ("present", "absent"):
-        _fail(where, f"state must be present or absent, not {state!r}")
-    addresses = ({IPV4: {}, IPV6: {}} if addresses is None else addresses)[service.family]
-    servers = entry.get("real_servers") or []
-    if not isinstance(servers, list):
-        _fail(where, "real_servers must be a list")
-    dests = service.dests
-    default_port = 0 if fwmark else service.port
-    min_port = 0 if fwmark else 1
-    ipv4 = service.family == IPV4
-    for index, server in enumerate(servers):
-        dest = _plain_dest(server, addresses, default_port, min_port, ipv4)
-        if dest is None:
-            dest = _normalize_dest(where, index, server, service, addresses)
-        key = (dest.address, dest.port)
-        if key in dests:
-            _fail(where, f"real server {dest.label(service.family)} is listed twice")
-        dests[key] = dest
-    return service, state
-
-
-def _netmask(where, family, value):
-    if value is None or value == "":
-        return NETMASK_HOST[family]
-    text = str(value).strip().lstrip("/")
-    if family == IPV6:
-        if not text.isdigit() or not 1 <= int(text) <= 128:
-            _fail(where, f"netmask of an IPv6 service is a prefix length 1-128, not {value!r}")
-        return int(text)
-    if text.isdigit() and int(text) <= 32:
-        return (0xFFFFFFFF << (32 - int(text))) & 0xFFFFFFFF
-    try:
-        mask = struct.unpack("!I", socket.inet_pton(socket.AF_INET, text))[0]
-    except OSError:
-        _fail(where, f"netmask must be a dotted IPv4 mask or a prefix length, not {value!r}")
-    inverted = ~mask & 0xFFFFFFFF
-    if inverted & (inverted + 1):
-        _fail(where, f"netmask {value!r} is not contiguous")
-    return mask
-
-
-def _small_int(value, low, high):
-    """``value`` when it is already a plain int in range (the fast path at 100k real servers)."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high else None
-
-
-PLAIN_DEST_KEYS = frozenset(("address", "port", "weight"))
-
-
-def _plain_dest(server, addresses, default_port, min_port, ipv4):
-    """The Dest of the common real-server shape - a mapping of an address already seen in this
-    family (``addresses``) or a canonical IPv4 one, an int port and weight in range, nothing
-    else - or None, and then ``_normalize_dest`` validates it in full. At 100k real servers this
-    is most of the validation cost of a run, so it does only what that shape needs."""
-    # Exact types on purpose: a bool is an int too, and must go to the full validation to be
-    # refused; so must an address that is not a text (a list is not even a key of ``addresses``).
-    if type(server) is not dict or not PLAIN_DEST_KEYS.issuperset(server):  # pylint: disable=unidiomatic-typecheck
-        return None
-    raw = server.get("address")
-    if type(raw) is not str:  # pylint: disable=unidiomatic-typecheck
-        return None
-    address = addresses.get(raw)
-    if address is None:
-        if not ipv4:
-            return None
-        try:  # inet_pton accepts only canonical dotted quads, so the text is already canonical
-            inet_pton(socket.AF_INET, raw)
-        except OSError:
-            return None
-        address = addresses[raw] = raw
-    port = server.get("port", default_port)
-    weight = server.get("weight", 1)
-    if (type(port) is not int or type(weight) is not int  # pylint: disable=unidiomatic-typecheck
-            or not min_port <= port <= 65535 or not 0 <= weight <= 65535):
-        return None
-    return Dest(address, port, FWD_MASQ, weight)
-
-
-def _normalize_dest(service_where, index, server, service, addresses):
-    """A Dest from one real_servers item. ``addresses`` caches canonical addresses of the
-    service's family: at 10k services x 10 real servers this runs 100k times, pod IPs recur."""
-    if not isinstance(server, dict):
-        if isinstance(server, str):
-            server = {"address": server}
-        elif not isinstance(server, dict):
-            _fail(f"{service_where}.real_servers[{index}]",
-                  f"must be a mapping with address (and port, weight, ...), not {server!r}")
-    extra = server.keys() - DEST_KEYS
-    if extra and any(server[name] is not None for name in extra):
-        _fail(f"{service_where}.real_servers[{index}]",
-              f"unknown key(s) {', '.join(sorted(extra))} (allowed: {', '.join(sorted(DEST_KEYS))})")
-    raw = server.get("address")
-    is_text = isinstance(raw, str)
-    address = addresses.get(raw) if is_text else None
-    if address is None and service.family == IPV4 and is_text:
-        try:  # inet_pton accepts only canonical dotted quads, so the text is already canonical
-            inet_pton(socket.AF_INET, raw)
-            address = raw
-        except OSError:
-            pass
-    if address is None:
-        where = f"{service_where}.real_servers[{index}]"
-        if raw is None:
-            _fail(where, "address is required")
-        address = canonical_address(where + ".address", raw, service.family)[1]
-        if is_text:
-            addresses[raw] = address
-    port = _small_int(server.get("port"), 0 if service.fwmark else 1, 65535)
-    if port is None:
-        default = 0 if service.fwmark else service.port
-        port = _int(f"{service_where}.real_servers[{index}]", server, "port", default,
-                    0 if service.fwmark else 1, 65535)
-    forwarding = FORWARDING_NUMBERS.get(server.get("forwarding") or "nat")
-    if forwarding is None:
-        _fail(f"{service_where}.real_servers[{index}]",
-              f"forwarding must be nat, route or tunnel, not {server.get('forwarding')!r}")
-    weight = _small_int(server.get("weight", 1), 0, 65535)
-    if weight is None:
-        weight = _int(f"{service_where}.real_servers[{index}]", server, "weight", 1, 0, 65535)
-    upper = lower = 0
-    if server.get("upper_threshold") or server.get("lower_threshold"):
-        where = f"{service_where}.real_servers[{index}]"
-        upper = _int(where, server, "upper_threshold", 0, 0, 2147483647)
-        lower = _int(where, server, "lower_threshold", 0, 0, 2147483647)
-        if lower > upper:
-            _fail(where, f"lower_threshold ({lower}) must not exceed upper_threshold ({upper})")
-    return Dest(address, port, forwarding, weight, upper, lower)
-
-
-def normalize_services(entries, where="services", purge_default=True):
-    """(services to have, services to delete) from a list of entries; duplicates are an error."""
-    if not isinstance(entries, list):
-        _fail(where, "must be a list of services")
-    desired, absent, seen, addresses = [], [], {}, {IPV4: {}, IPV6: {}}
-    for index, entry in enumerate(entries):
-        label = f"{where}[{index}]"
-        service, state = normalize_service(entry, label, purge_default, addresses)
-        if service.key in seen:
-            _fail(label, f"duplicate of {seen[service.key]} ({service.label()})")
-        seen[service.key] = label
-        (desired if state == "present" else absent).append(service)
-    return desired, absent
-
-
-def keys_with_thresholds(services):
-    """Keys of the services whose real servers use connection thresholds: these must be read
-    by netlink, since /proc/net/ip_vs does not show thresholds."""
-    return {service.key for service in services
-            if any(dest.u_threshold or dest.l_threshold for dest in service.dests.values())}
-
-
-# --- scheduler modules ------------------------------------------------------------------------
-
-
-def missing_schedulers(schedulers, run_command, check_mode, sys_module="/sys/module"):
+def missing_schedulers(schedulers, modprobe, check_mode, sys_module="/sys/module"):
     """Load ``ip_vs_<name>`` for each scheduler not loaded yet; return the names that cannot be.
 
-    ``run_command(argv) -> (rc, stdout, stderr)``. In check mode only ``modprobe -n`` runs, which
-    finds the module file without loading it.
+    ``modprobe`` is a node/_kmod.Modprobe. In check mode only ``modprobe -n`` runs, which finds the
+    module file without loading it.
     """
     missing = []
     for name in sorted(set(schedulers)):
-        module = "ip_vs_" + name
-        if os.path.isdir(os.path.join(sys_module, module)):
+        if os.path.isdir(os.path.join(sys_module, "ip_vs_" + name)):
             continue
-        argv = ["modprobe", "-n", module] if check_mode else ["modprobe", module]
-        rc, _out, _err = run_command(argv)
-        if rc != 0:
+        loaded, _message = modprobe.probe("ip_vs_" + name, dry_run=check_mode)
+        if not loaded:
             missing.append(name)
     return missing
 
 
-# --- drain bookkeeping ------------------------------------------------------------------------
+def open_ipvs(modprobe, check_mode, schedulers=(), proc_path=PROC_IP_VS):
+    """The node's IPVS table (an IpvsKernel) ready for the given schedulers; NoIpvs in check mode
+    when ip_vs is not loaded.
 
-DRAIN_STATE_PATH = "/run/kubeipvs/ipvs-drain.json"
-
-
-def load_drain_state(path=DRAIN_STATE_PATH):
-    """{service label: {real server label: unix time draining started}}; missing file = {}."""
-    try:
-        with open(path) as handle:
-            state = json.load(handle)
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError):
-        return {}  # a damaged file only restarts the drain clocks
-    return state if isinstance(state, dict) else {}
-
-
-def save_drain_state(state, path=DRAIN_STATE_PATH):
-    """Write the drain state atomically (temp file + rename); /run keeps it until reboot."""
-    directory = os.path.dirname(path)
-    os.makedirs(directory, mode=0o755, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=".ipvs-drain.", dir=directory)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(state, stream, sort_keys=True)
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
-
-
-def open_ipvs(run_command, check_mode, schedulers=()):
-    """An IpvsKernel ready for the given schedulers, or None in check mode when ip_vs is not loaded.
-
-    Loads ``ip_vs`` when the kernel lacks the IPVS family (not in check mode), then every
-    ``ip_vs_<scheduler>`` module; fails naming the schedulers this kernel cannot provide.
+    Loads ``ip_vs`` when the kernel lacks it (not in check mode), then every ``ip_vs_<scheduler>``
+    module, through ``modprobe`` (a node/_kmod.Modprobe); fails naming the schedulers this kernel
+    cannot provide, before anything changed.
     """
-    if not os.path.exists("/proc/net/ip_vs"):
+    if not os.path.exists(proc_path):
+        found, message = modprobe.probe("ip_vs", dry_run=check_mode)
+        if not found:
+            raise KubeIpvsError(f"this kernel has no ip_vs module: {message}" if check_mode
+                                else f"cannot load the ip_vs kernel module: {message}")
         if check_mode:
-            rc, _out, err = run_command(["modprobe", "-n", "ip_vs"])
-            if rc != 0:
-                raise KubeIpvsError(f"this kernel has no ip_vs module: {err.strip()}")
-            return None
-        rc, _out, err = run_command(["modprobe", "ip_vs"])
-        if rc != 0:
-            raise KubeIpvsError(f"cannot load the ip_vs kernel module: {err.strip()}")
-    missing = missing_schedulers(schedulers, run_command, check_mode)
+            return NoIpvs()
+    missing = missing_schedulers(schedulers, modprobe, check_mode)
     if missing:
         modules = ", ".join("ip_vs_" + name for name in missing)
         raise KubeIpvsError(f"the kernel cannot provide the IPVS scheduler(s) {', '.join(missing)}: "
                             f"modprobe finds no {modules}", missing_schedulers=missing)
     return IpvsKernel()
-
-
-@contextlib.contextmanager
-def collector_paused():
-    """Pause Python's cyclic garbage collector for a whole-table run.
-
-    A table of 10k services x 10 real servers is over 200k container objects (the input and the
-    validated services), none of them in a reference cycle; with the collector on, every 700 new
-    containers start a pass and every few thousand a pass over all of them. Measured in the lab
-    VM, a no-op at 10k x 10 in a fresh process: 9.5-10.1 s CPU paused against 11.3-12.5 s not
-    (four pairs). Reference counting still frees everything as usual; only cycles wait until the
-    collector is back on.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()

@@ -165,7 +165,11 @@ class KernelModules:
 
 
 class Modprobe:
-    """modprobe/rmmod through ``run(argv) -> (rc, stdout, stderr)`` (run with LC_ALL=C)."""
+    """modprobe/rmmod through ``run(argv) -> (rc, stdout, stderr)`` (run with LC_ALL=C).
+
+    ``modprobe_path`` None means the node has no modprobe: that is an error only once a module
+    has to be loaded.
+    """
 
     def __init__(self, run, modprobe_path, rmmod_path=None):
         self.run = run
@@ -173,17 +177,35 @@ class Modprobe:
         self.rmmod_path = rmmod_path
         self.warnings = []
 
-    def _check(self, argv):
+    def _modprobe(self):
+        if not self.modprobe_path:
+            raise KubeIpvsError("modprobe is not installed on this node (Debian/Ubuntu/RHEL package: kmod)")
+        return self.modprobe_path
+
+    def _run(self, argv):
+        """(rc, stderr, failed): modprobe can print FATAL/ERROR with rc 0 in some kmod versions, so
+        stderr decides too."""
         rc, _out, err = self.run(argv)
         err = (err or "").strip()
-        # modprobe can print FATAL/ERROR with rc 0 in some kmod versions: stderr decides too.
-        if rc != 0 or "FATAL" in err or "ERROR" in err:
+        return rc, err, rc != 0 or "FATAL" in err or "ERROR" in err
+
+    def _check(self, argv):
+        rc, err, failed = self._run(argv)
+        if failed:
             raise KubeIpvsError(f"{' '.join(argv)} failed (rc={rc}): {err or 'no message'}", rc=rc, stderr=err)
         if err:
             self.warnings.append(f"{' '.join(argv)}: {err}")
 
     def load(self, name, params=None):
-        self._check([self.modprobe_path, "--", name] + [f"{k}={param_text(v)}" for k, v in (params or {}).items()])
+        self._check([self._modprobe(), "--", name] + [f"{k}={param_text(v)}" for k, v in (params or {}).items()])
+
+    def probe(self, name, dry_run=False):
+        """(True, "") when modprobe loads ``name`` - or, with ``dry_run`` (``modprobe -n``), finds it
+        without loading it - else (False, what modprobe said). A module the kernel cannot provide
+        is an answer here, not an error."""
+        argv = [self._modprobe(), *(["-n"] if dry_run else []), "--", name]
+        rc, err, failed = self._run(argv)
+        return (False, err or f"rc={rc}") if failed else (True, "")
 
     def unload(self, name):
         # rmmod removes exactly this module; ``modprobe -r`` would also remove its now-unused
@@ -191,14 +213,17 @@ class Modprobe:
         self._check([self.rmmod_path, "--", name])
 
 
-def modprobe_for(module, need_rmmod=False):
-    """A Modprobe running through an AnsibleModule, in the C locale so stderr reads the same everywhere."""
+def modprobe_for(module, need_rmmod=False, required=True):
+    """A Modprobe running through an AnsibleModule, in the C locale so stderr reads the same everywhere.
+
+    ``required`` False finds no modprobe without failing: only a load then does.
+    """
 
     def run(argv):
         return module.run_command(argv, environ_update={"LC_ALL": "C", "LANG": "C"})
 
     rmmod_path = module.get_bin_path("rmmod", required=True) if need_rmmod else None
-    return Modprobe(run, module.get_bin_path("modprobe", required=True), rmmod_path)
+    return Modprobe(run, module.get_bin_path("modprobe", required=required), rmmod_path)
 
 
 def plan_persistence(kmods, load_path, options_path, present, absent, options_update, merge_options=False):

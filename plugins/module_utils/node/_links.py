@@ -48,7 +48,7 @@ class LinkKernel:
     """Links and addresses through one rtnetlink socket (the same interface is faked in tests)."""
 
     def __init__(self):
-        self.sock = nl.NetlinkSocket(nl.NETLINK_ROUTE)
+        self.sock = nl.NetlinkSocket(nl.NETLINK_ROUTE, what="rtnetlink request")
 
     def close(self):
         self.sock.close()
@@ -77,19 +77,19 @@ class LinkKernel:
             return Link(name, index, kind, flags)
         return None
 
-    def _ack(self, msg_type, flags, body):
+    def _ack(self, msg_type, flags, body, name):
         failures = self.sock.transact([(None, msg_type, flags, body)])
         if failures:
-            raise nl.NetlinkError(failures[0][1])
+            raise nl.NetlinkError(failures[0][1], what=f"rtnetlink request on link {name}")
 
     def add_dummy(self, name):
         """Create ``name`` as kube-proxy does: type dummy, left down (the kernel sets BROADCAST,NOARP)."""
         linkinfo = nl.attr_nested(IFLA_LINKINFO, nl.attr_str(IFLA_INFO_KIND, "dummy"))
         body = IFINFOMSG.pack(0, 0, 0, 0, 0) + nl.attr_str(IFLA_IFNAME, name) + linkinfo
-        self._ack(RTM_NEWLINK, nl.NLM_F_CREATE | nl.NLM_F_EXCL, body)
+        self._ack(RTM_NEWLINK, nl.NLM_F_CREATE | nl.NLM_F_EXCL, body, name)
 
     def delete_link(self, link):
-        self._ack(RTM_DELLINK, 0, IFINFOMSG.pack(0, 0, link.index, 0, 0))
+        self._ack(RTM_DELLINK, 0, IFINFOMSG.pack(0, 0, link.index, 0, 0), link.name)
 
     def addresses(self, link):
         """{text: (family, prefix length)} of the addresses on ``link`` (one dump of all addresses)."""

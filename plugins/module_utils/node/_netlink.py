@@ -17,6 +17,8 @@ import os
 import socket
 import struct
 
+from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
+
 NETLINK_ROUTE = 0
 NETLINK_GENERIC = 16
 
@@ -64,11 +66,15 @@ SOCKET_BUFFER_BYTES = 32 * 1024 * 1024
 RECV_BYTES = 1024 * 1024
 
 
-class NetlinkError(Exception):
-    """The kernel answered a request with an error (``code`` is a positive errno)."""
+class NetlinkError(KubeIpvsError):
+    """The kernel answered a request with an error (``code`` is a positive errno).
 
-    def __init__(self, code, request=None):
-        super().__init__(f"{os.strerror(code)} (errno {code})")
+    A domain error like any other: ``what`` says which request failed, and the module's one
+    boundary (_errors.run_module) turns it into the task's failure.
+    """
+
+    def __init__(self, code, request=None, what="netlink request"):
+        super().__init__(f"{what} failed: {os.strerror(code)} (errno {code})")
         self.code = code
         self.request = request
 
@@ -141,10 +147,17 @@ def iter_messages(data):
 
 
 class NetlinkSocket:
-    """One netlink socket: batched requests, ACKs mapped to sequence numbers, pipelined dumps."""
+    """One netlink socket: batched requests, ACKs mapped to sequence numbers, pipelined dumps.
 
-    def __init__(self, protocol, batch_bytes=DEFAULT_BATCH_BYTES):
+    ``what`` names the socket's requests in the errors it raises ("IPVS netlink request").
+    """
+
+    what = "netlink request"
+
+    def __init__(self, protocol, batch_bytes=DEFAULT_BATCH_BYTES, what=None):
         self.batch_bytes = batch_bytes
+        if what:
+            self.what = what
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol)
         self._grow_buffers()
         # Errors echo only the header, not the whole request: keeps ACK traffic small.
@@ -178,13 +191,13 @@ class NetlinkSocket:
         try:
             return self.sock.recv(RECV_BYTES)
         except TimeoutError:
-            raise NetlinkError(errno.ETIMEDOUT) from None
+            raise NetlinkError(errno.ETIMEDOUT, what=self.what) from None
 
     def _send_all(self, chunks):
         data = b"".join(chunks)
         sent = self.sock.send(data)
         if sent != len(data):
-            raise NetlinkError(errno.EMSGSIZE)
+            raise NetlinkError(errno.EMSGSIZE, what=self.what)
 
     def transact(self, requests):
         """Send change requests in batches, many per send(); return [(tag, errno)] of the failed ones.
@@ -272,7 +285,7 @@ class NetlinkSocket:
                         if code == errno.EBUSY:
                             retry.append((seq, request))
                         elif code and code not in tolerate:
-                            raise NetlinkError(code)
+                            raise NetlinkError(code, what=self.what)
                     elif seq in replies:
                         replies[seq].append((data, start, end))
                     else:
@@ -305,7 +318,7 @@ def resolve_genl_family(sock, name):
                 if code == errno.ENOENT:
                     return None
                 if code:
-                    raise NetlinkError(code)
+                    raise NetlinkError(code, what=sock.what)
                 return family_id
             attrs = parse_attrs(data, start + GENLMSGHDR.size, end)
             if CTRL_ATTR_FAMILY_ID in attrs:

@@ -286,10 +286,9 @@ def plan_changes(desired, current, scope=None, exclusive=False, absent=(), drain
 
 def _plan_dests(plan, service, existing, old_drain, now, drain_timeout):
     current_dests = existing.dests
-    # A mapping read from the kernel may vouch for itself without being decoded (_ipvs.ProcDests):
-    # the same real servers with the same settings leave nothing to add, change, drain or purge.
-    matches = getattr(current_dests, "matches", None)
-    if matches is not None and matches(service.dests):
+    # The reader hands back the desired mapping itself when the kernel holds exactly those real
+    # servers (node/_ipvs.py's ProcTable): nothing to add, change, drain or purge, nothing to compare.
+    if current_dests is service.dests:
         return
     for key, dest in service.dests.items():
         have = current_dests.get(key)

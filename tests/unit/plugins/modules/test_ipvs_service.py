@@ -5,8 +5,10 @@
 
 from __future__ import annotations
 
+import errno
+
 import pytest
-from ansible_collections.kubeipvs.node.plugins.module_utils.node import _ipvs
+from ansible_collections.kubeipvs.node.plugins.module_utils.node import _ipvs_reconcile
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import IPV4
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipvs_plan import (
     ADD_SERVICE,
@@ -27,10 +29,8 @@ ARGS = {"address": "10.96.0.10", "port": 80, "real_servers": [{"address": "10.0.
 @pytest.fixture
 def kernel(monkeypatch, tmp_path):
     fake = FakeIpvsKernel()
-    monkeypatch.setattr(ipvs_service, "open_ipvs", lambda run_command, check_mode, schedulers: fake)
-    state = str(tmp_path / "drain.json")
-    monkeypatch.setattr(ipvs_service, "load_drain_state", lambda: _ipvs.load_drain_state(state))
-    monkeypatch.setattr(ipvs_service, "save_drain_state", lambda value: _ipvs.save_drain_state(value, state))
+    monkeypatch.setattr(_ipvs_reconcile, "open_ipvs", lambda modprobe, check_mode, schedulers: fake)
+    monkeypatch.setattr(_ipvs_reconcile, "DRAIN_STATE_PATH", str(tmp_path / "drain.json"))
     return fake
 
 
@@ -84,3 +84,12 @@ def test_bad_input(kernel, capsys, args, message):
     result = run_main(ipvs_service, capsys, **args)
     assert result["failed"] is True and message in result["msg"]
     assert kernel.applied == []
+
+
+def test_changes_the_kernel_refuses_fail_the_task_naming_them(kernel, capsys):
+    kernel.refusing["-a -t 10.96.0.10:80 -r 10.0.0.2:8080 -m -w 1"] = errno.EINVAL
+    result = run_main(ipvs_service, capsys, **ARGS)
+    assert result["failed"] is True
+    assert result["msg"] == ("the kernel refused 1 of 3 IPVS changes (the others were applied): "
+                             "-a -t 10.96.0.10:80 -r 10.0.0.2:8080 -m -w 1: Invalid argument")
+    assert list(kernel.table[KEY].dests) == [("10.0.0.1", 8080)]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import socket
 
 import pytest
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
@@ -90,7 +89,7 @@ def kernel(monkeypatch, tmp_path):
     (tmp_path / "proc" / "net").mkdir(parents=True)
     (tmp_path / "proc" / "net" / "ip_vs").write_text("")
     fake = FakeIpvsKernel([*OWNED, FOREIGN])
-    links = FakeLinkKernel({"kube-ipvs0": ("dummy", {"10.96.0.1": (socket.AF_INET, 32)})})
+    links = FakeLinkKernel({"kube-ipvs0": ("dummy", {"10.96.0.1": (IPV4, 32)})})
     reader = functools.partial(_dataplane_node.NodeReader, proc_root=str(tmp_path))
     for module in (proxy_cleanup, dataplane_facts):
         monkeypatch.setattr(module, "IpvsKernel", lambda: fake)

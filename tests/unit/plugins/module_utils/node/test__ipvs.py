@@ -1,13 +1,13 @@
 # Copyright (c) kubeipvs.node contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""IPVS message encoding/decoding against hand-built bytes, /proc parsing, input validation,
-and the netlink batching/ACK logic against a scripted socket."""
+"""The IPVS kernel adapter: message encoding/decoding against hand-built bytes, /proc parsing and
+its text comparison, loading the modules, and the netlink batching/ACK logic against a scripted
+socket."""
 
 from __future__ import annotations
 
 import errno
-import gc
 import random
 import socket
 import struct
@@ -22,20 +22,18 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.node._ipvs import (
     IPVS_CMD_DEL_DEST,
     IPVS_CMD_NEW_SERVICE,
     ChangeEncoder,
-    collector_paused,
+    ProcTable,
     decode_dest,
     decode_service,
     dest_full_attr,
     keys_with_thresholds,
-    load_drain_state,
     missing_schedulers,
-    normalize_service,
-    normalize_services,
-    parse_proc_ip_vs,
-    save_drain_state,
+    open_ipvs,
     service_full_attr,
 )
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._kmod import Modprobe
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import IPV4, IPV6
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipvs_input import normalize_services
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipvs_plan import (
     ADD_SERVICE,
     DEL_DEST,
@@ -200,7 +198,8 @@ FWM  00000007 rr
 
 
 def test_parse_proc_ip_vs():
-    table = parse_proc_ip_vs(PROC_TEXT)
+    proc = ProcTable(PROC_TEXT)
+    table = {key: proc.real_servers(key) for key in proc}
     assert set(table) == {
         (IPV4, PROTO_UDP, "10.96.0.10", 53, 0),
         (IPV6, PROTO_TCP, "fd00:10:96::1", 80, 0),
@@ -242,22 +241,21 @@ def proc_text(services):
 
 
 def test_proc_dest_line_is_the_kernels_format():
-    table = parse_proc_ip_vs(PROC_TEXT)
-    rendered = {proc_dest_line(key[0], dest) for key, dests in table.items() for dest in dests.values()}
+    proc = ProcTable(PROC_TEXT)
+    rendered = {proc_dest_line(key[0], dest) for key in proc for dest in proc.real_servers(key).values()}
     captured = {line for line in PROC_TEXT.splitlines() if line.startswith("  -> ") and "Remote" not in line}
     assert rendered == captured - {"  -> 0A000009:0000      Route   1      0          0         "}  # the FWM one
 
 
 def test_proc_dests_match_without_decoding():
-    table = parse_proc_ip_vs(PROC_TEXT)
-    https = table[(IPV4, PROTO_TCP, "10.96.0.1", 443, 0)]
+    proc = ProcTable(PROC_TEXT)
     same = {("192.168.1.10", 6443): Dest("192.168.1.10", 6443, FWD_MASQ, 1),
             ("192.168.1.11", 443): Dest("192.168.1.11", 443, FWD_ROUTE, 0)}
-    assert https.matches(same)
-    assert https._dests is None  # nothing decoded
-    v6 = table[(IPV6, PROTO_TCP, "fd00:10:96::1", 80, 0)]
-    assert v6.matches({("fd00:10:244::5", 8080): Dest("fd00:10:244::5", 8080, FWD_MASQ, 1)})
-    assert table[(IPV4, PROTO_SCTP, "10.96.0.20", 9999, 0)].matches({})
+    assert proc.real_servers((IPV4, PROTO_TCP, "10.96.0.1", 443, 0), same) is same  # nothing decoded
+    v6 = {("fd00:10:244::5", 8080): Dest("fd00:10:244::5", 8080, FWD_MASQ, 1)}
+    assert proc.real_servers((IPV6, PROTO_TCP, "fd00:10:96::1", 80, 0), v6) is v6
+    none = {}
+    assert proc.real_servers((IPV4, PROTO_SCTP, "10.96.0.20", 9999, 0), none) is none
 
 
 @pytest.mark.parametrize("change", [
@@ -265,18 +263,26 @@ def test_proc_dests_match_without_decoding():
     {"u_threshold": 10}, {"l_threshold": 1}, {"weight": 10_000_000},
 ])
 def test_proc_dests_do_not_vouch_for_a_difference(change):
-    https = parse_proc_ip_vs(PROC_TEXT)[(IPV4, PROTO_TCP, "10.96.0.1", 443, 0)]
+    proc = ProcTable(PROC_TEXT)
+    key = (IPV4, PROTO_TCP, "10.96.0.1", 443, 0)
     first = Dest("192.168.1.10", 6443, FWD_MASQ, 1).copy(**change)
     desired = {first.key: first, ("192.168.1.11", 443): Dest("192.168.1.11", 443, FWD_ROUTE, 0)}
-    assert not https.matches(desired)
+    decoded = proc.real_servers(key, desired)
+    assert decoded is not desired
+    assert {dest.key: dest.settings() for dest in decoded.values()} == {
+        ("192.168.1.10", 6443): (FWD_MASQ, 1, 0, 0), ("192.168.1.11", 443): (FWD_ROUTE, 0, 0, 0)}
 
 
 def test_proc_dests_count_must_match():
-    https = parse_proc_ip_vs(PROC_TEXT)[(IPV4, PROTO_TCP, "10.96.0.1", 443, 0)]
-    assert not https.matches({("192.168.1.10", 6443): Dest("192.168.1.10", 6443, FWD_MASQ, 1)})
+    proc = ProcTable(PROC_TEXT)
+    key = (IPV4, PROTO_TCP, "10.96.0.1", 443, 0)
+    fewer = {("192.168.1.10", 6443): Dest("192.168.1.10", 6443, FWD_MASQ, 1)}
+    https = proc.real_servers(key, fewer)
+    assert https is not fewer
     assert len(https) == 2
-    assert sorted(https) == [("192.168.1.10", 6443), ("192.168.1.11", 443)]  # decoded on use
-    assert not https.matches({})  # decoded: the full comparison decides from now on
+    assert sorted(https) == [("192.168.1.10", 6443), ("192.168.1.11", 443)]  # decoded
+    none = {}
+    assert proc.real_servers(key, none) is not none
 
 
 def random_table(rng, family):
@@ -325,10 +331,12 @@ def test_planning_from_proc_equals_planning_from_decoded_real_servers(seed):
     current = random_table(rng, family)
     desired = mutated(rng, current)
     plain = {service.key: service for service in current}
+    expected = {service.key: service for service in desired}
+    proc = ProcTable(proc_text(current))
     from_proc = {}
-    for key, dests in parse_proc_ip_vs(proc_text(current)).items():
+    for key in proc:
         service = plain[key].copy_without_dests()
-        service.dests = dests
+        service.dests = proc.real_servers(key, expected[key].dests)
         from_proc[key] = service
     assert set(from_proc) == set(plain)
     expected = plan_changes(desired, plain, drain_timeout=None)
@@ -338,135 +346,10 @@ def test_planning_from_proc_equals_planning_from_decoded_real_servers(seed):
     for service in desired:  # and the unchanged services were never decoded
         same = {key: dest.settings() for key, dest in service.dests.items()} == {
             key: dest.settings() for key, dest in plain[service.key].dests.items()}
-        assert (from_proc[service.key].dests._dests is None) == same
+        assert (from_proc[service.key].dests is service.dests) == same
 
 
-# --- input validation -------------------------------------------------------------------------
-
-BAD_SERVICES = [
-    ({"address": "10.96.0.300", "port": 80}, "not an IPv4 or IPv6 address"),
-    ({"address": "10.96.0.0/24", "port": 80}, "not a host address"),
-    ({"address": "10.96.0.1", "port": 0}, "port must be between 1 and 65535"),
-    ({"address": "10.96.0.1", "port": 65536}, "port must be between 1 and 65535"),
-    ({"address": "10.96.0.1", "port": "http"}, "port must be an integer"),
-    ({"address": "10.96.0.1"}, "port is required"),
-    ({"address": "10.96.0.1", "port": 80, "scheduler": "fastest"}, "unknown scheduler 'fastest'"),
-    ({"address": "10.96.0.1", "port": 80, "protocol": "icmp"}, "protocol must be one of"),
-    ({"fwmark": 7, "port": 80}, "a fwmark service has no port"),
-    ({"fwmark": 0}, "fwmark must be between 1"),
-    ({"address": "10.96.0.1", "port": 80, "family": "inet6"}, "not an IPv6 address"),
-    ({"address": "10.96.0.1", "port": 80, "scheduler": "rr", "scheduler_flags": ["sh-port"]},
-     "only applies to the sh scheduler"),
-    ({"address": "10.96.0.1", "port": 80, "scheduler_flags": ["turbo"]}, "unknown scheduler flag"),
-    ({"address": "10.96.0.1", "port": 80, "netmask": "255.0.255.0"}, "not contiguous"),
-    ({"address": "fd00::1", "port": 80, "netmask": "200"}, "prefix length 1-128"),
-    ({"address": "10.96.0.1", "port": 80, "persistence_timeout": -1}, "persistence_timeout must be between"),
-    ({"address": "10.96.0.1", "port": 80, "colour": "red"}, "unknown keys colour"),
-    ({"address": "10.96.0.1", "port": 80, "real_servers": [{"address": "fd00::1"}]}, "not an IPv4 address"),
-    ({"address": "10.96.0.1", "port": 80, "real_servers": [{"address": "10.0.0.1", "weight": -1}]},
-     "weight must be between 0 and 65535"),
-    ({"address": "10.96.0.1", "port": 80, "real_servers": [{"address": "10.0.0.1", "port": 0}]},
-     "port must be between 1 and 65535"),
-    ({"address": "10.96.0.1", "port": 80, "real_servers": [{"address": "10.0.0.1", "forwarding": "dr"}]},
-     "forwarding must be nat, route or tunnel"),
-    ({"address": "10.96.0.1", "port": 80,
-      "real_servers": [{"address": "10.0.0.1", "upper_threshold": 5, "lower_threshold": 9}]},
-     "lower_threshold (9) must not exceed upper_threshold (5)"),
-    ({"address": "10.96.0.1", "port": 80, "real_servers": [{"address": "10.0.0.1"}, {"address": "10.0.0.1"}]},
-     "listed twice"),
-    ({"address": "10.96.0.1", "port": 80, "real_servers": [{"port": 80}]}, "address is required"),
-    ({"address": "10.96.0.1", "port": 80, "real_servers": [{"address": "10.0.0.1", "wieght": 2}]},
-     "unknown key(s) wieght"),
-    ({"address": "10.96.0.1", "port": 80, "real_servers": [{"address": ["10.0.0.1"]}]}, "not an IPv4 address"),
-    ({"address": ["10.96.0.1"], "port": 80}, "not an IPv4 or IPv6 address"),
-    ({"address": "10.96.0.1", "port": True}, "port must be an integer"),
-    ({"address": "10.96.0.1", "port": 80, "real_servers": [{"address": "10.0.0.1", "weight": True}]},
-     "weight must be an integer"),
-]
-
-
-@pytest.mark.parametrize(("entry", "message"), BAD_SERVICES)
-def test_bad_service_input(entry, message):
-    with pytest.raises(KubeIpvsError) as caught:
-        normalize_service(entry, "services[3]")
-    assert message in caught.value.msg
-    assert caught.value.msg.startswith("services[3]")
-
-
-def test_good_service_input_is_normalised():
-    service, state = normalize_service({
-        "address": "10.96.0.1/32", "port": 80, "scheduler": "sh", "scheduler_flags": ["sh-fallback", "sh-port"],
-        "persistence_timeout": 60, "netmask": 24,
-        "real_servers": [{"address": "10.0.0.1"}, {"address": "10.0.0.2", "port": 8080, "weight": 0,
-                                                   "forwarding": "route", "upper_threshold": 10,
-                                                   "lower_threshold": 2}]})
-    assert state == "present"
-    assert service.key == (IPV4, PROTO_TCP, "10.96.0.1", 80, 0)
-    assert service.flags == SVC_F_PERSISTENT | SVC_F_SCHED1 | SVC_F_SCHED2
-    assert (service.timeout, service.netmask) == (60, 0xFFFFFF00)
-    assert service.dests[("10.0.0.1", 80)].settings() == (FWD_MASQ, 1, 0, 0)  # port defaults to the service's
-    assert service.dests[("10.0.0.2", 8080)].settings() == (FWD_ROUTE, 0, 10, 2)
-
-
-def test_ipv6_and_fwmark_input():
-    service, _state = normalize_service({"address": "FD00:0:0::1", "port": 443,
-                                         "real_servers": [{"address": "fd00:0::10"}]})
-    assert service.key == (IPV6, PROTO_TCP, "fd00::1", 443, 0)
-    assert list(service.dests) == [("fd00::10", 443)]
-    assert service.netmask == 128
-    mark, _state = normalize_service({"fwmark": 9, "family": "inet6", "real_servers": [{"address": "fd00::12"}]})
-    assert mark.key == (IPV6, 0, "", 0, 9)
-    assert list(mark.dests) == [("fd00::12", 0)]
-
-
-def test_duplicate_services_are_refused():
-    entries = [{"address": "10.96.0.1", "port": 80}, {"address": "10.96.0.2", "port": 80},
-               {"address": "10.96.0.1", "port": 80, "scheduler": "wrr"}]
-    with pytest.raises(KubeIpvsError, match=r"services\[2\]: duplicate of services\[0\]"):
-        normalize_services(entries)
-
-
-def test_normalize_services_splits_absent_and_shares_no_cache_across_families():
-    desired, absent = normalize_services([
-        {"address": "10.96.0.1", "port": 80, "real_servers": [{"address": "10.0.0.1"}]},
-        {"address": "10.96.0.2", "port": 80, "state": "absent"},
-        {"address": "fd00::1", "port": 80, "real_servers": [{"address": "fd00::2"}]},
-    ])
-    assert [service.address for service in desired] == ["10.96.0.1", "fd00::1"]
-    assert [service.address for service in absent] == ["10.96.0.2"]
-    with pytest.raises(KubeIpvsError, match="not an IPv6 address"):
-        normalize_services([{"address": "10.96.0.1", "port": 80, "real_servers": [{"address": "10.0.0.1"}]},
-                            {"address": "fd00::1", "port": 80, "real_servers": [{"address": "10.0.0.1"}]}])
-
-
-@pytest.mark.parametrize("plain, spelled_out", [
-    ({"address": "10.0.0.1", "port": 8080},
-     {"address": "10.0.0.1", "port": "8080", "forwarding": "nat", "weight": 1, "upper_threshold": 0}),
-    ({"address": "10.0.0.1", "weight": 0}, {"address": "10.0.0.1/32", "port": 80, "weight": "0"}),
-    ({"address": "fd00::2", "port": 53}, {"address": "fd00:0::2", "port": 53, "weight": 1}),
-])
-def test_real_servers_in_plain_and_spelled_out_form_agree(plain, spelled_out):
-    """The fast path for {address, port, weight} and the full validation build the same Dest."""
-    family_vip = "fd00::1" if ":" in plain["address"] else "10.96.0.1"
-
-    def dest_of(server):
-        service, _state = normalize_service({"address": family_vip, "port": 80, "real_servers": [server]})
-        (dest,) = service.dests.values()
-        return (dest.address, dest.port, dest.settings())
-
-    assert dest_of(plain) == dest_of(spelled_out)
-
-
-@pytest.mark.parametrize("server, message", [
-    ({"address": "10.0.0.1", "port": True}, "port must be an integer"),
-    ({"address": "10.0.0.1", "port": 0}, "port must be between 1 and 65535"),
-    ({"address": "10.0.0.1", "weight": 65536}, "weight must be between 0 and 65535"),
-    ({"address": "010.0.0.1"}, "not an IPv4 address"),
-    ({"address": "10.0.0.1", "colour": "red"}, "unknown key"),
-])
-def test_real_servers_the_fast_path_passes_on_are_still_refused(server, message):
-    with pytest.raises(KubeIpvsError, match=message):
-        normalize_services([{"address": "10.96.0.1", "port": 80, "real_servers": [{"address": "10.0.0.1"}, server]}])
+# --- what is read by netlink, and the modules ------------------------------------------------
 
 
 def test_keys_with_thresholds():
@@ -483,22 +366,34 @@ def test_missing_schedulers(tmp_path):
 
     def run_command(argv):
         calls.append(argv)
-        return (0 if argv[-1] == "ip_vs_wrr" else 1), "", "modprobe: FATAL: Module not found"
+        return (0, "", "") if argv[-1] == "ip_vs_wrr" else (1, "", "modprobe: FATAL: Module not found")
 
-    assert missing_schedulers(["rr", "wrr", "twos", "rr"], run_command, False, str(tmp_path)) == ["twos"]
-    assert calls == [["modprobe", "ip_vs_twos"], ["modprobe", "ip_vs_wrr"]]
+    modprobe = Modprobe(run_command, "/sbin/modprobe")
+    assert missing_schedulers(["rr", "wrr", "twos", "rr"], modprobe, False, str(tmp_path)) == ["twos"]
+    assert calls == [["/sbin/modprobe", "--", "ip_vs_twos"], ["/sbin/modprobe", "--", "ip_vs_wrr"]]
     calls.clear()
-    assert missing_schedulers(["wrr"], run_command, True, str(tmp_path)) == []
-    assert calls == [["modprobe", "-n", "ip_vs_wrr"]]  # check mode only looks
+    assert missing_schedulers(["wrr"], modprobe, True, str(tmp_path)) == []
+    assert calls == [["/sbin/modprobe", "-n", "--", "ip_vs_wrr"]]  # check mode only looks
 
 
-def test_drain_state_round_trip(tmp_path):
-    path = str(tmp_path / "run/kubeipvs/ipvs-drain.json")
-    assert load_drain_state(path) == {}
-    save_drain_state({"tcp/10.96.0.1:80": {"10.0.0.2:8080": 12.5}}, path)
-    assert load_drain_state(path) == {"tcp/10.96.0.1:80": {"10.0.0.2:8080": 12.5}}
-    (tmp_path / "run/kubeipvs/ipvs-drain.json").write_text("{broken")
-    assert load_drain_state(path) == {}
+def test_modprobe_stderr_decides_too_and_a_missing_tool_is_named():
+    modprobe = Modprobe(lambda argv: (0, "", "modprobe: ERROR: could not insert 'ip_vs_twos'"), "/sbin/modprobe")
+    assert missing_schedulers(["twos"], modprobe, False, "/nonexistent") == ["twos"]
+    with pytest.raises(KubeIpvsError, match="modprobe is not installed"):
+        missing_schedulers(["twos"], Modprobe(lambda argv: (0, "", ""), None), False, "/nonexistent")
+
+
+def test_open_ipvs_in_check_mode_without_ip_vs_reads_an_empty_table(tmp_path):
+    calls = []
+    modprobe = Modprobe(lambda argv: calls.append(argv) or (0, "", ""), "/sbin/modprobe")
+    kernel = open_ipvs(modprobe, True, ["wrr"], proc_path=str(tmp_path / "ip_vs"))
+    assert kernel.read() == {} and kernel.get_timeouts() == {}
+    assert calls == [["/sbin/modprobe", "-n", "--", "ip_vs"]]
+    missing = Modprobe(lambda argv: (1, "", "modprobe: FATAL: Module ip_vs not found"), "/sbin/modprobe")
+    with pytest.raises(KubeIpvsError, match="this kernel has no ip_vs module: modprobe: FATAL"):
+        open_ipvs(missing, True, [], proc_path=str(tmp_path / "ip_vs"))
+    with pytest.raises(KubeIpvsError, match="cannot load the ip_vs kernel module"):
+        open_ipvs(missing, False, [], proc_path=str(tmp_path / "ip_vs"))
 
 
 # --- netlink batching against a scripted socket -----------------------------------------------
@@ -603,23 +498,3 @@ def test_resolve_genl_family():
             return len(data)
 
     assert nl.resolve_genl_family(scripted_socket(Missing()), "IPVS") is None
-
-
-def test_collector_paused_turns_the_collector_back_on_even_after_an_error():
-    assert gc.isenabled()
-    with collector_paused():
-        assert not gc.isenabled()
-    assert gc.isenabled()
-    with pytest.raises(KubeIpvsError), collector_paused():
-        raise KubeIpvsError("failed mid-run")
-    assert gc.isenabled()
-
-
-def test_collector_paused_leaves_a_collector_that_was_off_off():
-    gc.disable()
-    try:
-        with collector_paused():
-            assert not gc.isenabled()
-        assert not gc.isenabled()
-    finally:
-        gc.enable()

@@ -7,9 +7,9 @@ programs on node1 (node IP 192.0.2.11)."""
 from __future__ import annotations
 
 import pytest
-from ansible_collections.kubeipvs.node.plugins.module_utils.node._ipvs import normalize_services
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import IPV4, IPV6
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipset import normalise_entries
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipvs_input import normalize_services
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_state import ipset_name, node_state
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._links import normalize_addresses
 
