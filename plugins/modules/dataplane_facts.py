@@ -145,6 +145,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import run_module
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._commands import Commands
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._dataplane import SCOPE_AND_FAMILY_ARGS, NodeReader
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._ipvs import IpvsKernel
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._links import LinkKernel
@@ -157,10 +158,7 @@ TOOLS = ("ipset", "ipvsadm", "iptables", "nft")
 
 
 def make_reader(module, families):
-    def run(argv, data=None):
-        return module.run_command(argv, data=data, binary_data=True, environ_update={"LC_ALL": "C"})
-
-    return NodeReader(run, module.get_bin_path, families, ipvs_factory=IpvsKernel, link_factory=LinkKernel)
+    return NodeReader(Commands.of(module), families, ipvs_factory=IpvsKernel, link_factory=LinkKernel)
 
 
 def iptables_report(node, families):
@@ -215,12 +213,15 @@ def gather(module):
     return {"changed": False, "dataplane": dataplane, "ansible_facts": {"kubeipvs_dataplane": dataplane}}
 
 
-def main():
-    module = AnsibleModule(
+def build_module():
+    return AnsibleModule(
         argument_spec=SCOPE_AND_FAMILY_ARGS,
         supports_check_mode=True,
     )
-    run_module(module, gather)
+
+
+def main():
+    run_module(build_module(), gather)
 
 
 if __name__ == "__main__":

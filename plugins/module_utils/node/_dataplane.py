@@ -3,8 +3,8 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Read a node's kube-proxy dataplane into a pure/_dataplane.NodeState, and apply a cleanup plan.
 
-No Ansible import: commands go through ``run(argv, data=None) -> (rc, stdout, stderr)`` (the
-module passes its run_command), IPVS and links through the collection's own netlink code.
+No Ansible import: the tools run through node/_commands.py and the ipset, iptables and nftables
+adapters, IPVS and links through the collection's own netlink code.
 Reading never loads a kernel module: IPVS is read only when ``/proc/net/ip_vs`` exists, and the
 legacy iptables backend only for tables the kernel already lists.
 """
@@ -16,7 +16,8 @@ import os
 import time
 
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
-from ansible_collections.kubeipvs.node.plugins.module_utils.node._iptables import BackendTools, legacy_tables
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._ipset import Ipsets
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._iptables import Iptables, legacy_tables
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._nftables import Nftables
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure import _dataplane as dp
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import FAMILIES, INET, IPV4, NFT
@@ -35,7 +36,6 @@ SCOPE_AND_FAMILY_ARGS = {
     }},
     "family": {"type": "str", "choices": ["ipv4", "ipv6", "both"], "default": "both"},
 }
-LOCK_WAIT_SECONDS = "5"
 PROC_IP_VS = "/proc/net/ip_vs"
 MODULE_PREFIXES = ("ip_vs", "nf_conntrack", "ip_set", "nf_tables", "ip_tables", "ip6_tables", "nft_",
                    "xt_ipvs", "br_netfilter", "dummy", "nf_nat")
@@ -52,14 +52,16 @@ def _read_file(path):
 class NodeReader:
     """Reads everything both modules need, once; keeps what the apply step needs (IPVS services)."""
 
-    def __init__(self, run, which, families=FAMILIES, ipvs_factory=None, link_factory=None, proc_root="/"):
-        self.run = run
-        self.which = which
+    def __init__(self, commands, families=FAMILIES, ipvs_factory=None, link_factory=None, proc_root="/"):
+        self.commands = commands
+        self.ipsets = Ipsets(commands, required=False)
+        self.nftables = Nftables(commands)
+        self.iptables = {family: Iptables(commands, family, proc_root) for family in FAMILIES}
         self.families = families
         self.ipvs_factory = ipvs_factory
         self.link_factory = link_factory
         self.proc_root = proc_root
-        self.tools = {}  # (backend, family) -> _iptables.BackendTools
+        self.tools = {}  # (backend, family) -> node/_iptables.BackendTools
         self.services = {}  # label -> Service (owned)
         self.link = None
         self.link_addresses = []
@@ -83,30 +85,14 @@ class NodeReader:
         for backend in self._backends(family_state.family):
             # The plain iptables-save stands in for the nft flavour only (older distributions ship only
             # the plain names); standing in for legacy too would read the same rules twice.
-            tools = BackendTools(self.which, backend, family_state.family, plain_fallback=backend == "nft")
+            tools = self.iptables[family_state.family].tools(backend, plain_fallback=backend == "nft")
             if not tools.save:
                 continue
-            rc, out, err = self.run([tools.save])
-            if rc != 0:
-                raise KubeIpvsError(f"{tools.save} failed: {err.strip()}", rc=rc)
+            out = self.commands.check([tools.save])
             self.tools[(backend, family_state.family)] = tools
             for table in dp.TABLES:
                 if f"*{table}" in out:
                     family_state.tables[(backend, table)] = parse_save(out, table)
-
-    # ipset / nft -------------------------------------------------------------------------------
-
-    def read_sets(self):
-        ipset = self.which("ipset")
-        if not ipset:
-            return []
-        rc, out, err = self.run([ipset, "list", "-n"])
-        if rc != 0:
-            raise KubeIpvsError(f"ipset list -n failed: {err.strip()}", rc=rc)
-        return out.split()
-
-    def nftables(self):
-        return Nftables(self.run, self.which("nft"))
 
     # IPVS and the dummy link -------------------------------------------------------------------
 
@@ -148,7 +134,7 @@ class NodeReader:
         node = dp.NodeState()
         extra = {"ipvs_readable": True, "ipvs_total": 0, "foreign_services": 0, "owned_vips": [],
                  "dummy_exists": None, "other_kube_sets": []}
-        set_names = self.read_sets() if ("iptables" in parts or "ipvs" in parts) else []
+        set_names = self.ipsets.names() if ("iptables" in parts or "ipvs" in parts) else []
         for family in self.families:
             family_state = node.families[family]
             if "iptables" in parts or "ipvs" in parts:
@@ -176,7 +162,7 @@ class NodeReader:
             extra["ipvs_total"] = len(table)
             extra["foreign_services"] = len(table) - len(self.services)
         if "nftables" in parts:
-            tables = self.nftables().list_tables()
+            tables = self.nftables.list_tables()
             for family in self.families:
                 node.families[family].nft_table = (NFT[family], dp.NFT_TABLE) in tables
                 if node.families[family].nft_table:
@@ -185,9 +171,8 @@ class NodeReader:
 
     def read_nft_service_ports(self, nft_family):
         """The keys of the kube-proxy table's service map; none when the table has no such map."""
-        rc, out, _err = self.run([self.which("nft"), "-j", "list", "map", nft_family, dp.NFT_TABLE,
-                                  dp.NFT_SERVICE_MAP])
-        if rc != 0:
+        out = self.nftables.list_map(nft_family, dp.NFT_TABLE, dp.NFT_SERVICE_MAP)
+        if out is None:
             return []
         try:
             return dp.nftables_service_ports(json.loads(out or "{}"))
@@ -221,12 +206,13 @@ class PlanApplier:
 
     def primary_ipv4(self, ip):
         """The first global IPv4 address of the default route's device, or None."""
-        rc, out, _err = self.reader.run([ip, "-j", "-4", "route", "show", "default"])
+        run = self.reader.commands.run
+        rc, out, _err = run([ip, "-j", "-4", "route", "show", "default"])
         routes = json.loads(out or "[]") if rc == 0 else []
         device = next((route.get("dev") for route in routes if route.get("dev")), None)
         if not device:
             return None
-        rc, out, _err = self.reader.run([ip, "-j", "-4", "addr", "show", "dev", device, "scope", "global"])
+        rc, out, _err = run([ip, "-j", "-4", "addr", "show", "dev", device, "scope", "global"])
         for link in json.loads(out or "[]") if rc == 0 else []:
             for info in link.get("addr_info") or []:
                 if info.get("family") == INET[IPV4] and info.get("local"):
@@ -238,34 +224,27 @@ class PlanApplier:
         address as preferred source and wait. A connection the node itself opens to a VIP on the link
         takes the VIP as source address; when the link goes, replies to it have nowhere to go. New
         connections now take the primary address, and the open ones finish while the VIPs stay local."""
-        ip = self.reader.which("ip")
+        ip = self.reader.commands.which("ip")
         vips = [a for a in addresses if ":" not in a]
         source = self.primary_ipv4(ip) if ip and vips and self.drain_seconds > 0 else None
         if not source:
             return
         for vip in vips:
-            rc, _out, err = self.reader.run([ip, "-4", "route", "replace", "table", "local", "local", vip, "dev",
-                                             link_name, "proto", "kernel", "scope", "host", "src", source])
-            if rc != 0:
-                raise KubeIpvsError(f"cannot prefer source {source} for {vip} on {link_name}: {err.strip()}", rc=rc)
+            self.reader.commands.check([ip, "-4", "route", "replace", "table", "local", "local", vip, "dev", link_name,
+                                        "proto", "kernel", "scope", "host", "src", source],
+                                       what=f"preferring source {source} for {vip} on {link_name}")
         self.sleep(self.drain_seconds)
 
     def apply(self, plan):
-        run = self.reader.run
+        reader = self.reader
         for table in plan.tables:
             if not table.changed:
                 continue
-            tools = self.reader.tools[(table.backend, table.family)]
-            batch = table.render()
-            rc, _out, err = run([tools.restore, "--noflush", "-w", LOCK_WAIT_SECONDS], data=batch)
-            if rc != 0:
-                raise KubeIpvsError(f"{tools.restore} refused the cleanup of {table.family}/{table.table}; that "
-                                    f"table is unchanged: {err.strip()}", restore_input=batch.splitlines())
-        ipset = self.reader.which("ipset")
+            tools = reader.tools[(table.backend, table.family)]
+            reader.iptables[table.family].restore(tools, table.render(), f"{tools.restore} refused the cleanup of "
+                                                  f"{table.family}/{table.table}; that table is unchanged")
         for name in plan.sets:
-            rc, _out, err = run([ipset, "destroy", name])
-            if rc != 0 and "does not exist" not in err:
-                raise KubeIpvsError(f"ipset destroy {name} failed: {err.strip()}", rc=rc)
+            reader.ipsets.destroy(name)
         if plan.ipvs_services:
             kernel = self.reader.ipvs_factory()
             try:
@@ -279,6 +258,5 @@ class PlanApplier:
                 links.delete_link(self.reader.link)
             finally:
                 links.close()
-        nft = self.reader.nftables()
         for family, name in plan.nft_tables:
-            nft.delete_table(family, name)
+            reader.nftables.delete_table(family, name)

@@ -11,10 +11,20 @@ No Ansible import: commands are found through ``which(name) -> path or None`` an
 from __future__ import annotations
 
 import os
+import tempfile
 
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._ipset import Ipsets
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import IPV4, IPV6
-from ansible_collections.kubeipvs.node.plugins.module_utils.pure._iptables import TableState, kube_chains, parse_save
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._iptables import (
+    TableState,
+    kube_chains,
+    parse_save,
+    scratch_batch,
+    set_dimensions,
+    stand_in_set_line,
+    take_canonical,
+)
 
 COMMAND = {IPV4: "iptables", IPV6: "ip6tables"}
 
@@ -113,3 +123,93 @@ def choose_backend(which, run, family, backend, table, names, proc_root="/"):
         if kube_chains(other_state) or any(name in other_state.chains for name in names):
             return other_tools, other_state
     return tools, state
+
+
+# ---------------------------------------------------------------------------------------------
+# One family's iptables, as the modules use it
+
+LOCK_WAIT_SECONDS = "5"
+# Runs inside a network namespace of its own (unshare --net), which dies with the shell: creates the
+# sets the rules match, restores the rules and prints the table the way iptables stores them.
+SCRATCH_SCRIPT = 'set -e; if [ -s "$1" ]; then ipset restore -file "$1"; fi; "$2" --noflush < "$3"; exec "$4" -t "$5"'
+
+
+class Iptables:
+    """One family's iptables through ``commands`` (node/_commands.Commands): which backend holds a
+    table, the scratch-namespace round trip that canonicalises and validates rules, and restoring a
+    batch under the xtables lock. ``proc_root`` lets tests give a fake /proc."""
+
+    def __init__(self, commands, family, proc_root="/"):
+        self.commands = commands
+        self.family = family
+        self.proc_root = proc_root
+
+    def choose(self, backend, table, names):
+        """(BackendTools, TableState of ``table``) for ``backend`` nft, legacy or auto (see choose_backend)."""
+        return choose_backend(self.commands.which, self.commands.run, self.family, backend, table, names,
+                              self.proc_root)
+
+    def tools(self, backend, plain_fallback=True):
+        return BackendTools(self.commands.which, backend, self.family, plain_fallback=plain_fallback)
+
+    def canonicalise(self, tools, table, state, wanted, declared, check_mode=False):
+        """Apply ``wanted`` chains' rules and jumps in a scratch network namespace and read them back as
+        iptables prints them; the DesiredChains get the canonical forms. Returns warnings.
+
+        Also the validation step: a rule iptables rejects fails here, before the node is touched. A
+        rule that matches a set the node does not have fails too, except in check mode, where a
+        stand-in of the same dimension takes its place (an ipset task before this one only pretended
+        to create it). Without ``unshare`` nothing is canonicalised.
+        """
+        unshare = self.commands.which("unshare")
+        if not unshare or not wanted:
+            return []
+        batch, rules = scratch_batch(table, state, wanted, declared)
+        set_lines, warnings = self._scratch_sets(rules, check_mode)
+        with tempfile.TemporaryDirectory(dir=self.commands.tmpdir) as scratch_dir:
+            sets_file = os.path.join(scratch_dir, "sets")
+            rules_file = os.path.join(scratch_dir, "rules")
+            with open(sets_file, "w") as handle:
+                handle.write("\n".join(set_lines) + "\n")
+            with open(rules_file, "w") as handle:
+                handle.write(batch)
+            rc, out, err = self.commands.run([unshare, "--net", "--", "/bin/sh", "-c", SCRATCH_SCRIPT, "sh",
+                                              sets_file, tools.restore, rules_file, tools.save, table])
+        if rc != 0:
+            raise KubeIpvsError(
+                "iptables rejected the rules for {}/{}; nothing was applied: {}".format(
+                    table, ", ".join(desired.chain for desired in wanted), err.strip()
+                ),
+                restore_input=batch.splitlines(),
+            )
+        take_canonical(parse_save(out, table), wanted)
+        return warnings
+
+    def _scratch_sets(self, rules, check_mode):
+        """(create lines of the ipsets the rules match on, warnings)."""
+        ipsets = Ipsets(self.commands, required=False)
+        lines, warnings = [], []
+        for name, dimension in set_dimensions(rules).items():
+            found = ipsets.type_of(name)
+            if found is None:
+                if check_mode and ipsets.ipset:
+                    warnings.append(
+                        f"check mode: ipset {name} does not exist on the node; the rules matching it were "
+                        "validated against a stand-in set (a real run fails unless the set is created first)"
+                    )
+                    lines.append(stand_in_set_line(name, dimension, self.family))
+                    continue
+                raise KubeIpvsError(
+                    f"a rule matches ipset {name}, which does not exist on the node; create it first "
+                    "(kubeipvs.node.ipset)"
+                )
+            set_type, set_family = found
+            lines.append(f"create {name} {set_type}" + (f" family {set_family}" if set_family else ""))
+        return lines, warnings
+
+    def restore(self, tools, batch, what):
+        """Apply one ``iptables-restore --noflush`` batch, waiting for the xtables lock; ``what`` starts
+        the message when iptables refuses it (the batch is one transaction: nothing of it applied)."""
+        rc, _out, err = self.commands.run([tools.restore, "--noflush", "-w", LOCK_WAIT_SECONDS], data=batch)
+        if rc != 0:
+            raise KubeIpvsError(f"{what}: {err.strip()}", restore_input=batch.splitlines())

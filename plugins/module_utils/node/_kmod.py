@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._commands import Commands
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._files import (
     plan_file,
     read_text,
@@ -219,11 +220,8 @@ def modprobe_for(module, need_rmmod=False, required=True):
     ``required`` False finds no modprobe without failing: only a load then does.
     """
 
-    def run(argv):
-        return module.run_command(argv, environ_update={"LC_ALL": "C", "LANG": "C"})
-
     rmmod_path = module.get_bin_path("rmmod", required=True) if need_rmmod else None
-    return Modprobe(run, module.get_bin_path("modprobe", required=required), rmmod_path)
+    return Modprobe(Commands.of(module).run, module.get_bin_path("modprobe", required=required), rmmod_path)
 
 
 def plan_persistence(kmods, load_path, options_path, present, absent, options_update, merge_options=False):

@@ -13,26 +13,29 @@ from __future__ import annotations
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._nftables import TableListing, parse_tables
 
+NOT_FOUND = "No such file or directory"
+
 
 class Nftables:
-    """The node's nftables through the ``nft`` tool; ``run(argv)`` returns (rc, stdout, stderr)."""
+    """The node's nftables through the ``nft`` tool, run by ``commands`` (node/_commands.Commands).
+    With ``required`` a node without nft is an error at once; without, it simply has no tables."""
 
-    def __init__(self, run, nft_path):
-        self.run = run
-        self.nft = nft_path
+    def __init__(self, commands, required=False):
+        self.commands = commands
+        self.nft = commands.need("nft", "nftables") if required else commands.which("nft")
 
     def list_tables(self):
         if not self.nft:
             return []  # no nft tool: nothing kube-proxy's nftables mode can have left either
-        rc, out, err = self.run([self.nft, "-j", "list", "tables"])
-        if rc != 0:
-            raise KubeIpvsError(f"nft -j list tables failed: {err.strip()}", rc=rc)
-        return parse_tables(out)
+        return parse_tables(self.commands.check([self.nft, "-j", "list", "tables"]))
 
     def delete_table(self, family, name):
-        rc, _out, err = self.run([self.nft, "delete", "table", family, name])
-        if rc != 0 and "No such file or directory" not in err:
-            raise KubeIpvsError(f"nft delete table {family} {name} failed: {err.strip()}", rc=rc)
+        self.commands.check([self.nft, "delete", "table", family, name], absent=NOT_FOUND)
+
+    def list_map(self, family, table, name):
+        """``nft -j list map`` as JSON text, or None when there is no such map."""
+        rc, out, _err = self.commands.run([self.nft, "-j", "list", "map", family, table, name])
+        return out if rc == 0 else None
 
 
 # --- one whole table, declaratively (the nftables_table module) ---------------------------------
@@ -49,39 +52,30 @@ SCRATCH_SCRIPT = (
 )
 
 
-def _not_found(err):
-    return "No such file or directory" in (err or "")
-
-
 class TableEditor(Nftables):
     """Nftables plus what a declarative table needs: read one table, load a batch into a scratch
-    network namespace, apply a batch. ``run(argv, data=None)`` returns (rc, stdout, stderr)."""
+    network namespace, apply a batch."""
 
-    def __init__(self, run, nft_path, unshare_path=None):
-        super().__init__(run, nft_path)
-        self.unshare = unshare_path
+    def __init__(self, commands):
+        super().__init__(commands, required=True)
 
     def read_table(self, family, name):
         """The live table, or None when it does not exist."""
-        rc, out, err = self.run([self.nft, "-j", "list", "table", family, name])
-        if rc != 0:
-            if _not_found(err):
-                return None
-            raise KubeIpvsError(f"nft -j list table {family} {name} failed: {err.strip()}", rc=rc)
-        rc, text, err = self.run([self.nft, "list", "table", family, name])
-        if rc != 0:
-            raise KubeIpvsError(f"nft list table {family} {name} failed: {err.strip()}", rc=rc)
-        return TableListing(out, text)
+        out = self.commands.check([self.nft, "-j", "list", "table", family, name], absent=NOT_FOUND)
+        if out is None:
+            return None
+        return TableListing(out, self.commands.check([self.nft, "list", "table", family, name]))
 
     def scratch_load(self, batch, family, name):
         """Load ``batch`` into an empty, throw-away network namespace and read the table back as the
         kernel stores it - the canonical form of the desired content, and its validation: nft's
         error comes back before anything on the node changed."""
-        if not self.unshare:
+        unshare = self.commands.which("unshare")
+        if not unshare:
             raise KubeIpvsError("the unshare tool (util-linux) is needed to check the content in a scratch "
                                 "network namespace; install util-linux")
-        rc, out, err = self.run([self.unshare, "--net", "--", "sh", "-c", SCRATCH_SCRIPT, "sh", self.nft, family, name],
-                                data=batch)
+        rc, out, err = self.commands.run([unshare, "--net", "--", "sh", "-c", SCRATCH_SCRIPT, "sh", self.nft, family,
+                                          name], data=batch)
         if rc == 90:
             raise KubeIpvsError(f"nft rejected the content of table {family} {name}, nothing was changed: "
                                 f"{err.strip()}", rc=rc, batch=batch)
@@ -99,6 +93,6 @@ class TableEditor(Nftables):
         return TableListing(parts[1], parts[2])
 
     def apply(self, batch):
-        rc, _out, err = self.run([self.nft, "-f", "-"], data=batch)
+        rc, _out, err = self.commands.run([self.nft, "-f", "-"], data=batch)
         if rc != 0:
             raise KubeIpvsError(f"nft -f failed, the kernel kept the table as it was: {err.strip()}", rc=rc)

@@ -3,8 +3,8 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """ipset: parse and normalise entries, read ``ipset save`` output, plan changes, render restore batches.
 
-Pure logic only (no Ansible import): the module feeds it the text the ``ipset`` tool prints and
-runs the batch it returns through ``ipset restore -exist``.
+Pure logic only: node/_ipset.py feeds it the text the ``ipset`` tool prints and runs the batch it
+returns through ``ipset restore -exist``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,15 @@ import re
 import shlex
 
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
-from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import HOST_PREFIX, INET, IPV4, IPV6, family_of
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import (
+    HOST_PREFIX,
+    INET,
+    IPV4,
+    IPV6,
+    OF_INET,
+    family_of,
+)
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._results import fail_on_problems, validate_each
 
 MAX_SET_NAME = 31
 
@@ -607,3 +615,128 @@ def failed_line(stderr):
     """The batch line ``ipset restore`` stopped at (it counts from 1), or None."""
     match = _ERROR_LINE.search(stderr)
     return int(match.group(1)) if match else None
+
+
+# ---------------------------------------------------------------------------------------------
+# A module call's sets, validated
+
+
+class DesiredSet:
+    """One validated set spec: what the set should look like."""
+
+    def __init__(self, name, state, header=None, members=None, exclusive=False):
+        self.name = name
+        self.state = state
+        self.header = header
+        self.members = members if members is not None else set()
+        self.exclusive = exclusive
+
+
+def desired_set(spec, read_text):
+    """Validate one set spec completely (name, type, range, every member) into a DesiredSet.
+
+    ``spec`` is one of merge_set_specs' specs, its family as the ipset option writes it;
+    ``read_text(path)`` returns the text of a members file, None when there is none.
+    """
+    name = spec["name"]
+    validate_name(name)
+    if spec["state"] == "absent":
+        return DesiredSet(name, "absent")
+    set_type = spec["type"]
+    if not set_type:
+        raise KubeIpvsError("type is required when state=present")
+    if set_type not in SET_TYPES:
+        raise KubeIpvsError("type {} is not one of {}".format(set_type, ", ".join(SET_TYPES)))
+    family = OF_INET[spec["family"]]
+    port_range = (
+        parse_range(spec["range"], set_type)
+        if spec["range"] is not None
+        else ((0, 65535) if set_type == "bitmap:port" else None)
+    )
+    if set_type not in ("bitmap:port", "bitmap:ip") and spec["range"] is not None:
+        raise KubeIpvsError(f"range only applies to bitmap sets, not {set_type}")
+    header = desired_header(set_type, family, spec["hashsize"], spec["maxelem"], port_range, spec["comment"],
+                            spec["timeout"])
+    entries = spec["members"] or []
+    if spec["members"] is not None and spec["members_file"]:
+        raise KubeIpvsError("members and members_file are mutually exclusive")
+    if spec["members_file"]:
+        text = read_text(spec["members_file"])
+        if text is None:
+            raise KubeIpvsError(f"members_file {spec['members_file']} does not exist on the node")
+        entries = read_members_file(text)
+    members = normalise_entries(entries, set_type, family, port_range)
+    return DesiredSet(name, "present", header, members, spec["exclusive"])
+
+
+def validate_all(specs, single, read_text):
+    """Every spec validated before anything is read or changed; all problems reported at once."""
+    if single:
+        return [desired_set(specs[0], read_text)]
+    problems = []
+    duplicates = duplicate_names(spec["name"] for spec in specs)
+    if duplicates:
+        problems.append("set names listed more than once: {}".format(", ".join(duplicates)))
+    desired = validate_each(specs, lambda spec: desired_set(spec, read_text),
+                            lambda index, spec: f"sets[{index}] ({spec['name']})", problems)
+    fail_on_problems(problems, "sets", "nothing was changed")
+    return desired
+
+
+def plan_one(wanted, current, swap_threshold):
+    """The SetPlan of a DesiredSet against (header or None, members) as read."""
+    header, members = current
+    if wanted.state == "absent":
+        return SetPlan("destroy" if header else "none", to_remove=members)
+    return plan_set(wanted.header, wanted.members, header, members, wanted.exclusive, swap_threshold)
+
+
+def new_types(desired, plans, current):
+    """Set types the node's tool must know: those of sets created, swapped or re-created with a new type."""
+    return {
+        wanted.header["type"]
+        for wanted in desired
+        if plans[wanted.name].method in ("create", "swap", "recreate")
+        and (current[wanted.name][0] is None or current[wanted.name][0]["type"] != wanted.header["type"])
+    }
+
+
+def destructive_actions(desired, plans, current):
+    """{name: what would be done} for the sets that would be destroyed (or re-created): those
+    iptables rules must not use."""
+    actions = {}
+    for wanted in desired:
+        method = plans[wanted.name].method
+        if method == "destroy":
+            actions[wanted.name] = "destroy"
+        elif method == "recreate":
+            actions[wanted.name] = "re-create (type {} -> {})".format(current[wanted.name][0]["type"],
+                                                                      wanted.header["type"])
+    return actions
+
+
+def batch_of(desired, plans, current):
+    """The one ``ipset restore`` Batch of every changed set, in the order given."""
+    batch = Batch()
+    for wanted in desired:
+        plan = plans[wanted.name]
+        if plan.changed:
+            header = wanted.header if wanted.state == "present" else current[wanted.name][0]
+            batch.add(wanted.name, plan.method, render_batch(wanted.name, header, plan))
+    return batch
+
+
+def set_result(wanted, plan, header):
+    """(the set's result, its header after the run)."""
+    after_header = None
+    if wanted.state == "present":
+        after_header = wanted.header if plan.method in ("create", "swap", "recreate") else header
+    return {
+        "name": wanted.name,
+        "changed": plan.changed,
+        "method": plan.method,
+        "added_count": len(plan.add_set),
+        "removed_count": len(plan.remove_set),
+        "members_count": len(plan.final_set) if after_header else 0,
+        "reasons": plan.reasons,
+    }, after_header

@@ -18,6 +18,7 @@ import shlex
 
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import INET, IPV4, IPV6, family_of
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._results import fail_on_problems, validate_each
 
 BUILTIN_CHAINS = {
     "filter": ("INPUT", "FORWARD", "OUTPUT"),
@@ -515,16 +516,140 @@ def stand_in_set_line(name, dimension, family):
     return f"create {name} {set_type} family {INET[family]}"
 
 
-def describe_many(described, total):
-    """Diff text of several chains: the changed ones under a ``# table/chain`` heading, then a count."""
-    unchanged = f"# {total - len(described)} of {total} chains unchanged\n"
-    return {
-        "before_header": "iptables chains",
-        "after_header": "iptables chains",
-        "before": "".join(f"# {label}\n{before}" for label, before, _after in described) + unchanged,
-        "after": "".join(f"# {label}\n{after}" for label, _before, after in described) + unchanged,
-    }
+# ---------------------------------------------------------------------------------------------
+# Backends: which save/restore commands, which backend holds a table
 
 
 # ---------------------------------------------------------------------------------------------
-# Backends: which save/restore commands, which backend holds a table
+# A module call's chains, validated and planned
+
+
+class DesiredChain:
+    """One validated chain spec; ``rules`` None leaves the content alone, ``jumps`` are (parent, position, tokens)."""
+
+    def __init__(self, table, chain, rules, jumps, present):
+        self.table = table
+        self.chain = chain
+        self.rules = rules
+        self.jumps = jumps
+        self.present = present
+
+
+def desired_chain(spec, family):
+    table, chain = spec["table"], spec["chain"]
+    validate_chain_name(table, chain)
+    rules = None if spec["rules"] is None else [normalise_rule(rule, family) for rule in spec["rules"]]
+    jumps = []
+    for jump in spec["jumps"] or []:
+        if jump["chain"] not in BUILTIN_CHAINS[table]:
+            raise KubeIpvsError(
+                "jump from {} is not possible: the built-in chains of {} are {}".format(
+                    jump["chain"], table, ", ".join(BUILTIN_CHAINS[table])
+                )
+            )
+        jumps.append((jump["chain"], jump["position"], jump_tokens(jump, chain, family)))
+    return DesiredChain(table, chain, rules, jumps, spec["state"] == "present")
+
+
+def validate_all(specs, family, single):
+    """Every spec validated before anything is read or changed; all problems reported at once."""
+    if single:
+        return [desired_chain(specs[0], family)]
+    problems, seen = [], set()
+
+    def validate(spec):
+        if (spec["table"], spec["chain"]) in seen:
+            raise KubeIpvsError("listed more than once")
+        seen.add((spec["table"], spec["chain"]))
+        return desired_chain(spec, family)
+
+    desired = validate_each(specs, validate, lambda index, spec: f"chains[{index}] ({spec['table']}/{spec['chain']})",
+                            problems)
+    removed = {(wanted.table, wanted.chain) for wanted in desired if not wanted.present}
+    for wanted in desired:
+        for table, chain in removed:
+            if wanted.present and wanted.table == table and any(targets(rule, chain) for rule in wanted.rules or []):
+                problems.append(f"{table}/{wanted.chain}: its rules jump to {chain}, which this call removes")
+    fail_on_problems(problems, "chains", "nothing was applied")
+    return desired
+
+
+def by_table(desired):
+    """[(table, [DesiredChain])] in the order the tables first appear."""
+    tables = {}
+    for wanted in desired:
+        tables.setdefault(wanted.table, []).append(wanted)
+    return list(tables.items())
+
+
+def plan_chains(state, table, wanted):
+    """[(DesiredChain, ChainPlan)] of the chains of one table."""
+    return [(one, plan_chain(state, table, one.chain, one.rules, one.jumps, one.present)) for one in wanted]
+
+
+def not_predicted(pairs):
+    """The chains whose planned rules or jumps may only differ because the normaliser's forms are not
+    the kernel's: these go through the scratch-namespace round trip (which validates them, too)."""
+    return [wanted for wanted, plan in pairs if wanted.present and (plan.appends or plan.inserts)]
+
+
+def refuse_foreign_references(state, table, pairs):
+    """Fail when a chain this call removes is still jumped to from a chain it does not own."""
+    owned = {wanted.chain for wanted, _plan in pairs if wanted.rules is not None or not wanted.present}
+    for wanted, plan in pairs:
+        if not wanted.present and plan.destroy:
+            foreign = foreign_references(state, table, wanted.chain, owned=owned)
+            if foreign:
+                raise KubeIpvsError(
+                    "cannot remove {}/{}: chains this module does not own jump to it: {}".format(
+                        table, wanted.chain, "; ".join(foreign)
+                    ),
+                    referencing_rules=foreign,
+                )
+
+
+def scratch_batch(table, state, wanted, declared):
+    """(restore batch, rules) that apply ``wanted`` chains' rules and jumps in a scratch namespace:
+    the table's chains and ``declared`` are declared, each parent gets its jumps in the order listed."""
+    parents = {}
+    for desired in wanted:
+        for parent, _position, tokens in desired.jumps:
+            parents.setdefault(parent, []).append(tokens)
+    contents = {desired.chain: desired.rules or [] for desired in wanted}
+    contents.update(parents)
+    batch = render_scratch(table, list(dict.fromkeys([*state.chains, *declared])), contents)
+    rules = [rule for desired in wanted for rule in desired.rules or []]
+    rules += [tokens for tokens_list in parents.values() for tokens in tokens_list]
+    return batch, rules
+
+
+def take_canonical(scratch, wanted):
+    """Give ``wanted`` chains the forms iptables printed for them in the scratch namespace's table
+    ``scratch`` (a TableState): each parent holds their jumps, appended in the order listed."""
+    by_parent = {}
+    for desired in wanted:
+        for parent, _position, _tokens in desired.jumps:
+            by_parent.setdefault(parent, list(scratch.rules_of(parent)))
+    for desired in wanted:
+        if desired.rules is not None:
+            desired.rules = scratch.rules_of(desired.chain)
+        desired.jumps = [(parent, position, by_parent[parent].pop(0)) for parent, position, _tokens in desired.jumps]
+
+
+def chain_results(planned, with_diff, single):
+    """(results, described) of every chain of ``planned`` ({table: (backend, state, pairs)}): the
+    chain's rules after the run, and (label, before, after) of the chains the diff shows."""
+    results, described = [], []
+    for table, (backend, state, pairs) in planned.items():
+        after = state
+        for wanted, plan in pairs:
+            if plan.changed:
+                after = apply_plan_to_state(after, table, wanted.chain, plan, wanted.rules, wanted.jumps,
+                                            wanted.present)
+        for wanted, plan in pairs:
+            results.append({"table": table, "chain": wanted.chain, "changed": plan.changed, "backend": backend,
+                            "rules": [render_tokens(rule) for rule in after.rules_of(wanted.chain)]})
+            if with_diff and (single or plan.changed):
+                described.append((f"{table}/{wanted.chain}", describe(state, table, wanted.chain),
+                                  describe(after, table, wanted.chain)))
+    return results, described

@@ -9,7 +9,7 @@ import pytest
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import IPV4
 from ansible_collections.kubeipvs.node.plugins.modules import dummy_interface
 from ansible_collections.kubeipvs.node.tests.unit.fakes.ipvs import FakeLinkKernel
-from ansible_collections.kubeipvs.node.tests.unit.plugins.modules.ipvs_helpers import run_main
+from ansible_collections.kubeipvs.node.tests.unit.plugins.modules.helpers import run_main
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipvs_plan impo
 )
 from ansible_collections.kubeipvs.node.plugins.modules import ipvs_service
 from ansible_collections.kubeipvs.node.tests.unit.fakes.ipvs import FakeIpvsKernel
-from ansible_collections.kubeipvs.node.tests.unit.plugins.modules.ipvs_helpers import run_main
+from ansible_collections.kubeipvs.node.tests.unit.plugins.modules.helpers import run_main
 
 KEY = (IPV4, PROTO_TCP, "10.96.0.10", 80, 0)
 ARGS = {"address": "10.96.0.10", "port": 80, "real_servers": [{"address": "10.0.0.1", "port": 8080},

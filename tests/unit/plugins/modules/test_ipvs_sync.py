@@ -15,7 +15,7 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import 
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipvs_plan import PROTO_TCP, PROTO_UDP, Dest, Service
 from ansible_collections.kubeipvs.node.plugins.modules import ipvs_sync
 from ansible_collections.kubeipvs.node.tests.unit.fakes.ipvs import FakeIpvsKernel, FakeLinkKernel
-from ansible_collections.kubeipvs.node.tests.unit.plugins.modules.ipvs_helpers import run_main
+from ansible_collections.kubeipvs.node.tests.unit.plugins.modules.helpers import run_main
 
 FOREIGN = Service(IPV4, PROTO_TCP, "192.0.2.50", 80, scheduler="wlc",
                   dests={("192.0.2.60", 80): Dest("192.0.2.60", 80)})
