@@ -21,3 +21,23 @@ attributes:
     support: full
     platforms: linux
 """
+
+    # Modules that talk to the Kubernetes API only (kubeipvs.node.attributes.api).
+    API = r"""
+options: {}
+attributes:
+  check_mode:
+    description: Can run in check mode and return the changes it would make without making them.
+    support: full
+    details: Nothing changes in the cluster - writes go to the API server as server-side dry runs (validated, not stored), or are not sent.
+  diff_mode:
+    description: Returns details on what has changed (or would change in check mode) in diff mode.
+    support: full
+  platform:
+    description: Where this module runs.
+    support: full
+    platforms: posix
+    details:
+      - "It talks to the Kubernetes API only and touches no host: run it on the controller
+        (C(delegate_to: localhost)), where the C(kubernetes) Python library is installed."
+"""

@@ -24,7 +24,7 @@ description:
     does. The DaemonSet's update strategy is set only when it is created.
   - Check mode sends every write with server-side dry-run (C(dryRun=All)).
 extends_documentation_fragment:
-  - kubeipvs.node.attributes
+  - kubeipvs.node.attributes.api
   - kubeipvs.node.k8s_auth
 options:
   state:

@@ -24,7 +24,7 @@ description:
     validates it without storing it.
   - Editing the ConfigMap does not restart kube-proxy; use M(kubeipvs.node.kube_proxy_restart).
 extends_documentation_fragment:
-  - kubeipvs.node.attributes
+  - kubeipvs.node.attributes.api
   - kubeipvs.node.k8s_auth
 options:
   namespace:

@@ -24,7 +24,7 @@ description:
   - Check mode reports what would be restarted and deletes nothing (a strategy change is sent
     with server-side dry-run).
 extends_documentation_fragment:
-  - kubeipvs.node.attributes
+  - kubeipvs.node.attributes.api
   - kubeipvs.node.k8s_auth
 options:
   namespace:
