@@ -29,7 +29,9 @@ attributes:
   check_mode:
     description: Can run in check mode and return the changes it would make without making them.
     support: full
-    details: Nothing changes in the cluster - writes go to the API server as server-side dry runs (validated, not stored), or are not sent.
+    details:
+      - Nothing changes in the cluster - writes go to the API server as server-side dry runs (validated, not
+        stored), or are not sent.
   diff_mode:
     description: Returns details on what has changed (or would change in check mode) in diff mode.
     support: full
