@@ -137,13 +137,13 @@ kube_proxy:
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import run_module
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._conntrack import cpu_count, hashsize_blocker
-from ansible_collections.kubeipvs.node.plugins.module_utils.node._files import apply_file, plan_file
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._files import plan_file
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._kmod import (
     KernelModules,
     modprobe_for,
     plan_persistence,
 )
-from ansible_collections.kubeipvs.node.plugins.module_utils.node._sysctl import Sysctl
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._sysctl import Sysctl, apply_writes
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._conntrack import (
     COUNT_KEY,
     HASHSIZE_PARAM,
@@ -215,10 +215,7 @@ def ensure_conntrack(module, root="/"):
     if not module.check_mode:
         if hashsize_write:
             kmods.write_param(MODULE, HASHSIZE_PARAM, hashsize)
-        for key, text in plan.writes.items():
-            sysctl.write(key, text)
-        for change in changes:
-            apply_file(root, change, move=module.atomic_move)
+        apply_writes(sysctl, plan.writes, changes, root, move=module.atomic_move)
     for warning in warnings:
         module.warn(warning)
 

@@ -26,13 +26,8 @@ description:
     cannot be read the IPVS part is reported as unknown with a warning and the rest still works.
   - Also sets the fact C(kubeipvs_dataplane).
 extends_documentation_fragment:
+  - kubeipvs.node.attributes.read_only
   - kubeipvs.node.attributes
-attributes:
-  check_mode:
-    support: full
-    details: Read-only, the same in check mode.
-  diff_mode:
-    support: none
 options:
   scope:
     description: Which IPVS services count as owned (kube-proxy's).

@@ -51,7 +51,7 @@ options:
       type:
         description: Set type (see the top-level O(type)).
         type: str
-        choices:
+        choices: &set_types
           - hash:ip
           - hash:net
           - hash:mac
@@ -104,20 +104,7 @@ options:
         V(hash:net), V(bitmap:port).
       - Required when O(state=present).
     type: str
-    choices:
-      - hash:ip
-      - hash:net
-      - hash:mac
-      - "hash:ip,port"
-      - "hash:ip,mark"
-      - "hash:net,port"
-      - "hash:net,iface"
-      - "hash:net,net"
-      - "hash:ip,port,ip"
-      - "hash:ip,port,net"
-      - "hash:net,port,net"
-      - bitmap:port
-      - bitmap:ip
+    choices: *set_types
   family:
     description: Address family of hash sets.
     type: str

@@ -26,6 +26,7 @@ description:
   - For whole tables (thousands of services) use M(kubeipvs.node.ipvs_sync).
 extends_documentation_fragment:
   - kubeipvs.node.attributes
+  - kubeipvs.node.ipvs_drain
 options:
   protocol:
     description: Protocol of the service; V(tcp) when not given. Not used with O(fwmark).
@@ -103,11 +104,6 @@ options:
     description: Remove real servers of this service that O(real_servers) does not list (with graceful drain).
     type: bool
     default: false
-  drain_timeout:
-    description:
-      - Seconds a removed real server with connections stays at weight 0 before it is deleted
-        anyway. Not set - wait until its connections are gone.
-    type: int
   state:
     description: V(present) creates or updates the service, V(absent) deletes it with its real servers.
     type: str

@@ -24,6 +24,7 @@ description:
   - Talks to the kernel through hand-packed generic netlink messages; needs no Python library on the node.
 extends_documentation_fragment:
   - kubeipvs.node.attributes
+  - kubeipvs.node.ipvs_drain
 options:
   services:
     description:
@@ -63,11 +64,6 @@ options:
     description: Delete owned services (inside O(scope)) that are not listed.
     type: bool
     default: true
-  drain_timeout:
-    description:
-      - Seconds a removed real server with connections stays at weight 0 before it is deleted
-        anyway. Not set - wait until its connections are gone.
-    type: int
   timeouts:
     description: Global IPVS connection timeouts in seconds; only the given ones are set.
     type: dict

@@ -25,6 +25,7 @@ description:
   - Check mode sends every write with server-side dry-run (C(dryRun=All)).
 extends_documentation_fragment:
   - kubeipvs.node.attributes.api
+  - kubeipvs.node.attributes
   - kubeipvs.node.k8s_auth
 options:
   state:

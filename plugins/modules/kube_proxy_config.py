@@ -25,6 +25,7 @@ description:
   - Editing the ConfigMap does not restart kube-proxy; use M(kubeipvs.node.kube_proxy_restart).
 extends_documentation_fragment:
   - kubeipvs.node.attributes.api
+  - kubeipvs.node.attributes
   - kubeipvs.node.k8s_auth
 options:
   namespace:

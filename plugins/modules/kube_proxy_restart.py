@@ -25,6 +25,7 @@ description:
     with server-side dry-run).
 extends_documentation_fragment:
   - kubeipvs.node.attributes.api
+  - kubeipvs.node.attributes
   - kubeipvs.node.k8s_auth
 options:
   namespace:

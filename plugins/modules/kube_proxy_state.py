@@ -28,14 +28,10 @@ description:
   - Read-only - never changes anything, so check mode is the same as a normal run.
   - Not modelled - topology-aware routing hints (zones) and traffic distribution.
 extends_documentation_fragment:
+  - kubeipvs.node.attributes.read_only
   - kubeipvs.node.attributes.api
+  - kubeipvs.node.attributes
   - kubeipvs.node.k8s_auth
-attributes:
-  check_mode:
-    support: full
-    details: Read-only, the same in check mode.
-  diff_mode:
-    support: none
 options:
   node_name:
     description: The node, as in the EndpointSlices' C(nodeName) (and the Node object's name).

@@ -122,7 +122,7 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.node._kmod import (
     modprobe_for,
     plan_persistence,
 )
-from ansible_collections.kubeipvs.node.plugins.module_utils.node._sysctl import Sysctl
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._sysctl import Sysctl, apply_writes
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kmod import validate_owned_path
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._sysctl import (
     key_parts,
@@ -217,10 +217,7 @@ def ensure_sysctl(module, root="/"):
     warnings.extend(sysctl.shadowing(params["file"], wanted))
 
     if not module.check_mode:
-        for key, text in plan.writes.items():
-            sysctl.write(key, text)
-        for change in changes:
-            apply_file(root, change, move=module.atomic_move)
+        apply_writes(sysctl, plan.writes, changes, root, move=module.atomic_move)
     for warning in warnings:
         module.warn(warning)
 

@@ -13,7 +13,12 @@ from __future__ import annotations
 import os
 
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
-from ansible_collections.kubeipvs.node.plugins.module_utils.node._files import read_text, under_root, write_existing
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._files import (
+    apply_file,
+    read_text,
+    under_root,
+    write_existing,
+)
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._sysctl import kernel_text, parse_dropin, proc_path
 
 # systemd-sysctl's search path; a file name in an earlier directory hides the same name later.
@@ -76,3 +81,11 @@ class Sysctl:
                 if other is not None and other != text:
                     warnings.append(f"{files[name]} sets {key} = {other} after {own_file}: at boot {other} wins")
         return warnings
+
+
+def apply_writes(sysctl, writes, changes, root="/", move=None):
+    """Write the planned live values ({key: text}), then the owned files that changed."""
+    for key, text in writes.items():
+        sysctl.write(key, text)
+    for change in changes:
+        apply_file(root, change, move=move)
