@@ -28,7 +28,7 @@ export ANSIBLE_FORCE_COLOR := False
 export ANSIBLE_NOCOLOR := True
 export PY_COLORS := 0
 
-.PHONY: help setup apt venv collection k8s test unit pytest sanity lint molecule build-collection \
+.PHONY: help setup apt venv collection k8s test unit pytest sanity lint docs-check molecule build-collection \
 	lab-up lab-down lab-ssh lab-status demo bench-ipvs clean
 
 help: ## list the targets
@@ -70,18 +70,19 @@ collection: ## link the checkout into .build/collections so Ansible resolves kub
 	@mkdir -p $(COLLECTIONS)/ansible_collections/kubeipvs
 	@ln -sfn $(CURDIR) $(COLLECTIONS)/ansible_collections/kubeipvs/node
 
-# The host-only checks (sanity, ansible-lint, pytest) need no VM, so they run beside molecule; their
-# output is printed after molecule's, pytest's summary line last. Any failure fails the run.
-test: setup ## everything: molecule on lab VMs, beside it sanity, ansible-lint and pytest (its summary closes the run)
+# The host-only checks (sanity, ansible-lint, the docs and changelog check, pytest) need no VM, so
+# they run beside molecule; their output is printed after molecule's, pytest's summary line last.
+# Any failure fails the run.
+test: setup ## everything: molecule on lab VMs, beside it sanity, ansible-lint, docs-check and pytest (its summary closes the run)
 	@mkdir -p $(BUILD)
 	@( status=0; \
-	  $(MAKE) --no-print-directory sanity lint >$(BUILD)/static-checks.log 2>&1 || status=1; \
+	  $(MAKE) --no-print-directory sanity lint docs-check >$(BUILD)/static-checks.log 2>&1 || status=1; \
 	  $(MAKE) --no-print-directory pytest >$(BUILD)/pytest.log 2>&1 || status=1; \
 	  echo $$status >$(BUILD)/host-checks.status ) & \
 	host_checks=$$!; molecule=0; \
 	$(MAKE) --no-print-directory molecule || molecule=1; \
 	wait $$host_checks; \
-	echo "=== sanity and ansible-lint"; cat $(BUILD)/static-checks.log; \
+	echo "=== sanity, ansible-lint and docs-check"; cat $(BUILD)/static-checks.log; \
 	echo "=== molecule: $$([ $$molecule = 0 ] && echo passed || echo FAILED, see above)"; \
 	echo "=== pytest"; cat $(BUILD)/pytest.log; \
 	[ $$molecule = 0 ] && [ "$$(cat $(BUILD)/host-checks.status)" = 0 ]
@@ -101,6 +102,17 @@ sanity: setup $(SANITY_VENV)/.installed ## ansible-test sanity on an assembled a
 
 lint: setup ## ansible-lint, production profile
 	$(BIN)/ansible-lint --profile production --offline
+
+# The changelog is built on a copy: a release consumes the fragments, which the checkout keeps.
+CHANGELOG_TREE := $(BUILD)/changelog/ansible_collections/kubeipvs/node
+docs-check: setup collection ## antsibull-docs lint-collection-docs (plugin docs too), and the changelog built with antsibull-changelog
+	$(BIN)/antsibull-docs lint-collection-docs --plugin-docs $(COLLECTIONS)/ansible_collections/kubeipvs/node
+	$(BIN)/antsibull-changelog lint
+	@rm -rf $(CHANGELOG_TREE) && mkdir -p $(CHANGELOG_TREE)
+	@git ls-files --cached --others --exclude-standard | rsync -a --files-from=- ./ $(CHANGELOG_TREE)/
+	cd $(CHANGELOG_TREE) && ANSIBLE_COLLECTIONS_PATH=$(BUILD)/changelog $(BIN)/antsibull-changelog release \
+		--version "$$(awk '$$1 == "version:" { print $$2 }' galaxy.yml)"
+	@test -s $(CHANGELOG_TREE)/CHANGELOG.rst && echo "docs-check: the changelog builds ($(CHANGELOG_TREE)/CHANGELOG.rst)"
 
 molecule: setup k8s ## every molecule scenario on lab VMs (SCENARIO=name for one; boots and stops the lab)
 	$(LAB) build

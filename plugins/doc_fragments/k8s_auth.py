@@ -58,6 +58,4 @@ options:
     default: 30
 requirements:
   - kubernetes >= 29.0.0 (Python library, on the host that runs the module - usually the controller)
-notes:
-  - "The module talks to the Kubernetes API only; run it on the controller (C(delegate_to: localhost))."
 """

@@ -135,7 +135,16 @@ kube_proxy:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kubeipvs.node.plugins.module_utils._conntrack import (
+from ansible_collections.kubeipvs.node.plugins.module_utils._errors import run_module
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._conntrack import cpu_count, hashsize_blocker
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._files import plan_file
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._kmod import (
+    KernelModules,
+    modprobe_for,
+    plan_persistence,
+)
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._sysctl import Sysctl, apply_writes
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._conntrack import (
     COUNT_KEY,
     HASHSIZE_PARAM,
     KUBE_PROXY_CONNTRACK,
@@ -144,19 +153,10 @@ from ansible_collections.kubeipvs.node.plugins.module_utils._conntrack import (
     TIMEOUT_CLOSE_WAIT_KEY,
     TIMEOUT_ESTABLISHED_KEY,
     compute_sizing,
-    cpu_count,
-    hashsize_blocker,
     require_positive,
 )
-from ansible_collections.kubeipvs.node.plugins.module_utils._errors import run_module
-from ansible_collections.kubeipvs.node.plugins.module_utils._files import apply_file, plan_file
-from ansible_collections.kubeipvs.node.plugins.module_utils._kmod import (
-    KernelModules,
-    modprobe_for,
-    plan_persistence,
-    validate_owned_path,
-)
-from ansible_collections.kubeipvs.node.plugins.module_utils._sysctl import Sysctl, plan_live, render_dropin
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kmod import validate_owned_path
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._sysctl import plan_live, render_dropin
 
 MODULE = "nf_conntrack"
 
@@ -215,10 +215,7 @@ def ensure_conntrack(module, root="/"):
     if not module.check_mode:
         if hashsize_write:
             kmods.write_param(MODULE, HASHSIZE_PARAM, hashsize)
-        for key, text in plan.writes.items():
-            sysctl.write(key, text)
-        for change in changes:
-            apply_file(root, change, move=module.atomic_move)
+        apply_writes(sysctl, plan.writes, changes, root, move=module.atomic_move)
     for warning in warnings:
         module.warn(warning)
 

@@ -26,13 +26,8 @@ description:
     cannot be read the IPVS part is reported as unknown with a warning and the rest still works.
   - Also sets the fact C(kubeipvs_dataplane).
 extends_documentation_fragment:
+  - kubeipvs.node.attributes.read_only
   - kubeipvs.node.attributes
-attributes:
-  check_mode:
-    support: full
-    details: Read-only, the same in check mode.
-  diff_mode:
-    support: none
 options:
   scope:
     description: Which IPVS services count as owned (kube-proxy's).
@@ -144,25 +139,21 @@ dataplane:
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kubeipvs.node.plugins.module_utils import _dataplane as dp
-from ansible_collections.kubeipvs.node.plugins.module_utils._dataplane_node import (
-    SCOPE_AND_FAMILY_ARGS,
-    NodeReader,
-    validate_scope,
-)
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import run_module
-from ansible_collections.kubeipvs.node.plugins.module_utils._ipvs import IpvsKernel
-from ansible_collections.kubeipvs.node.plugins.module_utils._links import LinkKernel
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._commands import Commands
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._dataplane import SCOPE_AND_FAMILY_ARGS, NodeReader
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._ipvs import IpvsKernel
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._links import LinkKernel
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure import _dataplane as dp
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._dataplane import validate_scope
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import FAMILIES, IPV4, IPV6, NFT
 
-FAMILY_CHOICES = {"ipv4": ("ipv4",), "ipv6": ("ipv6",), "both": dp.FAMILIES}
+FAMILY_CHOICES = {"ipv4": (IPV4,), "ipv6": (IPV6,), "both": FAMILIES}
 TOOLS = ("ipset", "ipvsadm", "iptables", "nft")
 
 
 def make_reader(module, families):
-    def run(argv, data=None):
-        return module.run_command(argv, data=data, binary_data=True, environ_update={"LC_ALL": "C"})
-
-    return NodeReader(run, module.get_bin_path, families, ipvs_factory=IpvsKernel, link_factory=LinkKernel)
+    return NodeReader(Commands.of(module), families, ipvs_factory=IpvsKernel, link_factory=LinkKernel)
 
 
 def iptables_report(node, families):
@@ -204,7 +195,7 @@ def gather(module):
         "ipsets": {"kube_proxy": sorted(name for name in sets if name in own_sets),
                    "other_kube": sorted(extra["other_kube_sets"])},
         "iptables": iptables_report(node, families),
-        "nftables": [f"{dp.NFT_FAMILY[family]} {dp.NFT_TABLE}" for family in families
+        "nftables": [f"{NFT[family]} {dp.NFT_TABLE}" for family in families
                      if node.families[family].nft_table],
         "service_ports": dp.service_ports(node, families),
         "modules": reader.loaded_modules(),
@@ -217,12 +208,15 @@ def gather(module):
     return {"changed": False, "dataplane": dataplane, "ansible_facts": {"kubeipvs_dataplane": dataplane}}
 
 
-def main():
-    module = AnsibleModule(
+def build_module():
+    return AnsibleModule(
         argument_spec=SCOPE_AND_FAMILY_ARGS,
         supports_check_mode=True,
     )
-    run_module(module, gather)
+
+
+def main():
+    run_module(build_module(), gather)
 
 
 if __name__ == "__main__":

@@ -92,19 +92,19 @@ address_count:
   sample: 10000
 """
 
+import contextlib
+
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
-from ansible_collections.kubeipvs.node.plugins.module_utils._links import (
-    FAMILY_BITS,
-    IFF_BROADCAST,
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._links import IFF_BROADCAST, LinkKernel
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import HOST_PREFIX
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._links import (
     IFF_NOARP,
     Link,
-    LinkKernel,
     normalize_addresses,
     plan_addresses,
     validate_link_name,
 )
-from ansible_collections.kubeipvs.node.plugins.module_utils._netlink import NetlinkError
 
 DIFF_LINES = 20
 
@@ -116,11 +116,17 @@ def diff_text(addresses):
     return shown
 
 
-def ensure_dummy_interface(module, links):
+def ensure_dummy_interface(module):
     params = module.params
     name = params["name"]
     validate_link_name(name)
     wanted = normalize_addresses(params["addresses"])
+    with contextlib.closing(LinkKernel()) as links:
+        return converge(module, links, name, wanted)
+
+
+def converge(module, links, name, wanted):
+    params = module.params
     link = links.get_link(name)
     if link is not None and link.kind != "dummy":
         raise KubeIpvsError(f"link {name} exists with type {link.kind or '?'!r}, not dummy: refusing to touch it",
@@ -150,23 +156,13 @@ def ensure_dummy_interface(module, links):
     for _family, text, _prefix in to_remove:
         after_addresses.pop(text, None)
     for family, text in to_add:
-        after_addresses[text] = (family, FAMILY_BITS[family])
+        after_addresses[text] = (family, HOST_PREFIX[family])
     shown_link = link or Link(name, 0, "dummy", IFF_BROADCAST | IFF_NOARP)
     result.update(changed=changed, addresses_added=len(to_add), addresses_removed=len(to_remove),
                   link=shown_link.as_dict(), address_count=len(after_addresses))
     after = {"link": shown_link.as_dict(), "addresses": diff_text(after_addresses)}
     result["diff"] = {"before": before, "after": after}
     return result
-
-
-def run(module):
-    links = LinkKernel()
-    try:
-        return ensure_dummy_interface(module, links)
-    except NetlinkError as error:
-        raise KubeIpvsError("rtnetlink request failed on link {}: {}".format(module.params["name"], error)) from None
-    finally:
-        links.close()
 
 
 def main():
@@ -179,7 +175,7 @@ def main():
         ),
         supports_check_mode=True,
     )
-    run_module(module, run)
+    run_module(module, ensure_dummy_interface)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ description:
   - For whole tables (thousands of services) use M(kubeipvs.node.ipvs_sync).
 extends_documentation_fragment:
   - kubeipvs.node.attributes
+  - kubeipvs.node.ipvs_drain
 options:
   protocol:
     description: Protocol of the service; V(tcp) when not given. Not used with O(fwmark).
@@ -103,11 +104,6 @@ options:
     description: Remove real servers of this service that O(real_servers) does not list (with graceful drain).
     type: bool
     default: false
-  drain_timeout:
-    description:
-      - Seconds a removed real server with connections stays at weight 0 before it is deleted
-        anyway. Not set - wait until its connections are gone.
-    type: int
   state:
     description: V(present) creates or updates the service, V(absent) deletes it with its real servers.
     type: str
@@ -187,23 +183,12 @@ changes:
   sample: ["-A -t 10.96.0.10:80 -s rr", "-a -t 10.96.0.10:80 -r 10.244.1.5:8080 -m -w 1"]
 """
 
-import time
-
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
-from ansible_collections.kubeipvs.node.plugins.module_utils._ipvs import (
-    load_drain_state,
-    normalize_service,
-    open_ipvs,
-    save_drain_state,
-)
-from ansible_collections.kubeipvs.node.plugins.module_utils._ipvs_plan import (
-    change_line,
-    merge_drain_state,
-    plan_changes,
-    simulate,
-)
-from ansible_collections.kubeipvs.node.plugins.module_utils._netlink import NetlinkError
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._ipvs_reconcile import reconcile
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._kmod import modprobe_for
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipvs_input import normalize_service
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipvs_plan import change_line, simulate
 
 SERVICE_OPTIONS = ("protocol", "address", "port", "fwmark", "family", "scheduler", "scheduler_flags",
                    "persistence_timeout", "netmask", "real_servers", "purge_real_servers", "state")
@@ -215,43 +200,19 @@ def ensure_service(module):
         raise KubeIpvsError("drain_timeout must be 0 or more seconds")
     entry = {name: params[name] for name in SERVICE_OPTIONS}
     service, state = normalize_service(entry, "ipvs_service", purge_default=False)
-
-    def run_command(argv):
-        return module.run_command(argv, environ_update={"LC_ALL": "C"})
-
-    kernel = open_ipvs(run_command, module.check_mode, [service.scheduler] if state == "present" else [])
-    try:
-        current = kernel.read([service.key]) if kernel else {}
-        drain_state = load_drain_state()
-        plan = plan_changes([service] if state == "present" else [], current,
-                            absent=[service.key] if state == "absent" else [], drain_state=drain_state,
-                            now=time.time(), drain_timeout=params["drain_timeout"])
-        changes = plan.ordered()
-        new_drain_state = merge_drain_state(drain_state, plan, {service.label()})
-        if not module.check_mode:
-            if changes:
-                kernel.apply(changes)
-            if new_drain_state != drain_state:
-                save_drain_state(new_drain_state)
-    finally:
-        if kernel:
-            kernel.close()
-    before = current.get(service.key)
-    after = simulate(current, changes).get(service.key)
+    present = state == "present"
+    run = reconcile(modprobe_for(module, required=False), [service] if present else [],
+                    absent=[] if present else [service], keys=[service.key], drain_timeout=params["drain_timeout"],
+                    check_mode=module.check_mode)
+    before = run.current.get(service.key)
+    after = simulate(run.current, run.changes).get(service.key)
     return {
-        "changed": bool(changes),
+        "changed": run.changed,
         "service": after.as_dict() if after else None,
-        "draining": plan.draining,
-        "changes": [change_line(change) for change in changes],
+        "draining": run.plan.draining,
+        "changes": [change_line(change) for change in run.changes],
         "diff": {"before": before.as_dict() if before else {}, "after": after.as_dict() if after else {}},
     }
-
-
-def run(module):
-    try:
-        return ensure_service(module)
-    except NetlinkError as error:
-        raise KubeIpvsError(f"IPVS netlink request failed: {error}") from None
 
 
 def main():
@@ -285,7 +246,7 @@ def main():
         required_by={"address": "port"},
         supports_check_mode=True,
     )
-    run_module(module, run)
+    run_module(module, ensure_service)
 
 
 if __name__ == "__main__":

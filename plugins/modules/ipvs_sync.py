@@ -12,8 +12,8 @@ version_added: 0.1.0
 author: kubeipvs.node maintainers (@kubeipvs)
 description:
   - Makes the IPVS services inside O(scope) exactly the listed ones - reads the kernel once (one
-    service dump plus pipelined real-server dumps), computes the smallest change set in memory
-    and sends it hundreds of messages per system call.
+    service dump, and the real servers from one read of C(/proc/net/ip_vs)), computes the
+    smallest change set in memory and sends it hundreds of messages per system call.
   - Services outside O(scope) are never modified or deleted, even with O(exclusive=true) - a
     keepalived or hand-made service on the same node survives. A listed service outside O(scope)
     is an error.
@@ -24,6 +24,7 @@ description:
   - Talks to the kernel through hand-packed generic netlink messages; needs no Python library on the node.
 extends_documentation_fragment:
   - kubeipvs.node.attributes
+  - kubeipvs.node.ipvs_drain
 options:
   services:
     description:
@@ -63,11 +64,6 @@ options:
     description: Delete owned services (inside O(scope)) that are not listed.
     type: bool
     default: true
-  drain_timeout:
-    description:
-      - Seconds a removed real server with connections stays at weight 0 before it is deleted
-        anyway. Not set - wait until its connections are gone.
-    type: int
   timeouts:
     description: Global IPVS connection timeouts in seconds; only the given ones are set.
     type: dict
@@ -155,29 +151,21 @@ timeouts:
   sample: {tcp: 900, tcp_fin: 120, udp: 300}
 """
 
+import contextlib
 import json
-import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
-from ansible_collections.kubeipvs.node.plugins.module_utils._ipvs import (
-    collector_paused,
-    keys_with_thresholds,
-    load_drain_state,
-    normalize_services,
-    open_ipvs,
-    save_drain_state,
-)
-from ansible_collections.kubeipvs.node.plugins.module_utils._ipvs_plan import (
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._ipvs_reconcile import collector_paused, reconcile
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._kmod import modprobe_for
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._links import LinkKernel
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipvs_input import normalize_services
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipvs_plan import (
     Scope,
     change_line,
-    merge_drain_state,
-    plan_changes,
     result_counts,
     summarize,
 )
-from ansible_collections.kubeipvs.node.plugins.module_utils._links import LinkKernel
-from ansible_collections.kubeipvs.node.plugins.module_utils._netlink import NetlinkError
 
 
 def load_services_file(path):
@@ -217,12 +205,9 @@ def build_scope(scope_params):
     try:
         addresses = ()
         if link_name:
-            links = LinkKernel()
-            try:
+            with contextlib.closing(LinkKernel()) as links:
                 link = links.get_link(link_name)
                 addresses = links.addresses(link) if link is not None else {}
-            finally:
-                links.close()
         return Scope(cidrs=cidrs, addresses=addresses, fwmarks=fwmarks)
     except ValueError as error:
         raise KubeIpvsError(f"scope.cidrs: {error}") from None
@@ -257,61 +242,33 @@ def sync(module):
     scope = build_scope(params["scope"])
     check_scope(desired + absent, scope)
 
-    def run_command(argv):
-        return module.run_command(argv, environ_update={"LC_ALL": "C"})
-
-    kernel = open_ipvs(run_command, module.check_mode, {service.scheduler for service in desired})
-    try:
-        current = kernel.read(exact=keys_with_thresholds(desired)) if kernel else {}
-        owned_absent = [service.key for service in absent]
-        drain_state = load_drain_state()
-        plan = plan_changes(desired, current, scope, exclusive=params["exclusive"], absent=owned_absent,
-                            drain_state=drain_state, now=time.time(), drain_timeout=params["drain_timeout"])
-        changes = plan.ordered()
-        owned = [service for service in current.values() if scope.contains(service)]
-        new_drain_state = plan.drain_state
-        if drain_state:  # keep what other tasks' services (outside scope and list) still drain
-            considered = {service.label() for service in owned}
-            considered.update(service.label() for service in desired)
-            new_drain_state = merge_drain_state(drain_state, plan, considered)
-        timeouts = kernel.get_timeouts() if kernel else {}
-        timeouts_to_set = {name: value for name, value in wanted_timeouts.items() if timeouts.get(name) != value}
-        if not module.check_mode:
-            if changes:
-                kernel.apply(changes)
-            if timeouts_to_set:
-                kernel.set_timeouts(timeouts_to_set)
-            if new_drain_state != drain_state:
-                save_drain_state(new_drain_state)
-    finally:
-        if kernel:
-            kernel.close()
-    after_timeouts = dict(timeouts, **timeouts_to_set)
+    run = reconcile(modprobe_for(module, required=False), desired, absent, scope=scope, exclusive=params["exclusive"],
+                    drain_timeout=params["drain_timeout"], timeouts=wanted_timeouts, check_mode=module.check_mode)
+    plan = run.plan
+    owned = sum(1 for service in run.current.values() if scope.contains(service))
     counts = result_counts(plan)
-    owned_after = len(owned) + counts["services_added"] - counts["services_removed"]
     limit = params["diff_lines"]
     summary = summarize(plan, limit)
-    if timeouts_to_set:
-        shown = ", ".join(f"{name} {timeouts.get(name)} -> {value}" for name, value in sorted(timeouts_to_set.items()))
+    if run.timeouts_set:
+        shown = ", ".join(f"{name} {run.timeouts.get(name)} -> {value}"
+                          for name, value in sorted(run.timeouts_set.items()))
         summary += f"# timeouts: {shown}\n"
     return {
-        "changed": bool(changes) or bool(timeouts_to_set),
+        "changed": run.changed,
         "counts": counts,
-        "changes": [change_line(change) for change in changes[:limit]],
+        "changes": [change_line(change) for change in run.changes[:limit]],
         "draining": plan.draining[:limit],
-        "services": owned_after,
-        "foreign_services": len(current) - len(owned),
-        "timeouts": after_timeouts,
+        "services": owned + counts["services_added"] - counts["services_removed"],
+        "foreign_services": len(run.current) - owned,
+        "timeouts": dict(run.timeouts, **run.timeouts_set),
         "diff": {"prepared": summary},
     }
 
 
-def run(module):
-    try:
-        with collector_paused():
-            return sync(module)
-    except NetlinkError as error:
-        raise KubeIpvsError(f"IPVS netlink request failed: {error}") from None
+def sync_paused(module):
+    """The whole run - input, validation, the table - with the cyclic garbage collector paused."""
+    with collector_paused():
+        return sync(module)
 
 
 def main():
@@ -337,7 +294,7 @@ def main():
         required_one_of=[["services", "services_file"]],
         supports_check_mode=True,
     )
-    run_module(module, run)
+    run_module(module, sync_paused)
 
 
 if __name__ == "__main__":

@@ -133,14 +133,16 @@ files:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
-from ansible_collections.kubeipvs.node.plugins.module_utils._files import apply_file
-from ansible_collections.kubeipvs.node.plugins.module_utils._kmod import (
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._files import apply_file
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._kmod import (
     KernelModules,
     apply_module_plan,
-    canonical_name,
     modprobe_for,
-    plan_modules,
     plan_persistence,
+)
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kmod import (
+    canonical_name,
+    plan_modules,
     validate_owned_path,
 )
 

@@ -24,6 +24,7 @@ description:
     does. The DaemonSet's update strategy is set only when it is created.
   - Check mode sends every write with server-side dry-run (C(dryRun=All)).
 extends_documentation_fragment:
+  - kubeipvs.node.attributes.api
   - kubeipvs.node.attributes
   - kubeipvs.node.k8s_auth
 options:
@@ -120,13 +121,13 @@ import re
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
-from ansible_collections.kubeipvs.node.plugins.module_utils._k8s_client import (
+from ansible_collections.kubeipvs.node.plugins.module_utils.k8s._client import (
     AUTH_ARG_SPEC,
     KubeApiError,
     client_from_module,
     require_yaml,
 )
-from ansible_collections.kubeipvs.node.plugins.module_utils._kube_proxy_config import (
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_config import (
     HAS_YAML,
     YAML_IMPORT_ERROR,
     default_config,
@@ -135,7 +136,7 @@ from ansible_collections.kubeipvs.node.plugins.module_utils._kube_proxy_config i
     render_config,
     validate_config,
 )
-from ansible_collections.kubeipvs.node.plugins.module_utils._kube_proxy_manifests import (
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_manifests import (
     CREATE_ONLY,
     cluster_role_binding,
     config_map,

@@ -24,6 +24,7 @@ description:
     validates it without storing it.
   - Editing the ConfigMap does not restart kube-proxy; use M(kubeipvs.node.kube_proxy_restart).
 extends_documentation_fragment:
+  - kubeipvs.node.attributes.api
   - kubeipvs.node.attributes
   - kubeipvs.node.k8s_auth
 options:
@@ -157,13 +158,13 @@ diff:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
-from ansible_collections.kubeipvs.node.plugins.module_utils._k8s_client import (
+from ansible_collections.kubeipvs.node.plugins.module_utils.k8s._client import (
     AUTH_ARG_SPEC,
     KubeApiError,
     client_from_module,
     require_yaml,
 )
-from ansible_collections.kubeipvs.node.plugins.module_utils._kube_proxy_config import (
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_config import (
     HAS_YAML,
     OPTION_PATHS,
     YAML_IMPORT_ERROR,

@@ -24,6 +24,7 @@ description:
   - Check mode reports what would be restarted and deletes nothing (a strategy change is sent
     with server-side dry-run).
 extends_documentation_fragment:
+  - kubeipvs.node.attributes.api
   - kubeipvs.node.attributes
   - kubeipvs.node.k8s_auth
 options:
@@ -100,7 +101,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
-from ansible_collections.kubeipvs.node.plugins.module_utils._k8s_client import AUTH_ARG_SPEC, client_from_module
+from ansible_collections.kubeipvs.node.plugins.module_utils.k8s._client import AUTH_ARG_SPEC, client_from_module
 
 EVENTS_SHOWN = 10
 

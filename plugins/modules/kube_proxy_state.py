@@ -28,6 +28,8 @@ description:
   - Read-only - never changes anything, so check mode is the same as a normal run.
   - Not modelled - topology-aware routing hints (zones) and traffic distribution.
 extends_documentation_fragment:
+  - kubeipvs.node.attributes.read_only
+  - kubeipvs.node.attributes.api
   - kubeipvs.node.attributes
   - kubeipvs.node.k8s_auth
 options:
@@ -160,10 +162,10 @@ counts:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
-from ansible_collections.kubeipvs.node.plugins.module_utils._k8s_client import AUTH_ARG_SPEC, client_from_module
-from ansible_collections.kubeipvs.node.plugins.module_utils._kube_proxy_iptables import iptables_state
-from ansible_collections.kubeipvs.node.plugins.module_utils._kube_proxy_nftables import nftables_state
-from ansible_collections.kubeipvs.node.plugins.module_utils._kube_proxy_state import node_state
+from ansible_collections.kubeipvs.node.plugins.module_utils.k8s._client import AUTH_ARG_SPEC, client_from_module
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_iptables import iptables_state
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_nftables import nftables_state
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_state import node_state
 
 
 def node_ips_from_api(client, node_name):

@@ -112,9 +112,10 @@ diff:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
-from ansible_collections.kubeipvs.node.plugins.module_utils._nftables import (
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._commands import Commands
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._nftables import TableEditor
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._nftables import (
     TABLE_FAMILIES,
-    TableEditor,
     check_content,
     replace_batch,
     validate_table,
@@ -153,24 +154,15 @@ def nftables_table(module):
     params = module.params
     family, name, state, content = params["family"], params["name"], params["state"], params["content"]
     validate_table(family, name)
-    unshare = None
     if state == "present":
         if content is None:
             raise KubeIpvsError("content is required when state is present (give an empty string for an empty table)")
         check_content(content)
-        unshare = module.get_bin_path("unshare")
-    nft = module.get_bin_path("nft")
-    if not nft:
-        raise KubeIpvsError("the nft tool is not installed on this node (Debian/Ubuntu/RHEL package: nftables)")
-
-    def run(argv, data=None):
-        return module.run_command(argv, data=data, binary_data=True, environ_update={"LC_ALL": "C"})
-
-    return plan_table(TableEditor(run, nft, unshare), family, name, state, content, module.check_mode)
+    return plan_table(TableEditor(Commands.of(module)), family, name, state, content, module.check_mode)
 
 
-def main():
-    module = AnsibleModule(
+def build_module():
+    return AnsibleModule(
         argument_spec={
             "family": {"type": "str", "choices": list(TABLE_FAMILIES), "default": "ip"},
             "name": {"type": "str", "required": True},
@@ -179,7 +171,10 @@ def main():
         },
         supports_check_mode=True,
     )
-    run_module(module, nftables_table)
+
+
+def main():
+    run_module(build_module(), nftables_table)
 
 
 if __name__ == "__main__":

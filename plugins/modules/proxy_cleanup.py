@@ -138,19 +138,20 @@ commands:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kubeipvs.node.plugins.module_utils import _dataplane as dp
-from ansible_collections.kubeipvs.node.plugins.module_utils._dataplane_node import (
+from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._commands import Commands
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._dataplane import (
     SCOPE_AND_FAMILY_ARGS,
     NodeReader,
     PlanApplier,
-    validate_scope,
 )
-from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
-from ansible_collections.kubeipvs.node.plugins.module_utils._ipvs import IpvsKernel
-from ansible_collections.kubeipvs.node.plugins.module_utils._links import LinkKernel
-from ansible_collections.kubeipvs.node.plugins.module_utils._netlink import NetlinkError
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._ipvs import IpvsKernel
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._links import LinkKernel
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure import _dataplane as dp
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._dataplane import validate_scope
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import FAMILIES, IPV4, IPV6
 
-FAMILY_CHOICES = {"ipv4": ("ipv4",), "ipv6": ("ipv6",), "both": dp.FAMILIES}
+FAMILY_CHOICES = {"ipv4": (IPV4,), "ipv6": (IPV6,), "both": FAMILIES}
 PARTS = {"iptables": ("iptables",), "ipvs": ("iptables", "ipvs"), "nftables": ("nftables",)}
 
 
@@ -162,10 +163,7 @@ def cleanup(module):
     if not 0 <= params["drain_seconds"] <= 300:
         raise KubeIpvsError(f"drain_seconds must be 0-300, got {params['drain_seconds']}")
 
-    def run(argv, data=None):
-        return module.run_command(argv, data=data, binary_data=True, environ_update={"LC_ALL": "C"})
-
-    reader = NodeReader(run, module.get_bin_path, families, ipvs_factory=IpvsKernel, link_factory=LinkKernel)
+    reader = NodeReader(Commands.of(module), families, ipvs_factory=IpvsKernel, link_factory=LinkKernel)
     node, extra = reader.read(cidrs=cidrs, dummy_interface=link, parts=PARTS[mode])
     if mode == "ipvs" and not extra["ipvs_readable"]:
         raise KubeIpvsError("cannot read IPVS on this node, so the services inside scope cannot be told from "
@@ -180,10 +178,7 @@ def cleanup(module):
     before = dp.objects_of(mode, node, families)
     gone = dp.removed_names(plan)
     if plan.changed and not module.check_mode:
-        try:
-            PlanApplier(reader, drain_seconds=params["drain_seconds"]).apply(plan)
-        except NetlinkError as error:
-            raise KubeIpvsError(f"netlink request failed while cleaning up {mode} mode: {error}") from None
+        PlanApplier(reader, drain_seconds=params["drain_seconds"]).apply(plan)
     result = {
         "changed": plan.changed,
         "removed": plan.summary(),
@@ -200,8 +195,8 @@ def cleanup(module):
     return result
 
 
-def main():
-    module = AnsibleModule(
+def build_module():
+    return AnsibleModule(
         argument_spec={
             "mode": {"type": "str", "required": True, "choices": ["iptables", "ipvs", "nftables"]},
             "drain_seconds": {"type": "int", "default": 0},
@@ -209,7 +204,10 @@ def main():
         },
         supports_check_mode=True,
     )
-    run_module(module, cleanup)
+
+
+def main():
+    run_module(build_module(), cleanup)
 
 
 if __name__ == "__main__":

@@ -115,16 +115,16 @@ modules_loaded:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
-from ansible_collections.kubeipvs.node.plugins.module_utils._files import apply_file, plan_file
-from ansible_collections.kubeipvs.node.plugins.module_utils._kmod import (
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._files import apply_file, plan_file
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._kmod import (
     DEFAULT_MODPROBE_FILE,
     KernelModules,
     modprobe_for,
     plan_persistence,
-    validate_owned_path,
 )
-from ansible_collections.kubeipvs.node.plugins.module_utils._sysctl import (
-    Sysctl,
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._sysctl import Sysctl, apply_writes
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kmod import validate_owned_path
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._sysctl import (
     key_parts,
     missing_keys,
     plan_live,
@@ -217,10 +217,7 @@ def ensure_sysctl(module, root="/"):
     warnings.extend(sysctl.shadowing(params["file"], wanted))
 
     if not module.check_mode:
-        for key, text in plan.writes.items():
-            sysctl.write(key, text)
-        for change in changes:
-            apply_file(root, change, move=module.atomic_move)
+        apply_writes(sysctl, plan.writes, changes, root, move=module.atomic_move)
     for warning in warnings:
         module.warn(warning)
 

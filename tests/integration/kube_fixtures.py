@@ -33,11 +33,11 @@ if str(COLLECTIONS_PATH) not in sys.path:  # the collection's module_utils, for 
     sys.path.append(str(COLLECTIONS_PATH))
 
 # Imported after the sys.path changes above; the first two are re-exported for the client tests.
-from ansible_collections.kubeipvs.node.plugins.module_utils import (  # noqa: E402  # pylint: disable=unused-import
-    _k8s_client as k8s_client,
-)
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import (  # noqa: E402  # pylint: disable=unused-import
     KubeIpvsError,  # noqa: F401
+)
+from ansible_collections.kubeipvs.node.plugins.module_utils.k8s import (  # noqa: E402  # pylint: disable=unused-import
+    _client as k8s_client,
 )
 from fault_proxy import FaultProxy  # noqa: E402
 from kube_cluster import (  # noqa: E402

@@ -20,7 +20,7 @@ COLLECTIONS = Path(__file__).resolve().parents[2] / ".build" / "collections"
 if str(COLLECTIONS) not in sys.path:
     sys.path.append(str(COLLECTIONS))
 
-from ansible_collections.kubeipvs.node.plugins.module_utils._kube_proxy_iptables import (  # noqa: E402
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_iptables import (  # noqa: E402
     endpoint_chain_name,
     iptables_state,
     service_chain_name,

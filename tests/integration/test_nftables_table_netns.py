@@ -15,8 +15,8 @@ import subprocess
 import time
 
 import pytest
-from ansible_collections.kubeipvs.node.plugins.module_utils._kube_proxy_nftables import nftables_state
-from ansible_collections.kubeipvs.node.plugins.module_utils._nftables import replace_batch
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_nftables import nftables_state
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._nftables import replace_batch
 
 NODE = "node1"
 NODE_IPS = ["10.180.0.254"]

@@ -6,7 +6,8 @@ Commands:
   down               stop every lab VM by the PID QEMU recorded, remove the overlays
   status             list the nodes and whether their QEMU is alive
   ssh [NODE] [CMD]   open a root shell (or run CMD) on a node (default node1)
-  wheels             download the Python wheels the nodes need into the cache (they cannot reach the index)
+  wheels             download the Python wheels of tests/lab/node-requirements.txt (the IPVS benchmark's
+                     pyroute2 reference) into the cache: the nodes cannot reach the index
 
 Environment:
   KUBEIPVS_LAB_CACHE   image, key and wheel cache (default ~/.cache/kubeipvs-lab)
@@ -317,9 +318,6 @@ def write_inventory(nodes: list[dict]) -> Path:
                 "ansible_ssh_common_args": " ".join(SSH_OPTIONS[:6]),
                 "ansible_python_interpreter": "/usr/bin/python3",
                 "ansible_pipelining": True,
-                # The node role's offline path, kept tested: pyroute2 shipped from the controller's wheel cache.
-                "ipvs_node_python_source": "wheels",
-                "ipvs_node_python_wheels_dir": str(cache_dir() / "wheels"),
             },
         }
     }
@@ -338,7 +336,6 @@ def running_nodes() -> list[dict]:
 
 def up(count: int) -> None:
     image = build()
-    wheels()
     started = time.monotonic()
     start_switch()
     nodes = [boot(name, image) for name in node_names(count)]

@@ -3,18 +3,19 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """An in-memory IPVS table with the kernel's answers (EEXIST, ESRCH, ENOENT, the HASHED flag).
 
-It implements the interface of ``_ipvs.IpvsKernel`` (read, apply, get_timeouts, set_timeouts,
-close) and of ``_links.LinkKernel``, so module code runs unchanged against it.
+It implements the interface of node/_ipvs.py's ``IpvsKernel`` (read, apply, get_timeouts,
+set_timeouts, close) and of node/_links.py's ``LinkKernel``, so module code runs unchanged against
+it; a change the table refuses fails the batch exactly as the kernel adapter does (``refused``).
 """
 
 from __future__ import annotations
 
 import errno
-import os
-import socket
 
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
-from ansible_collections.kubeipvs.node.plugins.module_utils._ipvs_plan import (
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._ipvs import refused
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import HOST_PREFIX
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipvs_plan import (
     ADD_DEST,
     ADD_SERVICE,
     DEL_DEST,
@@ -23,8 +24,9 @@ from ansible_collections.kubeipvs.node.plugins.module_utils._ipvs_plan import (
     SET_SERVICE,
     SVC_F_HASHED,
     Service,
+    change_line,
 )
-from ansible_collections.kubeipvs.node.plugins.module_utils._links import Link
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._links import Link
 
 
 def _copy_service(service):
@@ -41,25 +43,29 @@ class FakeIpvsKernel:
             self.table[service.key].flags |= SVC_F_HASHED
         self.timeouts = dict(timeouts or {"tcp": 900, "tcp_fin": 120, "udp": 300})
         self.applied = []  # every change the code sent, in order
+        self.refusing = {}  # ipvsadm-like line of a change -> errno the table answers it with
         self.reads = 0
         self.closed = False
 
     # -- the IpvsKernel interface --
-    def read(self, keys=None, exact=()):
+    def read(self, keys=None, expected=None, real_servers=True):
         self.reads += 1
         wanted = self.table if keys is None else {key if not isinstance(key, Service) else key.key for key in keys}
-        return {key: _copy_service(service) for key, service in self.table.items() if key in wanted}
+        table = {key: _copy_service(service) for key, service in self.table.items() if key in wanted}
+        if not real_servers:
+            for service in table.values():
+                service.dests = {}
+        return table
 
     def apply(self, changes):
         failures = []
         for change in changes:
             self.applied.append(change)
-            code = self._apply_one(*change)
+            code = self.refusing.get(change_line(change)) or self._apply_one(*change)
             if code:
                 failures.append((change, code))
         if failures:
-            raise KubeIpvsError(f"the kernel refused {len(failures)} of {len(changes)} IPVS changes",
-                                failed=[(op, os.strerror(code)) for (op, _s, _d), code in failures])
+            raise refused(changes, failures)
 
     def _apply_one(self, op, service, dest):
         have = self.table.get(service.key)
@@ -145,7 +151,7 @@ class FakeLinkKernel:
         for family, text in to_add:
             if text in current:
                 raise KubeIpvsError(f"EEXIST: {text} re-added")
-            current[text] = (family, 32 if family == socket.AF_INET else 128)
+            current[text] = (family, HOST_PREFIX[family])
 
     def close(self):
         pass

@@ -56,7 +56,7 @@ def root(tmp_path, monkeypatch):
 def run(root, check_mode=False, **args):
     commands = []
 
-    def fake_run_command(argv, environ_update=None):
+    def fake_run_command(argv, data=None, binary_data=False, environ_update=None):
         commands.append(argv)
         load_nf_conntrack(root, argv[3].split("=")[1])
         return 0, "", ""

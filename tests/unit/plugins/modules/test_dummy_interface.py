@@ -5,17 +5,16 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import IPV4
 from ansible_collections.kubeipvs.node.plugins.modules import dummy_interface
 from ansible_collections.kubeipvs.node.tests.unit.fakes.ipvs import FakeLinkKernel
-from ansible_collections.kubeipvs.node.tests.unit.plugins.modules.ipvs_helpers import run_main
+from ansible_collections.kubeipvs.node.tests.unit.plugins.modules.helpers import run_main
 
 
 @pytest.fixture
 def links(monkeypatch):
-    fake = FakeLinkKernel({"eth0": ("", {"10.0.2.15": (socket.AF_INET, 24)})})
+    fake = FakeLinkKernel({"eth0": ("", {"10.0.2.15": (IPV4, 24)})})
     monkeypatch.setattr(dummy_interface, "LinkKernel", lambda: fake)
     return fake
 

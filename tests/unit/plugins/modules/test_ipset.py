@@ -1,58 +1,42 @@
 # Copyright (c) kubeipvs.node contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""The ipset module's flow with the system boundary (the ipset and iptables-save commands) faked."""
+"""The ipset module through its real AnsibleModule, the system boundary (the ipset and iptables-save
+commands) faked."""
 
 from __future__ import annotations
 
 import pytest
-from ansible_collections.kubeipvs.node.plugins.module_utils import _ipset as ipset_lib
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
 from ansible_collections.kubeipvs.node.plugins.modules import ipset as ipset_module
+from ansible_collections.kubeipvs.node.tests.unit.plugins.modules.helpers import NodeTools, build
 
 SAVED = "create S hash:ip,port family inet hashsize 1024 maxelem 65536\nadd S 10.0.0.1,tcp:80\n"
 HELP = "Supported set types:\n    hash:ip,port\t7\tx\n    hash:ip\t6\tx\n"
 
 
-class FakeModule:
-    """Just what the module body uses; records every command."""
+class IpsetTools(NodeTools):
+    """ipset and iptables-save, answering from ``outputs`` (keyed by the ipset verb or the tool's name)."""
 
-    def __init__(self, check_mode=False, diff=True, outputs=None, **params):
-        self.params = dict(
-            {
-                "family": "inet",
-                "hashsize": 1024,
-                "maxelem": 65536,
-                "range": None,
-                "comment": False,
-                "timeout": None,
-                "members": None,
-                "members_file": None,
-                "exclusive": False,
-                "swap_threshold": 1000,
-                "diff_limit": 50,
-                "state": "present",
-                "type": None,
-                "sets": None,
-            },
-            **params,
-        )
-        self.check_mode = check_mode
-        self._diff = diff
+    def __init__(self, outputs=None):
+        super().__init__(("ipset", "iptables-save", "ip6tables-save"))
         self.outputs = outputs or {}
-        self.commands = []
 
-    def get_bin_path(self, name, required=False):
-        return f"/usr/sbin/{name}" if name in ("ipset", "iptables-save", "ip6tables-save") else None
+    def record(self, argv, data):
+        return (argv[1:] if argv[0].endswith("ipset") else argv, data)
 
-    def run_command(self, argv, data=None, **_kwargs):
-        self.commands.append((argv[1:] if argv[0].endswith("ipset") else argv, data))
+    def answer(self, argv, data):
         key = argv[1] if argv[0].endswith("ipset") else argv[0].rsplit("/", 1)[-1]
         return self.outputs.get(key, (0, "", ""))
 
 
+def ipset_task(check_mode=False, diff=True, outputs=None, **params):
+    """The ipset module's real AnsibleModule for ``params``, its tools answering from ``outputs``."""
+    return build(ipset_module, IpsetTools(outputs), check_mode=check_mode, diff=diff, **params)
+
+
 def test_check_mode_reads_and_plans_but_never_restores():
-    module = FakeModule(
+    module = ipset_task(
         check_mode=True,
         outputs={"save": (0, SAVED, "")},
         name="S",
@@ -67,14 +51,14 @@ def test_check_mode_reads_and_plans_but_never_restores():
 
 
 def test_converged_set_is_one_read_and_no_write():
-    module = FakeModule(outputs={"save": (0, SAVED, "")}, name="S", type="hash:ip,port", members=["10.0.0.1,80"])
+    module = ipset_task(outputs={"save": (0, SAVED, "")}, name="S", type="hash:ip,port", members=["10.0.0.1,80"])
     result = ipset_module.ensure_sets(module)
     assert not result["changed"]
     assert module.commands == [(["save", "S"], None)]
 
 
 def test_changes_go_in_one_restore_batch():
-    module = FakeModule(
+    module = ipset_task(
         outputs={"save": (0, SAVED, "")},
         name="S",
         type="hash:ip,port",
@@ -93,7 +77,7 @@ def test_changes_go_in_one_restore_batch():
 
 def test_destroy_is_refused_while_iptables_references_the_set():
     rule = "-A KUBE-POSTROUTING -m set --match-set S dst,dst,src -j MASQUERADE"
-    module = FakeModule(
+    module = ipset_task(
         outputs={"save": (0, SAVED, ""), "iptables-save": (0, f"*nat\n{rule}\nCOMMIT\n", "")}, name="S", state="absent"
     )
     with pytest.raises(KubeIpvsError, match="match-set S dst,dst,src") as error:
@@ -103,7 +87,7 @@ def test_destroy_is_refused_while_iptables_references_the_set():
 
 
 def test_type_the_node_does_not_know_fails_before_any_change():
-    module = FakeModule(
+    module = ipset_task(
         outputs={"save": (1, "", "ipset v7.17: The set with the given name does not exist"), "help": (0, HELP, "")},
         name="N",
         type="hash:net,iface",
@@ -115,7 +99,7 @@ def test_type_the_node_does_not_know_fails_before_any_change():
 
 
 def test_kernel_refusal_is_explained():
-    module = FakeModule(
+    module = ipset_task(
         outputs={
             "save": (0, SAVED, ""),
             "restore": (1, "", "ipset v7.17: Set cannot be destroyed: it is in use by a kernel component"),
@@ -135,16 +119,12 @@ ALL_SAVED = (
 
 
 def bulk(check_mode=False, outputs=None, sets=(), **params):
-    return FakeModule(check_mode=check_mode, outputs=outputs or {"save": (0, ALL_SAVED, "")}, sets=list(sets), **params)
+    return ipset_task(check_mode=check_mode, outputs=outputs or {"save": (0, ALL_SAVED, "")}, sets=list(sets), **params)
 
 
 def spec(name, **keys):
-    """A set spec as Ansible hands it over: every suboption present, unset ones None."""
-    return dict(
-        dict.fromkeys(("members", "members_file", *ipset_lib.INHERITED_KEYS)),
-        name=name,
-        **keys,
-    )
+    """A set spec as a task writes it (the module's argument_spec fills in the other suboptions)."""
+    return dict(name=name, **keys)
 
 
 def test_many_sets_are_one_read_one_restore_and_results_per_set():

@@ -1,13 +1,15 @@
 # Copyright (c) kubeipvs.node contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""The iptables_chain module's flow with the system boundary (save, restore, unshare) faked."""
+"""The iptables_chain module through its real AnsibleModule, the system boundary (save, restore,
+unshare, ipset) faked."""
 
 from __future__ import annotations
 
 import pytest
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
 from ansible_collections.kubeipvs.node.plugins.modules import iptables_chain
+from ansible_collections.kubeipvs.node.tests.unit.plugins.modules.helpers import NodeTools, build
 
 SAVED = """*nat
 :POSTROUTING ACCEPT [0:0]
@@ -20,37 +22,25 @@ COMMIT
 """
 
 
-class FakeModule:
-    def __init__(self, tmp_path, check_mode=False, outputs=None, **params):
-        self.params = dict(
-            {
-                "table": "nat",
-                "rules": None,
-                "jumps": [],
-                "family": "ipv4",
-                "backend": "nft",
-                "state": "present",
-                "chains": None,
-            },
-            **params,
-        )
-        self.check_mode = check_mode
-        self._diff = True
-        self.tmpdir = str(tmp_path)
+class IptablesTools(NodeTools):
+    """Every tool present; each answers from ``outputs`` (keyed by the tool's name)."""
+
+    def __init__(self, outputs=None):
+        super().__init__()
         self.outputs = outputs or {}
-        self.commands = []
-        self.warnings = []
 
-    def warn(self, message):
-        self.warnings.append(message)
+    def record(self, argv, data):
+        return (argv[0].rsplit("/", 1)[-1], data)
 
-    def get_bin_path(self, name, required=False):
-        return f"/usr/sbin/{name}"
+    def answer(self, argv, data):
+        return self.outputs.get(argv[0].rsplit("/", 1)[-1], (0, "", ""))
 
-    def run_command(self, argv, data=None, **_kwargs):
-        tool = argv[0].rsplit("/", 1)[-1]
-        self.commands.append((tool, data))
-        return self.outputs.get(tool, (0, "", ""))
+
+def iptables_task(tmp_path, check_mode=False, outputs=None, node=None, **params):
+    """The iptables_chain module's real AnsibleModule for ``params`` (nat table and the nft backend
+    unless given), its tools ``node`` or answering from ``outputs``."""
+    params = {"table": "nat", "backend": "nft", **params}
+    return build(iptables_chain, node or IptablesTools(outputs), check_mode=check_mode, tmpdir=tmp_path, **params)
 
 
 def tools(module):
@@ -58,7 +48,7 @@ def tools(module):
 
 
 def test_converged_chain_reads_once_and_writes_nothing(tmp_path):
-    module = FakeModule(
+    module = iptables_task(
         tmp_path,
         outputs={"iptables-nft-save": (0, SAVED, "")},
         chain="KUBE-MARK-MASQ",
@@ -71,7 +61,7 @@ def test_converged_chain_reads_once_and_writes_nothing(tmp_path):
 
 def test_check_mode_canonicalises_but_never_restores_on_the_node(tmp_path):
     scratch = "*nat\n:KUBE-MARK-MASQ - [0:0]\n-A KUBE-MARK-MASQ -j MARK --set-xmark 0x8000/0x8000\nCOMMIT\n"
-    module = FakeModule(
+    module = iptables_task(
         tmp_path,
         check_mode=True,
         outputs={"iptables-nft-save": (0, SAVED, ""), "unshare": (0, scratch, "")},
@@ -87,7 +77,7 @@ def test_check_mode_canonicalises_but_never_restores_on_the_node(tmp_path):
 
 def test_change_is_one_noflush_restore(tmp_path):
     scratch = "*nat\n:KUBE-MARK-MASQ - [0:0]\n-A KUBE-MARK-MASQ -j MARK --set-xmark 0x8000/0x8000\nCOMMIT\n"
-    module = FakeModule(
+    module = iptables_task(
         tmp_path,
         outputs={"iptables-nft-save": (0, SAVED, ""), "unshare": (0, scratch, "")},
         chain="KUBE-MARK-MASQ",
@@ -104,7 +94,7 @@ def test_change_is_one_noflush_restore(tmp_path):
 
 
 def test_rule_iptables_rejects_fails_before_the_node_is_touched(tmp_path):
-    module = FakeModule(
+    module = iptables_task(
         tmp_path,
         outputs={"iptables-nft-save": (0, SAVED, ""), "unshare": (2, "", "iptables-restore: line 3 failed")},
         chain="KUBE-MARK-MASQ",
@@ -116,7 +106,7 @@ def test_rule_iptables_rejects_fails_before_the_node_is_touched(tmp_path):
 
 
 def test_jump_from_a_chain_that_is_not_built_in_is_refused(tmp_path):
-    module = FakeModule(
+    module = iptables_task(
         tmp_path,
         chain="KUBE-MARK-MASQ",
         rules=[],
@@ -130,24 +120,33 @@ def test_jump_from_a_chain_that_is_not_built_in_is_refused(tmp_path):
 SAVED_FILTER = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:KUBE-FORWARD - [0:0]\nCOMMIT\n"
 
 
-class PerTableModule(FakeModule):
+class PerTableTools(IptablesTools):
     """iptables-nft-save answers per table (-t TABLE); the scratch round trip prints back the batch it
     was given (the rules are already in printed form), as iptables-save in the namespace would."""
 
-    def run_command(self, argv, data=None, **kwargs):
+    def record(self, argv, data):
         tool = argv[0].rsplit("/", 1)[-1]
         if tool == "iptables-nft-save":
-            self.commands.append((f"save {argv[-1]}", data))
+            return (f"save {argv[-1]}", data)
+        if tool == "unshare":
+            return (f"unshare {argv[-1]}", None)
+        return super().record(argv, data)
+
+    def answer(self, argv, data):
+        tool = argv[0].rsplit("/", 1)[-1]
+        if tool == "iptables-nft-save":
             return (0, {"nat": SAVED, "filter": SAVED_FILTER}[argv[-1]], "")
         if tool == "unshare":
             with open(argv[-3]) as rules_file:
-                self.commands.append((f"unshare {argv[-1]}", None))
                 return (0, rules_file.read(), "")
-        return super().run_command(argv, data, **kwargs)
+        return super().answer(argv, data)
 
 
 def chain(table, name, rules=None, jumps=(), state=None):
-    return {"table": table, "chain": name, "rules": rules, "jumps": list(jumps), "state": state}
+    """A chains entry as a task writes it (the module's argument_spec fills in what it leaves out)."""
+    entry = {"table": table, "chain": name, "jumps": list(jumps)}
+    entry.update({key: value for key, value in (("rules", rules), ("state", state)) if value is not None})
+    return entry
 
 
 def jump(parent, comment):
@@ -155,8 +154,9 @@ def jump(parent, comment):
 
 
 def test_many_chains_read_each_table_once_and_restore_once_per_table(tmp_path):
-    module = PerTableModule(
+    module = iptables_task(
         tmp_path,
+        node=PerTableTools(),
         chains=[
             chain("nat", "KUBE-MARK-MASQ", ["-j MARK --or-mark 0x4000"]),  # converged
             chain("nat", "KUBE-SERVICES", jumps=[jump("OUTPUT", "portals"), jump("PREROUTING", "portals")]),
@@ -193,7 +193,7 @@ def test_many_chains_read_each_table_once_and_restore_once_per_table(tmp_path):
 
 
 def test_every_invalid_chain_spec_is_reported_before_anything_is_read(tmp_path):
-    module = FakeModule(
+    module = iptables_task(
         tmp_path,
         chains=[
             chain("nat", "KUBE-MARK-MASQ", ["-j MARK --or-mark 0x4000"]),
@@ -227,19 +227,19 @@ def test_check_mode_uses_a_stand_in_for_a_set_the_node_does_not_have(tmp_path):
         "unshare": (0, scratch, ""),
     }
     args = {"chain": "KUBE-POSTROUTING", "rules": ["-m set --match-set LB dst,dst,src -j MASQUERADE"]}
-    checked = FakeModule(tmp_path, check_mode=True, outputs=outputs, **args)
+    checked = iptables_task(tmp_path, check_mode=True, outputs=outputs, **args)
     result = iptables_chain.ensure_chains(checked)
     assert result["changed"] and tools(checked) == ["iptables-nft-save", "ipset", "unshare"]
     assert len(checked.warnings) == 1 and "ipset LB does not exist" in checked.warnings[0]
 
-    real = FakeModule(tmp_path, outputs=outputs, **args)
+    real = iptables_task(tmp_path, outputs=outputs, **args)
     with pytest.raises(KubeIpvsError, match="ipset LB, which does not exist on the node"):
         iptables_chain.ensure_chains(real)
     assert tools(real) == ["iptables-nft-save", "ipset"]
 
 
 def test_stand_in_sets_match_the_rule_dimension_and_family():
-    from ansible_collections.kubeipvs.node.plugins.module_utils import _iptables as iptables_lib
+    from ansible_collections.kubeipvs.node.plugins.module_utils.pure import _iptables as iptables_lib
 
     rules = [
         ("-m", "set", "--match-set", "LB", "dst,dst,src", "-j", "MASQUERADE"),

@@ -5,11 +5,13 @@
 
 from __future__ import annotations
 
+import errno
+
 import pytest
-from ansible_collections.kubeipvs.node.plugins.module_utils import _ipvs
-from ansible_collections.kubeipvs.node.plugins.module_utils._ipvs_plan import (
+from ansible_collections.kubeipvs.node.plugins.module_utils.node import _ipvs_reconcile
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import IPV4
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipvs_plan import (
     ADD_SERVICE,
-    AF_INET,
     DEL_SERVICE,
     PROTO_TCP,
     SET_DEST,
@@ -17,9 +19,9 @@ from ansible_collections.kubeipvs.node.plugins.module_utils._ipvs_plan import (
 )
 from ansible_collections.kubeipvs.node.plugins.modules import ipvs_service
 from ansible_collections.kubeipvs.node.tests.unit.fakes.ipvs import FakeIpvsKernel
-from ansible_collections.kubeipvs.node.tests.unit.plugins.modules.ipvs_helpers import run_main
+from ansible_collections.kubeipvs.node.tests.unit.plugins.modules.helpers import run_main
 
-KEY = (AF_INET, PROTO_TCP, "10.96.0.10", 80, 0)
+KEY = (IPV4, PROTO_TCP, "10.96.0.10", 80, 0)
 ARGS = {"address": "10.96.0.10", "port": 80, "real_servers": [{"address": "10.0.0.1", "port": 8080},
                                                               {"address": "10.0.0.2", "port": 8080}]}
 
@@ -27,10 +29,8 @@ ARGS = {"address": "10.96.0.10", "port": 80, "real_servers": [{"address": "10.0.
 @pytest.fixture
 def kernel(monkeypatch, tmp_path):
     fake = FakeIpvsKernel()
-    monkeypatch.setattr(ipvs_service, "open_ipvs", lambda run_command, check_mode, schedulers: fake)
-    state = str(tmp_path / "drain.json")
-    monkeypatch.setattr(ipvs_service, "load_drain_state", lambda: _ipvs.load_drain_state(state))
-    monkeypatch.setattr(ipvs_service, "save_drain_state", lambda value: _ipvs.save_drain_state(value, state))
+    monkeypatch.setattr(_ipvs_reconcile, "open_ipvs", lambda modprobe, check_mode, schedulers: fake)
+    monkeypatch.setattr(_ipvs_reconcile, "DRAIN_STATE_PATH", str(tmp_path / "drain.json"))
     return fake
 
 
@@ -84,3 +84,12 @@ def test_bad_input(kernel, capsys, args, message):
     result = run_main(ipvs_service, capsys, **args)
     assert result["failed"] is True and message in result["msg"]
     assert kernel.applied == []
+
+
+def test_changes_the_kernel_refuses_fail_the_task_naming_them(kernel, capsys):
+    kernel.refusing["-a -t 10.96.0.10:80 -r 10.0.0.2:8080 -m -w 1"] = errno.EINVAL
+    result = run_main(ipvs_service, capsys, **ARGS)
+    assert result["failed"] is True
+    assert result["msg"] == ("the kernel refused 1 of 3 IPVS changes (the others were applied): "
+                             "-a -t 10.96.0.10:80 -r 10.0.0.2:8080 -m -w 1: Invalid argument")
+    assert list(kernel.table[KEY].dests) == [("10.0.0.1", 8080)]

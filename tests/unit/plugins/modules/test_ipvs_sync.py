@@ -5,31 +5,30 @@
 
 from __future__ import annotations
 
+import errno
 import gc
 import json
-import socket
 
 import pytest
-from ansible_collections.kubeipvs.node.plugins.module_utils import _ipvs
-from ansible_collections.kubeipvs.node.plugins.module_utils._ipvs_plan import AF_INET, PROTO_TCP, Dest, Service
+from ansible_collections.kubeipvs.node.plugins.module_utils.node import _ipvs_reconcile
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import IPV4
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipvs_plan import PROTO_TCP, PROTO_UDP, Dest, Service
 from ansible_collections.kubeipvs.node.plugins.modules import ipvs_sync
 from ansible_collections.kubeipvs.node.tests.unit.fakes.ipvs import FakeIpvsKernel, FakeLinkKernel
-from ansible_collections.kubeipvs.node.tests.unit.plugins.modules.ipvs_helpers import run_main
+from ansible_collections.kubeipvs.node.tests.unit.plugins.modules.helpers import run_main
 
-FOREIGN = Service(AF_INET, PROTO_TCP, "192.0.2.50", 80, scheduler="wlc",
+FOREIGN = Service(IPV4, PROTO_TCP, "192.0.2.50", 80, scheduler="wlc",
                   dests={("192.0.2.60", 80): Dest("192.0.2.60", 80)})
 
 
 @pytest.fixture
 def kernel(monkeypatch, tmp_path):
     fake = FakeIpvsKernel([FOREIGN])
-    links = FakeLinkKernel({"kube-ipvs0": ("dummy", {"10.96.0.1": (socket.AF_INET, 32),
-                                                     "10.96.0.10": (socket.AF_INET, 32)})})
-    monkeypatch.setattr(ipvs_sync, "open_ipvs", lambda run_command, check_mode, schedulers: fake)
+    links = FakeLinkKernel({"kube-ipvs0": ("dummy", {"10.96.0.1": (IPV4, 32),
+                                                     "10.96.0.10": (IPV4, 32)})})
+    monkeypatch.setattr(_ipvs_reconcile, "open_ipvs", lambda modprobe, check_mode, schedulers: fake)
     monkeypatch.setattr(ipvs_sync, "LinkKernel", lambda: links)
-    state = str(tmp_path / "drain.json")
-    monkeypatch.setattr(ipvs_sync, "load_drain_state", lambda: _ipvs.load_drain_state(state))
-    monkeypatch.setattr(ipvs_sync, "save_drain_state", lambda value: _ipvs.save_drain_state(value, state))
+    monkeypatch.setattr(_ipvs_reconcile, "DRAIN_STATE_PATH", str(tmp_path / "drain.json"))
     return fake
 
 
@@ -83,7 +82,7 @@ def test_exclusive_never_touches_foreign_services(kernel, capsys):
     run_main(ipvs_sync, capsys, services=SERVICES, scope=SCOPE)
     result = run_main(ipvs_sync, capsys, services=SERVICES[:1], scope=SCOPE)
     assert result["counts"]["services_removed"] == 1
-    assert set(kernel.table) == {FOREIGN.key, (AF_INET, PROTO_TCP, "10.96.0.1", 443, 0)}
+    assert set(kernel.table) == {FOREIGN.key, (IPV4, PROTO_TCP, "10.96.0.1", 443, 0)}
     assert kernel.table[FOREIGN.key].scheduler == "wlc"
 
 
@@ -119,7 +118,7 @@ def test_services_file_and_drain(kernel, capsys, tmp_path):
     path = tmp_path / "services.json"
     path.write_text(json.dumps({"services": SERVICES}))
     run_main(ipvs_sync, capsys, services_file=str(path), scope=SCOPE)
-    key = (AF_INET, PROTO_TCP, "10.96.0.1", 443, 0)
+    key = (IPV4, PROTO_TCP, "10.96.0.1", 443, 0)
     # A new endpoint replaces the old one while it still serves a connection: drained, not deleted.
     moved = [dict(SERVICES[0], real_servers=[{"address": "10.0.0.5", "port": 6443}]), SERVICES[1]]
     path.write_text(json.dumps(moved))
@@ -139,3 +138,17 @@ def test_services_file_must_be_a_list(kernel, capsys, tmp_path):
     path.write_text('{"nothing": 1}')
     result = run_main(ipvs_sync, capsys, services_file=str(path), scope=SCOPE)
     assert result["failed"] and "must hold a list" in result["msg"]
+
+
+def test_changes_the_kernel_refuses_fail_the_task_naming_them_and_the_others_stay_applied(kernel, capsys):
+    refused = "-a -u 10.96.0.10:53 -r 10.0.0.3:53 -m -w 1"
+    kernel.refusing[refused] = errno.ENOMEM
+    result = run_main(ipvs_sync, capsys, services=SERVICES, scope=SCOPE)
+    assert result["failed"] is True
+    assert result["msg"].startswith("the kernel refused 1 of 5 IPVS changes (the others were applied): ")
+    assert result["failed_changes"] == [f"{refused}: Cannot allocate memory"]
+    udp = kernel.table[(IPV4, PROTO_UDP, "10.96.0.10", 53, 0)]
+    assert list(udp.dests) == [("10.0.0.2", 53)]
+    kernel.refusing.clear()
+    again = run_main(ipvs_sync, capsys, services=SERVICES, scope=SCOPE)
+    assert again["changes"] == [refused]

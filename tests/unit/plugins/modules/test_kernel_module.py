@@ -41,7 +41,7 @@ def run(root, check_mode=False, **args):
     """Run the module body with a fake kernel; returns (result, commands run)."""
     commands = []
 
-    def fake_run_command(argv, environ_update=None):
+    def fake_run_command(argv, data=None, binary_data=False, environ_update=None):
         assert environ_update["LC_ALL"] == "C"
         commands.append(argv)
         proc = root / "proc/modules"

@@ -1,9 +1,9 @@
 # Copyright (c) kubeipvs.node contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""nftables_table with the system boundary faked: ``nft`` and ``unshare`` answer from an in-memory
-"kernel" that stores a table as the JSON and text nft would print; the real kernel is proven in
-tests/integration/test_nftables_table_netns.py."""
+"""nftables_table through its real AnsibleModule with the system boundary faked: ``nft`` and
+``unshare`` answer from an in-memory "kernel" that stores a table as the JSON and text nft would
+print; the real kernel is proven in tests/integration/test_nftables_table_netns.py."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import json
 
 import pytest
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
-from ansible_collections.kubeipvs.node.plugins.module_utils._nftables import (
-    SCRATCH_SEPARATOR,
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._nftables import SCRATCH_SEPARATOR
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._nftables import (
     canonical_table,
     check_content,
     listing_comments,
@@ -20,6 +20,7 @@ from ansible_collections.kubeipvs.node.plugins.module_utils._nftables import (
     validate_table,
 )
 from ansible_collections.kubeipvs.node.plugins.modules import nftables_table
+from ansible_collections.kubeipvs.node.tests.unit.plugins.modules.helpers import NodeTools, build, run_main
 
 CONTENT = "chain input {\n\ttype filter hook input priority 0; policy accept;\n\tcounter\n}\n"
 
@@ -42,24 +43,22 @@ def listing(rules=("counter",), handle=1, packets=0, comment=None):
     return json.dumps({"nftables": items}), text
 
 
-class FakeModule:
-    """AnsibleModule stand-in; ``live`` is the node's table (json, text) or None, ``scratch`` what the
-    scratch namespace reads back after loading the batch (or an (rc, err) failure)."""
+TABLES = json.dumps({"nftables": [{"table": {"family": "ip", "name": "demo"}}]})
 
-    def __init__(self, live=None, scratch=None, check_mode=False, after=None, **params):
-        self.params = dict({"family": "ip", "name": "demo", "content": CONTENT, "state": "present"}, **params)
-        self.check_mode = check_mode
+
+class NftTools(NodeTools):
+    """``nft`` and ``unshare``: ``live`` is the node's table (json, text) or None, ``scratch`` what the
+    scratch namespace reads back after loading the batch (or an (rc, err) failure), ``tables`` what
+    it lists."""
+
+    def __init__(self, live=None, scratch=None, after=None, tables=TABLES):
+        super().__init__(("nft", "unshare"))
         self.live = live
         self.scratch = scratch if scratch is not None else listing()
         self.after = after  # what the node holds after an apply (default: the scratch result)
-        self.tables = json.dumps({"nftables": [{"table": {"family": "ip", "name": "demo"}}]})
-        self.calls = []
+        self.tables = tables
 
-    def get_bin_path(self, name, required=False):
-        return f"/usr/sbin/{name}"
-
-    def run_command(self, argv, data=None, **_kwargs):
-        self.calls.append((argv, data))
+    def answer(self, argv, data):
         if argv[0] == "/usr/sbin/unshare":
             assert argv[1:3] == ["--net", "--"] and argv[-3:] == ["/usr/sbin/nft", "ip", "demo"]
             if isinstance(self.scratch[0], int):
@@ -80,11 +79,22 @@ class FakeModule:
         raise AssertionError(f"unexpected command {argv}")
 
     def writes(self):
-        return [argv for argv, _data in self.calls if argv[1] in ("-f", "delete")]
+        return [argv for argv, _data in self.commands if argv[1] in ("-f", "delete")]
+
+
+def nft_task(live=None, scratch=None, check_mode=False, after=None, tables=TABLES, **params):
+    """The nftables_table module's real AnsibleModule for ``params`` (table ip demo with CONTENT unless
+    given), its tools an NftTools; ``module.calls`` and ``module.writes()`` are what it ran."""
+    node = NftTools(live, scratch, after, tables)
+    params = {"family": "ip", "name": "demo", "content": CONTENT, **params}
+    module = build(nftables_table, node, check_mode=check_mode, **{k: v for k, v in params.items() if v is not None})
+    module.calls = node.commands
+    module.writes = node.writes
+    return module
 
 
 def test_creates_a_missing_table_in_one_batch():
-    module = FakeModule()
+    module = nft_task()
     result = nftables_table.nftables_table(module)
     assert result["changed"] and result["table"] == {"family": "ip", "name": "demo", "present": True, "chains": 1}
     assert result["diff"]["before"] == "" and result["diff"]["after"] == listing()[1]
@@ -95,13 +105,13 @@ def test_creates_a_missing_table_in_one_batch():
 
 
 def test_same_table_with_other_handles_and_counters_is_unchanged():
-    module = FakeModule(live=listing(handle=40, packets=12345))
+    module = nft_task(live=listing(handle=40, packets=12345))
     result = nftables_table.nftables_table(module)
     assert not result["changed"] and module.writes() == []
 
 
 def test_different_rules_change_and_check_mode_writes_nothing():
-    module = FakeModule(live=listing(rules=("drop",)), check_mode=True)
+    module = nft_task(live=listing(rules=("drop",)), check_mode=True)
     result = nftables_table.nftables_table(module)
     assert result["changed"] and module.writes() == []
     assert "drop" in result["diff"]["before"] and "counter" in result["diff"]["after"]
@@ -109,50 +119,48 @@ def test_different_rules_change_and_check_mode_writes_nothing():
 
 def test_a_chain_comment_change_is_a_change():
     # nft's JSON leaves chain comments out; the text listing carries them.
-    module = FakeModule(live=listing(comment="old"), scratch=listing(comment="new"))
+    module = nft_task(live=listing(comment="old"), scratch=listing(comment="new"))
     assert nftables_table.nftables_table(module)["changed"]
-    assert not nftables_table.nftables_table(FakeModule(live=listing(comment="x"), scratch=listing(comment="x")))[
+    assert not nftables_table.nftables_table(nft_task(live=listing(comment="x"), scratch=listing(comment="x")))[
         "changed"]
 
 
 def test_nft_rejecting_the_content_fails_before_any_write():
-    module = FakeModule(live=listing(), scratch=(90, "Error: syntax error, unexpected string\n"))
+    module = nft_task(live=listing(), scratch=(90, "Error: syntax error, unexpected string\n"))
     with pytest.raises(KubeIpvsError, match=r"nft rejected the content.*syntax error"):
         nftables_table.nftables_table(module)
     assert module.writes() == []
 
 
 def test_content_that_makes_another_table_is_refused():
-    module = FakeModule()
-    module.tables = json.dumps({"nftables": [{"table": {"family": "ip", "name": "demo"}},
-                                             {"table": {"family": "inet", "name": "filter"}}]})
+    module = nft_task(tables=json.dumps({"nftables": [{"table": {"family": "ip", "name": "demo"}},
+                                                      {"table": {"family": "inet", "name": "filter"}}]}))
     with pytest.raises(KubeIpvsError, match="also makes inet filter"):
         nftables_table.nftables_table(module)
     assert module.writes() == []
 
 
 def test_a_table_that_differs_after_apply_fails():
-    module = FakeModule(after=listing(rules=("drop",)))
+    module = nft_task(after=listing(rules=("drop",)))
     with pytest.raises(KubeIpvsError, match="does not hold the content"):
         nftables_table.nftables_table(module)
 
 
 def test_state_absent():
-    module = FakeModule(live=listing(), state="absent", content=None)
+    module = nft_task(live=listing(), state="absent", content=None)
     result = nftables_table.nftables_table(module)
     assert result["changed"] and not result["table"]["present"] and result["diff"]["after"] == ""
     assert module.writes() == [["/usr/sbin/nft", "delete", "table", "ip", "demo"]]
     assert not [argv for argv, _data in module.calls if argv[0].endswith("unshare")]
-    again = FakeModule(live=None, state="absent", content=None)
+    again = nft_task(live=None, state="absent", content=None)
     assert not nftables_table.nftables_table(again)["changed"] and again.writes() == []
-    checked = FakeModule(live=listing(), state="absent", check_mode=True)
+    checked = nft_task(live=listing(), state="absent", check_mode=True)
     assert nftables_table.nftables_table(checked)["changed"] and checked.writes() == []
 
 
 @pytest.mark.parametrize("params, message", [
     ({"name": "bad name"}, "not an nftables table name"),
     ({"name": "x;flush"}, "not an nftables table name"),
-    ({"family": "ipx"}, "family"),
     ({"content": None}, "content is required"),
     ({"content": "}\nflush ruleset\ntable ip demo {"}, "closes the table"),
     ({"content": "chain a {\n"}, "not closed"),
@@ -160,10 +168,17 @@ def test_state_absent():
     ({"content": 'include "/etc/nftables.conf"\n'}, "include"),
 ])
 def test_bad_input_fails_before_any_command(params, message):
-    module = FakeModule(**params)
+    module = nft_task(**params)
     with pytest.raises(KubeIpvsError, match=message):
         nftables_table.nftables_table(module)
     assert module.calls == []
+
+
+def test_a_family_nftables_does_not_have_is_refused_before_any_command(capsys):
+    result = run_main(nftables_table, capsys, family="ipx", name="demo", content=CONTENT)
+    assert result["failed"] and "family" in result["msg"]  # the argument spec refuses it
+    with pytest.raises(KubeIpvsError, match="family"):
+        validate_table("ipx", "demo")  # and so does the module's own check
 
 
 def test_content_checks_ignore_braces_in_strings_and_comments():

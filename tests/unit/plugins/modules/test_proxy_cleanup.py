@@ -1,21 +1,21 @@
 # Copyright (c) kubeipvs.node contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""proxy_cleanup and dataplane_facts with the system boundary faked: the iptables/ipset/nft
-commands answer from canned text, IPVS and links are the in-memory fakes of tests/unit/fakes."""
+"""proxy_cleanup and dataplane_facts through their real AnsibleModules, the system boundary faked:
+the iptables/ipset/nft commands answer from canned text, IPVS and links are the in-memory fakes of
+tests/unit/fakes."""
 
 from __future__ import annotations
 
 import functools
 import json
 import os
-import socket
 
 import pytest
-from ansible_collections.kubeipvs.node.plugins.module_utils import _dataplane_node
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
-from ansible_collections.kubeipvs.node.plugins.module_utils._ipvs_plan import (
-    AF_INET,
+from ansible_collections.kubeipvs.node.plugins.module_utils.node import _dataplane as _dataplane_node
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import IPV4
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipvs_plan import (
     DEL_SERVICE,
     PROTO_TCP,
     PROTO_UDP,
@@ -23,6 +23,7 @@ from ansible_collections.kubeipvs.node.plugins.module_utils._ipvs_plan import (
 )
 from ansible_collections.kubeipvs.node.plugins.modules import dataplane_facts, proxy_cleanup
 from ansible_collections.kubeipvs.node.tests.unit.fakes.ipvs import FakeIpvsKernel, FakeLinkKernel
+from ansible_collections.kubeipvs.node.tests.unit.plugins.modules.helpers import NodeTools, build
 
 SAVE_V4 = """*nat
 :PREROUTING ACCEPT [0:0]
@@ -51,38 +52,51 @@ NFT_TABLES = json.dumps({"nftables": [{"metainfo": {"version": "1.0.6"}},
                                       {"table": {"family": "ip", "name": "foreign", "handle": 4}}]})
 SETS = "KUBE-CLUSTER-IP\nKUBE-LOOP-BACK\nFOREIGN-SET\n"
 
-OWNED = [Service(AF_INET, PROTO_TCP, "10.96.0.1", 443), Service(AF_INET, PROTO_UDP, "10.97.0.10", 53)]
-FOREIGN = Service(AF_INET, PROTO_TCP, "192.0.2.50", 80)
+OWNED = [Service(IPV4, PROTO_TCP, "10.96.0.1", 443), Service(IPV4, PROTO_UDP, "10.97.0.10", 53)]
+FOREIGN = Service(IPV4, PROTO_TCP, "192.0.2.50", 80)
 
 
 IP_JSON = {"route": '[{"dst": "default", "gateway": "10.0.2.2", "dev": "eth0"}]',
            "addr": '[{"ifname": "eth0", "addr_info": [{"family": "inet", "local": "10.0.2.15", "prefixlen": 24}]}]'}
 
 
-class FakeModule:
-    def __init__(self, check_mode=False, save_v4=SAVE_V4, **params):
-        self.params = dict({"scope": {"cidrs": ["10.96.0.0/12"], "dummy_interface": "kube-ipvs0"},
-                            "family": "ipv4", "drain_seconds": 0}, **params)
-        self.check_mode = check_mode
-        self._diff = True
+class NodeCommands(NodeTools):
+    """iptables-nft-save, ipset, nft and ip answering from canned text; ``missing`` tools are not installed."""
+
+    def __init__(self, save_v4=SAVE_V4, missing=()):
+        super().__init__()
+        self.missing = set(missing)
         self.outputs = {"iptables-nft-save": (0, save_v4, ""), "ipset": (0, SETS, ""), "nft": (0, NFT_TABLES, "")}
-        self.commands = []
-        self.warnings = []
 
-    def get_bin_path(self, name, required=False):
-        return f"/usr/sbin/{name}"
+    def get_bin_path(self, name, required=False, opt_dirs=None):
+        return None if name in self.missing else f"/usr/sbin/{name}"
 
-    def run_command(self, argv, data=None, **_kwargs):
+    def record(self, argv, data):
         tool = argv[0].rsplit("/", 1)[-1]
-        self.commands.append((tool, *argv[1:]) if data is None else (tool, data))
+        return (tool, *argv[1:]) if data is None else (tool, data)
+
+    def answer(self, argv, data):
+        tool = argv[0].rsplit("/", 1)[-1]
         if tool in ("ipset", "nft") and argv[1] in ("destroy", "delete"):
             return 0, "", ""
         if tool == "ip" and "show" in argv:
             return 0, IP_JSON["route" if "route" in argv else "addr"], ""
         return self.outputs.get(tool, (0, "", ""))
 
-    def warn(self, text):
-        self.warnings.append(text)
+
+SCOPE = {"cidrs": ["10.96.0.0/12"], "dummy_interface": "kube-ipvs0"}
+
+
+def cleanup_task(check_mode=False, node=None, **params):
+    """proxy_cleanup's real AnsibleModule for ``params`` (IPv4, the service CIDR scope unless given)."""
+    params = {"scope": SCOPE, "family": "ipv4", **params}
+    return build(proxy_cleanup, node or NodeCommands(), check_mode=check_mode, **params)
+
+
+def facts_task(node=None, **params):
+    """dataplane_facts' real AnsibleModule for ``params`` (IPv4, the service CIDR scope unless given)."""
+    params = {"scope": SCOPE, "family": "ipv4", **params}
+    return build(dataplane_facts, node or NodeCommands(), **params)
 
 
 @pytest.fixture
@@ -90,7 +104,7 @@ def kernel(monkeypatch, tmp_path):
     (tmp_path / "proc" / "net").mkdir(parents=True)
     (tmp_path / "proc" / "net" / "ip_vs").write_text("")
     fake = FakeIpvsKernel([*OWNED, FOREIGN])
-    links = FakeLinkKernel({"kube-ipvs0": ("dummy", {"10.96.0.1": (socket.AF_INET, 32)})})
+    links = FakeLinkKernel({"kube-ipvs0": ("dummy", {"10.96.0.1": (IPV4, 32)})})
     reader = functools.partial(_dataplane_node.NodeReader, proc_root=str(tmp_path))
     for module in (proxy_cleanup, dataplane_facts):
         monkeypatch.setattr(module, "IpvsKernel", lambda: fake)
@@ -106,7 +120,7 @@ def writes(module):
 
 def test_check_mode_lists_everything_and_writes_nothing(kernel):
     fake, links = kernel
-    module = FakeModule(check_mode=True, mode="ipvs")
+    module = cleanup_task(check_mode=True, mode="ipvs")
     result = proxy_cleanup.cleanup(module)
     assert result["changed"]
     assert sorted(result["removed"]["ipvs_services"]) == ["tcp/10.96.0.1:443", "udp/10.97.0.10:53"]
@@ -119,7 +133,7 @@ def test_check_mode_lists_everything_and_writes_nothing(kernel):
 
 def test_ipvs_cleanup_order_rules_then_sets_then_services_then_link(kernel):
     fake, links = kernel
-    module = FakeModule(mode="ipvs")
+    module = cleanup_task(mode="ipvs")
     result = proxy_cleanup.cleanup(module)
     done = writes(module)
     assert [command[0] for command in done] == ["iptables-nft-restore", "ipset", "ipset"]
@@ -142,7 +156,7 @@ def test_drain_points_the_vips_at_the_primary_address_then_waits_then_deletes_th
     links = kernel[1]
     slept = []
     monkeypatch.setattr(_dataplane_node.time, "sleep", slept.append)
-    module = FakeModule(mode="ipvs", drain_seconds=3)
+    module = cleanup_task(mode="ipvs", drain_seconds=3)
     proxy_cleanup.cleanup(module)
     replace = [command for command in module.commands if command[:4] == ("ip", "-4", "route", "replace")]
     assert replace == [("ip", "-4", "route", "replace", "table", "local", "local", "10.96.0.1", "dev", "kube-ipvs0",
@@ -151,7 +165,7 @@ def test_drain_points_the_vips_at_the_primary_address_then_waits_then_deletes_th
 
 
 def test_drain_seconds_out_of_range_fails_before_reading(kernel):
-    module = FakeModule(mode="ipvs", drain_seconds=301)
+    module = cleanup_task(mode="ipvs", drain_seconds=301)
     with pytest.raises(KubeIpvsError, match="drain_seconds must be 0-300"):
         proxy_cleanup.cleanup(module)
     assert module.commands == []
@@ -159,7 +173,7 @@ def test_drain_seconds_out_of_range_fails_before_reading(kernel):
 
 def test_iptables_cleanup_leaves_ipvs_objects(kernel):
     fake, links = kernel
-    module = FakeModule(mode="iptables")
+    module = cleanup_task(mode="iptables")
     result = proxy_cleanup.cleanup(module)
     assert [command[0] for command in writes(module)] == ["iptables-nft-restore"]
     assert result["removed"]["iptables"][0]["chains"] == ["KUBE-NODEPORTS", "KUBE-SVC-AAAA"]
@@ -167,7 +181,7 @@ def test_iptables_cleanup_leaves_ipvs_objects(kernel):
 
 
 def test_nftables_cleanup_deletes_only_kube_proxy_tables(kernel):
-    module = FakeModule(mode="nftables")
+    module = cleanup_task(mode="nftables")
     result = proxy_cleanup.cleanup(module)
     assert writes(module) == [("nft", "delete", "table", "ip", "kube-proxy")]
     assert result["removed"]["nftables_tables"] == ["ip kube-proxy"]
@@ -176,7 +190,7 @@ def test_nftables_cleanup_deletes_only_kube_proxy_tables(kernel):
 def test_foreign_reference_fails_before_any_write(kernel):
     fake, links = kernel
     save = SAVE_V4.replace("-A POSTROUTING -j FOREIGN-CHAIN", "-A FOREIGN-CHAIN -j KUBE-SVC-AAAA")
-    module = FakeModule(mode="iptables", save_v4=save)
+    module = cleanup_task(mode="iptables", node=NodeCommands(save_v4=save))
     with pytest.raises(KubeIpvsError) as raised:
         proxy_cleanup.cleanup(module)
     assert "-A FOREIGN-CHAIN -j KUBE-SVC-AAAA" in raised.value.msg
@@ -185,14 +199,14 @@ def test_foreign_reference_fails_before_any_write(kernel):
 
 @pytest.mark.parametrize("scope", [{"cidrs": ["10.96.0.0/33"]}, {"cidrs": ["ten"]}, {"dummy_interface": "a b"}])
 def test_bad_scope_fails_before_anything_is_read(kernel, scope):
-    module = FakeModule(mode="ipvs", scope=scope)
+    module = cleanup_task(mode="ipvs", scope=scope)
     with pytest.raises(KubeIpvsError):
         proxy_cleanup.cleanup(module)
     assert module.commands == []
 
 
 def test_facts_report_mixed_mode_and_owned_vips(kernel):
-    module = FakeModule()
+    module = facts_task()
     result = dataplane_facts.gather(module)
     dataplane = result["dataplane"]
     assert not result["changed"]
@@ -207,10 +221,9 @@ def test_facts_report_mixed_mode_and_owned_vips(kernel):
 
 
 def test_facts_report_which_tools_are_installed(kernel):
-    module = FakeModule()
-    module.get_bin_path = lambda name, required=False: None if name == "nft" else f"/usr/sbin/{name}"
-    module.outputs["nft"] = (1, "", "should not run")
-    tools = dataplane_facts.gather(module)["dataplane"]["tools"]
+    node = NodeCommands(missing={"nft"})
+    node.outputs["nft"] = (1, "", "should not run")
+    tools = dataplane_facts.gather(facts_task(node=node))["dataplane"]["tools"]
     assert tools == {"ipset": True, "ipvsadm": True, "iptables": True, "nft": False}
 
 
@@ -218,7 +231,7 @@ def test_facts_without_ip_vs_loaded_report_empty_ipvs(kernel, monkeypatch, tmp_p
     (tmp_path / "proc" / "net" / "ip_vs").unlink()
     fake, _links = kernel
     fake.read = lambda *args, **kwargs: pytest.fail("IPVS read although ip_vs is not loaded")
-    dataplane = dataplane_facts.gather(FakeModule())["dataplane"]
+    dataplane = dataplane_facts.gather(facts_task())["dataplane"]
     assert dataplane["ipvs"] == {"loaded": False, "known": True, "services": 0, "owned_services": 0,
                                  "foreign_services": 0, "owned_vips": []}
 
@@ -229,9 +242,9 @@ def test_unreadable_ipvs_is_unknown_for_facts_and_fatal_for_ipvs_cleanup(kernel,
 
     for module in (proxy_cleanup, dataplane_facts):
         monkeypatch.setattr(module, "IpvsKernel", refuse)
-    facts_module = FakeModule()
+    facts_module = facts_task()
     dataplane = dataplane_facts.gather(facts_module)["dataplane"]
     assert dataplane["ipvs"]["known"] is False
     assert facts_module.warnings and "IPVS" in facts_module.warnings[0]
     with pytest.raises(KubeIpvsError):
-        proxy_cleanup.cleanup(FakeModule(mode="ipvs"))
+        proxy_cleanup.cleanup(cleanup_task(mode="ipvs"))

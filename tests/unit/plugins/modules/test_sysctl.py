@@ -42,7 +42,7 @@ def root(tmp_path, monkeypatch):
 def run(root, check_mode=False, **args):
     commands = []
 
-    def fake_run_command(argv, environ_update=None):
+    def fake_run_command(argv, data=None, binary_data=False, environ_update=None):
         commands.append(argv)
         name = argv[2]
         (root / "proc/modules").write_text((root / "proc/modules").read_text() + f"{name} 1 0 - Live 0x0\n")

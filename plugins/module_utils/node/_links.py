@@ -1,0 +1,135 @@
+# Copyright (c) kubeipvs.node contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The dummy link kube-proxy puts its VIPs on, and its addresses, over rtnetlink.
+
+Adding a /32 to a link that already holds N addresses costs O(N) in the kernel, so filling
+kube-ipvs0 with 10k VIPs is O(N^2): the addresses are read once, and only the difference
+(pure/_links.py) is added or removed, hundreds of RTM_NEWADDR/RTM_DELADDR per send().
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
+from ansible_collections.kubeipvs.node.plugins.module_utils.node import _netlink as nl
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import (
+    ADDRESS_FAMILY,
+    HOST_PREFIX,
+    IPV6,
+    OF_ADDRESS_FAMILY,
+)
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._links import Link
+
+RTM_NEWLINK = 16
+RTM_DELLINK = 17
+RTM_GETLINK = 18
+RTM_NEWADDR = 20
+RTM_DELADDR = 21
+RTM_GETADDR = 22
+
+IFLA_IFNAME = 3
+IFLA_LINKINFO = 18
+IFLA_INFO_KIND = 1
+
+IFA_ADDRESS = 1
+IFA_LOCAL = 2
+
+IFF_BROADCAST = 0x2
+IFA_F_NODAD = 0x02
+
+IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
+IFADDRMSG = struct.Struct("=BBBBI")  # family, prefix length, flags, scope, index
+
+
+class LinkKernel:
+    """Links and addresses through one rtnetlink socket (the same interface is faked in tests)."""
+
+    def __init__(self):
+        self.sock = nl.NetlinkSocket(nl.NETLINK_ROUTE, what="rtnetlink request")
+
+    def close(self):
+        self.sock.close()
+
+    def get_link(self, name):
+        """The Link called ``name``, or None."""
+        seq = self.sock.next_seq()
+        body = IFINFOMSG.pack(0, 0, 0, 0, 0) + nl.attr_str(IFLA_IFNAME, name)
+        request = nl.message(RTM_GETLINK, nl.NLM_F_REQUEST | nl.NLM_F_ACK, seq, body)
+        try:
+            replies = self.sock.dump(request)
+        except nl.NetlinkError as error:
+            if error.code == 19:  # ENODEV
+                return None
+            raise
+        for data, start, end in replies:
+            _family, _type, index, flags, _change = IFINFOMSG.unpack_from(data, start)
+            attrs = nl.parse_attrs(data, start + IFINFOMSG.size, end)
+            kind = ""
+            if IFLA_LINKINFO in attrs:
+                offset, length = attrs[IFLA_LINKINFO]
+                info = nl.parse_attrs(data, offset, offset + length)
+                if IFLA_INFO_KIND in info:
+                    kind_at, kind_len = info[IFLA_INFO_KIND]
+                    kind = data[kind_at:kind_at + kind_len].split(b"\0", 1)[0].decode()
+            return Link(name, index, kind, flags)
+        return None
+
+    def _ack(self, msg_type, flags, body, name):
+        failures = self.sock.transact([(None, msg_type, flags, body)])
+        if failures:
+            raise nl.NetlinkError(failures[0][1], what=f"rtnetlink request on link {name}")
+
+    def add_dummy(self, name):
+        """Create ``name`` as kube-proxy does: type dummy, left down (the kernel sets BROADCAST,NOARP)."""
+        linkinfo = nl.attr_nested(IFLA_LINKINFO, nl.attr_str(IFLA_INFO_KIND, "dummy"))
+        body = IFINFOMSG.pack(0, 0, 0, 0, 0) + nl.attr_str(IFLA_IFNAME, name) + linkinfo
+        self._ack(RTM_NEWLINK, nl.NLM_F_CREATE | nl.NLM_F_EXCL, body, name)
+
+    def delete_link(self, link):
+        self._ack(RTM_DELLINK, 0, IFINFOMSG.pack(0, 0, link.index, 0, 0), link.name)
+
+    def addresses(self, link):
+        """{text: (family, prefix length)} of the addresses on ``link`` (one dump of all addresses)."""
+        seq = self.sock.next_seq()
+        request = nl.message(RTM_GETADDR, nl.NLM_F_REQUEST | nl.NLM_F_DUMP, seq, IFADDRMSG.pack(0, 0, 0, 0, 0))
+        found = {}
+        unpack = IFADDRMSG.unpack_from
+        for data, start, end in self.sock.dump(request):
+            number, prefix, _flags, _scope, index = unpack(data, start)
+            family = OF_ADDRESS_FAMILY.get(number)
+            if index != link.index or family is None:
+                continue
+            attrs = nl.parse_attrs(data, start + IFADDRMSG.size, end)
+            where = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
+            if where is None:
+                continue
+            offset, length = where
+            found[socket.inet_ntop(number, data[offset:offset + length])] = (family, prefix)
+        return found
+
+    def change_addresses(self, link, to_add, to_remove):
+        """Add and remove host addresses, batched; raise naming the ones the kernel refused."""
+        requests = []
+        for family, text, prefix in to_remove:
+            requests.append((("remove", text), RTM_DELADDR, 0, _address_body(link.index, family, text, prefix)))
+        create = nl.NLM_F_CREATE | nl.NLM_F_EXCL
+        for family, text in to_add:
+            requests.append((("add", text), RTM_NEWADDR, create,
+                             _address_body(link.index, family, text, HOST_PREFIX[family])))
+        failures = self.sock.transact(requests)
+        if failures:
+            shown = ", ".join(f"{tag[0]} {tag[1]}: errno {code}" for tag, code in failures[:10])
+            raise KubeIpvsError(f"the kernel refused {len(failures)} of {len(requests)} address changes "
+                                f"on {link.name}: {shown}")
+
+
+def _address_body(index, family, text, prefix):
+    number = ADDRESS_FAMILY[family]
+    packed = socket.inet_pton(number, text)
+    # NODAD: the link stays down, an IPv6 VIP must not wait for duplicate address detection.
+    ifa_flags = IFA_F_NODAD if family == IPV6 else 0
+    header = IFADDRMSG.pack(number, prefix, ifa_flags, 0, index)
+    return header + nl.attr(IFA_LOCAL, packed) + nl.attr(IFA_ADDRESS, packed)

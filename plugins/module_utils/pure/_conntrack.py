@@ -1,0 +1,57 @@
+# Copyright (c) kubeipvs.node contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Connection tracking sizing as kube-proxy computes it.
+
+Pure Python. Reading and writing the values themselves goes through node/_sysctl.py and
+node/_kmod.py; the CPU count and the hash size checks are node/_conntrack.py's.
+"""
+
+from __future__ import annotations
+
+from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
+
+# kube-proxy's KubeProxyConfiguration defaults (conntrack.maxPerCore, .min, .tcpEstablishedTimeout,
+# .tcpCloseWaitTimeout).
+DEFAULT_MAX_PER_CORE = 32768
+DEFAULT_MIN = 131072
+DEFAULT_TCP_TIMEOUT_ESTABLISHED = 86400
+DEFAULT_TCP_TIMEOUT_CLOSE_WAIT = 3600
+MAX_KEY = "net.netfilter.nf_conntrack_max"
+COUNT_KEY = "net.netfilter.nf_conntrack_count"
+TIMEOUT_ESTABLISHED_KEY = "net.netfilter.nf_conntrack_tcp_timeout_established"
+TIMEOUT_CLOSE_WAIT_KEY = "net.netfilter.nf_conntrack_tcp_timeout_close_wait"
+HASHSIZE_PARAM = "hashsize"
+HASHSIZE_PATH = "/sys/module/nf_conntrack/parameters/hashsize"
+DEFAULT_SYSCTL_FILE = "/etc/sysctl.d/90-kubeipvs-conntrack.conf"
+KUBE_PROXY_NOTE = (
+    "kube-proxy sets nf_conntrack_max, the hash size and the TCP timeouts itself at every start."
+    " To keep the values set here, give it conntrack.maxPerCore: 0 (and tcpEstablishedTimeout: 0s,"
+    " tcpCloseWaitTimeout: 0s) in its KubeProxyConfiguration."
+)
+KUBE_PROXY_CONNTRACK = {"maxPerCore": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"}
+
+
+def require_positive(**values):
+    """Each given (non-None) value must be a positive integer; the error names the option."""
+    for option, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise KubeIpvsError(f"{option} must be a positive integer, got {value!r}", option=option)
+
+
+def compute_sizing(cpus, max_per_core=DEFAULT_MAX_PER_CORE, minimum=DEFAULT_MIN, maximum=None, hashsize=None):
+    """kube-proxy's figures: nf_conntrack_max = max(max_per_core x CPUs, min), hashsize = max / 4.
+
+    An explicit ``maximum`` or ``hashsize`` replaces the computed one.
+    """
+    require_positive(cpus=cpus, max_per_core=max_per_core, min=minimum, max=maximum, hashsize=hashsize)
+    if maximum is None:
+        maximum = max(max_per_core * cpus, minimum)
+        source = "min" if minimum >= max_per_core * cpus else "max_per_core"
+    else:
+        source = "explicit"
+    if hashsize is None:
+        hashsize = max(1, maximum // 4)
+    return {"cpus": cpus, "nf_conntrack_max": maximum, "hashsize": hashsize, "max_source": source}

@@ -1,0 +1,497 @@
+# Copyright (c) kubeipvs.node contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""What kube-proxy in nftables mode programs on one node: the ``kube-proxy`` table of each family.
+
+Pure functions (no Ansible, no API). The facts follow kube-proxy's pkg/proxy/nftables/proxier.go
+(setupNFTables, syncProxyRules, writeServiceToEndpointRules, servicePortChainNameBase,
+servicePortEndpointChainNameBase) and pkg/proxy/topology.go (CategorizeEndpoints); the Services
+come from _kube_proxy_state.cluster_service_ports, shared with the IPVS renderer. The output is the
+body of ``table <family> kube-proxy { ... }`` in nft syntax, the input of the nftables_table module.
+
+Unlike IPVS mode, a Service whose traffic policy is Local and that has no local endpoint gets no
+fallback to cluster-wide endpoints: its traffic is dropped, as upstream does.
+
+Not modelled: topology-aware routing hints (zones), the ``--nodeport-addresses`` CIDR filter (the
+caller passes the addresses NodePorts listen on, or asks for all local addresses), and the
+health-check node ports (kube-proxy serves those from its own HTTP server, not from nftables).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import IPV4, IPV6, NFT, VERSION, family_of
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_state import (
+    categorize,
+    check_node_ips,
+    cluster_service_ports,
+    ip_families,
+    parse_ip,
+    parse_network,
+)
+
+TABLE_NAME = "kube-proxy"
+NAME_LENGTH_MAX = 256  # knftables.NameLengthMax
+CHAIN_NAME_PREFIX_LENGTH_MAX = 16
+CHAIN_NAME_BASE_LENGTH_MAX = NAME_LENGTH_MAX - CHAIN_NAME_PREFIX_LENGTH_MAX
+
+# Stock chains, sets and maps (proxier.go constants).
+SERVICES_CHAIN = "services"
+SERVICE_IPS_MAP = "service-ips"
+SERVICE_NODEPORTS_MAP = "service-nodeports"
+NODEPORT_IPS_SET = "nodeport-ips"
+CLUSTER_IPS_SET = "cluster-ips"
+SERVICE_ENDPOINTS_CHECK_CHAIN = "service-endpoints-check"
+NODEPORT_ENDPOINTS_CHECK_CHAIN = "nodeport-endpoints-check"
+NO_ENDPOINT_SERVICES_MAP = "no-endpoint-services"
+NO_ENDPOINT_NODEPORTS_MAP = "no-endpoint-nodeports"
+REJECT_CHAIN = "reject-chain"
+CLUSTER_IPS_CHECK_CHAIN = "cluster-ips-check"
+FIREWALL_IPS_MAP = "firewall-ips"
+FIREWALL_CHECK_CHAIN = "firewall-check"
+MARK_MASQ_CHAIN = "mark-for-masquerade"
+MASQUERADING_CHAIN = "masquerading"
+
+# Base chains: (name, type, hook, priority). kube-proxy asks for "dstnat-10" and friends; nft only
+# accepts the names dstnat/srcnat on some hooks, and lists the others as numbers, so numbers here
+# where a name is not accepted (dstnat = -100, srcnat = 100).
+BASE_CHAINS = (
+    ("filter-prerouting", "filter", "prerouting", "dstnat - 10"),
+    ("filter-input", "filter", "input", "-110"),
+    ("filter-forward", "filter", "forward", "-110"),
+    ("filter-output", "filter", "output", "-110"),
+    ("filter-output-post-dnat", "filter", "output", "-90"),
+    ("nat-prerouting", "nat", "prerouting", "dstnat"),
+    ("nat-output", "nat", "output", "-100"),
+    ("nat-postrouting", "nat", "postrouting", "srcnat"),
+)
+# Jumps from the base chains (nftablesJumpChains): (from, condition, to), in upstream's order.
+JUMPS = (
+    ("filter-input", "ct state new", NODEPORT_ENDPOINTS_CHECK_CHAIN),
+    ("filter-input", "ct state new", SERVICE_ENDPOINTS_CHECK_CHAIN),
+    ("filter-forward", "ct state new", SERVICE_ENDPOINTS_CHECK_CHAIN),
+    ("filter-output", "ct state new", SERVICE_ENDPOINTS_CHECK_CHAIN),
+    ("filter-prerouting", "ct state new", FIREWALL_CHECK_CHAIN),
+    ("filter-output", "ct state new", FIREWALL_CHECK_CHAIN),
+    ("nat-output", "", SERVICES_CHAIN),
+    ("nat-prerouting", "", SERVICES_CHAIN),
+    ("nat-postrouting", "", MASQUERADING_CHAIN),
+    ("filter-forward", "ct state new", CLUSTER_IPS_CHECK_CHAIN),
+    ("filter-output-post-dnat", "ct state new", CLUSTER_IPS_CHECK_CHAIN),
+)
+FAMILY = {IPV4: ("ipv4_addr", "127.0.0.0/8"), IPV6: ("ipv6_addr", "::1")}
+NODEPORT_ADDRESSES = ("primary", "all")
+
+
+def hash_and_truncate(name):
+    """kube-proxy's hashAndTruncate: the first 8 base32 characters of sha256(name), a dash, the name."""
+    digest = base64.b32encode(hashlib.sha256(name.encode()).digest()).decode()
+    name = digest[:8] + "-" + name
+    if len(name) > CHAIN_NAME_BASE_LENGTH_MAX:
+        name = name[:CHAIN_NAME_BASE_LENGTH_MAX - 3] + "..."
+    return name
+
+
+def service_chain_base(sp):
+    """servicePortChainNameBase: ``HASH-namespace/name/protocol/portname`` (port name may be empty)."""
+    return hash_and_truncate(f"{sp.namespace}/{sp.name}/{sp.protocol.lower()}/{sp.port_name}")
+
+
+def endpoint_text(endpoint):
+    """The endpoint as Go's net.JoinHostPort prints it (IPv6 in brackets)."""
+    if ":" in endpoint.address:
+        return f"[{endpoint.address}]:{endpoint.port}"
+    return f"{endpoint.address}:{endpoint.port}"
+
+
+def endpoint_chain_base(sp, endpoint):
+    """servicePortEndpointChainNameBase: ``HASH-ns/name/proto/portname__ip/port``; IPv6 colons become dots."""
+    address = endpoint.address.replace(":", ".")
+    return hash_and_truncate(
+        f"{sp.namespace}/{sp.name}/{sp.protocol.lower()}/{sp.port_name}__{address}/{endpoint.port}")
+
+
+def endpoint_sort_key(endpoint):
+    return (parse_ip(endpoint.address), endpoint.port)
+
+
+def categorize_endpoints(sp):
+    """kube-proxy's CategorizeEndpoints without topology: (cluster, local, reachable, has_any).
+
+    Cluster endpoints are needed when the internal policy is Cluster or the port takes external
+    traffic (short-circuiting needs them even under external policy Local); local ones when either
+    policy that applies is Local. ``has_any`` says whether any usable endpoint exists anywhere.
+    """
+    external_local = sp.external_local and sp.external
+    uses_cluster = not sp.internal_local or sp.external
+    uses_local = sp.internal_local or external_local
+    cluster, local = categorize(sp.endpoints, uses_cluster, uses_local)
+    if not uses_local:
+        local = []
+    has_any = bool(cluster)
+    if uses_local:
+        has_any = has_any or any(e.ready or (e.serving and e.terminating) for e in sp.endpoints)
+    reachable = {}
+    for endpoint in (cluster if uses_cluster else []) + local:
+        reachable[(endpoint.address, endpoint.port)] = endpoint
+    return (sorted(cluster, key=endpoint_sort_key), sorted(local, key=endpoint_sort_key),
+            sorted(reachable.values(), key=endpoint_sort_key), has_any, uses_cluster, uses_local)
+
+
+def detect_local(cluster_cidrs, family):
+    """The pod network of one family for the ClusterCIDR local-traffic detector, or None."""
+    for text in cluster_cidrs:
+        network = parse_network(text)
+        if network is None:
+            raise ValueError(f"cluster_cidr: {text!r} is not a network in CIDR notation")
+        if family_of(network) == family:
+            return network
+    return None
+
+
+def split_list(value):
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return [str(part) for part in value]
+
+
+class Table:
+    """Accumulates the sets, maps and chains of one family's kube-proxy table in upstream's shape."""
+
+    def __init__(self, family):
+        self.ip = NFT[family]
+        self.addr_type, self.localhost = FAMILY[family]
+        self.sets = {}  # name -> (declaration lines, elements list)
+        self.elements = {}  # set/map name -> {key: value or None}
+        self.chains = {}  # name -> [rules]
+        self.chain_comments = {}
+
+    def chain(self, name):
+        return self.chains.setdefault(name, [])
+
+    def rule(self, chain, text):
+        self.chain(chain).append(text)
+
+    def element(self, container, key, value=None, comment=None):
+        bucket = self.elements.setdefault(container, {})
+        if key not in bucket:  # the first Service to claim an IP:proto:port keeps it
+            bucket[key] = (value, comment)
+
+
+def declare(lines, name, kind, type_text, comment=None, flags=None, timeout=None, elements=None):
+    lines.append(f"\t{kind} {name} {{")
+    lines.append(f"\t\ttype {type_text}")
+    if flags:
+        lines.append(f"\t\tflags {','.join(flags)}")
+    if timeout:
+        lines.append(f"\t\ttimeout {timeout}s")
+    if comment:
+        lines.append(f"\t\tcomment {quote(comment)}")
+    if elements:
+        lines.append("\t\telements = { " + ",\n\t\t\t     ".join(elements) + " }")
+    lines.append("\t}")
+
+
+def quote(text):
+    if '"' in text:
+        raise ValueError(f"{text!r}: nft strings cannot hold a double quote")
+    return f'"{text}"'
+
+
+def element_text(key, value, comment):
+    text = key + (f" comment {quote(comment)}" if comment else "")
+    return f"{text} : {value}" if value is not None else text
+
+
+def ip_sort_key(text):
+    head = text.split(" ", 1)[0]
+    ip = parse_ip(head)
+    return (0, int(ip), text) if ip is not None else (1, 0, text)
+
+
+class Options:
+    __slots__ = ("cluster_cidr", "mark", "masquerade_all", "node_ips", "nodeport_all", "primary_ip", "service_cidrs")
+
+
+def build_options(family, node_ips, cluster_cidr, masquerade_bit, masquerade_all, nodeport_addresses,
+                  service_cidrs):
+    if not isinstance(masquerade_bit, int) or not 0 <= masquerade_bit <= 31:
+        raise ValueError(f"masquerade_bit: {masquerade_bit!r} is not a bit number 0-31")
+    if nodeport_addresses not in NODEPORT_ADDRESSES:
+        raise ValueError(f"nodeport_addresses: {nodeport_addresses!r} is not one of {', '.join(NODEPORT_ADDRESSES)}")
+    check_node_ips(node_ips)
+    options = Options()
+    options.mark = hex(1 << masquerade_bit)
+    options.masquerade_all = bool(masquerade_all)
+    options.cluster_cidr = detect_local(split_list(cluster_cidr), family)
+    family_ips = [ip for ip in map(parse_ip, node_ips) if family_of(ip) == family]
+    options.primary_ip = family_ips[0] if family_ips else None
+    options.node_ips = sorted({str(ip) for ip in family_ips if not ip.is_loopback}, key=ip_sort_key)
+    options.nodeport_all = nodeport_addresses == "all"
+    cidrs = []
+    for text in split_list(service_cidrs):
+        network = parse_network(text)
+        if network is None:
+            raise ValueError(f"service_cidrs: {text!r} is not a network in CIDR notation")
+        if family_of(network) == family:
+            cidrs.append(str(network))
+    options.service_cidrs = cidrs
+    return options
+
+
+def setup_rules(table, options):
+    """setupNFTables: base chains' jumps, masquerading, the check chains and the dispatch rules."""
+    ip = table.ip
+    for source, condition, target in JUMPS:
+        table.rule(source, f"{condition} jump {target}".strip())
+    table.rule(MARK_MASQ_CHAIN, f"mark set mark or {options.mark}")
+    table.rule(MASQUERADING_CHAIN, f"mark and {options.mark} == 0 return")
+    table.rule(MASQUERADING_CHAIN, f"mark set mark xor {options.mark}")
+    table.rule(MASQUERADING_CHAIN, "masquerade fully-random")
+    table.rule(CLUSTER_IPS_CHECK_CHAIN, f'{ip} daddr @{CLUSTER_IPS_SET} reject comment '
+                                        f'"Reject traffic to invalid ports of ClusterIPs"')
+    if options.service_cidrs:
+        table.rule(CLUSTER_IPS_CHECK_CHAIN, f'{ip} daddr {{ {", ".join(options.service_cidrs)} }} drop comment '
+                                            f'"Drop traffic to unallocated ClusterIPs"')
+    table.rule(REJECT_CHAIN, "reject")
+    table.chain_comments[REJECT_CHAIN] = "helper for @no-endpoint-services / @no-endpoint-nodeports"
+    table.rule(SERVICE_ENDPOINTS_CHECK_CHAIN,
+               f"{ip} daddr . meta l4proto . th dport vmap @{NO_ENDPOINT_SERVICES_MAP}")
+    table.rule(FIREWALL_CHECK_CHAIN, f"{ip} daddr . meta l4proto . th dport vmap @{FIREWALL_IPS_MAP}")
+    table.rule(SERVICES_CHAIN, f"{ip} daddr . meta l4proto . th dport vmap @{SERVICE_IPS_MAP}")
+    if options.nodeport_all:
+        table.rule(NODEPORT_ENDPOINTS_CHECK_CHAIN,
+                   f"{ip} daddr != {table.localhost} meta l4proto . th dport vmap @{NO_ENDPOINT_NODEPORTS_MAP}")
+        table.rule(SERVICES_CHAIN, f"fib daddr type local {ip} daddr != {table.localhost} "
+                                   f"meta l4proto . th dport vmap @{SERVICE_NODEPORTS_MAP}")
+    else:
+        table.rule(NODEPORT_ENDPOINTS_CHECK_CHAIN,
+                   f"{ip} daddr @{NODEPORT_IPS_SET} meta l4proto . th dport vmap @{NO_ENDPOINT_NODEPORTS_MAP}")
+        table.rule(SERVICES_CHAIN,
+                   f"{ip} daddr @{NODEPORT_IPS_SET} meta l4proto . th dport vmap @{SERVICE_NODEPORTS_MAP}")
+        for node_ip in options.node_ips:
+            table.element(NODEPORT_IPS_SET, node_ip)
+
+
+def write_service_to_endpoint_rules(table, sp, chain, endpoints, affinity_sets):
+    """writeServiceToEndpointRules: affinity lookups, then ``numgen random mod N vmap``."""
+    if sp.affinity:
+        for endpoint in endpoints:
+            base = endpoint_chain_base(sp, endpoint)
+            table.rule(chain, f"{table.ip} saddr @affinity-{base} goto endpoint-{base}")
+            affinity_sets.add(f"affinity-{base}")
+    targets = ", ".join(f"{index} : goto endpoint-{endpoint_chain_base(sp, endpoint)}"
+                        for index, endpoint in enumerate(endpoints))
+    table.rule(chain, f"numgen random mod {len(endpoints)} vmap {{ {targets} }}")
+
+
+def sync_service_port(table, sp, options, affinity):
+    """syncProxyRules for one ServicePort."""
+    ip, protocol, port = table.ip, sp.protocol.lower(), sp.port
+    name = sp.service_port_name
+    base = service_chain_base(sp)
+    cluster_chain, local_chain = f"service-{base}", f"local-{base}"
+    external_chain, firewall_chain = f"external-{base}", f"firewall-{base}"
+    cluster, local, reachable, has_any, uses_cluster, uses_local = categorize_endpoints(sp)
+    external_local = sp.external_local and sp.external
+
+    for endpoint in reachable:
+        table.chain(f"endpoint-{endpoint_chain_base(sp, endpoint)}")
+    uses_cluster_chain = bool(cluster) and uses_cluster
+    uses_local_chain = bool(local) and uses_local
+    if uses_cluster_chain:
+        table.chain(cluster_chain)
+    if uses_local_chain:
+        table.chain(local_chain)
+
+    internal_chain, has_internal = cluster_chain, has_any
+    if sp.internal_local:
+        internal_chain = local_chain
+        has_internal = has_any and bool(local)
+    external_policy_chain, has_external = cluster_chain, has_any
+    if external_local:
+        external_policy_chain = local_chain
+        has_external = has_any and bool(local)
+    uses_external_chain = has_any and sp.external
+    if uses_external_chain:
+        table.chain(external_chain)
+
+    if not has_any:
+        internal_verdict = external_verdict = f"goto {REJECT_CHAIN}"
+    else:
+        internal_verdict = None if has_internal else "drop"
+        external_verdict = None if has_external else "drop"
+
+    def key(address):
+        return f"{address} . {protocol} . {port}"
+
+    table.element(CLUSTER_IPS_SET, sp.cluster_ip)
+    if has_internal:
+        table.element(SERVICE_IPS_MAP, key(sp.cluster_ip), f"goto {internal_chain}")
+    else:
+        table.element(NO_ENDPOINT_SERVICES_MAP, key(sp.cluster_ip), internal_verdict, comment=name)
+
+    for external_ip in sp.external_ips:
+        if has_any:
+            table.element(SERVICE_IPS_MAP, key(external_ip), f"goto {external_chain}")
+        if not has_external:
+            table.element(NO_ENDPOINT_SERVICES_MAP, key(external_ip), external_verdict, comment=name)
+
+    uses_firewall = bool(sp.lb_ips) and bool(sp.source_ranges)
+    if uses_firewall:
+        table.chain(firewall_chain)
+    for lb_ip in sp.lb_ips:
+        if has_any:
+            table.element(SERVICE_IPS_MAP, key(lb_ip), f"goto {external_chain}")
+        if uses_firewall:
+            table.element(FIREWALL_IPS_MAP, key(lb_ip), f"goto {firewall_chain}")
+    if not has_external:
+        for lb_ip in sp.lb_ips:
+            table.element(NO_ENDPOINT_SERVICES_MAP, key(lb_ip), external_verdict, comment=name)
+
+    if sp.node_port:
+        node_key = f"{protocol} . {sp.node_port}"
+        if has_any:
+            table.element(SERVICE_NODEPORTS_MAP, node_key, f"goto {external_chain}")
+        if not has_external:
+            table.element(NO_ENDPOINT_NODEPORTS_MAP, node_key, external_verdict, comment=name)
+
+    if has_internal:
+        if options.masquerade_all:
+            table.rule(internal_chain, f"{ip} daddr {sp.cluster_ip} {protocol} dport {port} jump {MARK_MASQ_CHAIN}")
+        elif options.cluster_cidr is not None:
+            # Off-cluster traffic to a ClusterIP (a static route to the service range) may leave the node.
+            table.rule(internal_chain, f"{ip} daddr {sp.cluster_ip} {protocol} dport {port} "
+                                       f"{ip} saddr != {options.cluster_cidr} jump {MARK_MASQ_CHAIN}")
+
+    if uses_external_chain:
+        if not external_local:
+            table.rule(external_chain, f"jump {MARK_MASQ_CHAIN}")  # cluster-wide endpoints may be on other nodes
+        else:
+            if options.cluster_cidr is not None:
+                table.rule(external_chain, f'{ip} saddr {options.cluster_cidr} goto {cluster_chain} '
+                                           f'comment "short-circuit pod traffic"')
+            table.rule(external_chain,
+                       f'fib saddr type local jump {MARK_MASQ_CHAIN} comment "masquerade local traffic"')
+            table.rule(external_chain,
+                       f'fib saddr type local goto {cluster_chain} comment "short-circuit local traffic"')
+        if has_external:
+            table.rule(external_chain, f"goto {external_policy_chain}")
+
+    if uses_firewall:
+        sources = [str(network) for network in sp.source_ranges]
+        if options.primary_ip is not None and any(options.primary_ip in network for network in sp.source_ranges):
+            sources.extend(sp.lb_ips)  # a node reaching its own LB VIP loops back with the VIP as source
+        table.rule(firewall_chain, f"{ip} saddr != {{ {', '.join(sources)} }} drop")
+
+    if sp.affinity:
+        for endpoint in reachable:
+            affinity[f"affinity-{endpoint_chain_base(sp, endpoint)}"] = sp.affinity
+
+    affinity_used = set()
+    if uses_cluster_chain:
+        write_service_to_endpoint_rules(table, sp, cluster_chain, cluster, affinity_used)
+    if uses_local_chain:
+        write_service_to_endpoint_rules(table, sp, local_chain, local, affinity_used)
+
+    for endpoint in reachable:
+        chain_base = endpoint_chain_base(sp, endpoint)
+        chain = f"endpoint-{chain_base}"
+        table.rule(chain, f"{ip} saddr {endpoint.address} jump {MARK_MASQ_CHAIN}")  # hairpin
+        if sp.affinity:
+            table.rule(chain, f"update @affinity-{chain_base} {{ {ip} saddr }}")
+        table.rule(chain, f"meta l4proto {protocol} dnat to {endpoint_text(endpoint)}")
+
+
+SET_DECLARATIONS = (
+    # (name, kind, type suffix or None for the address type alone, comment)
+    (CLUSTER_IPS_SET, "set", None, "Active ClusterIPs"),
+    (NODEPORT_IPS_SET, "set", None, "IPs that accept NodePort traffic"),
+    (NO_ENDPOINT_SERVICES_MAP, "map", " . inet_proto . inet_service : verdict",
+     "vmap to drop or reject packets to services with no endpoints"),
+    (NO_ENDPOINT_NODEPORTS_MAP, "map", "inet_proto . inet_service : verdict",
+     "vmap to drop or reject packets to service nodeports with no endpoints"),
+    (FIREWALL_IPS_MAP, "map", " . inet_proto . inet_service : verdict",
+     "destinations that are subject to LoadBalancerSourceRanges"),
+    (SERVICE_IPS_MAP, "map", " . inet_proto . inet_service : verdict",
+     "ClusterIP, ExternalIP and LoadBalancer IP traffic"),
+    (SERVICE_NODEPORTS_MAP, "map", "inet_proto . inet_service : verdict", "NodePort traffic"),
+)
+
+
+def render(table, options, affinity):
+    lines = [f"\tcomment {quote('rules for kube-proxy')}"]
+    for name, kind, suffix, comment in SET_DECLARATIONS:
+        if name == NODEPORT_IPS_SET and options.nodeport_all:
+            continue  # upstream adds and deletes it: the set does not exist when NodePorts listen everywhere
+        if suffix is None:
+            type_text = table.addr_type
+        elif suffix.startswith(" . "):
+            type_text = table.addr_type + suffix
+        else:
+            type_text = suffix
+        bucket = table.elements.get(name, {})
+        elements = [element_text(key, value, note) for key, (value, note) in sorted(
+            bucket.items(), key=lambda item: ip_sort_key(item[0]))]
+        declare(lines, name, kind, type_text, comment=comment, elements=elements)
+    for name in sorted(affinity):
+        declare(lines, name, "set", table.addr_type, flags=("dynamic", "timeout"), timeout=affinity[name])
+
+    base_names = [chain[0] for chain in BASE_CHAINS]
+    for name, chain_type, hook, priority in BASE_CHAINS:
+        lines.append(f"\tchain {name} {{")
+        lines.append(f"\t\ttype {chain_type} hook {hook} priority {priority}; policy accept;")
+        lines.extend(f"\t\t{rule}" for rule in table.chains.get(name, []))
+        lines.append("\t}")
+    for name in sorted(n for n in table.chains if n not in base_names):
+        lines.append(f"\tchain {name} {{")
+        if name in table.chain_comments:
+            lines.append(f"\t\tcomment {quote(table.chain_comments[name])}")
+        lines.extend(f"\t\t{rule}" for rule in table.chains[name])
+        lines.append("\t}")
+    return "\n".join(lines) + "\n"
+
+
+def nftables_table(service_ports, family, node_ips, cluster_cidr=None, masquerade_bit=14, masquerade_all=False,
+                   nodeport_addresses="primary", service_cidrs=None):
+    """The ``kube-proxy`` table of one family: {"family": "ip"|"ip6", "name": "kube-proxy", "content": body}.
+
+    ``service_ports`` come from _kube_proxy_state.cluster_service_ports for the same ``family``.
+    ``node_ips`` are the node's addresses (NodePorts listen on those of this family when
+    ``nodeport_addresses`` is "primary", kube-proxy's default in nftables mode; "all" listens on every
+    local address). ``cluster_cidr`` (str, comma-separated str or list) enables the ClusterCIDR
+    local-traffic detector; ``service_cidrs`` adds the drop rule for unallocated ClusterIPs.
+    Raises ValueError on bad input.
+    """
+    if family not in FAMILY:
+        raise ValueError(f"family: {family!r} is not {' or '.join(FAMILY)}")
+    options = build_options(family, list(node_ips), cluster_cidr, masquerade_bit, masquerade_all,
+                            nodeport_addresses, service_cidrs)
+    table = Table(family)
+    for name in (SERVICES_CHAIN, CLUSTER_IPS_CHECK_CHAIN, MASQUERADING_CHAIN, MARK_MASQ_CHAIN, REJECT_CHAIN,
+                 SERVICE_ENDPOINTS_CHECK_CHAIN, NODEPORT_ENDPOINTS_CHECK_CHAIN, FIREWALL_CHECK_CHAIN):
+        table.chain(name)
+    setup_rules(table, options)
+    affinity = {}
+    for sp in service_ports:
+        if parse_ip(sp.cluster_ip) is None or family_of(ipaddress.ip_address(sp.cluster_ip)) != family:
+            raise ValueError(f"{sp.service_port_name}: ClusterIP {sp.cluster_ip} is not an "
+                             f"IPv{VERSION[family]} address")
+        sync_service_port(table, sp, options, affinity)
+    return {"family": table.ip, "name": TABLE_NAME, "content": render(table, options, affinity)}
+
+
+def nftables_state(services, endpoint_slices, node_name, node_ips, **options):
+    """The kube-proxy tables of one node: {"ipv4": table, "ipv6": table} for the families it has
+    (as _kube_proxy_state.ip_families decides). ``options`` are nftables_table's keyword options."""
+    check_node_ips(node_ips)
+    result = {}
+    for family in ip_families(services, node_ips):
+        service_ports = cluster_service_ports(services, endpoint_slices, node_name, family)
+        result[family] = nftables_table(service_ports, family, node_ips, **options)
+    return result

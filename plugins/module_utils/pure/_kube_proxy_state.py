@@ -1,0 +1,369 @@
+# Copyright (c) kubeipvs.node contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""What kube-proxy in IPVS mode programs on one node, computed from Services and EndpointSlices.
+
+Pure functions (no Ansible, no API). The facts follow kube-proxy's pkg/proxy/ipvs/proxier.go
+(syncProxyRules, syncEndpoint), pkg/proxy/topology.go (CategorizeEndpoints) and
+pkg/proxy/endpointslicecache.go; the output uses the input formats of this collection's
+dummy_interface, ipvs_sync and ipset modules.
+
+Not modelled: topology-aware routing hints (zones), traffic distribution, ``--nodeport-addresses``
+filtering (the caller passes the node IPs NodePorts listen on), and the iptables rules.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._dataplane import port_label
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import INET, IPV4, IPV6, KUBERNETES, family_of
+
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+SERVICE_PROXY_NAME_LABEL = "service.kubernetes.io/service-proxy-name"
+DEFAULT_AFFINITY_TIMEOUT = 10800  # seconds; sessionAffinityConfig.clientIP.timeoutSeconds default
+IPSET_NAME_MAX = 31
+
+# kube-proxy's ipsets and their types (pkg/proxy/ipvs/ipset.go).
+IPSET_TYPES = {
+    "KUBE-LOOP-BACK": "hash:ip,port,ip",
+    "KUBE-CLUSTER-IP": "hash:ip,port",
+    "KUBE-EXTERNAL-IP": "hash:ip,port",
+    "KUBE-EXTERNAL-IP-LOCAL": "hash:ip,port",
+    "KUBE-LOAD-BALANCER": "hash:ip,port",
+    "KUBE-LOAD-BALANCER-LOCAL": "hash:ip,port",
+    "KUBE-LOAD-BALANCER-FW": "hash:ip,port",
+    "KUBE-LOAD-BALANCER-SOURCE-IP": "hash:ip,port,ip",
+    "KUBE-LOAD-BALANCER-SOURCE-CIDR": "hash:ip,port,net",
+    "KUBE-NODE-PORT-TCP": "bitmap:port",
+    "KUBE-NODE-PORT-LOCAL-TCP": "bitmap:port",
+    "KUBE-NODE-PORT-UDP": "bitmap:port",
+    "KUBE-NODE-PORT-LOCAL-UDP": "bitmap:port",
+    "KUBE-NODE-PORT-SCTP-HASH": "hash:ip,port",
+    "KUBE-NODE-PORT-LOCAL-SCTP-HASH": "hash:ip,port",
+    "KUBE-HEALTH-CHECK-NODE-PORT": "bitmap:port",
+    "KUBE-IPVS-IPS": "hash:ip",
+}
+
+
+def ipset_name(name, family):
+    """kube-proxy's name of a set for an IP family: IPv6 sets are KUBE-6-*, cut to 31 characters."""
+    if family == IPV6:
+        name = "KUBE-6-" + name[len("KUBE-"):]
+    return name[:IPSET_NAME_MAX]
+
+
+def parse_ip(text):
+    try:
+        return ipaddress.ip_address(str(text))
+    except ValueError:
+        return None
+
+
+class Endpoint:
+    __slots__ = ("address", "local", "port", "ready", "serving", "terminating")
+
+    def __init__(self, address, port, ready, serving, terminating, local):
+        self.address, self.port = address, port
+        self.ready, self.serving, self.terminating, self.local = ready, serving, terminating, local
+
+
+def endpoints_by_port(slices, node_name, family):
+    """(namespace, service, port name, protocol) -> {"ip:port": Endpoint} from the slices of one family.
+
+    As kube-proxy's endpoint slice cache: only the first address of an endpoint counts; a
+    missing ready or serving condition means true, a missing terminating one false; every
+    endpoint is kept whatever its conditions (categorize() picks).
+    """
+    address_type = KUBERNETES[family]
+    result = {}
+    for endpoint_slice in slices:
+        metadata = endpoint_slice.get("metadata") or {}
+        service = (metadata.get("labels") or {}).get(SERVICE_NAME_LABEL)
+        if not service or endpoint_slice.get("addressType") != address_type:
+            continue
+        for port in endpoint_slice.get("ports") or []:
+            if port.get("port") is None:
+                continue
+            key = (metadata.get("namespace"), service, port.get("name") or "", port.get("protocol") or "TCP")
+            bucket = result.setdefault(key, {})
+            for endpoint in endpoint_slice.get("endpoints") or []:
+                addresses = endpoint.get("addresses") or []
+                address = parse_ip(addresses[0]) if addresses else None
+                if address is None or family_of(address) != family:
+                    continue
+                conditions = endpoint.get("conditions") or {}
+                terminating = conditions.get("terminating") is True
+                key = f"{address}:{port['port']}"
+                # The same IP in two slices (a reused pod IP): the endpoint that is not terminating wins.
+                if key not in bucket or not terminating:
+                    bucket[key] = Endpoint(str(address), port["port"], conditions.get("ready") is not False,
+                                           conditions.get("serving") is not False, terminating,
+                                           bool(node_name) and endpoint.get("nodeName") == node_name)
+    return result
+
+
+def categorize(endpoints, uses_cluster, uses_local):
+    """kube-proxy's CategorizeEndpoints without topology hints: (cluster, local) endpoint lists.
+
+    Cluster endpoints are the ready ones or, when none is ready anywhere, the serving and
+    terminating ones. Local endpoints are the ready ones on this node or, when none is, this
+    node's serving and terminating ones.
+    """
+    cluster, local = [], []
+    if uses_cluster:
+        cluster = [e for e in endpoints if e.ready]
+        if not cluster:
+            cluster = [e for e in endpoints if e.serving and e.terminating]
+    if uses_local:
+        local = [e for e in endpoints if e.local and e.ready]
+        if not local:
+            local = [e for e in endpoints if e.local and e.serving and e.terminating]
+    return cluster, local
+
+
+class NodeState:
+    """Accumulates the dummy addresses, IPVS services and ipset members of one family."""
+
+    def __init__(self, family, node_ips, scheduler):
+        self.family = family
+        self.node_ips = node_ips
+        self.scheduler = scheduler
+        self.bound = set()
+        self.services = {}
+        self.sets = {name: set() for name in IPSET_TYPES}
+
+    def add(self, set_name, member):
+        self.sets[set_name].add(member)
+
+    def virtual_server(self, address, protocol, port, affinity_timeout, endpoints, bind):
+        key = (protocol, address, port)
+        if key in self.services:  # the first Service to claim a VIP:port wins, as in the kernel
+            return
+        service = {"protocol": protocol, "address": address, "port": port, "family": INET[self.family],
+                   "scheduler": self.scheduler}
+        if self.scheduler == "mh":
+            service["scheduler_flags"] = ["mh-port"]  # kube-proxy sets the source-port hash flag for mh
+        if affinity_timeout:
+            service["persistence_timeout"] = affinity_timeout
+        service["real_servers"] = [{"address": e.address, "port": e.port, "weight": 1, "forwarding": "nat"}
+                                   for e in sorted(endpoints, key=lambda e: (parse_ip(e.address), e.port))]
+        self.services[key] = service
+        if bind:
+            self.bound.add(address)
+
+
+def entry(ip, protocol, port, third=None):
+    text = f"{ip},{protocol}:{port}"
+    return f"{text},{third}" if third is not None else text
+
+
+def parse_network(text):
+    try:
+        return ipaddress.ip_network(str(text).strip(), strict=False)
+    except ValueError:
+        return None  # the API server validates source ranges; a bad one is skipped, as kube-proxy does
+
+
+def net_text(network):
+    """A source range as ipset prints it: a host network without its prefix length."""
+    return str(network.network_address) if network.prefixlen == network.max_prefixlen else str(network)
+
+
+def choose(only_local, cluster, local):
+    """The endpoints of one virtual server. Local policy with no local endpoint still programs the
+    cluster-wide ones (kubernetes#97081); kube-proxy's filter rules drop external traffic instead."""
+    return (local or cluster) if only_local else cluster
+
+
+def externally_accessible(spec):
+    service_type = spec.get("type") or "ClusterIP"
+    if service_type in ("NodePort", "LoadBalancer"):
+        return True
+    return service_type == "ClusterIP" and bool(spec.get("externalIPs"))
+
+
+class ServicePort:
+    """One port of one Service as every kube-proxy mode sees it on one node and IP family.
+
+    ``endpoints`` are all the port's endpoints of the family; ``internal_endpoints`` serve the
+    ClusterIP and ``external_endpoints`` the NodePorts, external and load-balancer IPs, after
+    kube-proxy's categorisation and traffic policies.
+    """
+
+    __slots__ = ("affinity", "cluster_ip", "endpoints", "external_endpoints", "external_ips", "external_local",
+                 "health_check_node_port", "internal_endpoints", "internal_local", "lb_ips", "name", "namespace",
+                 "node_port", "port", "port_name", "protocol", "source_ranges")
+
+    def __init__(self, **fields):
+        for name in self.__slots__:
+            setattr(self, name, fields[name])
+
+    @property
+    def service_port_name(self):
+        """kube-proxy's ServicePortName.String(): ``namespace/name`` plus ``:port`` when the port is named."""
+        text = f"{self.namespace}/{self.name}"
+        return f"{text}:{self.port_name}" if self.port_name else text
+
+    @property
+    def external(self):
+        """Whether the port is reachable from outside the cluster network (NodePort, external or LB IP)."""
+        return bool(self.node_port or self.lb_ips or self.external_ips)
+
+
+def service_ports(service, endpoint_map, family):
+    """The ServicePorts of one Service for one family; none for ExternalName, headless, another
+    proxy's Services or a Service without a ClusterIP of the family."""
+    metadata, spec = service.get("metadata") or {}, service.get("spec") or {}
+    if (spec.get("type") == "ExternalName" or SERVICE_PROXY_NAME_LABEL in (metadata.get("labels") or {})):
+        return []
+    cluster_ips = [parse_ip(ip) for ip in (spec.get("clusterIPs") or [spec.get("clusterIP")])]
+    cluster_ip = next((ip for ip in cluster_ips if ip is not None and family_of(ip) == family), None)
+    if cluster_ip is None:  # headless, or no ClusterIP of this family
+        return []
+    external_ips = [ip for ip in map(parse_ip, spec.get("externalIPs") or []) if ip and family_of(ip) == family]
+    ingress = ((service.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+    # ipMode Proxy: the load balancer proxies, the node must not capture the VIP.
+    lb_ips = [parse_ip(i.get("ip")) for i in ingress if i.get("ip") and (i.get("ipMode") or "VIP") == "VIP"]
+    lb_ips = [ip for ip in lb_ips if ip and family_of(ip) == family]
+    source_ranges = [r for r in map(parse_network, spec.get("loadBalancerSourceRanges") or [])
+                     if r is not None and family_of(r) == family]
+    affinity = None
+    if spec.get("sessionAffinity") == "ClientIP":
+        affinity = (((spec.get("sessionAffinityConfig") or {}).get("clientIP") or {}).get("timeoutSeconds")
+                    or DEFAULT_AFFINITY_TIMEOUT)
+    external_local = externally_accessible(spec) and spec.get("externalTrafficPolicy") == "Local"
+    internal_local = spec.get("internalTrafficPolicy") == "Local"
+    health_check = spec.get("healthCheckNodePort") if external_local and spec.get("type") == "LoadBalancer" else 0
+
+    result = []
+    for port in spec.get("ports") or []:
+        protocol = port.get("protocol") or "TCP"
+        key = (metadata.get("namespace"), metadata.get("name"), port.get("name") or "", protocol)
+        endpoints = list(endpoint_map.get(key, {}).values())
+        node_port = port.get("nodePort") or 0
+        port_accessible = bool(node_port or lb_ips or external_ips)
+        cluster, local = categorize(endpoints, not internal_local or port_accessible,
+                                    internal_local or (external_local and port_accessible))
+        result.append(ServicePort(
+            namespace=metadata.get("namespace") or "", name=metadata.get("name") or "",
+            port_name=port.get("name") or "", protocol=protocol, cluster_ip=str(cluster_ip), port=port["port"],
+            node_port=node_port, external_ips=[str(ip) for ip in external_ips], lb_ips=[str(ip) for ip in lb_ips],
+            source_ranges=source_ranges, affinity=affinity, internal_local=internal_local,
+            external_local=external_local, health_check_node_port=health_check or 0, endpoints=endpoints,
+            internal_endpoints=choose(internal_local, cluster, local),
+            external_endpoints=choose(external_local, cluster, local)))
+    return result
+
+
+def cluster_service_ports(services, endpoint_slices, node_name, family):
+    """Every ServicePort of one family on one node, Services in (namespace, name) order."""
+    endpoint_map = endpoints_by_port(endpoint_slices, node_name, family)
+    return [sp for service in sorted(services, key=service_key) for sp in service_ports(service, endpoint_map, family)]
+
+
+def ip_families(services, node_ips):
+    """The IP families a node has: its node IPs' and its Services' ClusterIPs' (IPv4 when none)."""
+    families = {family_of(ip) for ip in map(parse_ip, node_ips) if ip}
+    for service in services:
+        spec = service.get("spec") or {}
+        families.update(family_of(ip) for ip in map(parse_ip, spec.get("clusterIPs") or [spec.get("clusterIP")]) if ip)
+    return sorted(families or {IPV4})
+
+
+def check_node_ips(node_ips):
+    bad = [ip for ip in node_ips if parse_ip(ip) is None]
+    if bad:
+        raise ValueError(f"node_ips: {', '.join(map(str, bad))} is not an IP address")
+
+
+def sync_service_port(state, sp, node_addresses):
+    """What IPVS mode programs for one ServicePort (kube-proxy's syncProxyRules, per port)."""
+    protocol = sp.protocol.lower()
+    for endpoint in sp.endpoints:  # hairpin: a local endpoint reaching its own Service
+        if endpoint.local:
+            state.add("KUBE-LOOP-BACK", entry(endpoint.address, protocol, endpoint.port, endpoint.address))
+
+    state.add("KUBE-CLUSTER-IP", entry(sp.cluster_ip, protocol, sp.port))
+    state.virtual_server(sp.cluster_ip, protocol, sp.port, sp.affinity, sp.internal_endpoints, bind=True)
+
+    for external_ip in sp.external_ips:
+        state.add("KUBE-EXTERNAL-IP-LOCAL" if sp.external_local else "KUBE-EXTERNAL-IP",
+                  entry(external_ip, protocol, sp.port))
+        state.virtual_server(external_ip, protocol, sp.port, sp.affinity, sp.external_endpoints,
+                             bind=external_ip not in node_addresses)
+
+    primary_node_ip = parse_ip(state.node_ips[0]) if state.node_ips else None
+    for lb_ip in sp.lb_ips:
+        state.add("KUBE-LOAD-BALANCER", entry(lb_ip, protocol, sp.port))
+        if sp.external_local:
+            state.add("KUBE-LOAD-BALANCER-LOCAL", entry(lb_ip, protocol, sp.port))
+        if sp.source_ranges:
+            state.add("KUBE-LOAD-BALANCER-FW", entry(lb_ip, protocol, sp.port))
+            for source in sp.source_ranges:
+                state.add("KUBE-LOAD-BALANCER-SOURCE-CIDR", entry(lb_ip, protocol, sp.port, net_text(source)))
+            if primary_node_ip and any(primary_node_ip in source for source in sp.source_ranges):
+                state.add("KUBE-LOAD-BALANCER-SOURCE-IP", entry(lb_ip, protocol, sp.port, lb_ip))
+        state.virtual_server(lb_ip, protocol, sp.port, sp.affinity, sp.external_endpoints,
+                             bind=lb_ip not in node_addresses)
+
+    if sp.node_port and not state.node_ips:
+        return  # as kube-proxy: nowhere to listen, and no health check port either
+    if sp.node_port:
+        if protocol == "sctp":
+            members = [entry(ip, "sctp", sp.node_port) for ip in state.node_ips]
+            sets = ["KUBE-NODE-PORT-SCTP-HASH"] + (["KUBE-NODE-PORT-LOCAL-SCTP-HASH"] if sp.external_local else [])
+        else:
+            members = [str(sp.node_port)]
+            suffix = protocol.upper()
+            sets = [f"KUBE-NODE-PORT-{suffix}"] + ([f"KUBE-NODE-PORT-LOCAL-{suffix}"] if sp.external_local else [])
+        for set_name in sets:
+            for member in members:
+                state.add(set_name, member)
+        for node_ip in state.node_ips:
+            state.virtual_server(node_ip, protocol, sp.node_port, sp.affinity, sp.external_endpoints, bind=False)
+    if sp.health_check_node_port:
+        state.add("KUBE-HEALTH-CHECK-NODE-PORT", str(sp.health_check_node_port))
+
+
+def node_state(services, endpoint_slices, node_name, node_ips, scheduler="rr"):
+    """The IPVS-mode state of one node.
+
+    Returns ``dummy_interface`` (``addresses``), ``ipvs_sync`` (``services``), ``ipsets`` (set name
+    -> sorted members as ``ipset`` prints them) and ``ipset_types``, for IPv4 and - when the node
+    or any Service has IPv6 - IPv6 (sets named KUBE-6-*).
+    """
+    check_node_ips(node_ips)
+    parsed_node_ips = [parse_ip(ip) for ip in node_ips]
+    node_addresses = {str(ip) for ip in parsed_node_ips}
+
+    addresses, ipvs_services, ipsets, ipset_types, cluster_ports = [], [], {}, {}, set()
+    for family in ip_families(services, node_ips):
+        family_node_ips = [str(ip) for ip in parsed_node_ips if family_of(ip) == family]
+        state = NodeState(family, family_node_ips, scheduler)
+        for sp in cluster_service_ports(services, endpoint_slices, node_name, family):
+            sync_service_port(state, sp, node_addresses)
+            cluster_ports.add(port_label(sp.protocol, sp.cluster_ip, sp.port))
+        state.sets["KUBE-IPVS-IPS"] = set(state.bound)
+        addresses.extend(sorted(state.bound, key=parse_ip))
+        order = sorted(state.services, key=lambda key: (parse_ip(key[1]), key[0], key[2]))
+        ipvs_services.extend(state.services[key] for key in order)
+        for name, members in state.sets.items():
+            family_name = ipset_name(name, family)
+            ipset_types[family_name] = IPSET_TYPES[name]
+            ipsets[family_name] = sorted(members, key=member_sort_key)
+    return {"dummy_interface": {"addresses": addresses}, "ipvs_sync": {"services": ipvs_services},
+            "ipsets": ipsets, "ipset_types": ipset_types, "cluster_ip_ports": sorted(cluster_ports)}
+
+
+def service_key(service):
+    metadata = service.get("metadata") or {}
+    return (metadata.get("namespace") or "", metadata.get("name") or "")
+
+
+def member_sort_key(member):
+    head = member.split(",", 1)[0]
+    ip = parse_ip(head)
+    if ip is None:  # a bitmap:port member
+        return (0, int(head) if head.isdigit() else 0, 0, member)
+    return (1, ip.version, int(ip), member)

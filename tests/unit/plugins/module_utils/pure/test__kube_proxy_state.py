@@ -1,0 +1,305 @@
+# Copyright (c) kubeipvs.node contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Table-driven: Services + EndpointSlices (as the API returns them) -> what kube-proxy's IPVS mode
+programs on node1 (node IP 192.0.2.11)."""
+
+from __future__ import annotations
+
+import pytest
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import IPV4, IPV6
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipset import normalise_entries
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipvs_input import normalize_services
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_state import ipset_name, node_state
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._links import normalize_addresses
+
+NODE = "node1"
+NODE_IPS = ["192.0.2.11"]
+
+
+def service(name, cluster_ips, ports, service_type="ClusterIP", namespace="default", status=None, labels=None,
+            **spec):
+    body = {"metadata": {"name": name, "namespace": namespace, "labels": labels or {}},
+            "spec": dict(spec, type=service_type, clusterIP=cluster_ips[0] if cluster_ips else None,
+                         clusterIPs=cluster_ips, ports=ports)}
+    if status:
+        body["status"] = {"loadBalancer": {"ingress": status}}
+    return body
+
+
+def port(number, protocol="TCP", name="", node_port=None):
+    item = {"name": name, "port": number, "protocol": protocol, "targetPort": number}
+    if node_port:
+        item["nodePort"] = node_port
+    return item
+
+
+def ep(address, node, ready=True, serving=None, terminating=None):
+    conditions = {"ready": ready}
+    if serving is not None:
+        conditions["serving"] = serving
+    if terminating is not None:
+        conditions["terminating"] = terminating
+    return {"addresses": [address], "conditions": conditions, "nodeName": node}
+
+
+def endpoint_slice(service_name, endpoints, ports, address_type="IPv4", namespace="default"):
+    return {"metadata": {"name": f"{service_name}-{address_type.lower()}", "namespace": namespace,
+                         "labels": {"kubernetes.io/service-name": service_name}},
+            "addressType": address_type, "endpoints": endpoints,
+            "ports": [{"name": name, "port": number, "protocol": protocol} for name, number, protocol in ports]}
+
+
+def rs(address, port_number):
+    return {"address": address, "port": port_number, "weight": 1, "forwarding": "nat"}
+
+
+def vs(address, port_number, real_servers, protocol="tcp", family="inet", **extra):
+    return dict({"protocol": protocol, "address": address, "port": port_number, "family": family, "scheduler": "rr"},
+                **extra, real_servers=real_servers)
+
+
+TWO_ENDPOINTS = [ep("10.244.1.5", "node1"), ep("10.244.2.6", "node2")]
+
+CASES = [
+    pytest.param(
+        [service("dns", ["10.96.0.10"], [port(53, "UDP", "dns"), port(53, "TCP", "dns-tcp")])],
+        [endpoint_slice("dns", TWO_ENDPOINTS, [("dns", 5353, "UDP"), ("dns-tcp", 5353, "TCP")])],
+        {"addresses": ["10.96.0.10"],
+         "services": [vs("10.96.0.10", 53, [rs("10.244.1.5", 5353), rs("10.244.2.6", 5353)]),
+                      vs("10.96.0.10", 53, [rs("10.244.1.5", 5353), rs("10.244.2.6", 5353)], protocol="udp")],
+         "ipsets": {"KUBE-CLUSTER-IP": ["10.96.0.10,tcp:53", "10.96.0.10,udp:53"],
+                    "KUBE-LOOP-BACK": ["10.244.1.5,tcp:5353,10.244.1.5", "10.244.1.5,udp:5353,10.244.1.5"],
+                    "KUBE-IPVS-IPS": ["10.96.0.10"]}},
+        id="clusterip-two-protocols-loopback-only-for-local-endpoints"),
+    pytest.param(
+        [service("web", ["10.96.0.20"], [port(80, node_port=30080)], "NodePort")],
+        [endpoint_slice("web", [ep("10.244.2.6", "node2")], [("", 8080, "TCP")])],
+        {"addresses": ["10.96.0.20"],
+         "services": [vs("10.96.0.20", 80, [rs("10.244.2.6", 8080)]),
+                      vs("192.0.2.11", 30080, [rs("10.244.2.6", 8080)])],
+         "ipsets": {"KUBE-CLUSTER-IP": ["10.96.0.20,tcp:80"], "KUBE-NODE-PORT-TCP": ["30080"],
+                    "KUBE-IPVS-IPS": ["10.96.0.20"]}},
+        id="nodeport-on-each-node-ip-not-bound"),
+    pytest.param(
+        [service("lb", ["10.96.0.30"], [port(443, node_port=30443)], "LoadBalancer",
+                 status=[{"ip": "203.0.113.10"}, {"ip": "203.0.113.11", "ipMode": "Proxy"},
+                         {"hostname": "lb.example"}],
+                 externalTrafficPolicy="Local", healthCheckNodePort=32000)],
+        [endpoint_slice("lb", TWO_ENDPOINTS, [("", 8443, "TCP")])],
+        {"addresses": ["10.96.0.30", "203.0.113.10"],
+         "services": [vs("10.96.0.30", 443, [rs("10.244.1.5", 8443), rs("10.244.2.6", 8443)]),
+                      vs("192.0.2.11", 30443, [rs("10.244.1.5", 8443)]),
+                      vs("203.0.113.10", 443, [rs("10.244.1.5", 8443)])],
+         "ipsets": {"KUBE-CLUSTER-IP": ["10.96.0.30,tcp:443"], "KUBE-LOAD-BALANCER": ["203.0.113.10,tcp:443"],
+                    "KUBE-LOAD-BALANCER-LOCAL": ["203.0.113.10,tcp:443"], "KUBE-NODE-PORT-TCP": ["30443"],
+                    "KUBE-NODE-PORT-LOCAL-TCP": ["30443"], "KUBE-HEALTH-CHECK-NODE-PORT": ["32000"],
+                    "KUBE-LOOP-BACK": ["10.244.1.5,tcp:8443,10.244.1.5"],
+                    "KUBE-IPVS-IPS": ["10.96.0.30", "203.0.113.10"]}},
+        id="loadbalancer-external-local-uses-local-endpoints-skips-proxy-ipmode"),
+    pytest.param(
+        [service("lb", ["10.96.0.31"], [port(80, node_port=30081)], "LoadBalancer", status=[{"ip": "203.0.113.12"}],
+                 externalTrafficPolicy="Local")],
+        [endpoint_slice("lb", [ep("10.244.2.6", "node2")], [("", 80, "TCP")])],
+        {"addresses": ["10.96.0.31", "203.0.113.12"],
+         "services": [vs("10.96.0.31", 80, [rs("10.244.2.6", 80)]), vs("192.0.2.11", 30081, [rs("10.244.2.6", 80)]),
+                      vs("203.0.113.12", 80, [rs("10.244.2.6", 80)])],
+         "ipsets": {"KUBE-CLUSTER-IP": ["10.96.0.31,tcp:80"], "KUBE-LOAD-BALANCER": ["203.0.113.12,tcp:80"],
+                    "KUBE-LOAD-BALANCER-LOCAL": ["203.0.113.12,tcp:80"], "KUBE-NODE-PORT-TCP": ["30081"],
+                    "KUBE-NODE-PORT-LOCAL-TCP": ["30081"], "KUBE-IPVS-IPS": ["10.96.0.31", "203.0.113.12"]}},
+        id="external-local-without-local-endpoints-falls-back-to-cluster-ones"),
+    pytest.param(
+        [service("lbfw", ["10.96.0.32"], [port(80)], "LoadBalancer", status=[{"ip": "203.0.113.13"}],
+                 loadBalancerSourceRanges=["192.0.2.0/24", "198.51.100.7/32", "2001:db8::/64"])],
+        [endpoint_slice("lbfw", [ep("10.244.2.6", "node2")], [("", 80, "TCP")])],
+        {"addresses": ["10.96.0.32", "203.0.113.13"],
+         "services": [vs("10.96.0.32", 80, [rs("10.244.2.6", 80)]), vs("203.0.113.13", 80, [rs("10.244.2.6", 80)])],
+         "ipsets": {"KUBE-CLUSTER-IP": ["10.96.0.32,tcp:80"], "KUBE-LOAD-BALANCER": ["203.0.113.13,tcp:80"],
+                    "KUBE-LOAD-BALANCER-FW": ["203.0.113.13,tcp:80"],
+                    "KUBE-LOAD-BALANCER-SOURCE-CIDR": ["203.0.113.13,tcp:80,192.0.2.0/24",
+                                                       "203.0.113.13,tcp:80,198.51.100.7"],
+                    "KUBE-LOAD-BALANCER-SOURCE-IP": ["203.0.113.13,tcp:80,203.0.113.13"],
+                    "KUBE-IPVS-IPS": ["10.96.0.32", "203.0.113.13"]}},
+        id="loadbalancer-source-ranges-node-inside-a-range"),
+    pytest.param(
+        [service("ext", ["10.96.0.40"], [port(8080)], externalIPs=["198.51.100.20", "192.0.2.11", "2001:db8::99"]),
+         service("extlocal", ["10.96.0.41"], [port(8081)], "NodePort", externalIPs=["198.51.100.21"],
+                 externalTrafficPolicy="Local")],
+        [endpoint_slice("ext", [ep("10.244.2.6", "node2")], [("", 80, "TCP")])],
+        {"addresses": ["10.96.0.40", "10.96.0.41", "198.51.100.20", "198.51.100.21"],
+         "services": [vs("10.96.0.40", 8080, [rs("10.244.2.6", 80)]), vs("10.96.0.41", 8081, []),
+                      vs("192.0.2.11", 8080, [rs("10.244.2.6", 80)]), vs("198.51.100.20", 8080, [rs("10.244.2.6", 80)]),
+                      vs("198.51.100.21", 8081, [])],
+         "ipsets": {"KUBE-CLUSTER-IP": ["10.96.0.40,tcp:8080", "10.96.0.41,tcp:8081"],
+                    "KUBE-EXTERNAL-IP": ["192.0.2.11,tcp:8080", "198.51.100.20,tcp:8080"],
+                    "KUBE-EXTERNAL-IP-LOCAL": ["198.51.100.21,tcp:8081"],
+                    "KUBE-IPVS-IPS": ["10.96.0.40", "10.96.0.41", "198.51.100.20", "198.51.100.21"]}},
+        id="external-ips-node-ip-not-bound-local-policy-set-no-endpoints-no-real-servers"),
+    pytest.param(
+        [service("sticky", ["10.96.0.50"], [port(80)], sessionAffinity="ClientIP"),
+         service("sticky60", ["10.96.0.51"], [port(80)], sessionAffinity="ClientIP",
+                 sessionAffinityConfig={"clientIP": {"timeoutSeconds": 60}})],
+        [],
+        {"addresses": ["10.96.0.50", "10.96.0.51"],
+         "services": [vs("10.96.0.50", 80, [], persistence_timeout=10800),
+                      vs("10.96.0.51", 80, [], persistence_timeout=60)],
+         "ipsets": {"KUBE-CLUSTER-IP": ["10.96.0.50,tcp:80", "10.96.0.51,tcp:80"],
+                    "KUBE-IPVS-IPS": ["10.96.0.50", "10.96.0.51"]}},
+        id="session-affinity-default-and-configured-timeout"),
+    pytest.param(
+        [service("term", ["10.96.0.60"], [port(80)]), service("mixed", ["10.96.0.61"], [port(80)])],
+        [endpoint_slice("term", [ep("10.244.1.7", "node1", ready=False, serving=True, terminating=True),
+                                 ep("10.244.2.7", "node2", ready=False, serving=False, terminating=True),
+                                 ep("10.244.2.8", "node2", ready=False)], [("", 80, "TCP")]),
+         endpoint_slice("mixed", [ep("10.244.1.9", "node1"),
+                                  ep("10.244.2.9", "node2", ready=False, serving=True, terminating=True)],
+                        [("", 80, "TCP")])],
+        {"addresses": ["10.96.0.60", "10.96.0.61"],
+         "services": [vs("10.96.0.60", 80, [rs("10.244.1.7", 80)]), vs("10.96.0.61", 80, [rs("10.244.1.9", 80)])],
+         "ipsets": {"KUBE-CLUSTER-IP": ["10.96.0.60,tcp:80", "10.96.0.61,tcp:80"],
+                    "KUBE-LOOP-BACK": ["10.244.1.7,tcp:80,10.244.1.7", "10.244.1.9,tcp:80,10.244.1.9"],
+                    "KUBE-IPVS-IPS": ["10.96.0.60", "10.96.0.61"]}},
+        id="serving-terminating-only-when-nothing-is-ready"),
+    pytest.param(
+        [service("internal", ["10.96.0.70"], [port(80)], internalTrafficPolicy="Local"),
+         service("internal-none", ["10.96.0.71"], [port(80)], internalTrafficPolicy="Local")],
+        [endpoint_slice("internal", TWO_ENDPOINTS, [("", 80, "TCP")]),
+         endpoint_slice("internal-none", [ep("10.244.2.6", "node2")], [("", 81, "TCP")])],
+        {"addresses": ["10.96.0.70", "10.96.0.71"],
+         "services": [vs("10.96.0.70", 80, [rs("10.244.1.5", 80)]), vs("10.96.0.71", 80, [])],
+         "ipsets": {"KUBE-CLUSTER-IP": ["10.96.0.70,tcp:80", "10.96.0.71,tcp:80"],
+                    "KUBE-LOOP-BACK": ["10.244.1.5,tcp:80,10.244.1.5"], "KUBE-IPVS-IPS": ["10.96.0.70", "10.96.0.71"]}},
+        id="internal-traffic-policy-local-only-local-endpoints"),
+    pytest.param(
+        [service("headless", [], [port(80)]), service("none", ["None"], [port(80)]),
+         service("ext-name", [], [port(80)], "ExternalName", externalName="example.org"),
+         service("other-proxy", ["10.96.0.80"], [port(80)], labels={"service.kubernetes.io/service-proxy-name": "x"})],
+        [endpoint_slice("none", TWO_ENDPOINTS, [("", 80, "TCP")])],
+        {"addresses": [], "services": [], "ipsets": {}},
+        id="headless-externalname-and-other-proxies-are-skipped"),
+    pytest.param(
+        [service("sctp", ["10.96.0.90"], [port(9000, "SCTP", node_port=30900)], "NodePort",
+                 externalTrafficPolicy="Local")],
+        [endpoint_slice("sctp", [ep("10.244.1.5", "node1")], [("", 9000, "SCTP")])],
+        {"addresses": ["10.96.0.90"],
+         "services": [vs("10.96.0.90", 9000, [rs("10.244.1.5", 9000)], protocol="sctp"),
+                      vs("192.0.2.11", 30900, [rs("10.244.1.5", 9000)], protocol="sctp")],
+         "ipsets": {"KUBE-CLUSTER-IP": ["10.96.0.90,sctp:9000"], "KUBE-NODE-PORT-SCTP-HASH": ["192.0.2.11,sctp:30900"],
+                    "KUBE-NODE-PORT-LOCAL-SCTP-HASH": ["192.0.2.11,sctp:30900"],
+                    "KUBE-LOOP-BACK": ["10.244.1.5,sctp:9000,10.244.1.5"], "KUBE-IPVS-IPS": ["10.96.0.90"]}},
+        id="sctp-nodeport-hash-set-with-node-ip"),
+]
+
+
+@pytest.mark.parametrize("services, slices, expected", CASES)
+def test_node_state(services, slices, expected):
+    state = node_state(services, slices, NODE, NODE_IPS)
+    assert state["dummy_interface"]["addresses"] == expected["addresses"]
+    assert state["ipvs_sync"]["services"] == expected["services"]
+    assert {name: members for name, members in state["ipsets"].items() if members} == expected["ipsets"]
+
+
+def test_dual_stack_service_gets_ipv6_sets_and_services():
+    services = [service("dual", ["10.96.0.100", "fd00:10:96::100"], [port(80, node_port=30100)], "NodePort",
+                        ipFamilies=["IPv4", "IPv6"], ipFamilyPolicy="RequireDualStack")]
+    slices = [endpoint_slice("dual", [ep("10.244.1.5", "node1")], [("", 8080, "TCP")]),
+              endpoint_slice("dual", [ep("fd00:10:244:1::5", "node1"), ep("FD00:10:244:2:0::6", "node2")],
+                             [("", 8080, "TCP")], "IPv6")]
+    state = node_state(services, slices, NODE, ["192.0.2.11", "2001:db8::11"])
+    assert state["dummy_interface"]["addresses"] == ["10.96.0.100", "fd00:10:96::100"]
+    v6 = [s for s in state["ipvs_sync"]["services"] if s["family"] == "inet6"]
+    assert v6 == [vs("2001:db8::11", 30100, [rs("fd00:10:244:1::5", 8080), rs("fd00:10:244:2::6", 8080)],
+                     family="inet6"),
+                  vs("fd00:10:96::100", 80, [rs("fd00:10:244:1::5", 8080), rs("fd00:10:244:2::6", 8080)],
+                     family="inet6")]
+    assert state["ipsets"]["KUBE-6-CLUSTER-IP"] == ["fd00:10:96::100,tcp:80"]
+    assert state["ipsets"]["KUBE-6-LOOP-BACK"] == ["fd00:10:244:1::5,tcp:8080,fd00:10:244:1::5"]
+    assert state["ipsets"]["KUBE-6-NODE-PORT-TCP"] == ["30100"]
+    assert state["ipsets"]["KUBE-CLUSTER-IP"] == ["10.96.0.100,tcp:80"]
+    assert state["ipset_types"]["KUBE-6-LOAD-BALANCER-SOURCE-CID"] == "hash:ip,port,net"
+    v4 = [s for s in state["ipvs_sync"]["services"] if s["family"] == "inet"]
+    assert [s["address"] for s in v4] == ["10.96.0.100", "192.0.2.11"]
+    # The ClusterIP ports a mode switch verifies - NodePorts are not ClusterIP ports.
+    assert state["cluster_ip_ports"] == ["tcp/10.96.0.100:80", "tcp/[fd00:10:96::100]:80"]
+
+
+def test_ipv6_only_node_has_no_ipv4_nodeports():
+    services = [service("v6", ["fd00:10:96::7"], [port(80, node_port=30007)], "NodePort")]
+    state = node_state(services, [], NODE, ["2001:db8::11"])
+    assert [(s["address"], s["port"]) for s in state["ipvs_sync"]["services"]] == [
+        ("2001:db8::11", 30007), ("fd00:10:96::7", 80)]
+    assert "KUBE-CLUSTER-IP" not in state["ipsets"]
+
+
+def test_scheduler_and_mh_flag():
+    services = [service("a", ["10.96.0.1"], [port(443)])]
+    assert node_state(services, [], NODE, NODE_IPS, "wrr")["ipvs_sync"]["services"][0]["scheduler"] == "wrr"
+    mh = node_state(services, [], NODE, NODE_IPS, "mh")["ipvs_sync"]["services"][0]
+    assert mh["scheduler"] == "mh" and mh["scheduler_flags"] == ["mh-port"]
+
+
+def test_duplicate_endpoints_across_slices_count_once_and_ports_match_by_name_and_protocol():
+    services = [service("a", ["10.96.0.1"], [port(80, name="http"), port(80, "UDP", name="http")])]
+    slices = [endpoint_slice("a", [ep("10.244.1.5", "node2")], [("http", 8080, "TCP")]),
+              endpoint_slice("a", [ep("10.244.1.5", "node2")], [("http", 8080, "TCP"), ("web", 9090, "TCP")]),
+              endpoint_slice("b", [ep("10.244.9.9", "node2")], [("http", 8080, "TCP")])]
+    services_out = node_state(services, slices, NODE, NODE_IPS)["ipvs_sync"]["services"]
+    assert [(s["protocol"], s["real_servers"]) for s in services_out] == [
+        ("tcp", [rs("10.244.1.5", 8080)]), ("udp", [])]
+
+
+def test_reused_pod_ip_prefers_the_endpoint_that_is_not_terminating():
+    services = [service("a", ["10.96.0.1"], [port(80)])]
+    terminating = ep("10.244.1.5", "node2", ready=False, serving=False, terminating=True)
+    for slices in ([endpoint_slice("a", [terminating], [("", 80, "TCP")]),
+                    endpoint_slice("a", [ep("10.244.1.5", "node2")], [("", 80, "TCP")])],
+                   [endpoint_slice("a", [ep("10.244.1.5", "node2")], [("", 80, "TCP")]),
+                    endpoint_slice("a", [terminating], [("", 80, "TCP")])]):
+        out = node_state(services, slices, NODE, NODE_IPS)["ipvs_sync"]["services"]
+        assert out[0]["real_servers"] == [rs("10.244.1.5", 80)]
+
+
+def test_missing_conditions_mean_ready_and_serving():
+    services = [service("a", ["10.96.0.1"], [port(80)])]
+    slices = [endpoint_slice("a", [{"addresses": ["10.244.1.5"], "nodeName": "node2"},
+                                   {"addresses": ["10.244.1.6"], "conditions": {"ready": False}}],
+                             [("", 80, "TCP")])]
+    out = node_state(services, slices, NODE, NODE_IPS)["ipvs_sync"]["services"]
+    assert out[0]["real_servers"] == [rs("10.244.1.5", 80)]
+
+
+@pytest.mark.parametrize("name, family, expected", [
+    ("KUBE-CLUSTER-IP", IPV4, "KUBE-CLUSTER-IP"), ("KUBE-CLUSTER-IP", IPV6, "KUBE-6-CLUSTER-IP"),
+    ("KUBE-LOAD-BALANCER-SOURCE-CIDR", IPV6, "KUBE-6-LOAD-BALANCER-SOURCE-CID"),
+    ("KUBE-NODE-PORT-LOCAL-SCTP-HASH", IPV6, "KUBE-6-NODE-PORT-LOCAL-SCTP-HAS"),
+])
+def test_ipset_name(name, family, expected):
+    assert ipset_name(name, family) == expected
+
+
+def test_bad_node_ip():
+    with pytest.raises(ValueError, match=r"node_ips: 192\.0\.2\.300 is not an IP address"):
+        node_state([], [], NODE, ["192.0.2.300"])
+
+
+def test_output_is_accepted_as_is_by_the_dataplane_modules():
+    """The contract: dummy_interface, ipvs_sync and ipset take the output unchanged (their own
+    validators), and the ipset members are already in the form ``ipset save`` prints."""
+    services = [case.values[0] for case in CASES]
+    slices = [case.values[1] for case in CASES]
+    services = [s for group in services for s in group] + [
+        service("dual", ["10.96.1.1", "fd00:10:96::1"], [port(80, node_port=31000), port(5000, "SCTP")], "NodePort",
+                externalTrafficPolicy="Local", sessionAffinity="ClientIP")]
+    slices = [s for group in slices for s in group] + [
+        endpoint_slice("dual", [ep("fd00:10:244:1::5", "node1")], [("", 8080, "TCP"), ("", 5000, "SCTP")], "IPv6")]
+    state = node_state(services, slices, NODE, ["192.0.2.11", "2001:db8::11"], "mh")
+
+    desired, absent = normalize_services(state["ipvs_sync"]["services"])
+    assert len(desired) == len(state["ipvs_sync"]["services"]) > 20 and not absent
+    assert len(normalize_addresses(state["dummy_interface"]["addresses"])) == len(state["dummy_interface"]["addresses"])
+    assert sum(1 for members in state["ipsets"].values() if members) > 15
+    for name, members in state["ipsets"].items():
+        set_type = state["ipset_types"][name]
+        family = IPV6 if name.startswith("KUBE-6-") else IPV4
+        port_range = (0, 65535) if set_type == "bitmap:port" else None
+        assert normalise_entries(members, set_type, family, port_range) == set(members), name
