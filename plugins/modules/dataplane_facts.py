@@ -35,7 +35,7 @@ options:
     default: {}
     suboptions:
       cidrs:
-        description: Services whose virtual IP lies in one of these networks are owned (the service CIDRs, node IPs).
+        description: Services whose virtual IP lies in one of these networks are owned, on every port.
         type: list
         elements: str
         default: []
@@ -43,6 +43,20 @@ options:
         description: Services whose virtual IP is an address on this link are owned.
         type: str
         default: kube-ipvs0
+      node_port_cidrs:
+        description:
+          - Addresses where only ports inside O(scope.node_port_range) are owned - the node's own
+            addresses, where kube-proxy owns its NodePorts and health-check node ports and nothing
+            else. A keepalived service on a node address and another port stays foreign.
+          - V(0.0.0.0/0) and V(::/0) stand for every address, kube-proxy's default
+            C(nodePortAddresses).
+        type: list
+        elements: str
+        default: []
+      node_port_range:
+        description: The cluster's NodePort range (the API server's C(--service-node-port-range)).
+        type: str
+        default: 30000-32767
   family:
     description: Address families to look at.
     type: str
@@ -86,9 +100,15 @@ dataplane:
       type: dict
       sample: {iptables: [], ipvs: ["nat/KUBE-LOAD-BALANCER", "ipset KUBE-CLUSTER-IP"], nftables: []}
     ipvs:
-      description: IPVS services - total, owned, foreign, owned VIPs; C(known=false) when IPVS could not be read.
+      description:
+        - IPVS services - total, owned, foreign, owned VIPs; C(known=false) when IPVS could not be read.
+        - C(foreign) lists every service outside O(scope) whole, in the input format of
+          M(kubeipvs.node.ipvs_sync), so it can be put back exactly (what kube-proxy's start in
+          nftables mode flushes).
       type: dict
       sample: {loaded: true, known: true, services: 12, owned_services: 11, foreign_services: 1,
+               foreign: [{family: inet, protocol: tcp, address: 192.0.2.50, port: 80, scheduler: wlc,
+                          real_servers: [{address: 192.0.2.51, port: 80, weight: 1, forwarding: nat}]}],
                owned_vips: ["10.96.0.1"]}
     dummy_interface:
       description: The dummy link, whether it exists (null when unknown) and its addresses.
@@ -172,10 +192,11 @@ def iptables_report(node, families):
 
 
 def gather(module):
-    cidrs, link = validate_scope(module.params["scope"] or {})
+    scope = validate_scope(module.params["scope"] or {})
+    link = scope["dummy_interface"]
     families = FAMILY_CHOICES[module.params["family"]]
     reader = make_reader(module, families)
-    node, extra = reader.read(cidrs=cidrs, dummy_interface=link)
+    node, extra = reader.read(scope)
     mode, modes, evidence = dp.infer_mode(node, families)
     sets = node.families[families[0]].sets
     own_sets = [name for family in families for name in dp.ipvs_set_names(family)]
@@ -189,6 +210,7 @@ def gather(module):
             "services": extra["ipvs_total"],
             "owned_services": sum(len(node.families[family].ipvs_services) for family in families),
             "foreign_services": extra["foreign_services"],
+            "foreign": extra["foreign"],
             "owned_vips": sorted(extra["owned_vips"]),
         },
         "dummy_interface": {"name": link, "present": extra["dummy_exists"], "addresses": node.dummy_addresses},

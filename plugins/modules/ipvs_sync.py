@@ -60,6 +60,20 @@ options:
         type: list
         elements: int
         default: []
+      node_port_cidrs:
+        description:
+          - Addresses where only ports inside O(scope.node_port_range) are owned - the node's own
+            addresses, where kube-proxy owns its NodePorts and health-check node ports and nothing
+            else. A keepalived service on a node address and another port stays foreign.
+          - V(0.0.0.0/0) and V(::/0) stand for every address, kube-proxy's default
+            C(nodePortAddresses).
+        type: list
+        elements: str
+        default: []
+      node_port_range:
+        description: The cluster's NodePort range (the API server's C(--service-node-port-range)).
+        type: str
+        default: 30000-32767
   exclusive:
     description: Delete owned services (inside O(scope)) that are not listed.
     type: bool
@@ -164,6 +178,7 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipvs_plan impo
     Scope,
     change_line,
     result_counts,
+    scope_settings,
     summarize,
 )
 
@@ -196,21 +211,18 @@ def load_services_file(path):
 
 
 def build_scope(scope_params):
-    cidrs = scope_params.get("cidrs") or []
-    fwmarks = scope_params.get("fwmarks") or []
-    link_name = scope_params.get("dummy_interface")
-    if not cidrs and not fwmarks and not link_name:
-        raise KubeIpvsError("scope needs at least one of cidrs, dummy_interface or fwmarks: "
+    settings = scope_settings(scope_params)
+    link_name = settings["dummy_interface"]
+    if not (settings["cidrs"] or settings["fwmarks"] or link_name or settings["node_port_cidrs"]):
+        raise KubeIpvsError("scope needs at least one of cidrs, dummy_interface, fwmarks or node_port_cidrs: "
                             "without it this task would own nothing")
-    try:
-        addresses = ()
-        if link_name:
-            with contextlib.closing(LinkKernel()) as links:
-                link = links.get_link(link_name)
-                addresses = links.addresses(link) if link is not None else {}
-        return Scope(cidrs=cidrs, addresses=addresses, fwmarks=fwmarks)
-    except ValueError as error:
-        raise KubeIpvsError(f"scope.cidrs: {error}") from None
+    addresses = ()
+    if link_name:
+        with contextlib.closing(LinkKernel()) as links:
+            link = links.get_link(link_name)
+            addresses = links.addresses(link) if link is not None else {}
+    return Scope(cidrs=settings["cidrs"], addresses=addresses, fwmarks=settings["fwmarks"],
+                 node_port_cidrs=settings["node_port_cidrs"], node_port_range=settings["node_port_range"])
 
 
 def check_scope(desired, scope):
@@ -280,6 +292,8 @@ def main():
                 cidrs=dict(type="list", elements="str", default=[]),
                 dummy_interface=dict(type="str"),
                 fwmarks=dict(type="list", elements="int", default=[]),
+                node_port_cidrs=dict(type="list", elements="str", default=[]),
+                node_port_range=dict(type="str", default="30000-32767"),
             )),
             exclusive=dict(type="bool", default=True),
             drain_timeout=dict(type="int"),

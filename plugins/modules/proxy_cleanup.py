@@ -50,8 +50,7 @@ options:
     suboptions:
       cidrs:
         description:
-          - Services whose virtual IP lies in one of these networks go. Give the service CIDRs and,
-            for NodePort services, the node's addresses.
+          - Services whose virtual IP lies in one of these networks go, on every port (the service CIDRs).
         type: list
         elements: str
         default: []
@@ -59,6 +58,20 @@ options:
         description: Services whose virtual IP is an address on this link go, and so does the link.
         type: str
         default: kube-ipvs0
+      node_port_cidrs:
+        description:
+          - Addresses where only ports inside O(scope.node_port_range) are owned - the node's own
+            addresses, where kube-proxy owns its NodePorts and health-check node ports and nothing
+            else. A keepalived service on a node address and another port stays foreign.
+          - V(0.0.0.0/0) and V(::/0) stand for every address, kube-proxy's default
+            C(nodePortAddresses).
+        type: list
+        elements: str
+        default: []
+      node_port_range:
+        description: The cluster's NodePort range (the API server's C(--service-node-port-range)).
+        type: str
+        default: 30000-32767
   family:
     description: Address families to clean.
     type: str
@@ -87,7 +100,8 @@ EXAMPLES = r"""
   kubeipvs.node.proxy_cleanup:
     mode: ipvs
     scope:
-      cidrs: [10.96.0.0/12, 192.168.10.11/32]
+      cidrs: [10.96.0.0/12]
+      node_port_cidrs: [0.0.0.0/0, "::/0"]
 """
 
 RETURN = r"""
@@ -158,13 +172,14 @@ PARTS = {"iptables": ("iptables",), "ipvs": ("iptables", "ipvs"), "nftables": ("
 def cleanup(module):
     params = module.params
     mode = params["mode"]
-    cidrs, link = validate_scope(params["scope"] or {})
+    scope = validate_scope(params["scope"] or {})
+    link = scope["dummy_interface"]
     families = FAMILY_CHOICES[params["family"]]
     if not 0 <= params["drain_seconds"] <= 300:
         raise KubeIpvsError(f"drain_seconds must be 0-300, got {params['drain_seconds']}")
 
     reader = NodeReader(Commands.of(module), families, ipvs_factory=IpvsKernel, link_factory=LinkKernel)
-    node, extra = reader.read(cidrs=cidrs, dummy_interface=link, parts=PARTS[mode])
+    node, extra = reader.read(scope, parts=PARTS[mode])
     if mode == "ipvs" and not extra["ipvs_readable"]:
         raise KubeIpvsError("cannot read IPVS on this node, so the services inside scope cannot be told from "
                             "foreign ones; nothing was changed", warnings=reader.warnings)

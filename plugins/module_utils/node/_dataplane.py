@@ -22,6 +22,7 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.node._nftables impor
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure import _dataplane as dp
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import FAMILIES, INET, IPV4, NFT
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._iptables import parse_save
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipvs_input import service_entry
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipvs_plan import (
     DEL_SERVICE,
     Scope,
@@ -33,6 +34,8 @@ SCOPE_AND_FAMILY_ARGS = {
     "scope": {"type": "dict", "default": {}, "options": {
         "cidrs": {"type": "list", "elements": "str", "default": []},
         "dummy_interface": {"type": "str", "default": "kube-ipvs0"},
+        "node_port_cidrs": {"type": "list", "elements": "str", "default": []},
+        "node_port_range": {"type": "str", "default": "30000-32767"},
     }},
     "family": {"type": "str", "choices": ["ipv4", "ipv6", "both"], "default": "both"},
 }
@@ -113,8 +116,11 @@ class NodeReader:
             links.close()
         return self.link is not None, addresses
 
-    def read_ipvs(self):
-        """{key: Service} of the whole IPVS table; {} when ip_vs is not loaded; None when unreadable."""
+    def read_ipvs(self, owner=None):
+        """{key: Service} of the whole IPVS table; {} when ip_vs is not loaded; None when unreadable.
+        Ownership and deletion need the services alone; the services ``owner`` (a Scope) does not
+        contain come back with their real servers, read exactly (thresholds too), so they can be
+        reported whole."""
         if not os.path.exists(self._proc(PROC_IP_VS)) or self.ipvs_factory is None:
             return {}
         try:
@@ -123,16 +129,23 @@ class NodeReader:
             self.warnings.append(f"cannot read IPVS ({getattr(error, 'msg', error)}): IPVS reported as unknown")
             return None
         try:
-            return kernel.read(real_servers=False)  # ownership and deletion need the services alone
+            table = kernel.read(real_servers=False)
+            foreign = [key for key, service in table.items() if owner is not None and not owner.contains(service)]
+            if foreign:
+                table.update(kernel.read(keys=foreign))
+            return table
         finally:
             kernel.close()
 
     # everything --------------------------------------------------------------------------------
 
-    def read(self, cidrs=(), dummy_interface=dp.DEFAULT_DUMMY_INTERFACE, parts=("iptables", "ipvs", "nftables")):
-        """(NodeState, extra facts) for the families asked for; ``parts`` limits what is read."""
+    def read(self, scope=None, parts=("iptables", "ipvs", "nftables")):
+        """(NodeState, extra facts) for the families asked for; ``scope`` are the checked settings
+        of the scope option (``_dataplane.validate_scope``); ``parts`` limits what is read."""
+        scope = scope or dp.validate_scope({})
+        dummy_interface = scope["dummy_interface"]
         node = dp.NodeState()
-        extra = {"ipvs_readable": True, "ipvs_total": 0, "foreign_services": 0, "owned_vips": [],
+        extra = {"ipvs_readable": True, "ipvs_total": 0, "foreign_services": 0, "foreign": [], "owned_vips": [],
                  "dummy_exists": None, "other_kube_sets": []}
         set_names = self.ipsets.names() if ("iptables" in parts or "ipvs" in parts) else []
         for family in self.families:
@@ -147,20 +160,23 @@ class NodeReader:
             if exists:
                 node.dummy_link = dummy_interface
                 node.dummy_addresses = addresses
-            table = self.read_ipvs()
+            owner = Scope(cidrs=scope["cidrs"], addresses=addresses, node_port_cidrs=scope["node_port_cidrs"],
+                          node_port_range=scope["node_port_range"])
+            table = self.read_ipvs(owner)
             if table is None:
                 extra["ipvs_readable"] = False
                 table = {}
-            scope = Scope(cidrs=cidrs, addresses=addresses)
             for service in table.values():
                 family = service.family
-                if scope.contains(service) and family in self.families:
+                if not owner.contains(service):
+                    extra["foreign"].append(service_entry(service))
+                elif family in self.families:
                     self.services[service.label()] = service
                     node.families[family].ipvs_services.append(service.label())
                     if service.address not in extra["owned_vips"]:
                         extra["owned_vips"].append(service.address)
             extra["ipvs_total"] = len(table)
-            extra["foreign_services"] = len(table) - len(self.services)
+            extra["foreign_services"] = len(extra["foreign"])
         if "nftables" in parts:
             tables = self.nftables.list_tables()
             for family in self.families:

@@ -18,19 +18,24 @@ from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeI
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import (
     ADDRESS_FAMILY,
     HOST_PREFIX,
+    INET,
     IPV4,
     IPV6,
     OF_INET,
 )
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipvs_plan import (
+    FORWARDING_NAMES,
     FORWARDING_NUMBERS,
     FWD_MASQ,
     NETMASK_HOST,
+    PROTOCOL_NAMES,
     PROTOCOL_NUMBERS,
     SCHEDULER_FLAGS,
+    SVC_F_ONEPACKET,
     SVC_F_PERSISTENT,
     Dest,
     Service,
+    netmask_text,
 )
 
 SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "mh", "fo", "ovf", "twos")
@@ -94,7 +99,8 @@ def _int(where, entry, name, default, low, high):
 
 
 SERVICE_KEYS = frozenset(("protocol", "address", "port", "fwmark", "family", "scheduler", "scheduler_flags",
-                          "persistence_timeout", "netmask", "real_servers", "purge_real_servers", "state"))
+                          "one_packet", "persistence_timeout", "netmask", "real_servers", "purge_real_servers",
+                          "state"))
 
 
 DEST_KEYS = frozenset(("address", "port", "weight", "forwarding", "upper_threshold", "lower_threshold"))
@@ -144,6 +150,11 @@ def normalize_service(entry, where="service", purge_default=True, addresses=None
             owner = flag.split("-")[0]
             _fail(where, f"scheduler flag {flag} only applies to the {owner} scheduler, not {scheduler}")
         flags |= SCHEDULER_FLAGS[flag]
+    one_packet = entry.get("one_packet")
+    if one_packet not in (None, True, False):
+        _fail(where, f"one_packet must be true or false, not {one_packet!r}")
+    if one_packet:
+        flags |= SVC_F_ONEPACKET
     timeout = _int(where, entry, "persistence_timeout", 0, 0, 2147483)
     if timeout:
         flags |= SVC_F_PERSISTENT
@@ -268,7 +279,7 @@ def _normalize_dest(service_where, index, server, service, addresses):
     forwarding = FORWARDING_NUMBERS.get(server.get("forwarding") or "nat")
     if forwarding is None:
         _fail(f"{service_where}.real_servers[{index}]",
-              f"forwarding must be nat, route or tunnel, not {server.get('forwarding')!r}")
+              f"forwarding must be nat, route, tunnel or local, not {server.get('forwarding')!r}")
     weight = _small_int(server.get("weight", 1), 0, 65535)
     if weight is None:
         weight = _int(f"{service_where}.real_servers[{index}]", server, "weight", 1, 0, 65535)
@@ -295,3 +306,33 @@ def normalize_services(entries, where="services", purge_default=True):
         seen[service.key] = label
         (desired if state == "present" else absent).append(service)
     return desired, absent
+
+
+def service_entry(service):
+    """The ipvs_sync / ipvs_service input that programs ``service`` as the kernel holds it - the
+    inverse of ``normalize_service`` (what a snapshot of a foreign service is written as, so it can
+    be put back exactly)."""
+    entry = {"family": INET[service.family], "scheduler": service.scheduler}
+    if service.fwmark:
+        entry["fwmark"] = service.fwmark
+    else:
+        entry.update(protocol=PROTOCOL_NAMES[service.protocol], address=service.address, port=service.port)
+    flags = [name for name, bit in sorted(SCHEDULER_FLAGS.items())
+             if name.startswith(service.scheduler + "-") and service.flags & bit]
+    if flags:
+        entry["scheduler_flags"] = flags
+    if service.flags & SVC_F_ONEPACKET:
+        entry["one_packet"] = True
+    if service.persistent:
+        entry["persistence_timeout"] = service.timeout
+        if service.netmask != NETMASK_HOST[service.family]:
+            entry["netmask"] = netmask_text(service.family, service.netmask)
+    servers = []
+    for _key, dest in sorted(service.dests.items()):
+        server = {"address": dest.address, "port": dest.port, "weight": dest.weight,
+                  "forwarding": FORWARDING_NAMES[dest.forwarding]}
+        if dest.u_threshold or dest.l_threshold:
+            server.update(upper_threshold=dest.u_threshold, lower_threshold=dest.l_threshold)
+        servers.append(server)
+    entry["real_servers"] = servers
+    return entry

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 
+from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import (
     ADDRESS_FAMILY,
     INET,
@@ -47,7 +48,7 @@ FWD_LOCAL = 1
 FWD_TUNNEL = 2
 FWD_ROUTE = 3
 FORWARDING_NAMES = {FWD_MASQ: "nat", FWD_LOCAL: "local", FWD_TUNNEL: "tunnel", FWD_ROUTE: "route"}
-FORWARDING_NUMBERS = {"nat": FWD_MASQ, "tunnel": FWD_TUNNEL, "route": FWD_ROUTE}
+FORWARDING_NUMBERS = {"nat": FWD_MASQ, "local": FWD_LOCAL, "tunnel": FWD_TUNNEL, "route": FWD_ROUTE}
 IPVSADM_FORWARDING_FLAGS = {FWD_MASQ: "-m", FWD_LOCAL: "-g", FWD_TUNNEL: "-i", FWD_ROUTE: "-g"}
 
 NETMASK_HOST = {IPV4: 0xFFFFFFFF, IPV6: 128}
@@ -198,17 +199,68 @@ def service_label(key):
     return f"{PROTOCOL_NAMES.get(protocol, str(protocol))}/{host_port(family, address, port)}"
 
 
+# kube-proxy's NodePorts come from the API server's --service-node-port-range (health-check node
+# ports too): on a node's own addresses it owns those ports and nothing else.
+DEFAULT_NODE_PORT_RANGE = "30000-32767"
+
+
+def parse_port_range(text, where="scope.node_port_range"):
+    """(low, high) of a port range written ``low-high`` (or one port)."""
+    low, sep, high = str(text).partition("-")
+    if not (low.strip().isdigit() and (not sep or high.strip().isdigit())):
+        raise ValueError(f"{where}: {text!r} is not a port range such as 30000-32767")
+    low, high = int(low), int(high if sep else low)
+    if not 1 <= low <= high <= 65535:
+        raise ValueError(f"{where}: {text!r} must lie within 1-65535, low end first")
+    return low, high
+
+
+def _networks(values, where):
+    networks = []
+    for value in values or []:
+        try:
+            networks.append(str(ipaddress.ip_network(value, strict=False)))
+        except (TypeError, ValueError) as error:
+            raise KubeIpvsError(f"{where}: {value!r} is not a network in CIDR notation ({error})") from None
+    return networks
+
+
+def scope_settings(params, where="scope"):
+    """The checked settings of a ``scope`` option (cidrs, dummy_interface, fwmarks, node_port_cidrs,
+    node_port_range as (low, high)); KubeIpvsError naming the bad value, before anything is read.
+    The link name is checked by the caller, which knows its default."""
+    try:
+        port_range = parse_port_range(params.get("node_port_range") or DEFAULT_NODE_PORT_RANGE,
+                                      f"{where}.node_port_range")
+    except ValueError as error:
+        raise KubeIpvsError(str(error)) from None
+    return {"cidrs": _networks(params.get("cidrs"), f"{where}.cidrs"),
+            "dummy_interface": params.get("dummy_interface"),
+            "fwmarks": list(params.get("fwmarks") or []),
+            "node_port_cidrs": _networks(params.get("node_port_cidrs"), f"{where}.node_port_cidrs"),
+            "node_port_range": port_range}
+
+
 class Scope:
     """Which services this collection owns: VIPs inside ``cidrs``, VIPs in ``addresses`` (the
-    addresses on kube-ipvs0), and the listed ``fwmarks``. Everything else is foreign."""
+    addresses on kube-ipvs0), the listed ``fwmarks``, and, on addresses inside
+    ``node_port_cidrs`` (the node's own), only ports inside ``node_port_range``. Everything else
+    is foreign - a keepalived service on the node's address and port 8443 included."""
 
-    def __init__(self, cidrs=(), addresses=(), fwmarks=()):
+    def __init__(self, cidrs=(), addresses=(), fwmarks=(), node_port_cidrs=(), node_port_range=None):
         self.networks = [ipaddress.ip_network(cidr, strict=False) for cidr in cidrs]
         # (family, network as int, mask as int): containment without an ip_address per VIP.
-        self._ranges = [(family_of(network), int(network.network_address), int(network.netmask))
-                        for network in self.networks]
+        self._ranges = self._int_ranges(self.networks)
+        self.node_port_networks = [ipaddress.ip_network(cidr, strict=False) for cidr in node_port_cidrs]
+        self._node_port_ranges = self._int_ranges(self.node_port_networks)
+        self.node_port_range = (parse_port_range(node_port_range) if isinstance(node_port_range, str)
+                                else node_port_range or parse_port_range(DEFAULT_NODE_PORT_RANGE))
         self.addresses = set(addresses)
         self.fwmarks = set(fwmarks)
+
+    @staticmethod
+    def _int_ranges(networks):
+        return [(family_of(network), int(network.network_address), int(network.netmask)) for network in networks]
 
     def contains(self, service):
         if service.fwmark:
@@ -216,15 +268,21 @@ class Scope:
         address = service.address
         if address in self.addresses:
             return True
-        if not self._ranges:
+        if not self._ranges and not self._node_port_ranges:
             return False
         family = service.family
         value = int.from_bytes(socket.inet_pton(ADDRESS_FAMILY[family], address), "big")
-        return any(net_family == family and value & mask == network for net_family, network, mask in self._ranges)
+        if any(net_family == family and value & mask == network for net_family, network, mask in self._ranges):
+            return True
+        low, high = self.node_port_range
+        return low <= service.port <= high and any(
+            net_family == family and value & mask == network for net_family, network, mask in self._node_port_ranges)
 
     def describe(self):
         return {"cidrs": [str(network) for network in self.networks], "addresses": len(self.addresses),
-                "fwmarks": sorted(self.fwmarks)}
+                "fwmarks": sorted(self.fwmarks),
+                "node_port_cidrs": [str(network) for network in self.node_port_networks],
+                "node_port_range": "-".join(str(port) for port in self.node_port_range)}
 
 
 class Plan:

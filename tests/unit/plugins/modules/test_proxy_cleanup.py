@@ -233,7 +233,7 @@ def test_facts_without_ip_vs_loaded_report_empty_ipvs(kernel, monkeypatch, tmp_p
     fake.read = lambda *args, **kwargs: pytest.fail("IPVS read although ip_vs is not loaded")
     dataplane = dataplane_facts.gather(facts_task())["dataplane"]
     assert dataplane["ipvs"] == {"loaded": False, "known": True, "services": 0, "owned_services": 0,
-                                 "foreign_services": 0, "owned_vips": []}
+                                 "foreign_services": 0, "foreign": [], "owned_vips": []}
 
 
 def test_unreadable_ipvs_is_unknown_for_facts_and_fatal_for_ipvs_cleanup(kernel, monkeypatch):

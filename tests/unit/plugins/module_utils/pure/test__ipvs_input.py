@@ -12,6 +12,7 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import 
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipvs_input import (
     normalize_service,
     normalize_services,
+    service_entry,
 )
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipvs_plan import (
     FWD_MASQ,
@@ -47,7 +48,7 @@ BAD_SERVICES = [
     ({"address": "10.96.0.1", "port": 80, "real_servers": [{"address": "10.0.0.1", "port": 0}]},
      "port must be between 1 and 65535"),
     ({"address": "10.96.0.1", "port": 80, "real_servers": [{"address": "10.0.0.1", "forwarding": "dr"}]},
-     "forwarding must be nat, route or tunnel"),
+     "forwarding must be nat, route, tunnel or local"),
     ({"address": "10.96.0.1", "port": 80,
       "real_servers": [{"address": "10.0.0.1", "upper_threshold": 5, "lower_threshold": 9}]},
      "lower_threshold (9) must not exceed upper_threshold (5)"),
@@ -146,3 +147,31 @@ def test_real_servers_in_plain_and_spelled_out_form_agree(plain, spelled_out):
 def test_real_servers_the_fast_path_passes_on_are_still_refused(server, message):
     with pytest.raises(KubeIpvsError, match=message):
         normalize_services([{"address": "10.96.0.1", "port": 80, "real_servers": [{"address": "10.0.0.1"}, server]}])
+
+
+ROUND_TRIP = [
+    {"address": "192.0.2.50", "port": 80, "scheduler": "wlc",
+     "real_servers": [{"address": "192.0.2.51", "port": 80}, {"address": "192.0.2.52", "port": 8080, "weight": 3,
+                                                            "forwarding": "route"}]},
+    {"address": "192.0.2.60", "port": 443, "scheduler": "sh", "scheduler_flags": ["sh-fallback", "sh-port"],
+     "persistence_timeout": 300, "netmask": "255.255.255.0", "one_packet": True,
+     "real_servers": [{"address": "192.0.2.61", "forwarding": "tunnel", "upper_threshold": 100,
+                       "lower_threshold": 10}, {"address": "192.0.2.62", "forwarding": "local"}]},
+    {"address": "2001:db8::50", "port": 53, "protocol": "udp", "scheduler": "rr", "persistence_timeout": 60,
+     "netmask": 64, "real_servers": [{"address": "2001:db8::51"}]},
+    {"fwmark": 7, "family": "inet6", "scheduler": "mh", "scheduler_flags": ["mh-port"],
+     "real_servers": [{"address": "2001:db8::9", "weight": 0}]},
+    {"address": "192.0.2.70", "port": 8443, "protocol": "sctp"},
+]
+
+
+@pytest.mark.parametrize("entry", ROUND_TRIP)
+def test_a_service_written_as_input_reads_back_the_same(entry):
+    """What dataplane_facts reports of a foreign service programs exactly that service again."""
+    service, _state = normalize_service(entry)
+    again, _state = normalize_service(service_entry(service))
+    assert again.key == service.key and again.settings() == service.settings()
+    assert again.flags == service.flags
+    assert {key: (d.forwarding, d.weight, d.u_threshold, d.l_threshold) for key, d in again.dests.items()} == \
+           {key: (d.forwarding, d.weight, d.u_threshold, d.l_threshold) for key, d in service.dests.items()}
+    assert service_entry(again) == service_entry(service)

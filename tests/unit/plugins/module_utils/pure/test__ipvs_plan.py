@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import pytest
+from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import IPV4, IPV6
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipvs_plan import (
     ADD_DEST,
@@ -27,6 +28,7 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipvs_plan impo
     merge_drain_state,
     plan_changes,
     result_counts,
+    scope_settings,
     simulate,
     summarize,
 )
@@ -175,6 +177,53 @@ def test_scope_contains():
     assert scope.contains(svc("fd00:10:96::ffff", family=IPV6))
     assert not scope.contains(svc("fd00:10:97::1", family=IPV6))
     assert scope.contains(fw(5)) and not scope.contains(fw(6))
+
+
+def test_node_addresses_are_owned_only_on_the_node_port_range():
+    """kube-proxy owns only its NodePorts on a node's own addresses: keepalived on <node IP>:8443 is
+    not kube-proxy's, and neither is a service on another address in the range."""
+    scope = Scope(cidrs=["10.96.0.0/12"], node_port_cidrs=["192.168.200.1/32", "fd00:200::1/128"])
+    assert scope.contains(svc("192.168.200.1", port=30080))
+    assert scope.contains(svc("192.168.200.1", port=30000)) and scope.contains(svc("192.168.200.1", port=32767))
+    assert not scope.contains(svc("192.168.200.1", port=8443))
+    assert not scope.contains(svc("192.168.200.1", port=32768)) and not scope.contains(svc("192.168.200.1", port=29999))
+    assert not scope.contains(svc("192.168.200.2", port=30080))
+    assert scope.contains(svc("fd00:200::1", port=30080, family=IPV6))
+    assert not scope.contains(svc("fd00:200::1", port=443, family=IPV6))
+    assert scope.contains(svc("10.96.0.1", port=8443)), "inside cidrs every port is owned"
+    every_address = Scope(node_port_cidrs=["0.0.0.0/0", "::/0"], node_port_range=(31000, 31001))
+    assert every_address.contains(svc("10.0.2.15", port=31001))
+    assert not every_address.contains(svc("10.0.2.15", port=30080))
+    assert every_address.describe()["node_port_range"] == "31000-31001"
+
+
+def test_exclusive_never_deletes_a_neighbour_on_the_node_address():
+    current = table(svc("192.168.200.1", port=30080), svc("192.168.200.1", port=8443), svc("10.96.0.5"))
+    scope = Scope(cidrs=["10.96.0.0/12"], node_port_cidrs=["192.168.200.1/32"])
+    assert sorted(lines(plan_changes([], current, scope, exclusive=True))) == [
+        "-D -t 10.96.0.5:80", "-D -t 192.168.200.1:30080"]
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"node_port_range": "30000"}, None),
+    ({"node_port_range": "32767-30000"}, "low end first"),
+    ({"node_port_range": "0-100"}, "within 1-65535"),
+    ({"node_port_range": "30000-99999"}, "within 1-65535"),
+    ({"node_port_range": "a-b"}, "is not a port range"),
+    ({"node_port_cidrs": ["192.168.200.300/32"]}, "scope.node_port_cidrs: '192.168.200.300/32' is not a network"),
+    ({"cidrs": ["10.96.0.0/33"]}, "scope.cidrs: '10.96.0.0/33' is not a network"),
+])
+def test_scope_settings_name_the_bad_value(params, message):
+    if message is None:
+        assert scope_settings(params)["node_port_range"] == (30000, 30000)
+        return
+    with pytest.raises(KubeIpvsError, match=message):
+        scope_settings(params)
+
+
+def test_scope_settings_defaults():
+    assert scope_settings({}) == {"cidrs": [], "dummy_interface": None, "fwmarks": [], "node_port_cidrs": [],
+                                  "node_port_range": (30000, 32767)}
 
 
 # --- graceful drain ---------------------------------------------------------------------------
