@@ -45,6 +45,14 @@ options:
     type: str
     choices: [present, absent]
     default: present
+  persist:
+    description:
+      - With V(false), set the values in the running kernel only (they last until the next boot or
+        the next change) and leave every file alone - O(file), O(modules_load_file) and the
+        warnings about boot persistence do not apply. For a value a procedure needs for a while,
+        such as the mode switch's hold on IPVS connections.
+    type: bool
+    default: true
   apply:
     description:
       - Also set the values in the running kernel. With V(false) only O(file) is written (O(require_modules)
@@ -101,7 +109,7 @@ values:
   type: dict
   sample: {net.ipv4.ip_forward: {before: "0", after: "1"}}
 file:
-  description: The owned drop-in.
+  description: The owned drop-in (null with O(persist=false)).
   returned: always
   type: str
   sample: /etc/sysctl.d/90-kubeipvs-node.conf
@@ -162,6 +170,8 @@ def ensure_sysctl(module, root="/"):
     validate_owned_path(params["file"], "/etc/sysctl.d", "file")
     validate_owned_path(params["modules_load_file"], "/etc/modules-load.d", "modules_load_file")
     if params["state"] == "absent":
+        if not params["persist"]:
+            raise KubeIpvsError("state: absent removes the drop-in; persist: false has no file to remove")
         change = plan_file(root, params["file"], None)
         if change.changed and not module.check_mode:
             apply_file(root, change)
@@ -170,6 +180,8 @@ def ensure_sysctl(module, root="/"):
             result["diff"] = [change.diff()] if change.changed else []
         return result
 
+    if not params["persist"] and not params["apply"]:
+        raise KubeIpvsError("persist: false with apply: false would change nothing; give one of them true")
     settings = params["settings"] or {}
     if not settings:
         raise KubeIpvsError("settings must name at least one key with state=present")
@@ -198,10 +210,12 @@ def ensure_sysctl(module, root="/"):
             )
 
     plan, wanted = plan_live(sysctl, settings, params["apply"])
-    file_change = plan_file(root, params["file"], render_dropin(wanted, "sysctl"))
-    changes = [file_change]
+    persist = params["persist"]
+    changes = [plan_file(root, params["file"], render_dropin(wanted, "sysctl"))] if persist else []
     needed = sorted({required_module(k) for k in settings} - {None})
-    if params["require_modules"]:
+    if not persist:
+        pass
+    elif params["require_modules"]:
         loadable = [name for name in needed if name not in kmods.builtin()]
         changes.extend(plan_persistence(kmods, params["modules_load_file"], DEFAULT_MODPROBE_FILE, loadable, (), {}))
     else:
@@ -214,7 +228,8 @@ def ensure_sysctl(module, root="/"):
                     f" them. Persist {name} (kubeipvs.node.kernel_module) or set require_modules: true"
                 )
     changes = [change for change in changes if change.changed]
-    warnings.extend(sysctl.shadowing(params["file"], wanted))
+    if persist:
+        warnings.extend(sysctl.shadowing(params["file"], wanted))
 
     if not module.check_mode:
         apply_writes(sysctl, plan.writes, changes, root, move=module.atomic_move)
@@ -224,7 +239,7 @@ def ensure_sysctl(module, root="/"):
     result = {
         "changed": bool(to_load or plan.writes or changes),
         "values": {key: {"before": plan.before[key], "after": plan.after[key]} for key in settings},
-        "file": params["file"],
+        "file": params["file"] if persist else None,
         "modules_loaded": to_load,
     }
     if module._diff:
@@ -239,6 +254,7 @@ def build_module():
             "file": {"type": "path", "default": "/etc/sysctl.d/90-kubeipvs-node.conf"},
             "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
             "apply": {"type": "bool", "default": True},
+            "persist": {"type": "bool", "default": True},
             "require_modules": {"type": "bool", "default": False},
             "modules_load_file": {"type": "path", "default": "/etc/modules-load.d/kubeipvs-node.conf"},
         },

@@ -92,6 +92,26 @@ def test_apply_false_only_writes_the_file(root):
     assert (root / DROPIN).exists()
 
 
+def test_persist_false_sets_the_running_kernel_only(root):
+    (root / "etc/sysctl.d").mkdir(parents=True)
+    (root / DROPIN).write_text(SYSCTL_HEADER + "net.ipv4.ip_forward = 1\n")
+    (root / "proc/sys/net/ipv4/ip_forward").write_text("1\n")
+    result, _commands = run(root, settings={"net.ipv4.ip_forward": 0}, persist=False)
+    assert result["changed"] and result["file"] is None
+    assert live(root, "net/ipv4/ip_forward") == "0\n"
+    assert (root / DROPIN).read_text() == SYSCTL_HEADER + "net.ipv4.ip_forward = 1\n", "the file was changed"
+    assert [d for d in result["diff"] if "sysctl.d" in str(d.get("before_header", ""))] == []
+    assert not result.get("warnings")
+    again, _commands = run(root, settings={"net.ipv4.ip_forward": 0}, persist=False)
+    assert not again["changed"]
+
+
+@pytest.mark.parametrize("args", [{"apply": False}, {"state": "absent"}])
+def test_persist_false_needs_something_to_do(root, args):
+    with pytest.raises(KubeIpvsError, match="persist: false"):
+        run(root, settings={"net.ipv4.ip_forward": 1}, persist=False, **args)
+
+
 def test_module_key_without_require_modules_names_the_module(root):
     with pytest.raises(KubeIpvsError) as caught:
         run(root, settings={"net.ipv4.ip_forward": 1, "net.bridge.bridge-nf-call-iptables": 1})
