@@ -18,7 +18,7 @@ LAB := $(PYTHON) tests/lab/lab.py
 CLUSTER := $(PYTHON) tests/lab/cluster.py
 NODES ?= 1
 APT_PACKAGES := qemu-system-x86 qemu-utils debootstrap e2fsprogs openssh-client rsync git \
-	python3-venv shellcheck iproute2 ipset iptables nftables vde2 openssl
+	python3-venv shellcheck iproute2 ipset iptables nftables conntrack vde2 openssl
 
 export PATH := $(BIN):$(PATH)
 export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)

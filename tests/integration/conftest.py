@@ -30,7 +30,7 @@ COLLECTIONS_PATH = (
 def _missing_prerequisite():
     if os.geteuid() != 0:
         return "needs root to create network namespaces"
-    for tool in ("ip", "ipset", "iptables-save", "iptables-restore", "nft", "unshare"):
+    for tool in ("ip", "ipset", "iptables-save", "iptables-restore", "nft", "unshare", "conntrack"):
         if not shutil.which(tool):
             return f"needs {tool}"
     return None

@@ -1,47 +1,102 @@
 #!/usr/bin/env bash
-# Canary traffic on a lab node (make demo, molecule mode_switch): start | stop | count. start runs
-# one HTTP request to the URL every 0.2 s in the background (its PID in /run/kubeipvs-canary/pid)
-# and logs each result; stop ends it by that PID; count prints the counts and the failures' times
-# as JSON.
+# Canary traffic on a lab node (make demo, molecule mode_switch), counted while a switch runs.
+#
+# usage: canary.sh start NAME KIND TARGET   start canary NAME in the background (PID in
+#                                           /run/kubeipvs-canary/NAME.pid), logging each result
+#        canary.sh stop                     stop every canary by its PID
+#        canary.sh count NAME               {"ok": N, "failed": M, "failures": [...]} as JSON
+# KIND:
+#   http URL          a new TCP connection and one GET every 0.2 s (2 s timeout)
+#   hold URL          one HTTP/1.1 keep-alive connection kept open, a GET on it every 0.5 s; a
+#                     request that fails or a connection that breaks is a failure (it reconnects)
+#   udp HOST:PORT     a DNS-like UDP query every 0.5 s from one fixed source port (2 s timeout):
+#                     stale conntrack entries after a switch show here
+# One Python process per canary (a curl forked five times a second cost a TCG node half a CPU).
 set -euo pipefail
 dir=/run/kubeipvs-canary
-case "${1:?start URL | stop | count}" in
+
+case "${1:?start NAME KIND TARGET | stop | count NAME}" in
   start)
-    url=${2:?URL}
+    name=${2:?NAME} kind=${3:?KIND} target=${4:?TARGET}
     mkdir -p "$dir"
-    if [ -f "$dir/pid" ] && kill -0 "$(cat "$dir/pid")" 2>/dev/null; then exit 0; fi
-    : >"$dir/log"
-    # One Python process makes every request (a new TCP connection each, 2 s timeout): a curl
-    # forked five times a second cost a TCG node half a CPU and slowed every task on it.
+    if [ -f "$dir/$name.pid" ] && kill -0 "$(cat "$dir/$name.pid")" 2>/dev/null; then exit 0; fi
+    : >"$dir/$name.log"
     # nohup: the SSH session that starts it may end before setsid has made it a session of its
     # own, and its SIGHUP must not kill the loop (seen on a loaded lab host).
     nohup setsid python3 -u -c '
-import sys, time, urllib.request
-while True:
-    try:
-        with urllib.request.urlopen(sys.argv[1], timeout=2) as answer:
-            answer.read()
-        print("ok")
-    except Exception:
-        now = time.time()
-        print("failed", time.strftime("%H:%M:%S", time.localtime(now)) + f".{int(now * 1000) % 1000:03d}")
-    time.sleep(0.2)
-' "$url" >>"$dir/log" 2>/dev/null </dev/null &
-    echo $! >"$dir/pid"
-    for _ in $(seq 1 100); do [ -s "$dir/log" ] && exit 0; sleep 0.1; done
-    echo "the canary loop wrote nothing in 10 s" >&2
+import http.client, socket, sys, time, urllib.parse, urllib.request
+
+kind, target = sys.argv[1], sys.argv[2]
+
+def stamp():
+    now = time.time()
+    return time.strftime("%H:%M:%S", time.localtime(now)) + f".{int(now * 1000) % 1000:03d}"
+
+def http_once():
+    with urllib.request.urlopen(target, timeout=2) as answer:
+        answer.read()
+
+def hold():
+    url = urllib.parse.urlsplit(target)
+    connection = None
+    while True:
+        try:
+            if connection is None:
+                connection = http.client.HTTPConnection(url.hostname, url.port or 80, timeout=5)
+            connection.request("GET", url.path or "/")
+            connection.getresponse().read()
+            print("ok", flush=True)
+        except Exception as error:
+            print("failed", stamp(), type(error).__name__, flush=True)
+            connection.close()
+            connection = None
+        time.sleep(0.5)
+
+def udp():
+    host, port = target.rsplit(":", 1)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.bind(("", 0))  # one source port for the whole run, as a long-lived resolver
+    sock.settimeout(2)
+    while True:
+        try:
+            sock.sendto(b"query", (host.strip("[]"), int(port)))
+            sock.recv(512)
+            print("ok", flush=True)
+        except OSError as error:
+            print("failed", stamp(), type(error).__name__, flush=True)
+        time.sleep(0.5)
+
+if kind == "hold":
+    hold()
+elif kind == "udp":
+    udp()
+else:
+    while True:
+        try:
+            http_once()
+            print("ok", flush=True)
+        except Exception as error:
+            print("failed", stamp(), type(error).__name__, flush=True)
+        time.sleep(0.2)
+' "$kind" "$target" >>"$dir/$name.log" 2>/dev/null </dev/null &
+    echo $! >"$dir/$name.pid"
+    for _ in $(seq 1 100); do [ -s "$dir/$name.log" ] && exit 0; sleep 0.1; done
+    echo "canary $name wrote nothing in 10 s" >&2
     exit 1
     ;;
   stop)
-    if [ -f "$dir/pid" ]; then
-      kill -- "-$(cat "$dir/pid")" 2>/dev/null || true
-      rm -f "$dir/pid"
-    fi
+    for pidfile in "$dir"/*.pid; do
+      [ -f "$pidfile" ] || continue
+      kill -- "-$(cat "$pidfile")" 2>/dev/null || true
+      rm -f "$pidfile"
+    done
     ;;
   count)
-    # {"ok": N, "failed": M, "failures": ["HH:MM:SS.N", ...]} - read with from_json
-    ok=$(grep -c '^ok' "$dir/log" || true)
-    failures=$(grep '^failed' "$dir/log" | head -20 | awk '{print "\"" $2 "\""}' | paste -sd, - || true)
-    echo "{\"ok\": $ok, \"failed\": $(grep -c '^failed' "$dir/log" || true), \"failures\": [$failures]}"
+    name=${2:?NAME}
+    log=$dir/$name.log
+    ok=$(grep -c '^ok' "$log" || true)
+    failures=$(grep '^failed' "$log" | head -20 | awk '{print "\"" $2 " " $3 "\""}' | paste -sd, - || true)
+    echo "{\"ok\": $ok, \"failed\": $(grep -c '^failed' "$log" || true), \"failures\": [$failures]}"
     ;;
 esac

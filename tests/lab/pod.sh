@@ -35,6 +35,7 @@ import socket, socketserver, sys, threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 answer = sys.argv[1].encode() + b"\n"
 class Http(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: a connection can stay open across many requests
     def do_GET(self):
         self.send_response(200)
         self.send_header("Content-Length", str(len(answer)))

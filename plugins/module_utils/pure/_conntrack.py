@@ -9,6 +9,9 @@ node/_kmod.py; the CPU count and the hash size checks are node/_conntrack.py's.
 
 from __future__ import annotations
 
+import ipaddress
+import re
+
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
 
 # kube-proxy's KubeProxyConfiguration defaults (conntrack.maxPerCore, .min, .tcpEstablishedTimeout,
@@ -55,3 +58,30 @@ def compute_sizing(cpus, max_per_core=DEFAULT_MAX_PER_CORE, minimum=DEFAULT_MIN,
     if hashsize is None:
         hashsize = max(1, maximum // 4)
     return {"cpus": cpus, "nf_conntrack_max": maximum, "hashsize": hashsize, "max_source": source}
+
+
+# --- conntrack flows --------------------------------------------------------------------------
+FLOW_PROTOCOLS = ("udp", "tcp", "sctp")
+
+
+def flow_destinations(values, where="destinations"):
+    """{family: [CIDR, ...]} of the original destinations to match; KubeIpvsError names a bad one."""
+    by_family = {"ipv4": [], "ipv6": []}
+    if not values:
+        raise KubeIpvsError(f"{where} must name at least one network (for example 10.96.0.0/12)")
+    for value in values:
+        try:
+            network = ipaddress.ip_network(value, strict=False)
+        except (TypeError, ValueError) as error:
+            raise KubeIpvsError(f"{where}: {value!r} is not a network in CIDR notation ({error})") from None
+        family = "ipv4" if network.version == 4 else "ipv6"
+        if str(network) not in by_family[family]:
+            by_family[family].append(str(network))
+    return {family: networks for family, networks in by_family.items() if networks}
+
+
+def flows_counted(stderr):
+    """The count conntrack prints on stderr ("conntrack v1.4.7 (conntrack-tools): 3 flow entries
+    have been deleted."); None when it printed none."""
+    match = re.search(r"(\d+) flow entries have been (?:shown|deleted)", stderr or "")
+    return int(match.group(1)) if match else None

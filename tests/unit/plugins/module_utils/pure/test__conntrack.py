@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import pytest
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
-from ansible_collections.kubeipvs.node.plugins.module_utils.pure._conntrack import compute_sizing
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._conntrack import (
+    compute_sizing,
+    flow_destinations,
+    flows_counted,
+)
 
 
 @pytest.mark.parametrize(
@@ -48,3 +52,17 @@ def test_compute_sizing_rejects_non_positive(kwargs, message):
     with pytest.raises(KubeIpvsError) as caught:
         compute_sizing(2, **kwargs)
     assert caught.value.msg == message
+
+
+def test_flow_destinations_group_by_family_and_name_bad_ones():
+    assert flow_destinations(["10.96.0.1/12", "fd00:10:96::/112", "10.96.0.0/12"]) == {
+        "ipv4": ["10.96.0.0/12"], "ipv6": ["fd00:10:96::/112"]}
+    for bad, text in ((["10.96.0.0/33"], "is not a network"), ([], "at least one network"), ([None], "None")):
+        with pytest.raises(KubeIpvsError, match=text):
+            flow_destinations(bad)
+
+
+def test_flows_counted_reads_what_conntrack_prints():
+    assert flows_counted("conntrack v1.4.7 (conntrack-tools): 3 flow entries have been deleted.\n") == 3
+    assert flows_counted("conntrack v1.4.7 (conntrack-tools): 0 flow entries have been shown.\n") == 0
+    assert flows_counted("conntrack v1.4.7 (conntrack-tools): Operation not permitted\n") is None
