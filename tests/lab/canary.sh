@@ -4,13 +4,15 @@
 # usage: canary.sh start NAME KIND TARGET   start canary NAME in the background (PID in
 #                                           /run/kubeipvs-canary/NAME.pid), logging each result
 #        canary.sh stop                     stop every canary by its PID
-#        canary.sh count NAME               {"ok": N, "failed": M, "failures": [...]} as JSON
+#        canary.sh count NAME               {"ok": N, "slow": S, "failed": M, "failures": [...]} as JSON
 # KIND:
-#   http URL          a new TCP connection and one GET every 0.2 s (2 s timeout)
+#   http URL          a new TCP connection and one GET every 0.2 s
 #   hold URL          one HTTP/1.1 keep-alive connection kept open, a GET on it every 0.5 s; a
 #                     request that fails or a connection that breaks is a failure (it reconnects)
-#   udp HOST:PORT     a DNS-like UDP query every 0.5 s from one fixed source port (2 s timeout):
-#                     stale conntrack entries after a switch show here
+#   udp HOST:PORT     a DNS-like UDP query every 0.5 s from one fixed source port: stale conntrack
+#                     entries after a switch show here
+# A request fails when it gets an error or no answer within 5 s; an answer after more than 1 s
+# counts as slow (a lost packet resent, or a TCG node starved of CPU - the log has each one's time).
 # One Python process per canary (a curl forked five times a second cost a TCG node half a CPU).
 set -euo pipefail
 dir=/run/kubeipvs-canary
@@ -32,8 +34,14 @@ def stamp():
     now = time.time()
     return time.strftime("%H:%M:%S", time.localtime(now)) + f".{int(now * 1000) % 1000:03d}"
 
+TIMEOUT = 5
+
+def report(started):
+    took = time.monotonic() - started
+    print("ok" if took <= 1 else f"slow {stamp()} {took:.1f}s", flush=True)
+
 def http_once():
-    with urllib.request.urlopen(target, timeout=2) as answer:
+    with urllib.request.urlopen(target, timeout=TIMEOUT) as answer:
         answer.read()
 
 def hold():
@@ -41,11 +49,12 @@ def hold():
     connection = None
     while True:
         try:
+            started = time.monotonic()
             if connection is None:
-                connection = http.client.HTTPConnection(url.hostname, url.port or 80, timeout=5)
+                connection = http.client.HTTPConnection(url.hostname, url.port or 80, timeout=TIMEOUT)
             connection.request("GET", url.path or "/")
             connection.getresponse().read()
-            print("ok", flush=True)
+            report(started)
         except Exception as error:
             print("failed", stamp(), type(error).__name__, flush=True)
             connection.close()
@@ -57,12 +66,13 @@ def udp():
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     sock.bind(("", 0))  # one source port for the whole run, as a long-lived resolver
-    sock.settimeout(2)
+    sock.settimeout(TIMEOUT)
     while True:
         try:
+            started = time.monotonic()
             sock.sendto(b"query", (host.strip("[]"), int(port)))
             sock.recv(512)
-            print("ok", flush=True)
+            report(started)
         except OSError as error:
             print("failed", stamp(), type(error).__name__, flush=True)
         time.sleep(0.5)
@@ -74,8 +84,9 @@ elif kind == "udp":
 else:
     while True:
         try:
+            started = time.monotonic()
             http_once()
-            print("ok", flush=True)
+            report(started)
         except Exception as error:
             print("failed", stamp(), type(error).__name__, flush=True)
         time.sleep(0.2)
@@ -96,7 +107,8 @@ else:
     name=${2:?NAME}
     log=$dir/$name.log
     ok=$(grep -c '^ok' "$log" || true)
+    slow=$(grep -c '^slow' "$log" || true)
     failures=$(grep '^failed' "$log" | head -20 | awk '{print "\"" $2 " " $3 "\""}' | paste -sd, - || true)
-    echo "{\"ok\": $ok, \"failed\": $(grep -c '^failed' "$log" || true), \"failures\": [$failures]}"
+    echo "{\"ok\": $ok, \"slow\": $slow, \"failed\": $(grep -c '^failed' "$log" || true), \"failures\": [$failures]}"
     ;;
 esac
