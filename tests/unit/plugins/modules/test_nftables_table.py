@@ -255,7 +255,7 @@ def test_content_nft_takes_as_one_table_body_passes(content):
 @pytest.mark.parametrize("name", ["demo\n", "demo\x00", "de mo", "x" * 257, "-x"])
 def test_table_names_are_whole_nft_identifiers(name):
     module = nft_task(name=name)
-    with pytest.raises(KubeIpvsError, match="not an nftables table name|control character"):
+    with pytest.raises(KubeIpvsError, match=r"not an nftables table name|control character"):
         nftables_table.nftables_table(module)
     assert module.calls == []
 
