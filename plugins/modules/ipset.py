@@ -280,10 +280,15 @@ def ensure_sets(module):
     plans = {wanted.name: ipset_lib.plan_one(wanted, current[wanted.name], params["swap_threshold"])
              for wanted in desired}
     ipsets.check_types(ipset_lib.new_types(desired, plans, current))
-    ipsets.refuse_if_referenced(ipset_lib.destructive_actions(desired, plans, current))
+    ipset_lib.check_capacity(desired, plans)
+    actions = ipset_lib.destructive_actions(desired, plans, current)
+    ipsets.refuse_if_referenced(actions)
+    ipsets.refuse_if_in_use(actions)
+    ipsets.probe_headers(ipset_lib.new_headers(desired, plans))
     batch = ipset_lib.batch_of(desired, plans, current)
     if batch.chunks and not module.check_mode:
-        ipsets.restore(batch, swapped=[name for name, plan in plans.items() if plan.method == "swap"])
+        for warning in ipsets.restore(batch, swapped=[name for name, plan in plans.items() if plan.method == "swap"]):
+            module.warn(warning)
 
     results, described = [], []
     for wanted in desired:
