@@ -175,6 +175,8 @@ def cleanup(module):
             f"cannot clean up {mode} mode: rules kube-proxy does not own still use its chains or sets; remove or "
             f"change them first, nothing was changed: {'; '.join(error.references[:10])}",
             referencing_rules=error.references) from None
+    for warning in reader.warnings:
+        module.warn(warning)
     before = dp.objects_of(mode, node, families)
     gone = dp.removed_names(plan)
     if plan.changed and not module.check_mode:
