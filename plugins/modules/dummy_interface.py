@@ -147,11 +147,17 @@ def converge(module, links, name, wanted):
     to_add, to_remove = plan_addresses(wanted, current, params["exclusive"])
     changed = link is None or bool(to_add) or bool(to_remove)
     if not module.check_mode:
-        if link is None:
+        created = link is None
+        if created:
             links.add_dummy(name)
             link = links.get_link(name)
         if to_add or to_remove:
-            links.change_addresses(link, to_add, to_remove)
+            try:
+                links.change_addresses(link, to_add, to_remove)
+            except KubeIpvsError:
+                if created:  # all or nothing: the link this call made goes again
+                    links.delete_link(link)
+                raise
     after_addresses = dict(current)
     for _family, text, _prefix in to_remove:
         after_addresses.pop(text, None)

@@ -11,12 +11,10 @@ pkg/proxy/iptables/cleanup.go (CleanupLeftovers, isServiceChainName) and pkg/pro
 
 from __future__ import annotations
 
-import ipaddress
-
-from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure import _iptables as iptables_lib
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import FAMILIES, IPV4, IPV6, NFT
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._links import validate_link_name
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._text import ip_network
 
 MODES = ("iptables", "ipvs", "nftables")
 TABLES = ("nat", "filter", "mangle")
@@ -445,12 +443,7 @@ def removed_names(plan):
 
 def validate_scope(scope):
     """(CIDRs, link name) of a ``scope`` option, or KubeIpvsError naming the bad value (before any read)."""
-    cidrs = []
-    for cidr in scope.get("cidrs") or []:
-        try:
-            cidrs.append(str(ipaddress.ip_network(cidr, strict=False)))
-        except ValueError as error:
-            raise KubeIpvsError(f"scope.cidrs: {cidr!r} is not a network in CIDR notation ({error})") from None
+    cidrs = [str(ip_network(cidr, "scope.cidrs")) for cidr in scope.get("cidrs") or []]
     link = scope.get("dummy_interface") or DEFAULT_DUMMY_INTERFACE
     validate_link_name(link)
     return cidrs, link
