@@ -166,6 +166,8 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipvs_plan impo
     result_counts,
     summarize,
 )
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._links import validate_link_name
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._text import integer, ip_network
 
 
 def load_services_file(path):
@@ -177,6 +179,8 @@ def load_services_file(path):
         raise KubeIpvsError(f"cannot read services_file {path}: {error.strerror}") from None
     try:
         data = json.loads(raw)
+    except RecursionError:
+        raise KubeIpvsError(f"services_file {path} is nested too deeply to be a list of services") from None
     except ValueError:
         try:
             import yaml
@@ -188,6 +192,8 @@ def load_services_file(path):
             data = yaml.load(raw, Loader=loader)  # a safe loader (C one when available)
         except yaml.YAMLError as error:
             raise KubeIpvsError(f"services_file {path} is neither JSON nor valid YAML: {error}") from None
+        except RecursionError:
+            raise KubeIpvsError(f"services_file {path} is nested too deeply to be a list of services") from None
     if isinstance(data, dict) and "services" in data:
         data = data["services"]
     if not isinstance(data, list):
@@ -196,9 +202,11 @@ def load_services_file(path):
 
 
 def build_scope(scope_params):
-    cidrs = scope_params.get("cidrs") or []
-    fwmarks = scope_params.get("fwmarks") or []
+    cidrs = [str(ip_network(cidr, "scope.cidrs")) for cidr in scope_params.get("cidrs") or []]
+    fwmarks = [integer(mark, "scope.fwmarks", 1, 0xFFFFFFFF) for mark in scope_params.get("fwmarks") or []]
     link_name = scope_params.get("dummy_interface")
+    if link_name:
+        validate_link_name(link_name)
     if not cidrs and not fwmarks and not link_name:
         raise KubeIpvsError("scope needs at least one of cidrs, dummy_interface or fwmarks: "
                             "without it this task would own nothing")
@@ -235,6 +243,8 @@ def sync(module):
         raise KubeIpvsError("give services or services_file")
     if params["drain_timeout"] is not None and params["drain_timeout"] < 0:
         raise KubeIpvsError("drain_timeout must be 0 or more seconds")
+    if params["diff_lines"] < 0:
+        raise KubeIpvsError("diff_lines must be 0 or more")
     wanted_timeouts = check_timeouts(params["timeouts"])
     entries = params["services"] if params["services"] is not None else load_services_file(params["services_file"])
     desired, absent = normalize_services(entries, "services", purge_default=True)
