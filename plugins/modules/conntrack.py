@@ -134,16 +134,21 @@ kube_proxy:
       sample: {maxPerCore: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
 """
 
+import sys
+
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import run_module
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._commands import Commands
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._conntrack import cpu_count, hashsize_blocker
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._files import plan_file
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._kmod import (
     KernelModules,
     modprobe_for,
     plan_persistence,
+    record_loads,
 )
-from ansible_collections.kubeipvs.node.plugins.module_utils.node._sysctl import Sysctl, apply_writes
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._sysctl import Sysctl, apply_writes, probe_in_scratch
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._undo import Undo
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._conntrack import (
     COUNT_KEY,
     HASHSIZE_PARAM,
@@ -174,6 +179,14 @@ def ensure_conntrack(module, root="/"):
 
     kmods = KernelModules(root)
     sysctl = Sysctl(root)
+    undo = Undo()
+    return undo.run(lambda: converge(module, root, kmods, sysctl, sizing, undo))
+
+
+def converge(module, root, kmods, sysctl, sizing, undo):
+    """Load nf_conntrack, plan, try the values in a scratch namespace, then write; every step records in
+    ``undo`` how to put back what it changed, so a failure leaves the node as it was."""
+    params = module.params
     _name, kind = kmods.resolve(MODULE)
     settings = {
         MAX_KEY: sizing["nf_conntrack_max"],
@@ -186,10 +199,13 @@ def ensure_conntrack(module, root="/"):
     if to_load and not module.check_mode:
         # Loading with the parameter gives the right table from the start (no rehash).
         modprobe = modprobe_for(module)
+        record_loads(undo, kmods, Commands.of(module).run, module.get_bin_path)
         modprobe.load(MODULE, {HASHSIZE_PARAM: hashsize})
         warnings.extend(modprobe.warnings)
 
     plan, wanted = plan_live(sysctl, settings, apply=True)
+    if plan.writes and root == "/":
+        probe_in_scratch(Commands.of(module), sys.executable, plan.writes)
     hashsize_before = kmods.params(MODULE).get(HASHSIZE_PARAM)
     hashsize_write = not (to_load and module.check_mode) and hashsize_before != hashsize
     if hashsize_write:
@@ -214,8 +230,10 @@ def ensure_conntrack(module, root="/"):
 
     if not module.check_mode:
         if hashsize_write:
+            if hashsize_before:
+                undo.record(HASHSIZE_PARAM, lambda: kmods.write_param(MODULE, HASHSIZE_PARAM, hashsize_before))
             kmods.write_param(MODULE, HASHSIZE_PARAM, hashsize)
-        apply_writes(sysctl, plan.writes, changes, root, move=module.atomic_move)
+        apply_writes(sysctl, plan.writes, changes, root, move=module.atomic_move, undo=undo)
     for warning in warnings:
         module.warn(warning)
 

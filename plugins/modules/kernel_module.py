@@ -133,15 +133,19 @@ files:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._commands import Commands
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._files import apply_file
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._kmod import (
     KernelModules,
     apply_module_plan,
     modprobe_for,
     plan_persistence,
+    record_loads,
 )
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._undo import Undo
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._files import FileChange
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kmod import (
-    canonical_name,
+    module_name,
     plan_modules,
     validate_owned_path,
 )
@@ -149,7 +153,7 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kmod import (
 
 def ensure_kernel_modules(module, root="/"):
     params = module.params
-    names = [canonical_name(n) for n in params["name"] if n.strip()]
+    names = [module_name(n) for n in params["name"] if n.strip(" ")]
     if not names:
         raise KubeIpvsError("name must list at least one module")
     if params["params"] is not None and len(names) != 1:
@@ -175,12 +179,25 @@ def ensure_kernel_modules(module, root="/"):
 
     warnings = list(plan.warnings)
     if not module.check_mode:
-        if plan.actions:
-            modprobe = modprobe_for(module, need_rmmod=params["state"] == "absent" or bool(plan.drift))
-            apply_module_plan(kmods, modprobe, plan)
-            warnings.extend(modprobe.warnings)
-        for change in file_changes:
-            apply_file(root, change, move=module.atomic_move)
+        undo = Undo()
+
+        def apply():
+            """Every step first records how to undo itself: a failure leaves the node as it was."""
+            if plan.actions:
+                modprobe = modprobe_for(module, need_rmmod=params["state"] == "absent" or bool(plan.drift))
+                record_loads(undo, kmods, Commands.of(module).run, module.get_bin_path)
+                for verb, name, _params in plan.actions:
+                    if verb in ("unload", "reload"):
+                        undo.record(f"unload of {name}",
+                                    lambda name=name: name in kmods.loaded() or modprobe.load(name))
+                apply_module_plan(kmods, modprobe, plan)
+                warnings.extend(modprobe.warnings)
+            for change in file_changes:
+                undo.record(change.path, lambda change=change: apply_file(
+                    root, FileChange(change.path, change.after, change.before), move=module.atomic_move))
+                apply_file(root, change, move=module.atomic_move)
+
+        undo.run(apply)
     for warning in warnings:
         module.warn(warning)
 

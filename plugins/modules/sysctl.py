@@ -113,16 +113,21 @@ modules_loaded:
   sample: [br_netfilter]
 """
 
+import sys
+
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._commands import Commands
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._files import apply_file, plan_file
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._kmod import (
     DEFAULT_MODPROBE_FILE,
     KernelModules,
     modprobe_for,
     plan_persistence,
+    record_loads,
 )
-from ansible_collections.kubeipvs.node.plugins.module_utils.node._sysctl import Sysctl, apply_writes
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._sysctl import Sysctl, apply_writes, probe_in_scratch
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._undo import Undo
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kmod import validate_owned_path
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._sysctl import (
     key_parts,
@@ -130,6 +135,7 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._sysctl import 
     plan_live,
     render_dropin,
     required_module,
+    value_text,
 )
 
 
@@ -177,16 +183,25 @@ def ensure_sysctl(module, root="/"):
         key_parts(key)
         if value is None or "\n" in str(value):
             raise KubeIpvsError(f"sysctl {key}: the value must be one line, got {value!r}")
+        value_text(value, key)
 
     sysctl = Sysctl(root)
     kmods = KernelModules(root)
     to_load = check_module_keys(kmods, sysctl, settings, params["require_modules"])
     # Validate every key that exists now before the first change (loading a module).
     plan_live(sysctl, {k: v for k, v in settings.items() if required_module(k) not in to_load}, params["apply"])
+    undo = Undo()
+    return undo.run(lambda: converge(module, root, sysctl, kmods, settings, to_load, undo))
 
+
+def converge(module, root, sysctl, kmods, settings, to_load, undo):
+    """Load the modules, plan, try the values in a scratch namespace, then write; every step records in
+    ``undo`` how to put back what it changed, so a failure leaves the node as it was."""
+    params = module.params
     warnings = []
     if to_load and not module.check_mode:
         modprobe = modprobe_for(module)
+        record_loads(undo, kmods, Commands.of(module).run, module.get_bin_path)
         for name in to_load:
             modprobe.load(name)
         warnings.extend(modprobe.warnings)
@@ -198,6 +213,8 @@ def ensure_sysctl(module, root="/"):
             )
 
     plan, wanted = plan_live(sysctl, settings, params["apply"])
+    if plan.writes and root == "/":
+        probe_in_scratch(Commands.of(module), sys.executable, plan.writes)
     file_change = plan_file(root, params["file"], render_dropin(wanted, "sysctl"))
     changes = [file_change]
     needed = sorted({required_module(k) for k in settings} - {None})
@@ -217,7 +234,7 @@ def ensure_sysctl(module, root="/"):
     warnings.extend(sysctl.shadowing(params["file"], wanted))
 
     if not module.check_mode:
-        apply_writes(sysctl, plan.writes, changes, root, move=module.atomic_move)
+        apply_writes(sysctl, plan.writes, changes, root, move=module.atomic_move, undo=undo)
     for warning in warnings:
         module.warn(warning)
 
