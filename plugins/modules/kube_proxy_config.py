@@ -174,6 +174,11 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_con
     render_config,
     validate_config,
 )
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._text import (
+    CONFIGMAP_KEY,
+    DNS1123_LABEL,
+    DNS1123_SUBDOMAIN,
+)
 
 
 def configure(module):
@@ -182,8 +187,11 @@ def configure(module):
         raise KubeIpvsError("max_attempts must be 1 or more")
     patch = patch_from_options(params, params["merge"])
     # Validate what was asked for before talking to the API at all.
-    validate_config(merge_config({}, patch))
+    validate_config(merge_config({}, patch), patch)
     namespace, name, key = params["namespace"], params["configmap_name"], params["config_key"]
+    DNS1123_LABEL.check(namespace, "namespace")
+    DNS1123_SUBDOMAIN.check(name, "configmap_name")
+    CONFIGMAP_KEY.check(key, "config_key")
     where = f"ConfigMap {namespace}/{name} key {key}"
     client = client_from_module(module)
     for attempt in range(1, params["max_attempts"] + 1):
@@ -202,7 +210,7 @@ def configure(module):
         desired = merge_config(current, patch)
         if desired == current:  # nothing to write: report what is stored, valid or not
             return result(module, False, current, before_text, before_text, namespace, name, attempt)
-        validate_config(desired)
+        validate_config(desired, patch)
         after_text = render_config(desired)
         configmap["data"] = dict(data, **{key: after_text})
         try:
