@@ -137,7 +137,7 @@ kube_proxy:
 import sys
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kubeipvs.node.plugins.module_utils._errors import run_module
+from ansible_collections.kubeipvs.node.plugins.module_utils._errors import ansible_module, run_module
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._commands import Commands
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._conntrack import cpu_count, hashsize_blocker
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._files import plan_file
@@ -257,7 +257,8 @@ def converge(module, root, kmods, sysctl, sizing, undo):
 
 
 def build_module():
-    return AnsibleModule(
+    return ansible_module(
+        AnsibleModule,
         argument_spec={
             "max_per_core": {"type": "int", "default": 32768},
             "min": {"type": "int", "default": 131072},

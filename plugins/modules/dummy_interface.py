@@ -95,7 +95,7 @@ address_count:
 import contextlib
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
+from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, ansible_module, run_module
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._links import IFF_BROADCAST, LinkKernel
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import HOST_PREFIX
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._links import (
@@ -172,7 +172,8 @@ def converge(module, links, name, wanted):
 
 
 def main():
-    module = AnsibleModule(
+    module = ansible_module(
+        AnsibleModule,
         argument_spec=dict(
             name=dict(type="str", default="kube-ipvs0"),
             addresses=dict(type="list", elements="str", default=[]),

@@ -262,7 +262,7 @@ changed_sets:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kubeipvs.node.plugins.module_utils._errors import run_module
+from ansible_collections.kubeipvs.node.plugins.module_utils._errors import ansible_module, run_module
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._commands import Commands
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._files import read_text
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._ipset import Ipsets
@@ -331,7 +331,8 @@ SET_OPTIONS = {
 
 
 def build_module():
-    return AnsibleModule(
+    return ansible_module(
+        AnsibleModule,
         argument_spec={
             "name": {"type": "str"},
             "sets": {

@@ -155,7 +155,7 @@ import contextlib
 import json
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
+from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, ansible_module, run_module
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._ipvs_reconcile import collector_paused, reconcile
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._kmod import modprobe_for
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._links import LinkKernel
@@ -282,7 +282,8 @@ def sync_paused(module):
 
 
 def main():
-    module = AnsibleModule(
+    module = ansible_module(
+        AnsibleModule,
         argument_spec=dict(
             services=dict(type="list", elements="dict"),
             services_file=dict(type="path"),

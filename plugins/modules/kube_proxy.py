@@ -120,7 +120,7 @@ config:
 import re
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
+from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, ansible_module, run_module
 from ansible_collections.kubeipvs.node.plugins.module_utils.k8s._client import (
     AUTH_ARG_SPEC,
     KubeApiError,
@@ -328,7 +328,7 @@ def main():
         config_key=dict(type="str", default="config.conf", no_log=False),
         node_selector=dict(type="dict", default={"kubernetes.io/os": "linux"}),
     )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    module = ansible_module(AnsibleModule, argument_spec=argument_spec, supports_check_mode=True)
     require_yaml(module, HAS_YAML, YAML_IMPORT_ERROR)
     run_module(module, run)
 

@@ -157,7 +157,7 @@ diff:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
+from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, ansible_module, run_module
 from ansible_collections.kubeipvs.node.plugins.module_utils.k8s._client import (
     AUTH_ARG_SPEC,
     KubeApiError,
@@ -249,7 +249,7 @@ def main():
     argument_spec["ipvs_exclude_cidrs"] = dict(type="list", elements="str")
     argument_spec["conntrack_max_per_core"] = dict(type="int")
     argument_spec["conntrack_min"] = dict(type="int")
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    module = ansible_module(AnsibleModule, argument_spec=argument_spec, supports_check_mode=True)
     require_yaml(module, HAS_YAML, YAML_IMPORT_ERROR)
     run_module(module, configure)
 

@@ -100,7 +100,7 @@ update_strategy:
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
+from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, ansible_module, run_module
 from ansible_collections.kubeipvs.node.plugins.module_utils.k8s._client import AUTH_ARG_SPEC, client_from_module
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._text import (
     DNS1123_LABEL,
@@ -281,7 +281,7 @@ def main():
         timeout=dict(type="int", default=300),
         poll_interval=dict(type="float", default=2.0),
     )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    module = ansible_module(AnsibleModule, argument_spec=argument_spec, supports_check_mode=True)
     run_module(module, run)
 
 

@@ -111,7 +111,7 @@ diff:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
+from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, ansible_module, run_module
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._commands import Commands
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._nftables import TableEditor
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._nftables import (
@@ -162,7 +162,8 @@ def nftables_table(module):
 
 
 def build_module():
-    return AnsibleModule(
+    return ansible_module(
+        AnsibleModule,
         argument_spec={
             "family": {"type": "str", "choices": list(TABLE_FAMILIES), "default": "ip"},
             "name": {"type": "str", "required": True},

@@ -138,7 +138,7 @@ commands:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
+from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, ansible_module, run_module
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._commands import Commands
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._dataplane import (
     SCOPE_AND_FAMILY_ARGS,
@@ -198,7 +198,8 @@ def cleanup(module):
 
 
 def build_module():
-    return AnsibleModule(
+    return ansible_module(
+        AnsibleModule,
         argument_spec={
             "mode": {"type": "str", "required": True, "choices": ["iptables", "ipvs", "nftables"]},
             "drain_seconds": {"type": "int", "default": 0},

@@ -116,7 +116,7 @@ modules_loaded:
 import sys
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
+from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, ansible_module, run_module
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._commands import Commands
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._files import apply_file, plan_file
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._kmod import (
@@ -250,7 +250,8 @@ def converge(module, root, sysctl, kmods, settings, to_load, undo):
 
 
 def build_module():
-    return AnsibleModule(
+    return ansible_module(
+        AnsibleModule,
         argument_spec={
             "settings": {"type": "dict"},
             "file": {"type": "path", "default": "/etc/sysctl.d/90-kubeipvs-node.conf"},

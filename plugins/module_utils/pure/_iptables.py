@@ -648,10 +648,16 @@ def scratch_batch(table, state, wanted, declared):
 def take_canonical(scratch, wanted):
     """Give ``wanted`` chains the forms iptables printed for them in the scratch namespace's table
     ``scratch`` (a TableState): each parent holds their jumps, appended in the order listed."""
-    by_parent = {}
+    by_parent, expected = {}, {}
     for desired in wanted:
         for parent, _position, _tokens in desired.jumps:
             by_parent.setdefault(parent, list(scratch.rules_of(parent)))
+            expected[parent] = expected.get(parent, 0) + 1
+    for parent, count in expected.items():
+        if len(by_parent[parent]) != count:
+            raise KubeIpvsError(f"iptables read the {count} jump(s) from {parent} back as {len(by_parent[parent])} "
+                                "rule(s) (an address list or a host name in a jump's args?); give each jump one "
+                                "rule's worth of args. Nothing was applied")
     for desired in wanted:
         if desired.rules is not None:
             desired.rules = scratch.rules_of(desired.chain)
