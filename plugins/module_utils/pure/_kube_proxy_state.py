@@ -301,25 +301,45 @@ def _check_ips(values, where, problems, allowed=()):
             problems.append(f"{where}: {value!r} is not an IP address")
 
 
+def _shape_problems(obj, where, shapes):
+    """Fields (paths of keys) whose value, when set, is not of the type the rest of the code reads."""
+    problems = []
+    for path, kind in shapes:
+        value = obj
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if value is not None and not isinstance(value, kind):
+            problems.append(f"{where}: {'.'.join(path)} is not a {'list' if kind is list else 'mapping'}")
+        elif isinstance(value, list) and path[-1] in ("ports", "ingress", "endpoints") and not all(
+                isinstance(item, dict) for item in value):
+            problems.append(f"{where}: {'.'.join(path)} is not a list of objects")
+    return problems
+
+
+SERVICE_SHAPES = ((("metadata", "labels"), dict), (("spec",), dict), (("spec", "ports"), list),
+                  (("spec", "clusterIPs"), list), (("spec", "externalIPs"), list),
+                  (("spec", "loadBalancerSourceRanges"), list), (("spec", "sessionAffinityConfig"), dict),
+                  (("spec", "sessionAffinityConfig", "clientIP"), dict), (("status",), dict),
+                  (("status", "loadBalancer"), dict), (("status", "loadBalancer", "ingress"), list))
+SLICE_SHAPES = ((("metadata", "labels"), dict), (("ports",), list), (("endpoints",), list))
+
+
 def service_problems(service):
     """What is wrong in one Service as returned by the API (empty when nothing is)."""
     where = _object_name(service, "Service")
     if not isinstance(service, dict) or not isinstance(service.get("metadata"), dict):
         return [f"{where}: not an object with metadata"]
+    problems = _shape_problems(service, where, SERVICE_SHAPES)
+    if problems:
+        return problems
     metadata, spec = service["metadata"], service.get("spec") or {}
-    problems = []
     if not DNS1123_LABEL.matches(metadata.get("namespace")):
         problems.append(f"{where}: the namespace is not a DNS-1123 label")
     if not DNS1035_LABEL.matches(metadata.get("name")):
         problems.append(f"{where}: the name is not a DNS-1035 label")
-    if not isinstance(spec, dict):
-        return [*problems, f"{where}: spec is not an object"]
     if spec.get("type") == "ExternalName":
         return problems  # nothing of it reaches the node
-    ports = spec.get("ports") or []
-    if not isinstance(ports, list) or not all(isinstance(port, dict) for port in ports):
-        return [*problems, f"{where}: spec.ports is not a list of objects"]
-    for index, port in enumerate(ports):
+    for index, port in enumerate(spec.get("ports") or []):
         here = f"{where} spec.ports[{index}]"
         if not _port_number(port.get("port")):
             problems.append(f"{here}: port {port.get('port')!r} is not 1-65535")
@@ -328,8 +348,7 @@ def service_problems(service):
         _check_port_fields(port, here, problems)
     if spec.get("healthCheckNodePort") not in (None, 0) and not _port_number(spec.get("healthCheckNodePort")):
         problems.append(f"{where}: healthCheckNodePort {spec.get('healthCheckNodePort')!r} is not 1-65535")
-    affinity = (((spec.get("sessionAffinityConfig") or {}).get("clientIP") or {}).get("timeoutSeconds")
-                if isinstance(spec.get("sessionAffinityConfig"), dict) else None)
+    affinity = ((spec.get("sessionAffinityConfig") or {}).get("clientIP") or {}).get("timeoutSeconds")
     if affinity is not None and (isinstance(affinity, bool) or not isinstance(affinity, int)
                                  or not 1 <= affinity <= MAX_AFFINITY_TIMEOUT):
         problems.append(f"{where}: sessionAffinityConfig.clientIP.timeoutSeconds {affinity!r} is not "
@@ -339,8 +358,8 @@ def service_problems(service):
                allowed=("None", ""))
     _check_ips(spec.get("externalIPs") or [], f"{where} spec.externalIPs", problems)
     ingress = ((service.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
-    _check_ips([item.get("ip") for item in ingress if isinstance(item, dict) and item.get("ip")],
-               f"{where} status.loadBalancer.ingress", problems)
+    _check_ips([item.get("ip") for item in ingress if item.get("ip")], f"{where} status.loadBalancer.ingress",
+               problems)
     return problems
 
 
@@ -349,29 +368,26 @@ def endpoint_slice_problems(endpoint_slice):
     where = _object_name(endpoint_slice, "EndpointSlice")
     if not isinstance(endpoint_slice, dict) or not isinstance(endpoint_slice.get("metadata"), dict):
         return [f"{where}: not an object with metadata"]
+    problems = _shape_problems(endpoint_slice, where, SLICE_SHAPES)
+    if problems:
+        return problems
     metadata = endpoint_slice["metadata"]
-    service = (metadata.get("labels") or {}).get(SERVICE_NAME_LABEL) if isinstance(metadata.get("labels"),
-                                                                                    dict) else None
+    service = (metadata.get("labels") or {}).get(SERVICE_NAME_LABEL)
     if endpoint_slice.get("addressType") not in KUBERNETES.values() or not service:
         return []  # FQDN slices and slices of no Service are never read
-    problems = []
     if not DNS1123_LABEL.matches(metadata.get("namespace")):
         problems.append(f"{where}: the namespace is not a DNS-1123 label")
     if not DNS1035_LABEL.matches(service):
         problems.append(f"{where}: label {SERVICE_NAME_LABEL} {service!r} is not a Service name")
-    ports = endpoint_slice.get("ports") or []
-    endpoints = endpoint_slice.get("endpoints") or []
-    if not isinstance(ports, list) or not all(isinstance(port, dict) for port in ports):
-        return [*problems, f"{where}: ports is not a list of objects"]
-    if not isinstance(endpoints, list) or not all(isinstance(endpoint, dict) for endpoint in endpoints):
-        return [*problems, f"{where}: endpoints is not a list of objects"]
-    for index, port in enumerate(ports):
+    for index, port in enumerate(endpoint_slice.get("ports") or []):
         here = f"{where} ports[{index}]"
         if port.get("port") is not None and not _port_number(port.get("port")):
             problems.append(f"{here}: port {port.get('port')!r} is not 1-65535")
         _check_port_fields(port, here, problems)
-    for index, endpoint in enumerate(endpoints):
+    for index, endpoint in enumerate(endpoint_slice.get("endpoints") or []):
         addresses = endpoint.get("addresses") or []
+        if endpoint.get("conditions") is not None and not isinstance(endpoint.get("conditions"), dict):
+            problems.append(f"{where} endpoints[{index}]: conditions is not a mapping")
         if not isinstance(addresses, list):
             problems.append(f"{where} endpoints[{index}]: addresses is not a list")
         elif addresses:

@@ -36,7 +36,8 @@ def key_parts(key):
         raise KubeIpvsError(f"sysctl key {key!r} is not valid (dotted name such as net.ipv4.ip_forward)")
     key = key.strip(" ")
     parts = key.split("/") if "/" in key else key.split(".")
-    if not all(SYSCTL_KEY_PART.matches(part) for part in parts):
+    # a leading '-' means "ignore a failure" to systemd-sysctl: no key of the kernel starts with one
+    if key.startswith("-") or not all(SYSCTL_KEY_PART.matches(part) for part in parts):
         raise KubeIpvsError(f"sysctl key {key!r} is not valid (dotted name such as net.ipv4.ip_forward; "
                             f"{SYSCTL_KEY_PART.description}, no control characters)")
     return parts
