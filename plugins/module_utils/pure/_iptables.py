@@ -84,7 +84,7 @@ class TableState:
     def rules_of(self, chain):
         """The chain's rules as token tuples (a list the caller may change, kept for later calls)."""
         if chain not in self.parsed:
-            self.parsed[chain] = [split_rule(text) for text in self.raw.get(chain, ())]
+            self.parsed[chain] = [split_saved(text) for text in self.raw.get(chain, ())]
         return self.parsed[chain]
 
     def set_rules(self, chain, rules):
@@ -104,8 +104,43 @@ class TableState:
 _NEEDS_SHLEX = re.compile(r"[\"'\\]")
 
 
+def split_saved(text):
+    """Tokens of a rule as iptables-save prints it, read the way iptables-restore reads it: white space
+    separates words, a double quote opens and closes a quoted part, and inside one a backslash makes
+    the next character literal (iptables-save writes ``\\'`` for a ``'`` in a comment, which shlex would
+    keep as two characters). Outside quotes every character is literal."""
+    if not _NEEDS_SHLEX.search(text):
+        return tuple(text.split())
+    tokens, word, quoted, escaped, started = [], [], False, False, False
+    for char in text:
+        if quoted:
+            if escaped:
+                word.append(char)
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                quoted = False
+            else:
+                word.append(char)
+        elif char == '"':
+            quoted = started = True
+        elif char in " \t\n":
+            if word or started:
+                tokens.append("".join(word))
+            word, started = [], False
+        else:
+            word.append(char)
+            started = True
+    if quoted:
+        raise KubeIpvsError(f"cannot parse rule '{text}': a quote is not closed")
+    if word or started:
+        tokens.append("".join(word))
+    return tuple(tokens)
+
+
 def split_rule(text):
-    """Tokens of a rule; shlex understands iptables-save's double quotes and backslash escapes."""
+    """Tokens of a rule as a task writes it: shell-like (shlex), so 'single quotes' work too."""
     if not _NEEDS_SHLEX.search(text):
         return tuple(text.split())
     try:
