@@ -18,6 +18,8 @@ description:
     O(file), an owned C(/etc/sysctl.d/) drop-in; sets the hash size live through
     C(/sys/module/nf_conntrack/parameters/hashsize) and for boot as C(options nf_conntrack hashsize=)
     in O(modprobe_file).
+  - Sizes must lie within the kernel's limits (also in check mode); when a step fails, the hash
+    size, values, files and the module load of this call are put back.
   - The hash size can only be written from the initial network namespace on a writable C(/sys);
     elsewhere (a container) the module warns, persists it for boot and sets everything else.
   - "kube-proxy rewrites these values at every start. To keep the ones set here, run it with

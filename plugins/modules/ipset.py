@@ -23,7 +23,13 @@ description:
     C(10.96.0.10,80) becomes C(10.96.0.10,tcp:80) and C(2001:db8:0::1/128) becomes C(2001:db8::1).
     Every entry of every set is validated before anything changes.
   - Destroying a set that iptables rules still reference fails with the referencing rules listed
-    and changes nothing.
+    and changes nothing; so does destroying or re-creating a set the kernel counts references to.
+  - A set whose type changes is built whole under a scratch name before the old one is renamed
+    aside and destroyed, so nothing is destroyed before its replacement exists. Where C(unshare)
+    exists, the types and options of new sets are tried in a scratch network namespace first. If the
+    kernel still refuses a line of the batch, what the batch applied before it is undone.
+  - Every member and option is whitelisted first (no control characters, interface names for
+    C(hash:net,iface), marks 0-0xffffffff, O(hashsize) and O(maxelem) at least 1, ascending ranges).
 extends_documentation_fragment:
   - kubeipvs.node.attributes
 options:

@@ -19,7 +19,8 @@ description:
   - Compares the wanted O(params) with C(/sys/module/<module>/parameters/) and reports drift; a loaded
     module is only reloaded to change them when O(reload_on_param_change=true).
   - A module that does not exist for the running kernel fails with the kernel release and the
-    directory searched, before anything is loaded or written.
+    directory searched, before anything is loaded or written. When a later step fails, the modules
+    this call loaded are removed again, those it unloaded loaded again and the files restored.
 extends_documentation_fragment:
   - kubeipvs.node.attributes
 options:

@@ -24,7 +24,9 @@ description:
     C(table ... { content })), which the kernel applies atomically - packets see the old table
     or the new one, never a mix. Elements the datapath added to dynamic sets are lost on a
     replacement. No other table is ever touched; content that would close the table early or
-    create another table is refused.
+    create another table is refused. The content is read the way nft's scanner reads it (strings,
+    comments to the next newline, no other control characters, no C(include)), and the scratch
+    namespace holds canary tables that a batch reaching beyond its table would change.
   - Needs C(nft) and C(unshare) on the node and root privileges (a network namespace).
   - Use interface names (C(iifname)), not C(iif)/C(oif) indexes, in the content - the scratch
     namespace has no interfaces but C(lo).

@@ -56,7 +56,10 @@ options:
         elements: str
         default: []
       dummy_interface:
-        description: Services whose virtual IP is an address on this link go, and so does the link.
+        description:
+          - Services whose virtual IP is an address on this link go, and so does the link.
+          - Only a dummy link is kube-proxy's; a link of this name of another type is left alone and
+            owns no services.
         type: str
         default: kube-ipvs0
   family:

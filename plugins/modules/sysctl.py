@@ -21,7 +21,9 @@ description:
     C(br_netfilter)) fail with the module to load, unless O(require_modules=true), which loads the
     module and lists it in O(modules_load_file) so systemd-modules-load loads it at boot before
     systemd-sysctl applies the drop-in.
-  - Every key and value is checked before anything is changed; an unknown key fails.
+  - Every key and value is checked before anything is changed; an unknown key fails. C(net.*)
+    values are tried in a scratch network namespace first (with C(unshare)), and when a later step
+    still fails, the values written, the file and the modules loaded by this call are put back.
   - Warns when a later file in the sysctl.d search path sets one of the keys to another value at boot.
 extends_documentation_fragment:
   - kubeipvs.node.attributes
