@@ -20,7 +20,7 @@ description:
   - Rules the built-in normaliser cannot predict are canonicalised by applying them in a scratch
     network namespace (C(unshare --net)) and reading them back, so a second run changes nothing.
     The same round trip validates the rules; a rule iptables rejects fails the task and nothing
-    is applied. Without C(unshare) the rules cannot be validated: the task fails and applies nothing.
+    is applied. Without C(unshare) the rules cannot be validated, so the task fails and applies nothing.
   - Rules, jump args and comments must hold no control character (a NUL would end a rule early), and
     MARK values and masks are 32-bit numbers; see the collection's docs/security.md.
   - A rule that matches an ipset the node does not have fails, except in check mode, where the

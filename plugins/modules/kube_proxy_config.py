@@ -18,7 +18,7 @@ description:
     is rewritten). A duration equal in value to the current one (V(15m) and V(15m0s)) is no change.
   - The whole resulting configuration is validated before anything is written, check mode
     included, against the C(KubeProxyConfiguration) schema of its C(apiVersion) (the fields and
-    types of kube-proxy's C(v1alpha1) config types): a value of the wrong type, another C(kind), an
+    types of kube-proxy's C(v1alpha1) config types). A value of the wrong type, another C(kind), an
     unknown top-level field, or an unknown deeper field this call sets, is an error; so is a mode or
     scheduler kube-proxy does not know.
   - A write that loses a race (409 Conflict on the resourceVersion) is retried - re-read,
