@@ -208,7 +208,6 @@ SCHEMAS = {API_VERSION: V1ALPHA1}
 # A Kubernetes quantity ("64Ki", "1.5M", "0").
 QUANTITY_RE = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+|[numkMGTPE]|[KMGTPE]i)?")
 INT64_MAX = 2 ** 63 - 1
-INFINITY = float("inf")
 
 
 def _check_value(value, spec, path, problems, unknown):
@@ -261,8 +260,8 @@ def _check_value(value, spec, path, problems, unknown):
         if not isinstance(value, bool):
             problems.append(f"{path} must be true or false, not {_shown(value)}")
     elif spec == FLOAT:
-        # a float that is not finite (YAML's .inf, .nan) is no number JSON can carry
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) == INFINITY:
+        # a float that is not finite (YAML's .inf, .nan) is no number JSON can carry: x - x is NaN for those
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value - value != 0:
             problems.append(f"{path} must be a number, not {_shown(value)}")
     elif spec == QUANTITY:
         if isinstance(value, bool) or not (isinstance(value, int) or

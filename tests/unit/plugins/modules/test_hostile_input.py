@@ -386,11 +386,16 @@ SERVICE_ENTRY = st.fixed_dictionaries(
                   "upper_threshold": hostile_numbers}), max_size=2)})
 
 
+SCOPE_CIDRS = st.lists(anything(st.just("10.96.0.0/12")), max_size=2)
+SYNC_SCOPE = st.fixed_dictionaries({}, optional={"cidrs": SCOPE_CIDRS,
+                                                 "dummy_interface": anything(st.just("kube-ipvs0")),
+                                                 "fwmarks": st.lists(hostile_numbers, max_size=2)})
+CLEANUP_SCOPE = st.fixed_dictionaries({}, optional={"cidrs": SCOPE_CIDRS,
+                                                    "dummy_interface": anything(st.just("kube-ipvs0"))})
+
+
 @settings(max_examples=EXAMPLES)
-@given(entries=st.one_of(st.lists(SERVICE_ENTRY, max_size=3), wrong_types),
-       scope=st.fixed_dictionaries({}, optional={"cidrs": st.lists(anything(st.just("10.96.0.0/12")), max_size=2),
-                                                  "dummy_interface": anything(st.just("kube-ipvs0")),
-                                                  "fwmarks": st.lists(hostile_numbers, max_size=2)}))
+@given(entries=st.one_of(st.lists(SERVICE_ENTRY, max_size=3), wrong_types), scope=SYNC_SCOPE)
 def test_ipvs_sync_hostile_services_file(entries, scope):
     kernel = FakeIpvsKernel([Service(IPV4, PROTO_TCP, "192.0.2.50", 80)])
     links = FakeLinkKernel({"kube-ipvs0": ("dummy", {"10.96.0.10": (IPV4, 32)})})
@@ -420,9 +425,8 @@ def test_ipvs_service_hostile_options(entry):
 
 
 @settings(max_examples=EXAMPLES)
-@given(scope=st.fixed_dictionaries({}, optional={"cidrs": st.lists(anything(st.just("10.96.0.0/12")), max_size=2),
-                                                  "dummy_interface": anything(st.just("kube-ipvs0"))}),
-       mode=st.sampled_from(["ipvs", "iptables", "nftables"]), drain=st.one_of(st.just(0), hostile_numbers),
+@given(scope=CLEANUP_SCOPE, mode=st.sampled_from(["ipvs", "iptables", "nftables"]),
+       drain=st.one_of(st.just(0), hostile_numbers),
        link_kind=st.sampled_from(["dummy", "bridge", ""]))
 def test_proxy_cleanup_and_facts_hostile_scope(scope, mode, drain, link_kind):
     kernel = FakeIpvsKernel([Service(IPV4, PROTO_TCP, "10.96.0.1", 443), Service(IPV4, PROTO_TCP, "192.0.2.9", 80)])

@@ -324,8 +324,8 @@ def test_set_names_are_one_word_that_is_not_an_option(name):
 
 def test_a_type_change_builds_the_new_set_before_the_old_one_goes():
     header = {"type": "hash:ip,port", "family": "inet", "hashsize": 1024, "maxelem": 65536}
-    plan = ipset.plan_set(header, {"10.0.0.1,tcp:80"}, {"type": "hash:ip", "family": "inet", "hashsize": 1024,
-                                                          "maxelem": 65536}, {"10.0.0.1"}, True)
+    old = {"type": "hash:ip", "family": "inet", "hashsize": 1024, "maxelem": 65536}
+    plan = ipset.plan_set(header, {"10.0.0.1,tcp:80"}, old, {"10.0.0.1"}, True)
     assert plan.method == "recreate"
     scratch, backup = ipset.temporary_set_name("S"), ipset.backup_set_name("S")
     lines, final = ipset.render_steps("S", header, plan)

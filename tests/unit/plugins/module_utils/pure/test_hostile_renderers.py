@@ -69,6 +69,8 @@ def with_one_hostile(draw, valid, paths, hostile=None):
         except (KeyError, IndexError, TypeError):
             pass  # the drawn value has no such field
     return value
+
+
 printable = st.text(st.characters(min_codepoint=32, max_codepoint=0x2fff, blacklist_categories=("Cs",)), max_size=20)
 
 
@@ -125,10 +127,12 @@ def test_iptables_tokens_render_and_split_back_equal(tokens):
     assert ipt.split_saved(rendered) == tuple(tokens)  # as iptables-restore reads it
 
 
+RULE_SAMPLES = st.sampled_from(["-j RETURN", "-j MARK --or-mark 0x4000", "-s 10.0.0.1 -j DROP",
+                                "-m mark --mark 0x1/0x1 -j ACCEPT", '-m comment --comment "x"'])
+
+
 @settings(max_examples=EXAMPLES)
-@given(rule=st.one_of(hostile_text(st.sampled_from(["-j RETURN", "-j MARK --or-mark 0x4000", "-s 10.0.0.1 -j DROP",
-                                                     "-m mark --mark 0x1/0x1 -j ACCEPT", '-m comment --comment "x"'])),
-                      st.lists(hostile_text(), max_size=4), wrong_types),
+@given(rule=st.one_of(hostile_text(RULE_SAMPLES), st.lists(hostile_text(), max_size=4), wrong_types),
        family=st.sampled_from([IPV4, IPV6]))
 def test_iptables_rules_are_refused_or_a_fixed_point(rule, family):
     try:
@@ -221,6 +225,7 @@ def check_ipvs_fixed_point(entries):
 def test_ipvs_services_are_refused_or_a_fixed_point(entries):
     check_ipvs_fixed_point(entries)
 
+
 VALID_SERVICE = with_one_hostile(st.fixed_dictionaries(
     {"address": st.sampled_from(["10.96.0.1", "10.96.0.2/32"]), "port": st.integers(1, 65535),
      "protocol": st.sampled_from(["tcp", "udp", "sctp"]), "scheduler": st.sampled_from(["rr", "wrr", "sh", "mh"]),
@@ -234,10 +239,13 @@ VALID_SERVICE = with_one_hostile(st.fixed_dictionaries(
      ("real_servers", 0, "forwarding"), ("family",), ("fwmark",), ("state",), ("scheduler_flags",)])
 
 
+def service_key(entry):
+    """What makes two entries the same service (duplicates are refused, rightly: draw none)."""
+    return str(entry.get("address")).split("/", maxsplit=1)[0], str(entry.get("port")), str(entry.get("protocol"))
+
+
 @settings(max_examples=EXAMPLES)
-@given(entries=st.lists(VALID_SERVICE, max_size=3, unique_by=lambda entry: (str(entry.get("address")).split("/")[0],
-                                                                           str(entry.get("port")),
-                                                                           str(entry.get("protocol")))))
+@given(entries=st.lists(VALID_SERVICE, max_size=3, unique_by=service_key))
 def test_mostly_valid_ipvs_services_are_refused_or_a_fixed_point(entries):
     check_ipvs_fixed_point(entries)
 
@@ -264,13 +272,16 @@ VALID_CONFIG = with_one_hostile(st.fixed_dictionaries({}, optional={
      ("kind",), ("apiVersion",), ("colour",), ("ipvs", "unknownField")])
 
 
+NESTED_VALUES = st.one_of(anything(), st.sampled_from(["rr", "30s", True, 0, 14, "ipvs", ["10.0.0.0/8"]]))
+FIELD_VALUES = st.one_of(anything(), st.dictionaries(NESTED, NESTED_VALUES, max_size=3),
+                         st.sampled_from(["ipvs", "", "iptables", "10.244.0.0/16"]))
+OPTIONS = st.fixed_dictionaries({}, optional={"mode": anything(st.just("ipvs")),
+                                              "ipvs_scheduler": anything(st.just("rr")),
+                                              "conntrack_max_per_core": hostile_numbers})
+
+
 @settings(max_examples=EXAMPLES)
-@given(merge=st.one_of(VALID_CONFIG, st.dictionaries(FIELDS, st.one_of(anything(), st.dictionaries(NESTED, st.one_of(
-    anything(), st.sampled_from(["rr", "30s", True, 0, 14, "ipvs", ["10.0.0.0/8"]])), max_size=3),
-    st.sampled_from(["ipvs", "", "iptables", "10.244.0.0/16"])), max_size=4)),
-       options=st.fixed_dictionaries({}, optional={"mode": anything(st.just("ipvs")),
-                                                   "ipvs_scheduler": anything(st.just("rr")),
-                                                   "conntrack_max_per_core": hostile_numbers}))
+@given(merge=st.one_of(VALID_CONFIG, st.dictionaries(FIELDS, FIELD_VALUES, max_size=4)), options=OPTIONS)
 def test_kube_proxy_config_is_refused_or_reads_back_equal(merge, options):
     try:
         patch = patch_from_options(options, merge)
