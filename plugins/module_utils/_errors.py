@@ -5,6 +5,9 @@
 
 from __future__ import annotations
 
+import json
+import sys
+
 
 class KubeIpvsError(Exception):
     """A failure the user can act on: the message says what is wrong and what to fix.
@@ -26,3 +29,17 @@ def run_module(module, body):
     except KubeIpvsError as error:
         module.fail_json(msg=error.msg, **error.details)
     module.exit_json(**result)
+
+
+def ansible_module(factory, **kwargs):
+    """``factory(**kwargs)`` - the module's AnsibleModule - or, when ansible-core's own argument checks
+    raise instead of failing (its int conversion raises OverflowError on an infinity and ValueError on
+    a NaN), the module's failure result printed and exit, as fail_json would: no traceback."""
+    try:
+        return factory(**kwargs)
+    except (OverflowError, ValueError, ArithmeticError) as error:
+        # No AnsibleModule exists to call fail_json on: its result is printed the way fail_json prints it.
+        print(json.dumps({"failed": True,  # pylint: disable=ansible-bad-function
+                          "msg": f"invalid module arguments: a value cannot be converted ({error}); numbers must "
+                                 "be finite"}))
+        sys.exit(1)  # pylint: disable=ansible-bad-function

@@ -18,6 +18,8 @@ description:
     O(file), an owned C(/etc/sysctl.d/) drop-in; sets the hash size live through
     C(/sys/module/nf_conntrack/parameters/hashsize) and for boot as C(options nf_conntrack hashsize=)
     in O(modprobe_file).
+  - Sizes must lie within the kernel's limits (also in check mode); when a step fails, the hash
+    size, values, files and the module load of this call are put back.
   - The hash size can only be written from the initial network namespace on a writable C(/sys);
     elsewhere (a container) the module warns, persists it for boot and sets everything else.
   - "kube-proxy rewrites these values at every start. To keep the ones set here, run it with
@@ -134,16 +136,21 @@ kube_proxy:
       sample: {maxPerCore: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
 """
 
+import sys
+
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kubeipvs.node.plugins.module_utils._errors import run_module
+from ansible_collections.kubeipvs.node.plugins.module_utils._errors import ansible_module, run_module
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._commands import Commands
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._conntrack import cpu_count, hashsize_blocker
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._files import plan_file
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._kmod import (
     KernelModules,
     modprobe_for,
     plan_persistence,
+    record_loads,
 )
-from ansible_collections.kubeipvs.node.plugins.module_utils.node._sysctl import Sysctl, apply_writes
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._sysctl import Sysctl, apply_writes, probe_in_scratch
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._undo import Undo
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._conntrack import (
     COUNT_KEY,
     HASHSIZE_PARAM,
@@ -174,6 +181,14 @@ def ensure_conntrack(module, root="/"):
 
     kmods = KernelModules(root)
     sysctl = Sysctl(root)
+    undo = Undo()
+    return undo.run(lambda: converge(module, root, kmods, sysctl, sizing, undo))
+
+
+def converge(module, root, kmods, sysctl, sizing, undo):
+    """Load nf_conntrack, plan, try the values in a scratch namespace, then write; every step records in
+    ``undo`` how to put back what it changed, so a failure leaves the node as it was."""
+    params = module.params
     _name, kind = kmods.resolve(MODULE)
     settings = {
         MAX_KEY: sizing["nf_conntrack_max"],
@@ -186,10 +201,13 @@ def ensure_conntrack(module, root="/"):
     if to_load and not module.check_mode:
         # Loading with the parameter gives the right table from the start (no rehash).
         modprobe = modprobe_for(module)
+        record_loads(undo, kmods, Commands.of(module).run, module.get_bin_path)
         modprobe.load(MODULE, {HASHSIZE_PARAM: hashsize})
         warnings.extend(modprobe.warnings)
 
     plan, wanted = plan_live(sysctl, settings, apply=True)
+    if plan.writes and root == "/":
+        probe_in_scratch(Commands.of(module), sys.executable, plan.writes)
     hashsize_before = kmods.params(MODULE).get(HASHSIZE_PARAM)
     hashsize_write = not (to_load and module.check_mode) and hashsize_before != hashsize
     if hashsize_write:
@@ -214,8 +232,10 @@ def ensure_conntrack(module, root="/"):
 
     if not module.check_mode:
         if hashsize_write:
+            if hashsize_before:
+                undo.record(HASHSIZE_PARAM, lambda: kmods.write_param(MODULE, HASHSIZE_PARAM, hashsize_before))
             kmods.write_param(MODULE, HASHSIZE_PARAM, hashsize)
-        apply_writes(sysctl, plan.writes, changes, root, move=module.atomic_move)
+        apply_writes(sysctl, plan.writes, changes, root, move=module.atomic_move, undo=undo)
     for warning in warnings:
         module.warn(warning)
 
@@ -239,7 +259,8 @@ def ensure_conntrack(module, root="/"):
 
 
 def build_module():
-    return AnsibleModule(
+    return ansible_module(
+        AnsibleModule,
         argument_spec={
             "max_per_core": {"type": "int", "default": 32768},
             "min": {"type": "int", "default": 131072},

@@ -159,7 +159,7 @@ dataplane:
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kubeipvs.node.plugins.module_utils._errors import run_module
+from ansible_collections.kubeipvs.node.plugins.module_utils._errors import ansible_module, run_module
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._commands import Commands
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._dataplane import SCOPE_AND_FAMILY_ARGS, NodeReader
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._ipvs import IpvsKernel
@@ -231,7 +231,8 @@ def gather(module):
 
 
 def build_module():
-    return AnsibleModule(
+    return ansible_module(
+        AnsibleModule,
         argument_spec=SCOPE_AND_FAMILY_ARGS,
         supports_check_mode=True,
     )

@@ -95,7 +95,7 @@ address_count:
 import contextlib
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
+from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, ansible_module, run_module
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._links import IFF_BROADCAST, LinkKernel
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import HOST_PREFIX
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._links import (
@@ -147,11 +147,17 @@ def converge(module, links, name, wanted):
     to_add, to_remove = plan_addresses(wanted, current, params["exclusive"])
     changed = link is None or bool(to_add) or bool(to_remove)
     if not module.check_mode:
-        if link is None:
+        created = link is None
+        if created:
             links.add_dummy(name)
             link = links.get_link(name)
         if to_add or to_remove:
-            links.change_addresses(link, to_add, to_remove)
+            try:
+                links.change_addresses(link, to_add, to_remove)
+            except KubeIpvsError:
+                if created:  # all or nothing: the link this call made goes again
+                    links.delete_link(link)
+                raise
     after_addresses = dict(current)
     for _family, text, _prefix in to_remove:
         after_addresses.pop(text, None)
@@ -166,7 +172,8 @@ def converge(module, links, name, wanted):
 
 
 def main():
-    module = AnsibleModule(
+    module = ansible_module(
+        AnsibleModule,
         argument_spec=dict(
             name=dict(type="str", default="kube-ipvs0"),
             addresses=dict(type="list", elements="str", default=[]),

@@ -23,7 +23,13 @@ description:
     C(10.96.0.10,80) becomes C(10.96.0.10,tcp:80) and C(2001:db8:0::1/128) becomes C(2001:db8::1).
     Every entry of every set is validated before anything changes.
   - Destroying a set that iptables rules still reference fails with the referencing rules listed
-    and changes nothing.
+    and changes nothing; so does destroying or re-creating a set the kernel counts references to.
+  - A set whose type changes is built whole under a scratch name before the old one is renamed
+    aside and destroyed, so nothing is destroyed before its replacement exists. Where C(unshare)
+    exists, the types and options of new sets are tried in a scratch network namespace first. If the
+    kernel still refuses a line of the batch, what the batch applied before it is undone.
+  - Every member and option is whitelisted first (no control characters, interface names for
+    C(hash:net,iface), marks 0-0xffffffff, O(hashsize) and O(maxelem) at least 1, ascending ranges).
 extends_documentation_fragment:
   - kubeipvs.node.attributes
 options:
@@ -262,7 +268,7 @@ changed_sets:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kubeipvs.node.plugins.module_utils._errors import run_module
+from ansible_collections.kubeipvs.node.plugins.module_utils._errors import ansible_module, run_module
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._commands import Commands
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._files import read_text
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._ipset import Ipsets
@@ -280,10 +286,15 @@ def ensure_sets(module):
     plans = {wanted.name: ipset_lib.plan_one(wanted, current[wanted.name], params["swap_threshold"])
              for wanted in desired}
     ipsets.check_types(ipset_lib.new_types(desired, plans, current))
-    ipsets.refuse_if_referenced(ipset_lib.destructive_actions(desired, plans, current))
+    ipset_lib.check_capacity(desired, plans)
+    actions = ipset_lib.destructive_actions(desired, plans, current)
+    ipsets.refuse_if_referenced(actions)
+    ipsets.refuse_if_in_use(actions)
+    ipsets.probe_headers(ipset_lib.new_headers(desired, plans))
     batch = ipset_lib.batch_of(desired, plans, current)
     if batch.chunks and not module.check_mode:
-        ipsets.restore(batch, swapped=[name for name, plan in plans.items() if plan.method == "swap"])
+        for warning in ipsets.restore(batch, swapped=[name for name, plan in plans.items() if plan.method == "swap"]):
+            module.warn(warning)
 
     results, described = [], []
     for wanted in desired:
@@ -326,7 +337,8 @@ SET_OPTIONS = {
 
 
 def build_module():
-    return AnsibleModule(
+    return ansible_module(
+        AnsibleModule,
         argument_spec={
             "name": {"type": "str"},
             "sets": {

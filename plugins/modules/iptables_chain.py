@@ -20,7 +20,9 @@ description:
   - Rules the built-in normaliser cannot predict are canonicalised by applying them in a scratch
     network namespace (C(unshare --net)) and reading them back, so a second run changes nothing.
     The same round trip validates the rules; a rule iptables rejects fails the task and nothing
-    is applied.
+    is applied. Without C(unshare) the rules cannot be validated, so the task fails and applies nothing.
+  - Rules, jump args and comments must hold no control character (a NUL would end a rule early), and
+    MARK values and masks are 32-bit numbers; see the collection's docs/security.md.
   - A rule that matches an ipset the node does not have fails, except in check mode, where the
     rule is validated against a stand-in set of the same dimension in the scratch namespace (with a
     warning naming the set), because a preceding C(kubeipvs.node.ipset) task only pretended to
@@ -143,7 +145,7 @@ options:
     choices: [present, absent]
     default: present
 notes:
-  - Requires iptables (1.8 or later) and, for the canonicalising round trip, C(unshare) from util-linux.
+  - Requires iptables (1.8 or later) and C(unshare) from util-linux (the validating round trip).
 """
 
 EXAMPLES = r"""
@@ -224,7 +226,7 @@ commands:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kubeipvs.node.plugins.module_utils._errors import run_module
+from ansible_collections.kubeipvs.node.plugins.module_utils._errors import ansible_module, run_module
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._commands import Commands
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._iptables import Iptables
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure import _iptables as iptables_lib
@@ -286,7 +288,8 @@ JUMP_OPTIONS = {
 
 
 def build_module():
-    return AnsibleModule(
+    return ansible_module(
+        AnsibleModule,
         argument_spec={
             "table": {"type": "str", "choices": list(iptables_lib.BUILTIN_CHAINS), "default": "filter"},
             "chain": {"type": "str"},

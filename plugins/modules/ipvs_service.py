@@ -184,7 +184,7 @@ changes:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
+from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, ansible_module, run_module
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._ipvs_reconcile import reconcile
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._kmod import modprobe_for
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipvs_input import normalize_service
@@ -216,7 +216,8 @@ def ensure_service(module):
 
 
 def main():
-    module = AnsibleModule(
+    module = ansible_module(
+        AnsibleModule,
         argument_spec=dict(
             protocol=dict(type="str", choices=["tcp", "udp", "sctp"]),
             address=dict(type="str"),

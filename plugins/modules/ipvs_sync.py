@@ -169,7 +169,7 @@ import contextlib
 import json
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
+from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, ansible_module, run_module
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._ipvs_reconcile import collector_paused, reconcile
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._kmod import modprobe_for
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._links import LinkKernel
@@ -181,6 +181,7 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipvs_plan impo
     scope_settings,
     summarize,
 )
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._links import validate_link_name
 
 
 def load_services_file(path):
@@ -192,6 +193,8 @@ def load_services_file(path):
         raise KubeIpvsError(f"cannot read services_file {path}: {error.strerror}") from None
     try:
         data = json.loads(raw)
+    except RecursionError:
+        raise KubeIpvsError(f"services_file {path} is nested too deeply to be a list of services") from None
     except ValueError:
         try:
             import yaml
@@ -203,6 +206,8 @@ def load_services_file(path):
             data = yaml.load(raw, Loader=loader)  # a safe loader (C one when available)
         except yaml.YAMLError as error:
             raise KubeIpvsError(f"services_file {path} is neither JSON nor valid YAML: {error}") from None
+        except RecursionError:
+            raise KubeIpvsError(f"services_file {path} is nested too deeply to be a list of services") from None
     if isinstance(data, dict) and "services" in data:
         data = data["services"]
     if not isinstance(data, list):
@@ -213,6 +218,8 @@ def load_services_file(path):
 def build_scope(scope_params):
     settings = scope_settings(scope_params)
     link_name = settings["dummy_interface"]
+    if link_name:
+        validate_link_name(link_name)
     if not (settings["cidrs"] or settings["fwmarks"] or link_name or settings["node_port_cidrs"]):
         raise KubeIpvsError("scope needs at least one of cidrs, dummy_interface, fwmarks or node_port_cidrs: "
                             "without it this task would own nothing")
@@ -247,6 +254,8 @@ def sync(module):
         raise KubeIpvsError("give services or services_file")
     if params["drain_timeout"] is not None and params["drain_timeout"] < 0:
         raise KubeIpvsError("drain_timeout must be 0 or more seconds")
+    if params["diff_lines"] < 0:
+        raise KubeIpvsError("diff_lines must be 0 or more")
     wanted_timeouts = check_timeouts(params["timeouts"])
     entries = params["services"] if params["services"] is not None else load_services_file(params["services_file"])
     desired, absent = normalize_services(entries, "services", purge_default=True)
@@ -284,7 +293,8 @@ def sync_paused(module):
 
 
 def main():
-    module = AnsibleModule(
+    module = ansible_module(
+        AnsibleModule,
         argument_spec=dict(
             services=dict(type="list", elements="dict"),
             services_file=dict(type="path"),

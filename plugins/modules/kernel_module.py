@@ -19,7 +19,8 @@ description:
   - Compares the wanted O(params) with C(/sys/module/<module>/parameters/) and reports drift; a loaded
     module is only reloaded to change them when O(reload_on_param_change=true).
   - A module that does not exist for the running kernel fails with the kernel release and the
-    directory searched, before anything is loaded or written.
+    directory searched, before anything is loaded or written. When a later step fails, the modules
+    this call loaded are removed again, those it unloaded loaded again and the files restored.
 extends_documentation_fragment:
   - kubeipvs.node.attributes
 options:
@@ -132,16 +133,20 @@ files:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
+from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, ansible_module, run_module
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._commands import Commands
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._files import apply_file
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._kmod import (
     KernelModules,
     apply_module_plan,
     modprobe_for,
     plan_persistence,
+    record_loads,
 )
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._undo import Undo
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._files import FileChange
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kmod import (
-    canonical_name,
+    module_name,
     plan_modules,
     validate_owned_path,
 )
@@ -149,7 +154,7 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kmod import (
 
 def ensure_kernel_modules(module, root="/"):
     params = module.params
-    names = [canonical_name(n) for n in params["name"] if n.strip()]
+    names = [module_name(n) for n in params["name"] if n.strip(" ")]
     if not names:
         raise KubeIpvsError("name must list at least one module")
     if params["params"] is not None and len(names) != 1:
@@ -175,12 +180,25 @@ def ensure_kernel_modules(module, root="/"):
 
     warnings = list(plan.warnings)
     if not module.check_mode:
-        if plan.actions:
-            modprobe = modprobe_for(module, need_rmmod=params["state"] == "absent" or bool(plan.drift))
-            apply_module_plan(kmods, modprobe, plan)
-            warnings.extend(modprobe.warnings)
-        for change in file_changes:
-            apply_file(root, change, move=module.atomic_move)
+        undo = Undo()
+
+        def apply():
+            """Every step first records how to undo itself: a failure leaves the node as it was."""
+            if plan.actions:
+                modprobe = modprobe_for(module, need_rmmod=params["state"] == "absent" or bool(plan.drift))
+                record_loads(undo, kmods, Commands.of(module).run, module.get_bin_path)
+                for verb, name, _params in plan.actions:
+                    if verb in ("unload", "reload"):
+                        undo.record(f"unload of {name}",
+                                    lambda name=name: name in kmods.loaded() or modprobe.load(name))
+                apply_module_plan(kmods, modprobe, plan)
+                warnings.extend(modprobe.warnings)
+            for change in file_changes:
+                undo.record(change.path, lambda change=change: apply_file(
+                    root, FileChange(change.path, change.after, change.before), move=module.atomic_move))
+                apply_file(root, change, move=module.atomic_move)
+
+        undo.run(apply)
     for warning in warnings:
         module.warn(warning)
 
@@ -206,7 +224,8 @@ def ensure_kernel_modules(module, root="/"):
 
 
 def build_module():
-    return AnsibleModule(
+    return ansible_module(
+        AnsibleModule,
         argument_spec={
             "name": {"type": "list", "elements": "str", "required": True},
             "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},

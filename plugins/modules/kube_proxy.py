@@ -120,7 +120,7 @@ config:
 import re
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
+from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, ansible_module, run_module
 from ansible_collections.kubeipvs.node.plugins.module_utils.k8s._client import (
     AUTH_ARG_SPEC,
     KubeApiError,
@@ -148,9 +148,17 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_man
     owned,
     service_account,
 )
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._text import (
+    CONFIGMAP_KEY,
+    DNS1123_LABEL,
+    DNS1123_SUBDOMAIN,
+    PATH_SEGMENT,
+    check_text,
+    control_character,
+)
 
 MAX_ATTEMPTS = 5
-TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 
 def label(kind, name, namespace):
@@ -228,12 +236,13 @@ def present(module, deployer):
     namespace, name, key = p["namespace"], p["name"], p["config_key"]
     if not p["version"]:
         raise KubeIpvsError("version is required with state=present (the kube-proxy image tag, for example v1.31.2)")
-    if not TAG_RE.match(p["version"]):
+    if not isinstance(p["version"], str) or not TAG_RE.fullmatch(p["version"]):
         raise KubeIpvsError(f"version {p['version']!r} is not a valid image tag")
-    if p["api_server"] is not None and not re.match(r"^https?://[^/\s]+", p["api_server"]):
+    if p["api_server"] is not None and (control_character(p["api_server"]) is not None
+                                        or not re.fullmatch(r"https?://[^/\s]+(/\S*)?", p["api_server"])):
         raise KubeIpvsError(f"api_server {p['api_server']!r} must be a URL such as https://10.0.0.10:6443")
     fresh_config = merge_config(default_config(), p["config"])
-    validate_config(fresh_config)
+    validate_config(fresh_config, p["config"])
     client = deployer.client
     existing_configmap = client.get("ConfigMap", name, namespace)
     if existing_configmap is None and not p["api_server"]:
@@ -248,7 +257,7 @@ def present(module, deployer):
             raise KubeIpvsError(f"{where} is missing; the ConfigMap carries the kubeipvs.node label but no config")
         stored = parse_config(data[key], where)
         merged = merge_config(stored, p["config"])
-        validate_config(merged)
+        validate_config(merged, p["config"])
         results["config"] = merged
         wanted = {"metadata": {"labels": desired_cm["metadata"]["labels"]},
                   "data": {key: data[key] if merged == stored else render_config(merged)}}
@@ -269,7 +278,22 @@ def present(module, deployer):
     return results.get("config")
 
 
+def check_names(params):
+    """The names that become API paths and object fields, whitelisted before any request."""
+    DNS1123_LABEL.check(params["namespace"], "namespace")
+    DNS1123_SUBDOMAIN.check(params["name"], "name")
+    PATH_SEGMENT.check(params["cluster_role_binding_name"], "cluster_role_binding_name")
+    PATH_SEGMENT.check(params["cluster_role"], "cluster_role")
+    CONFIGMAP_KEY.check(params["config_key"], "config_key")
+    if not re.fullmatch(r"\S+", check_text(params["image"], "image")):
+        raise KubeIpvsError(f"image {params['image']!r} must be one word (a registry path without spaces)")
+    for key, value in (params["node_selector"] or {}).items():
+        check_text(key, "node_selector key")
+        check_text(value, f"node_selector.{key}")
+
+
 def run(module):
+    check_names(module.params)
     client = client_from_module(module)
     deployer = Deployer(module, client)
     p = module.params
@@ -304,7 +328,7 @@ def main():
         config_key=dict(type="str", default="config.conf", no_log=False),
         node_selector=dict(type="dict", default={"kubernetes.io/os": "linux"}),
     )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    module = ansible_module(AnsibleModule, argument_spec=argument_spec, supports_check_mode=True)
     require_yaml(module, HAS_YAML, YAML_IMPORT_ERROR)
     run_module(module, run)
 

@@ -16,8 +16,11 @@ description:
     it back when anything differs.
   - Every key and value it is not asked to change is kept (YAML comments are not, when the text
     is rewritten). A duration equal in value to the current one (V(15m) and V(15m0s)) is no change.
-  - The whole resulting configuration is validated before anything is written; a mode or
-    scheduler kube-proxy does not know is an error.
+  - The whole resulting configuration is validated before anything is written, check mode
+    included, against the C(KubeProxyConfiguration) schema of its C(apiVersion) (the fields and
+    types of kube-proxy's C(v1alpha1) config types). A value of the wrong type, another C(kind), an
+    unknown top-level field, or an unknown deeper field this call sets, is an error; so is a mode or
+    scheduler kube-proxy does not know.
   - A write that loses a race (409 Conflict on the resourceVersion) is retried - re-read,
     re-merged, re-written - up to O(max_attempts) times.
   - Check mode sends the update with server-side dry-run (C(dryRun=All)), so the API server
@@ -157,7 +160,7 @@ diff:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
+from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, ansible_module, run_module
 from ansible_collections.kubeipvs.node.plugins.module_utils.k8s._client import (
     AUTH_ARG_SPEC,
     KubeApiError,
@@ -174,6 +177,11 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_con
     render_config,
     validate_config,
 )
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._text import (
+    CONFIGMAP_KEY,
+    DNS1123_LABEL,
+    DNS1123_SUBDOMAIN,
+)
 
 
 def configure(module):
@@ -182,8 +190,11 @@ def configure(module):
         raise KubeIpvsError("max_attempts must be 1 or more")
     patch = patch_from_options(params, params["merge"])
     # Validate what was asked for before talking to the API at all.
-    validate_config(merge_config({}, patch))
+    validate_config(merge_config({}, patch), patch)
     namespace, name, key = params["namespace"], params["configmap_name"], params["config_key"]
+    DNS1123_LABEL.check(namespace, "namespace")
+    DNS1123_SUBDOMAIN.check(name, "configmap_name")
+    CONFIGMAP_KEY.check(key, "config_key")
     where = f"ConfigMap {namespace}/{name} key {key}"
     client = client_from_module(module)
     for attempt in range(1, params["max_attempts"] + 1):
@@ -202,7 +213,7 @@ def configure(module):
         desired = merge_config(current, patch)
         if desired == current:  # nothing to write: report what is stored, valid or not
             return result(module, False, current, before_text, before_text, namespace, name, attempt)
-        validate_config(desired)
+        validate_config(desired, patch)
         after_text = render_config(desired)
         configmap["data"] = dict(data, **{key: after_text})
         try:
@@ -241,7 +252,7 @@ def main():
     argument_spec["ipvs_exclude_cidrs"] = dict(type="list", elements="str")
     argument_spec["conntrack_max_per_core"] = dict(type="int")
     argument_spec["conntrack_min"] = dict(type="int")
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    module = ansible_module(AnsibleModule, argument_spec=argument_spec, supports_check_mode=True)
     require_yaml(module, HAS_YAML, YAML_IMPORT_ERROR)
     run_module(module, configure)
 

@@ -100,8 +100,13 @@ update_strategy:
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
+from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, ansible_module, run_module
 from ansible_collections.kubeipvs.node.plugins.module_utils.k8s._client import AUTH_ARG_SPEC, client_from_module
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._text import (
+    DNS1123_LABEL,
+    DNS1123_SUBDOMAIN,
+    check_text,
+)
 
 EVENTS_SHOWN = 10
 
@@ -200,6 +205,13 @@ def run(module):
     params = module.params
     if params["timeout"] <= 0 or params["poll_interval"] <= 0:
         raise KubeIpvsError("timeout and poll_interval must be greater than 0")
+    if not params["poll_interval"] <= 3600:  # NaN compares false both ways; an infinity would never end a sleep
+        raise KubeIpvsError(f"poll_interval must be at most 3600 seconds, got {params['poll_interval']}")
+    DNS1123_LABEL.check(params["namespace"], "namespace")
+    DNS1123_SUBDOMAIN.check(params["daemonset_name"], "daemonset_name")
+    check_text(params["label_selector"], "label_selector")
+    for node in params["nodes"]:
+        DNS1123_SUBDOMAIN.check(node, "nodes")
     if params["all_nodes"] and params["nodes"]:
         raise KubeIpvsError("set either nodes or all_nodes, not both")
     if len(set(params["nodes"])) != len(params["nodes"]):
@@ -269,7 +281,7 @@ def main():
         timeout=dict(type="int", default=300),
         poll_interval=dict(type="float", default=2.0),
     )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    module = ansible_module(AnsibleModule, argument_spec=argument_spec, supports_check_mode=True)
     run_module(module, run)
 
 

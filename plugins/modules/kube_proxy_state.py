@@ -161,11 +161,12 @@ counts:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
+from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, ansible_module, run_module
 from ansible_collections.kubeipvs.node.plugins.module_utils.k8s._client import AUTH_ARG_SPEC, client_from_module
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_iptables import iptables_state
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_nftables import nftables_state
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_state import node_state
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._text import DNS1123_SUBDOMAIN
 
 
 def node_ips_from_api(client, node_name):
@@ -203,6 +204,7 @@ def compute(module):
     params = module.params
     if not 0 <= params["masquerade_bit"] <= 31:
         raise KubeIpvsError(f"masquerade_bit must be 0-31, got {params['masquerade_bit']}")
+    DNS1123_SUBDOMAIN.check(params["node_name"], "node_name")
     client = client_from_module(module)
     node_ips = params["node_ips"] or node_ips_from_api(client, params["node_name"])
     services = client.list("Service")
@@ -227,7 +229,7 @@ def main():
         cluster_cidr=dict(type="str", default=""),
         masquerade_bit=dict(type="int", default=14),
     )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    module = ansible_module(AnsibleModule, argument_spec=argument_spec, supports_check_mode=True)
     run_module(module, compute)
 
 

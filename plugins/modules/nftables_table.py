@@ -24,7 +24,9 @@ description:
     C(table ... { content })), which the kernel applies atomically - packets see the old table
     or the new one, never a mix. Elements the datapath added to dynamic sets are lost on a
     replacement. No other table is ever touched; content that would close the table early or
-    create another table is refused.
+    create another table is refused. The content is read the way nft's scanner reads it (strings,
+    comments to the next newline, no other control characters, no C(include)), and the scratch
+    namespace holds canary tables that a batch reaching beyond its table would change.
   - Needs C(nft) and C(unshare) on the node and root privileges (a network namespace).
   - Use interface names (C(iifname)), not C(iif)/C(oif) indexes, in the content - the scratch
     namespace has no interfaces but C(lo).
@@ -111,7 +113,7 @@ diff:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
+from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, ansible_module, run_module
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._commands import Commands
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._nftables import TableEditor
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._nftables import (
@@ -162,7 +164,8 @@ def nftables_table(module):
 
 
 def build_module():
-    return AnsibleModule(
+    return ansible_module(
+        AnsibleModule,
         argument_spec={
             "family": {"type": "str", "choices": list(TABLE_FAMILIES), "default": "ip"},
             "name": {"type": "str", "required": True},

@@ -55,7 +55,10 @@ options:
         elements: str
         default: []
       dummy_interface:
-        description: Services whose virtual IP is an address on this link go, and so does the link.
+        description:
+          - Services whose virtual IP is an address on this link go, and so does the link.
+          - Only a dummy link is kube-proxy's; a link of this name of another type is left alone and
+            owns no services.
         type: str
         default: kube-ipvs0
       node_port_cidrs:
@@ -152,7 +155,7 @@ commands:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
+from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, ansible_module, run_module
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._commands import Commands
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._dataplane import (
     SCOPE_AND_FAMILY_ARGS,
@@ -190,6 +193,8 @@ def cleanup(module):
             f"cannot clean up {mode} mode: rules kube-proxy does not own still use its chains or sets; remove or "
             f"change them first, nothing was changed: {'; '.join(error.references[:10])}",
             referencing_rules=error.references) from None
+    for warning in reader.warnings:
+        module.warn(warning)
     before = dp.objects_of(mode, node, families)
     gone = dp.removed_names(plan)
     if plan.changed and not module.check_mode:
@@ -211,7 +216,8 @@ def cleanup(module):
 
 
 def build_module():
-    return AnsibleModule(
+    return ansible_module(
+        AnsibleModule,
         argument_spec={
             "mode": {"type": "str", "required": True, "choices": ["iptables", "ipvs", "nftables"]},
             "drain_seconds": {"type": "int", "default": 0},

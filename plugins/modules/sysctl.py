@@ -21,7 +21,9 @@ description:
     C(br_netfilter)) fail with the module to load, unless O(require_modules=true), which loads the
     module and lists it in O(modules_load_file) so systemd-modules-load loads it at boot before
     systemd-sysctl applies the drop-in.
-  - Every key and value is checked before anything is changed; an unknown key fails.
+  - Every key and value is checked before anything is changed; an unknown key fails. C(net.*)
+    values are tried in a scratch network namespace first (with C(unshare)), and when a later step
+    still fails, the values written, the file and the modules loaded by this call are put back.
   - Warns when a later file in the sysctl.d search path sets one of the keys to another value at boot.
 extends_documentation_fragment:
   - kubeipvs.node.attributes
@@ -121,16 +123,21 @@ modules_loaded:
   sample: [br_netfilter]
 """
 
+import sys
+
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
+from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, ansible_module, run_module
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._commands import Commands
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._files import apply_file, plan_file
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._kmod import (
     DEFAULT_MODPROBE_FILE,
     KernelModules,
     modprobe_for,
     plan_persistence,
+    record_loads,
 )
-from ansible_collections.kubeipvs.node.plugins.module_utils.node._sysctl import Sysctl, apply_writes
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._sysctl import Sysctl, apply_writes, probe_in_scratch
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._undo import Undo
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kmod import validate_owned_path
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._sysctl import (
     key_parts,
@@ -138,6 +145,7 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._sysctl import 
     plan_live,
     render_dropin,
     required_module,
+    value_text,
 )
 
 
@@ -189,16 +197,25 @@ def ensure_sysctl(module, root="/"):
         key_parts(key)
         if value is None or "\n" in str(value):
             raise KubeIpvsError(f"sysctl {key}: the value must be one line, got {value!r}")
+        value_text(value, key)
 
     sysctl = Sysctl(root)
     kmods = KernelModules(root)
     to_load = check_module_keys(kmods, sysctl, settings, params["require_modules"])
     # Validate every key that exists now before the first change (loading a module).
     plan_live(sysctl, {k: v for k, v in settings.items() if required_module(k) not in to_load}, params["apply"])
+    undo = Undo()
+    return undo.run(lambda: converge(module, root, sysctl, kmods, settings, to_load, undo))
 
+
+def converge(module, root, sysctl, kmods, settings, to_load, undo):
+    """Load the modules, plan, try the values in a scratch namespace, then write; every step records in
+    ``undo`` how to put back what it changed, so a failure leaves the node as it was."""
+    params = module.params
     warnings = []
     if to_load and not module.check_mode:
         modprobe = modprobe_for(module)
+        record_loads(undo, kmods, Commands.of(module).run, module.get_bin_path)
         for name in to_load:
             modprobe.load(name)
         warnings.extend(modprobe.warnings)
@@ -211,6 +228,8 @@ def ensure_sysctl(module, root="/"):
 
     plan, wanted = plan_live(sysctl, settings, params["apply"])
     persist = params["persist"]
+    if plan.writes and root == "/":
+        probe_in_scratch(Commands.of(module), sys.executable, plan.writes)
     changes = [plan_file(root, params["file"], render_dropin(wanted, "sysctl"))] if persist else []
     needed = sorted({required_module(k) for k in settings} - {None})
     if not persist:
@@ -232,7 +251,7 @@ def ensure_sysctl(module, root="/"):
         warnings.extend(sysctl.shadowing(params["file"], wanted))
 
     if not module.check_mode:
-        apply_writes(sysctl, plan.writes, changes, root, move=module.atomic_move)
+        apply_writes(sysctl, plan.writes, changes, root, move=module.atomic_move, undo=undo)
     for warning in warnings:
         module.warn(warning)
 
@@ -248,7 +267,8 @@ def ensure_sysctl(module, root="/"):
 
 
 def build_module():
-    return AnsibleModule(
+    return ansible_module(
+        AnsibleModule,
         argument_spec={
             "settings": {"type": "dict"},
             "file": {"type": "path", "default": "/etc/sysctl.d/90-kubeipvs-node.conf"},

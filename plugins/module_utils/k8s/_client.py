@@ -80,7 +80,15 @@ def require_yaml(module, has_yaml, import_error):
 
 def client_from_module(module):
     require_kubernetes(module)
-    return KubeClient(build_configuration(module.params), module.params.get("request_timeout") or 30)
+    timeout = module.params.get("request_timeout")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int) or not 1 <= timeout <= 86400):
+        raise KubeIpvsError(f"request_timeout must be 1-86400 seconds, got {timeout!r}")
+    for option in ("host", "api_key", "context"):
+        value = module.params.get(option)
+        if isinstance(value, str) and any(ord(char) < 32 or ord(char) == 127 for char in value):
+            # a header or URL with a line break in it is a request nobody asked for
+            raise KubeIpvsError(f"{option} holds a control character")
+    return KubeClient(build_configuration(module.params), timeout or 30)
 
 
 def build_configuration(params):
@@ -96,10 +104,15 @@ def build_configuration(params):
         try:
             k8s_config.load_kube_config(config_file=path, context=context, client_configuration=configuration,
                                         persist_config=False)
-        except (ConfigException, ValueError, TypeError, OSError) as error:
-            raise KubeIpvsError(f"cannot use kubeconfig {path}: {error}") from None
+        except Exception as error:  # pylint: disable=broad-exception-caught  # not YAML, or YAML of the wrong shape
+            reason = str(error) if isinstance(error, (ConfigException, OSError)) else (
+                f"it is not a kubeconfig ({type(error).__name__}: {error})")
+            raise KubeIpvsError(f"cannot use kubeconfig {path}: {reason}"[:1000]) from None
     elif not host:
-        k8s_config.load_incluster_config(client_configuration=configuration)
+        try:
+            k8s_config.load_incluster_config(client_configuration=configuration)
+        except ConfigException as error:
+            raise KubeIpvsError(f"cannot use the in-cluster service account: {error}") from None
     overrides = {}
     if host:
         overrides["host"] = host.rstrip("/")

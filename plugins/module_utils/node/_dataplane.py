@@ -109,7 +109,14 @@ class NodeReader:
             self.warnings.append(f"cannot read links ({error}): {name} reported as unknown")
             return None, []
         try:
-            self.link = links.get_link(name)
+            link = links.get_link(name)
+            if link is not None and link.kind != "dummy":
+                # Only a dummy link of the owned name is kube-proxy's: another link of that name (a
+                # bridge, a NIC) is neither removed nor does it make the services on its addresses owned.
+                self.warnings.append(f"link {name} is of type {link.kind or 'unknown'!r}, not dummy: it is not "
+                                     "kube-proxy's and is left alone")
+                link = None
+            self.link = link
             addresses = sorted(links.addresses(self.link)) if self.link is not None else []
             self.link_addresses = addresses
         finally:
@@ -268,6 +275,8 @@ class PlanApplier:
             finally:
                 kernel.close()
         if plan.links:
+            if self.reader.link is None or self.reader.link.kind != "dummy":
+                raise KubeIpvsError(f"refusing to delete link {plan.links[0]}: only a dummy link is kube-proxy's")
             self.drain_link(plan.links[0], self.reader.link_addresses)
             links = self.reader.link_factory()
             try:

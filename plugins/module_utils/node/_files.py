@@ -32,6 +32,9 @@ def read_text(path):
         return None
     except OSError as error:
         raise KubeIpvsError(f"cannot read {path}: {error.strerror}", path=path) from error
+    except UnicodeDecodeError as error:
+        raise KubeIpvsError(f"cannot read {path}: it is not UTF-8 text ({error.reason} at byte {error.start})",
+                            path=path) from None
 
 
 def write_existing(path, text):

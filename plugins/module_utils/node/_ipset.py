@@ -14,10 +14,12 @@ from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeI
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipset import (
     failed_line,
     parse_kernel_types,
+    parse_references,
     parse_save,
     parse_save_all,
     referencing_rules,
     temporary_set_name,
+    undo_lines,
 )
 
 NOT_FOUND = "does not exist"
@@ -112,19 +114,44 @@ class Ipsets:
             " | ".join(problems), referencing_rules=[rule for rules in references.values() for rule in rules]
         )
 
-    def restore(self, batch, swapped=()):
-        """Apply a pure/_ipset.Batch with one ``ipset restore -exist``.
+    def refuse_if_in_use(self, actions):
+        """Fail, changing nothing, when the kernel counts references to a set that would be destroyed or
+        renamed aside (a rule in another backend, a list:set set): ipset would refuse it half-way."""
+        if not actions:
+            return
+        references = parse_references(self.commands.check([self.ipset, "list", "-t"]))
+        held = {name: references[name] for name in actions if references.get(name)}
+        if held:
+            raise KubeIpvsError(" | ".join(
+                f"cannot {actions[name]} set {name}: the kernel counts {count} reference(s) to it (an iptables "
+                "rule in another backend or family, or a list:set set); nothing was changed"
+                for name, count in held.items()), references=held)
 
-        If the kernel refuses a line, the scratch sets of the ``swapped`` sets are removed and the
-        error names the set the line belongs to and the sets before it that were applied.
+    def probe_headers(self, lines):
+        """Create the sets of ``lines`` (``create`` lines) in a scratch network namespace first, so the
+        kernel's refusal of a type or its options (an unknown type, a hash size it cannot allocate)
+        comes back before the node is touched. Skipped without ``unshare``: the batch itself still
+        builds every new set before anything existing changes, and is rolled back on a refusal."""
+        unshare = self.commands.which("unshare")
+        if not lines or not unshare:
+            return
+        rc, _out, err = self.commands.run([unshare, "--net", "--", self.ipset, "restore"],
+                                          data="".join(line + "\n" for line in lines))
+        if rc != 0:
+            raise KubeIpvsError(f"the kernel refused a set's type or options (tried in a scratch network namespace), "
+                                f"nothing was changed: {err.strip()}", rc=rc)
+
+    def restore(self, batch, swapped=()):
+        """Apply a pure/_ipset.Batch with one ``ipset restore -exist``; returns warnings.
+
+        If the kernel refuses a line, what the batch applied before it is undone (pure/_ipset.undo_lines)
+        and the error names the set the line belongs to. A refused clean-up line (a scratch set that
+        cannot be destroyed) leaves the change in place and becomes a warning.
         """
         text = batch.text
         rc, _out, err = self.commands.run([self.ipset, "restore", "-exist"], data=text)
         if rc == 0:
-            return
-        # A swap that died half-way leaves its scratch set behind: remove it (absent ones just fail).
-        for name in swapped:
-            self.commands.run([self.ipset, "destroy", temporary_set_name(name)])
+            return []
         message = err.strip()
         if IN_USE in message:
             message += (
@@ -133,16 +160,38 @@ class Ipsets:
             )
         line = failed_line(message)
         located = batch.locate(line) if line else None
-        if located is None and len(batch.chunks) == 1:
-            located = (batch.chunks[0][0], batch.chunks[0][1], [])
+        if located is not None and located[1] == "cleanup":
+            return [f"the sets were changed, but a scratch set of {located[0]} could not be removed: {message}"]
         if located is None:
-            raise KubeIpvsError(f"ipset restore failed: {message}", rc=rc, batch_head=text.splitlines()[:5])
+            # Without the line ipset stopped at, what it applied is unknown: only scratch sets go.
+            for name in swapped:
+                self.commands.run([self.ipset, "destroy", temporary_set_name(name)])
+            if len(batch.chunks) == 1:
+                located = (batch.chunks[0][0], batch.chunks[0][1], [])
+            else:
+                raise KubeIpvsError(f"ipset restore failed: {message}", rc=rc, batch_head=text.splitlines()[:5])
+            undone = ""
+        else:
+            undone = self.undo(batch.applied(line))
         name, method, applied = located
         if applied:
             message += "; the changes to {} (before it in the batch) were applied".format(", ".join(applied))
         raise KubeIpvsError(
-            f"ipset restore for set {name} failed ({method}): {message}", rc=rc, batch_head=text.splitlines()[:5]
+            f"ipset restore for set {name} failed ({method}): {message}{undone}", rc=rc,
+            batch_head=text.splitlines()[:5]
         )
+
+    def undo(self, applied):
+        """Roll back the ``applied`` restore lines; the sentence that says how that went."""
+        lines, lost = undo_lines(applied)
+        if not lines and not lost:
+            return "; nothing had changed"
+        gone = f"; set(s) {', '.join(lost)} were destroyed and cannot come back" if lost else ""
+        rc, _out, err = self.commands.run([self.ipset, "restore", "-exist"],
+                                          data="".join(line + "\n" for line in lines))
+        if rc != 0:
+            return f"; rolling them back failed too, the sets are half-changed: {err.strip()}{gone}"
+        return f"; they were rolled back{gone}" if lost else "; they were rolled back, nothing changed"
 
     def destroy(self, name):
         """Destroy a set; one that is already gone is fine."""

@@ -159,11 +159,14 @@ class Iptables:
         Also the validation step: a rule iptables rejects fails here, before the node is touched. A
         rule that matches a set the node does not have fails too, except in check mode, where a
         stand-in of the same dimension takes its place (an ipset task before this one only pretended
-        to create it). Without ``unshare`` nothing is canonicalised.
+        to create it). Without ``unshare`` the rules cannot be validated, and nothing is applied.
         """
-        unshare = self.commands.which("unshare")
-        if not unshare or not wanted:
+        if not wanted:
             return []
+        unshare = self.commands.which("unshare")
+        if not unshare:
+            raise KubeIpvsError("the unshare tool (util-linux) is needed to validate the rules in a scratch network "
+                                "namespace before they reach the node; install util-linux. Nothing was applied")
         batch, rules = scratch_batch(table, state, wanted, declared)
         set_lines, warnings = self._scratch_sets(rules, check_mode)
         with tempfile.TemporaryDirectory(dir=self.commands.tmpdir) as scratch_dir:

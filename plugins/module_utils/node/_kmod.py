@@ -34,6 +34,7 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kmod import (
     parse_proc_modules,
     render_modprobe_options,
     render_modules_load,
+    unload_order,
 )
 
 DEFAULT_MODULES_LOAD_FILE = "/etc/modules-load.d/kubeipvs-node.conf"
@@ -257,3 +258,22 @@ def apply_module_plan(kmods, modprobe, plan):
     for verb, name, _params in plan.actions:
         if (verb == "unload") == (name in loaded):
             raise KubeIpvsError(f"{verb} of kernel module {name} reported success but /proc/modules disagrees")
+
+
+def record_loads(undo, kmods, run, which):
+    """Record in ``undo`` (node/_undo.Undo) how to remove the modules the call is about to load: those
+    /proc/modules shows at rollback time and not now, each before the modules it uses."""
+    before = kmods.loaded()
+
+    def unload():
+        added = kmods.loaded() - before
+        if not added:
+            return
+        rmmod = which("rmmod")
+        if not rmmod:
+            raise KubeIpvsError(f"rmmod is not installed to remove {', '.join(sorted(added))}")
+        modprobe = Modprobe(run, None, rmmod)
+        for name in unload_order(added, kmods.dependencies()):
+            modprobe.unload(name)
+
+    undo.record("kernel modules loaded", unload)

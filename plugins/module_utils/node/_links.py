@@ -111,19 +111,35 @@ class LinkKernel:
         return found
 
     def change_addresses(self, link, to_add, to_remove):
-        """Add and remove host addresses, batched; raise naming the ones the kernel refused."""
+        """Add and remove host addresses, batched. When the kernel refuses some, the changes it made
+        are undone (the added addresses removed, the removed ones added back) and the error names
+        the refused ones: a call changes all the addresses or none."""
         requests = []
         for family, text, prefix in to_remove:
-            requests.append((("remove", text), RTM_DELADDR, 0, _address_body(link.index, family, text, prefix)))
+            requests.append((("remove", family, text, prefix), RTM_DELADDR, 0,
+                             _address_body(link.index, family, text, prefix)))
         create = nl.NLM_F_CREATE | nl.NLM_F_EXCL
         for family, text in to_add:
-            requests.append((("add", text), RTM_NEWADDR, create,
+            requests.append((("add", family, text, HOST_PREFIX[family]), RTM_NEWADDR, create,
                              _address_body(link.index, family, text, HOST_PREFIX[family])))
         failures = self.sock.transact(requests)
         if failures:
-            shown = ", ".join(f"{tag[0]} {tag[1]}: errno {code}" for tag, code in failures[:10])
+            shown = ", ".join(f"{tag[0]} {tag[2]}: errno {code}" for tag, code in failures[:10])
+            refused = {tag for tag, _code in failures}
+            undo = []
+            for tag, _type, _flags, _body in requests:
+                if tag in refused:
+                    continue
+                verb, family, text, prefix = tag
+                if verb == "add":
+                    undo.append((tag, RTM_DELADDR, 0, _address_body(link.index, family, text, prefix)))
+                else:
+                    undo.append((tag, RTM_NEWADDR, create, _address_body(link.index, family, text, prefix)))
+            left = self.sock.transact(undo)
+            outcome = ("the other changes were undone" if not left else
+                       f"undoing the other changes failed for {len(left)} of them, the link is half-changed")
             raise KubeIpvsError(f"the kernel refused {len(failures)} of {len(requests)} address changes "
-                                f"on {link.name}: {shown}")
+                                f"on {link.name}: {shown}; {outcome}")
 
 
 def _address_body(index, family, text, prefix):

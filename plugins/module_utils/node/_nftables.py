@@ -10,6 +10,8 @@ table per family. Table names, content checks and the comparable form are pure/_
 
 from __future__ import annotations
 
+import secrets
+
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._nftables import TableListing, parse_tables
 
@@ -41,11 +43,25 @@ class Nftables:
 # --- one whole table, declaratively (the nftables_table module) ---------------------------------
 
 SCRATCH_SEPARATOR = "@@kubeipvs-nftables-separator@@"
-# Runs inside a network namespace of its own (unshare --net), which dies with the shell: loads the
-# batch into an empty ruleset and prints the tables, the table as JSON and the table as text.
+# The exit status of the scratch script when the batch changed the canary tables.
+CANARY_TOUCHED = 94
+# Runs inside a network namespace of its own (unshare --net), which dies with the shell: makes a
+# canary table of a random name in every family the kernel has, loads the batch, and requires the
+# canaries to be exactly as they were - content that escaped its table ("flush ruleset", a
+# "delete table") shows here even if it slipped past the content check. Then it prints the tables,
+# the table as JSON and the table as text.
 SCRATCH_SCRIPT = (
-    'nft="$1"; family="$2"; name="$3"; '
+    'canary="$1"; nft="$2"; family="$3"; name="$4"; made=""; '
+    'for f in ip ip6 inet arp bridge netdev; do '
+    'printf "table %s %s {\\n\\tchain c {\\n\\t\\taccept\\n\\t}\\n}\\n" "$f" "$canary" '
+    '| "$nft" -f - 2>/dev/null && made="$made $f"; done; '
+    '[ -n "$made" ] || exit 95; '
+    'canaries() { for f in $made; do "$nft" list table "$f" "$canary" || return 1; done; }; '
+    'before="$(canaries)" || exit 95; '
     '"$nft" -f - || exit 90; '
+    'after="$(canaries 2>/dev/null)" || exit ' + str(CANARY_TOUCHED) + '; '
+    '[ "$before" = "$after" ] || exit ' + str(CANARY_TOUCHED) + '; '
+    'for f in $made; do "$nft" delete table "$f" "$canary" || exit ' + str(CANARY_TOUCHED) + '; done; '
     '"$nft" -j list tables || exit 91; echo "' + SCRATCH_SEPARATOR + '"; '
     '"$nft" -j list table "$family" "$name" || exit 92; echo "' + SCRATCH_SEPARATOR + '"; '
     '"$nft" list table "$family" "$name" || exit 93'
@@ -74,8 +90,13 @@ class TableEditor(Nftables):
         if not unshare:
             raise KubeIpvsError("the unshare tool (util-linux) is needed to check the content in a scratch "
                                 "network namespace; install util-linux")
-        rc, out, err = self.commands.run([unshare, "--net", "--", "sh", "-c", SCRATCH_SCRIPT, "sh", self.nft, family,
-                                          name], data=batch)
+        canary = f"kubeipvs-canary-{secrets.token_hex(8)}"
+        rc, out, err = self.commands.run([unshare, "--net", "--", "sh", "-c", SCRATCH_SCRIPT, "sh", canary, self.nft,
+                                          family, name], data=batch)
+        if rc == CANARY_TOUCHED:
+            raise KubeIpvsError(f"the content of table {family} {name} changed other tables when loaded into a "
+                                "scratch network namespace; it must only describe its own table, nothing was "
+                                "changed", rc=rc)
         if rc == 90:
             raise KubeIpvsError(f"nft rejected the content of table {family} {name}, nothing was changed: "
                                 f"{err.strip()}", rc=rc, batch=batch)

@@ -35,13 +35,26 @@ KUBE_PROXY_NOTE = (
 KUBE_PROXY_CONNTRACK = {"maxPerCore": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"}
 
 
+# The kernel's limits: nf_conntrack_max and the counts are C ints, a TCP timeout is kept in jiffies
+# in an int (INT_MAX / HZ with HZ up to 1000), and the hash table refuses more buckets than
+# INT_MAX / sizeof(a bucket head) - above these a value is refused half-way, or allocates gigabytes.
+INT_MAX = 2 ** 31 - 1
+LIMITS = {"max": INT_MAX, "min": INT_MAX, "max_per_core": INT_MAX, "cpus": 65536, "hashsize": INT_MAX // 8,
+          "tcp_timeout_established": INT_MAX // 1000, "tcp_timeout_close_wait": INT_MAX // 1000}
+
+
 def require_positive(**values):
-    """Each given (non-None) value must be a positive integer; the error names the option."""
+    """Each given (non-None) value must be a positive integer within the kernel's limit for it
+    (LIMITS); the error names the option."""
     for option, value in values.items():
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise KubeIpvsError(f"{option} must be a positive integer, got {value!r}", option=option)
+            raise KubeIpvsError(f"{option} must be a positive integer, got {value!r}"[:300], option=option)
+        limit = LIMITS.get(option, INT_MAX)
+        if value > limit:
+            raise KubeIpvsError(f"{option} must be at most {limit}, the kernel's limit, got {value}"[:300],
+                                option=option)
 
 
 def compute_sizing(cpus, max_per_core=DEFAULT_MAX_PER_CORE, minimum=DEFAULT_MIN, maximum=None, hashsize=None):
@@ -53,6 +66,9 @@ def compute_sizing(cpus, max_per_core=DEFAULT_MAX_PER_CORE, minimum=DEFAULT_MIN,
     if maximum is None:
         maximum = max(max_per_core * cpus, minimum)
         source = "min" if minimum >= max_per_core * cpus else "max_per_core"
+        if maximum > INT_MAX:
+            raise KubeIpvsError(f"max_per_core x {cpus} CPUs is {maximum}, above nf_conntrack_max's limit {INT_MAX}; "
+                                "lower max_per_core or give max", option="max_per_core")
     else:
         source = "explicit"
     if hashsize is None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-import ipaddress
 import re
 import shlex
 
@@ -25,8 +24,23 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import 
     family_of,
 )
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._results import fail_on_problems, validate_each
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._text import (
+    DECIMAL,
+    IPSET_NAME,
+    LINK_NAME,
+    check_text,
+    integer,
+    ip_address,
+    ip_network,
+)
 
 MAX_SET_NAME = 31
+# The kernel's limits of a set's create options (ipset(8): timeouts up to 2147483 seconds,
+# maxelem and hashsize are 32-bit; a bitmap:ip set covers at most 65536 addresses).
+MAX_TIMEOUT = 2147483
+MAX_ELEMENTS = 0xFFFFFFFF
+MAX_HASHSIZE = 1 << 31
+MAX_BITMAP_IP = 65536
 
 # Above this many member changes (adds + removals) the set is rebuilt in a temporary set and
 # swapped in, so packet-path readers never see a half-applied change. Below it the changes are
@@ -81,6 +95,12 @@ def temporary_set_name(name):
     return f"{name[:20]}-tmp{digest}"
 
 
+def backup_set_name(name):
+    """The name a set is renamed to while its re-created replacement takes its name (at most 31)."""
+    digest = hashlib.sha1(name.encode("utf-8")).hexdigest()[:7]
+    return f"{name[:20]}-old{digest}"
+
+
 # ---------------------------------------------------------------------------------------------
 # Entries
 
@@ -94,11 +114,11 @@ _CANONICAL_IPV4 = re.compile(
 
 
 def _address(text, family, what):
-    if family == IPV4 and _CANONICAL_IPV4.match(text):
+    if family == IPV4 and _CANONICAL_IPV4.fullmatch(text):
         return text
     try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
+        address = ip_address(text, "address")
+    except KubeIpvsError:
         raise KubeIpvsError(f"'{text}' is not an IP address ({what})") from None
     if family_of(address) != family:
         raise KubeIpvsError(
@@ -123,8 +143,8 @@ def _host_address(text, family, what):
 def _network(text, family, what):
     """hash:net members: ``ipset`` stores the network address and prints host networks without a prefix."""
     try:
-        network = ipaddress.ip_network(text, strict=False)
-    except ValueError:
+        network = ip_network(text, "network")
+    except KubeIpvsError:
         raise KubeIpvsError(f"'{text}' is not an IP address or CIDR ({what})") from None
     if family_of(network) != family:
         raise KubeIpvsError(f"'{text}' does not belong to family {INET[family]} ({what})")
@@ -136,7 +156,7 @@ def _network(text, family, what):
 
 
 def _port_number(text, what):
-    if not text.isdigit() or int(text) > 65535:
+    if not DECIMAL.fullmatch(text) or int(text) > 65535:
         raise KubeIpvsError(f"'{text}' is not a port number 0-65535 ({what})")
     return int(text)
 
@@ -157,30 +177,46 @@ def _proto_port(text, what):
 
 
 def _mac(text, what):
-    if not re.match(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$", text):
+    if not re.fullmatch(r"([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}", text):
         raise KubeIpvsError(f"'{text}' is not a MAC address ({what})")
     return text.upper()
 
 
 def _mark(text, what):
     try:
-        value = int(text, 0)
-    except ValueError:
-        raise KubeIpvsError(f"'{text}' is not a mark ({what})") from None
+        value = integer(text, "mark", 0, 0xFFFFFFFF)
+    except KubeIpvsError:
+        raise KubeIpvsError(f"'{text}' is not a mark 0-0xffffffff ({what})") from None
     return f"0x{value:08x}"
+
+
+PHYSDEV = "physdev:"
+
+
+def _iface(text, what):
+    """hash:net,iface's interface part: an interface name, or ``physdev:`` and one (bridge ports).
+    ipset itself takes any text here, white space included - which would be further words of a
+    restore line."""
+    name = text[len(PHYSDEV):] if text.startswith(PHYSDEV) else text
+    if not LINK_NAME.matches(name):
+        raise KubeIpvsError(f"'{text}' is not an interface name, with or without '{PHYSDEV}' ({what}; 1-15 "
+                            "bytes, no '/', ':' or spaces)")
+    return text
 
 
 def normalise_entry(entry, set_type, family=IPV4, port_range=None):
     """One member in the form ``ipset save`` prints it, or KubeIpvsError naming what is wrong."""
     kinds = SET_TYPES[set_type]
-    text = str(entry).strip()
+    if isinstance(entry, bool) or not isinstance(entry, (str, int)):
+        raise KubeIpvsError(f"entry {entry!r} of a {set_type} set: expected a string"[:300])
+    text = check_text(str(entry), f"entry of a {set_type} set").strip(" ")
     what = f"entry '{text}' of a {set_type} set"
     parts = text.split(",")
     if len(parts) != len(kinds) or not all(parts):
         raise KubeIpvsError(f"{what}: expected {len(kinds)} comma-separated part(s): {','.join(kinds)}")
     normalised = []
     for kind, part in zip(kinds, parts, strict=False):
-        part = part.strip()
+        part = part.strip(" ")
         if kind == "ip":
             normalised.append(_host_address(part, family, what))
         elif kind == "net":
@@ -198,10 +234,10 @@ def normalise_entry(entry, set_type, family=IPV4, port_range=None):
         elif kind == "mark":
             normalised.append(_mark(part, what))
         else:  # iface
-            normalised.append(part)
+            normalised.append(_iface(part, what))
     if set_type == "bitmap:ip" and port_range is not None:
         low, high = port_range
-        if not low <= ipaddress.ip_address(normalised[0]) <= high:
+        if not low <= ip_address(normalised[0], what) <= high:
             raise KubeIpvsError(f"{what}: address outside the set's range")
     return ",".join(normalised)
 
@@ -219,7 +255,7 @@ def _canonical_pattern(set_type, family):
     kinds = SET_TYPES[set_type]
     if family != IPV4 or set_type.startswith("bitmap:") or not all(kind in _CANONICAL_PART for kind in kinds):
         return None  # bitmap sets also check the range, which a regex cannot
-    return re.compile("^" + ",".join(_CANONICAL_PART[kind] for kind in kinds) + "$")
+    return re.compile(",".join(_CANONICAL_PART[kind] for kind in kinds))
 
 
 def normalise_entries(entries, set_type, family=IPV4, port_range=None):
@@ -231,8 +267,9 @@ def normalise_entries(entries, set_type, family=IPV4, port_range=None):
     canonical = _canonical_pattern(set_type, family)
     if canonical is None:
         return {normalise_entry(entry, set_type, family, port_range) for entry in entries}
-    match = canonical.match
-    return {entry if match(entry) else normalise_entry(entry, set_type, family, port_range) for entry in entries}
+    match = canonical.fullmatch
+    return {entry if type(entry) is str and match(entry)  # pylint: disable=unidiomatic-typecheck
+            else normalise_entry(entry, set_type, family, port_range) for entry in entries}
 
 
 def read_members_file(text):
@@ -255,21 +292,32 @@ def parse_range(text, set_type):
     """``0-65535`` for bitmap:port; ``a.b.c.d-e.f.g.h`` or a CIDR for bitmap:ip."""
     if text is None:
         return None
-    text = str(text).strip()
+    text = check_text(str(text), "range").strip(" ")
     if set_type == "bitmap:port":
         low, separator, high = text.partition("-")
-        if not separator or not low.isdigit() or not high.isdigit() or int(low) > int(high) or int(high) > 65535:
+        if (not separator or not DECIMAL.fullmatch(low) or not DECIMAL.fullmatch(high) or int(low) > int(high)
+                or int(high) > 65535):
             raise KubeIpvsError(f"range '{text}' is not FROM-TO with ports 0-65535")
         return (int(low), int(high))
     if set_type == "bitmap:ip":
         try:
             if "/" in text:
-                network = ipaddress.ip_network(text, strict=False)
-                return (network.network_address, network.broadcast_address)
-            low, _dash, high = text.partition("-")
-            return (ipaddress.ip_address(low), ipaddress.ip_address(high))
-        except ValueError:
+                network = ip_network(text, "range")
+                low, high = network.network_address, network.broadcast_address
+            else:
+                low_text, _dash, high_text = text.partition("-")
+                low, high = ip_address(low_text, "range"), ip_address(high_text, "range")
+        except KubeIpvsError:
             raise KubeIpvsError(f"range '{text}' is not FROM-TO addresses or a CIDR") from None
+        if low.version != 4 or high.version != 4:
+            raise KubeIpvsError(f"range '{text}': bitmap:ip sets hold IPv4 addresses only")
+        if low > high:
+            raise KubeIpvsError(f"range '{text}': FROM is above TO (the kernel would swap them, and the set would "
+                                "never match this task again); give FROM-TO in ascending order")
+        if int(high) - int(low) + 1 > MAX_BITMAP_IP:
+            raise KubeIpvsError(f"range '{text}' covers more than {MAX_BITMAP_IP} addresses, the most a bitmap:ip "
+                                "set holds")
+        return (low, high)
     raise KubeIpvsError(f"range only applies to bitmap:port and bitmap:ip sets, not {set_type}")
 
 
@@ -292,15 +340,17 @@ def desired_header(set_type, family, hashsize, maxelem, port_range, comment, tim
     if set_type.startswith("hash:") and set_type != "hash:mac":
         header["family"] = INET[family]
     if set_type.startswith("hash:"):
-        # The kernel rounds hashsize up to a power of two.
-        header["hashsize"] = _next_power_of_two(hashsize or 1024)
-        header["maxelem"] = maxelem or 65536
+        # The kernel rounds hashsize up to a power of two (and to at least 64, which the comparison
+        # absorbs: hashsize is a floor).
+        hashsize = 1024 if hashsize is None else integer(hashsize, "hashsize", 1, MAX_HASHSIZE)
+        header["hashsize"] = _next_power_of_two(hashsize)
+        header["maxelem"] = 65536 if maxelem is None else integer(maxelem, "maxelem", 1, MAX_ELEMENTS)
     if set_type.startswith("bitmap:"):
         if port_range is None:
             raise KubeIpvsError(f"a {set_type} set needs range (for example 0-65535)")
         header["range"] = format_range(port_range, set_type)
     if timeout is not None:
-        header["timeout"] = int(timeout)
+        header["timeout"] = integer(timeout, "timeout", 0, MAX_TIMEOUT)
     if comment:
         header["comment"] = True
     return header
@@ -485,31 +535,93 @@ def plan_set(
     return SetPlan("incremental", to_add, to_remove, final)
 
 
-def render_batch(name, header, plan):
-    """The ``ipset restore -exist`` input for a plan (the create line comes first, so a refused type
-    fails before any member changes). Members go in set order: the kernel does not care, and
-    sorting 100k entries would cost more than the rest of the rendering."""
-    lines = []
-    if plan.method in ("create", "recreate"):
-        if plan.method == "recreate":
-            lines.append(f"destroy {name}")
+def render_steps(name, header, plan):
+    """(lines, final lines) of the ``ipset restore -exist`` input for a plan.
+
+    ``lines`` can each be undone (pure/_ipset.undo_lines): the create line comes first, so a
+    refused type fails before any member changes, and a set that changes type or options is
+    built whole under a scratch name before it takes the set's place - by ``swap`` when the
+    kernel can swap the two, else by renaming the old set aside and the new one in. Nothing is
+    destroyed until the replacement exists. ``final`` are the destroys: the set itself when
+    state=absent, or the scratch and old sets once the swap or rename is done. Members go in set
+    order: the kernel does not care, and sorting 100k entries would cost more than the rest of
+    the rendering.
+    """
+    lines, final = [], []
+    if plan.method == "create":
         lines.append(render_create(name, header))
         lines += [f"add {name} {entry}" for entry in plan.final_set]
-    elif plan.method == "swap":
+    elif plan.method in ("swap", "recreate"):
         scratch = temporary_set_name(name)
         # A run that died half-way may have left the scratch set behind, maybe with other options
         # (-exist makes this a no-op when it is not there).
         lines.append(f"destroy {scratch}")
         lines.append(render_create(scratch, header))
         lines += [f"add {scratch} {entry}" for entry in plan.final_set]
-        lines.append(f"swap {scratch} {name}")
-        lines.append(f"destroy {scratch}")
+        if plan.method == "swap":
+            lines.append(f"swap {scratch} {name}")
+            final.append(f"destroy {scratch}")
+        else:
+            backup = backup_set_name(name)
+            lines += [f"destroy {backup}", f"rename {name} {backup}", f"rename {scratch} {name}"]
+            final.append(f"destroy {backup}")
     elif plan.method == "incremental":
         lines += [f"del {name} {entry}" for entry in plan.remove_set]
         lines += [f"add {name} {entry}" for entry in plan.add_set]
     elif plan.method == "destroy":
-        lines.append(f"destroy {name}")
-    return "\n".join(lines) + "\n" if lines else ""
+        final.append(f"destroy {name}")
+    return lines, final
+
+
+def render_batch(name, header, plan):
+    """The whole ``ipset restore -exist`` input for one set's plan (render_steps in order)."""
+    lines, final = render_steps(name, header, plan)
+    return "\n".join(lines + final) + "\n" if lines or final else ""
+
+
+def undo_lines(applied):
+    """(restore lines that undo ``applied``, names of sets destroyed for good) - ``applied`` being the
+    lines ``ipset restore`` took before it stopped, in order.
+
+    A set created in the batch is destroyed again (its members with it), members added or deleted in
+    place are deleted or added back, a swap is swapped back and a rename renamed back. A destroyed
+    scratch or old set (``-tmp``/``-old`` names) held nothing the node needs; a destroyed set of the
+    task's own (state=absent) cannot come back and is named.
+    """
+    created = {line.split(" ", 2)[1] for line in applied if line.startswith("create ")}
+    undo, lost = [], []
+    for line in reversed(applied):
+        words = line.split(" ")
+        verb, target = words[0], words[1] if len(words) > 1 else ""
+        if verb == "create":
+            undo.append(f"destroy {target}")
+        elif verb == "add" and target not in created:
+            undo.append(f"del {target} {words[2]}")
+        elif verb == "del":
+            undo.append(f"add {target} {words[2]}")
+        elif verb == "swap":
+            undo.append(line)
+        elif verb == "rename":
+            undo.append(f"rename {words[2]} {target}")
+        elif verb == "destroy" and not _SCRATCH_NAME.search(target):
+            lost.append(target)
+    return undo, lost
+
+
+_SCRATCH_NAME = re.compile(r"-(?:tmp|old)[0-9a-f]{7}$")
+
+
+def check_capacity(desired, plans):
+    """Fail, naming every set, when a set would hold more members than its maxelem allows - the
+    kernel would stop the batch half-way ("Hash is full")."""
+    problems = []
+    for wanted in desired:
+        plan = plans[wanted.name]
+        limit = (wanted.header or {}).get("maxelem")
+        if plan.changed and wanted.state == "present" and limit is not None and len(plan.final_set) > limit:
+            problems.append(f"set {wanted.name} would hold {len(plan.final_set)} members, more than its maxelem "
+                            f"{limit}")
+    fail_on_problems(problems, "sets", "nothing was changed")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -547,8 +659,9 @@ def describe(header, members_count, entries, heading, limit):
 
 
 def validate_name(name):
-    if not name or len(name) > MAX_SET_NAME or any(char.isspace() for char in name):
-        raise KubeIpvsError(f"set name '{name}' must be 1-{MAX_SET_NAME} characters without spaces")
+    if not IPSET_NAME.matches(name):
+        raise KubeIpvsError(f"set name {name!r} must be 1-{MAX_SET_NAME} characters: "
+                            f"{IPSET_NAME.description}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -584,7 +697,7 @@ def duplicate_names(names):
 
 class Batch:
     """One ``ipset restore`` input built from per-set chunks, remembering which lines belong to which
-    set so a refusal (``Error in line N``) can name the set and what was already applied."""
+    set so a refusal (``Error in line N``) can name the set and what was already applied, and undo it."""
 
     def __init__(self):
         self.chunks = []
@@ -603,9 +716,14 @@ class Batch:
         for index, (name, method, text) in enumerate(self.chunks):
             count = text.count("\n")
             if first <= line_number < first + count:
-                return name, method, [chunk[0] for chunk in self.chunks[:index]]
+                return name, method, list(dict.fromkeys(chunk[0] for chunk in self.chunks[:index]
+                                                        if chunk[0] != name))
             first += count
         return None
+
+    def applied(self, line_number):
+        """The lines before the 1-based ``line_number``: what ``ipset restore`` took before it stopped."""
+        return self.text.split("\n")[:max(line_number - 1, 0)]
 
 
 _ERROR_LINE = re.compile(r"Error in line (\d+)")
@@ -645,8 +763,10 @@ def desired_set(spec, read_text):
     set_type = spec["type"]
     if not set_type:
         raise KubeIpvsError("type is required when state=present")
-    if set_type not in SET_TYPES:
-        raise KubeIpvsError("type {} is not one of {}".format(set_type, ", ".join(SET_TYPES)))
+    if not isinstance(set_type, str) or set_type not in SET_TYPES:
+        raise KubeIpvsError("type {!r} is not one of {}".format(set_type, ", ".join(SET_TYPES)))
+    if not isinstance(spec["family"], str) or spec["family"] not in OF_INET:
+        raise KubeIpvsError(f"family {spec['family']!r} is not one of {', '.join(OF_INET)}")
     family = OF_INET[spec["family"]]
     port_range = (
         parse_range(spec["range"], set_type)
@@ -658,6 +778,8 @@ def desired_set(spec, read_text):
     header = desired_header(set_type, family, spec["hashsize"], spec["maxelem"], port_range, spec["comment"],
                             spec["timeout"])
     entries = spec["members"] or []
+    if not isinstance(entries, (list, tuple, set)):
+        raise KubeIpvsError(f"members must be a list, not {type(entries).__name__}")
     if spec["members"] is not None and spec["members_file"]:
         raise KubeIpvsError("members and members_file are mutually exclusive")
     if spec["members_file"]:
@@ -716,13 +838,21 @@ def destructive_actions(desired, plans, current):
 
 
 def batch_of(desired, plans, current):
-    """The one ``ipset restore`` Batch of every changed set, in the order given."""
-    batch = Batch()
+    """The one ``ipset restore`` Batch of every changed set: each set's changes that can be undone in
+    the order given, then the sets to destroy (state=absent), then the scratch and old sets that
+    swaps and re-creations leave - so a refusal anywhere before that last part can be rolled back."""
+    batch, destroys, cleanups = Batch(), [], []
     for wanted in desired:
         plan = plans[wanted.name]
         if plan.changed:
             header = wanted.header if wanted.state == "present" else current[wanted.name][0]
-            batch.add(wanted.name, plan.method, render_batch(wanted.name, header, plan))
+            lines, final = render_steps(wanted.name, header, plan)
+            batch.add(wanted.name, plan.method, "".join(line + "\n" for line in lines))
+            (destroys if plan.method == "destroy" else cleanups).append((wanted.name, final))
+    for name, final in destroys:
+        batch.add(name, "destroy", "".join(line + "\n" for line in final))
+    for name, final in cleanups:
+        batch.add(name, "cleanup", "".join(line + "\n" for line in final))
     return batch
 
 
@@ -740,3 +870,22 @@ def set_result(wanted, plan, header):
         "members_count": len(plan.final_set) if after_header else 0,
         "reasons": plan.reasons,
     }, after_header
+
+
+def parse_references(list_text):
+    """{set name: references} from ``ipset list -t`` (every set's header, with its ``References``)."""
+    references, name = {}, None
+    for line in list_text.splitlines():
+        if line.startswith("Name: "):
+            name = line[len("Name: "):].strip()
+        elif line.startswith("References: ") and name is not None:
+            count = line[len("References: "):].strip()
+            references[name] = int(count) if count.isascii() and count.isdigit() else 0
+    return references
+
+
+def new_headers(desired, plans):
+    """The create lines of the sets a batch builds (created, swapped or re-created): what a scratch
+    network namespace can try before the node is touched."""
+    return [render_create(wanted.name, wanted.header) for wanted in desired
+            if plans[wanted.name].method in ("create", "swap", "recreate")]

@@ -19,6 +19,12 @@ import shlex
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import INET, IPV4, IPV6, family_of
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._results import fail_on_problems, validate_each
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._text import (
+    CHAIN_NAME,
+    IPSET_NAME,
+    check_text,
+    integer,
+)
 
 BUILTIN_CHAINS = {
     "filter": ("INPUT", "FORWARD", "OUTPUT"),
@@ -78,7 +84,7 @@ class TableState:
     def rules_of(self, chain):
         """The chain's rules as token tuples (a list the caller may change, kept for later calls)."""
         if chain not in self.parsed:
-            self.parsed[chain] = [split_rule(text) for text in self.raw.get(chain, ())]
+            self.parsed[chain] = [split_saved(text) for text in self.raw.get(chain, ())]
         return self.parsed[chain]
 
     def set_rules(self, chain, rules):
@@ -98,8 +104,43 @@ class TableState:
 _NEEDS_SHLEX = re.compile(r"[\"'\\]")
 
 
+def split_saved(text):
+    """Tokens of a rule as iptables-save prints it, read the way iptables-restore reads it: white space
+    separates words, a double quote opens and closes a quoted part, and inside one a backslash makes
+    the next character literal (iptables-save writes ``\\'`` for a ``'`` in a comment, which shlex would
+    keep as two characters). Outside quotes every character is literal."""
+    if not _NEEDS_SHLEX.search(text):
+        return tuple(text.split())
+    tokens, word, quoted, escaped, started = [], [], False, False, False
+    for char in text:
+        if quoted:
+            if escaped:
+                word.append(char)
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                quoted = False
+            else:
+                word.append(char)
+        elif char == '"':
+            quoted = started = True
+        elif char in " \t\n":
+            if word or started:
+                tokens.append("".join(word))
+            word, started = [], False
+        else:
+            word.append(char)
+            started = True
+    if quoted:
+        raise KubeIpvsError(f"cannot parse rule '{text}': a quote is not closed")
+    if word or started:
+        tokens.append("".join(word))
+    return tuple(tokens)
+
+
 def split_rule(text):
-    """Tokens of a rule; shlex understands iptables-save's double quotes and backslash escapes."""
+    """Tokens of a rule as a task writes it: shell-like (shlex), so 'single quotes' work too."""
     if not _NEEDS_SHLEX.search(text):
         return tuple(text.split())
     try:
@@ -135,6 +176,8 @@ def kube_chains(state):
 
 
 def _address(value, family):
+    if "%" in value:
+        raise KubeIpvsError(f"address {value} carries an IPv6 scope ('%'); give a plain address")
     try:
         network = ipaddress.ip_network(value, strict=False)
     except ValueError:
@@ -144,30 +187,36 @@ def _address(value, family):
     return str(network)
 
 
-def _hex(value):
+def _mark_number(text, option):
+    """A 32-bit mark or mask of ``option``: decimal or 0x-hex, as iptables reads it."""
     try:
-        return f"0x{int(value, 0):x}"
-    except ValueError:
-        return value
+        return integer(text, option, 0, 0xFFFFFFFF)
+    except KubeIpvsError:
+        raise KubeIpvsError(f"{option} {text!r}: a mark is a number 0-0xffffffff (decimal or 0x-hex), with an "
+                            "optional /mask") from None
+
+
+def _hex(value, option):
+    return f"0x{_mark_number(value, option):x}"
 
 
 def _mark_value(value):
     """``16384`` → ``0x4000``; ``0x4000/0x4000`` keeps its mask."""
     mark, separator, mask = value.partition("/")
-    return _hex(mark) + (("/" + _hex(mask)) if separator else "")
+    return _hex(mark, "--mark") + (("/" + _hex(mask, "--mark")) if separator else "")
 
 
 def _mark_target(option, value):
     """The MARK target's shorthands as iptables-save prints them (``--set-xmark value/mask``)."""
     mark, separator, mask = value.partition("/")
-    mark_int = int(mark, 0)
+    mark_int = _mark_number(mark, option)
     if option == "--or-mark":
         return ["--set-xmark", f"0x{mark_int:x}/0x{mark_int:x}"]
     if option == "--xor-mark":
         return ["--set-xmark", f"0x{mark_int:x}/0x0"]
     if option == "--and-mark":
         return ["--set-xmark", f"0x0/0x{(~mark_int) & 0xFFFFFFFF:x}"]
-    mask_int = int(mask, 0) if separator else 0xFFFFFFFF
+    mask_int = _mark_number(mask, option) if separator else 0xFFFFFFFF
     return ["--set-xmark", f"0x{mark_int:x}/0x{mask_int:x}"]
 
 
@@ -222,13 +271,18 @@ def _groups(tokens):
 def normalise_rule(rule, family=IPV4):
     """Tokens of a rule the way iptables-save prints it, for the forms this collection uses.
 
-    Handled: generic options order and long spellings (-s -d -i -o -p), host addresses as /32 or
+    The rule text must hold no control character (a NUL would end the rule early where iptables reads
+    it, a newline would start another command). Handled: generic options order and long spellings
+    (-s -d -i -o -p), host addresses as /32 or
     /128 and networks masked, protocol names and numbers, the implicit ``-m tcp``/``-m udp``
     match of ``--dport``/``--sport``, ``--destination-port`` spellings, ``-m mark --mark`` in hex,
     the MARK target's ``--set-mark``/``--or-mark``/``--xor-mark``/``--and-mark`` as
     ``--set-xmark``, REJECT's default ``--reject-with``, and quoting (``-m comment --comment``).
     """
-    tokens = split_rule(rule) if isinstance(rule, str) else tuple(rule)
+    if isinstance(rule, str):
+        tokens = split_rule(check_text(rule, "rule"))
+    else:
+        tokens = tuple(check_text(token, "rule") for token in rule)
     generic, groups, target = _groups(tokens)
     out = []
     protocol = None
@@ -296,9 +350,9 @@ def render_tokens(tokens):
 
 def jump_tokens(jump, chain, family):
     """The rule in a built-in chain that jumps to ``chain``: match args, comment, then ``-j chain``."""
-    tokens = list(split_rule(jump.get("args") or ""))
+    tokens = list(split_rule(check_text(jump.get("args") or "", "jump args")))
     if jump.get("comment"):
-        tokens += ["-m", "comment", "--comment", jump["comment"]]
+        tokens += ["-m", "comment", "--comment", check_text(jump["comment"], "jump comment")]
     tokens += ["-j", chain]
     return normalise_rule(tokens, family)
 
@@ -309,12 +363,12 @@ def targets(tokens, chain):
 
 
 def validate_chain_name(table, chain):
-    if table not in BUILTIN_CHAINS:
+    if not isinstance(table, str) or table not in BUILTIN_CHAINS:
         raise KubeIpvsError("table '{}' is not one of {}".format(table, ", ".join(BUILTIN_CHAINS)))
     if chain in BUILTIN_CHAINS[table]:
         raise KubeIpvsError(f"{chain} is a built-in chain of {table}; this module owns user chains only")
-    if not chain or len(chain) > MAX_CHAIN_NAME or re.search(r"\s", chain) or chain.startswith("-"):
-        raise KubeIpvsError(f"chain name '{chain}' must be 1-{MAX_CHAIN_NAME} characters without spaces")
+    if not CHAIN_NAME.matches(chain):
+        raise KubeIpvsError(f"chain name {chain!r} must be 1-{MAX_CHAIN_NAME} characters: {CHAIN_NAME.description}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -539,6 +593,9 @@ def desired_chain(spec, family):
     table, chain = spec["table"], spec["chain"]
     validate_chain_name(table, chain)
     rules = None if spec["rules"] is None else [normalise_rule(rule, family) for rule in spec["rules"]]
+    for name in referenced_sets(rules or []):
+        # the name is an argument of the ipset tool when the scratch namespace recreates the set
+        IPSET_NAME.check(name, "--match-set")
     jumps = []
     for jump in spec["jumps"] or []:
         if jump["chain"] not in BUILTIN_CHAINS[table]:
@@ -626,10 +683,16 @@ def scratch_batch(table, state, wanted, declared):
 def take_canonical(scratch, wanted):
     """Give ``wanted`` chains the forms iptables printed for them in the scratch namespace's table
     ``scratch`` (a TableState): each parent holds their jumps, appended in the order listed."""
-    by_parent = {}
+    by_parent, expected = {}, {}
     for desired in wanted:
         for parent, _position, _tokens in desired.jumps:
             by_parent.setdefault(parent, list(scratch.rules_of(parent)))
+            expected[parent] = expected.get(parent, 0) + 1
+    for parent, count in expected.items():
+        if len(by_parent[parent]) != count:
+            raise KubeIpvsError(f"iptables read the {count} jump(s) from {parent} back as {len(by_parent[parent])} "
+                                "rule(s) (an address list or a host name in a jump's args?); give each jump one "
+                                "rule's worth of args. Nothing was applied")
     for desired in wanted:
         if desired.rules is not None:
             desired.rules = scratch.rules_of(desired.chain)

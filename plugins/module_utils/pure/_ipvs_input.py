@@ -37,6 +37,7 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipvs_plan impo
     Service,
     netmask_text,
 )
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._text import DECIMAL
 
 SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "mh", "fo", "ovf", "twos")
 
@@ -48,13 +49,28 @@ def _fail(where, text):
     raise KubeIpvsError(f"{where}: {text}")
 
 
+def _word(where, name, value, default, choices, shown):
+    """A text option that must be one of ``choices`` (a list or a number is never one); ``shown``
+    says which in the error."""
+    if value is None or value == "":
+        return default
+    if not isinstance(value, str) or value not in choices:
+        _fail(where, f"{name} must be {shown}, not {value!r}"[:300])
+    return value
+
+
+def _unknown(keys, allowed):
+    """Sorted text of unknown keys - keys of any type (YAML allows numbers and more)."""
+    return ", ".join(sorted(str(key) for key in keys if key not in allowed))
+
+
 def canonical_address(where, value, family=None):
     """(family, canonical text) of a host address; accepts a /32 or /128 suffix."""
     if family != IPV6 and type(value) is str:  # pylint: disable=unidiomatic-typecheck
         try:  # inet_pton accepts only canonical dotted quads, so such a text is already canonical
             inet_pton(socket.AF_INET, value)
             return IPV4, value
-        except OSError:
+        except (OSError, ValueError):  # ValueError: an embedded NUL
             pass
     text = str(value).strip()
     if "/" in text:
@@ -89,8 +105,8 @@ def _int(where, entry, name, default, low, high):
         _fail(where, f"{name} must be an integer, not {value!r}")
     try:
         number = int(value)
-    except (TypeError, ValueError):
-        _fail(where, f"{name} must be an integer, not {value!r}")
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an infinity (JSON's 1e400, Infinity)
+        _fail(where, f"{name} must be an integer, not {value!r}"[:300])
     if str(number) != str(value).strip() and not isinstance(value, int):
         _fail(where, f"{name} must be an integer, not {value!r}")
     if not low <= number <= high:
@@ -115,12 +131,12 @@ def normalize_service(entry, where="service", purge_default=True, addresses=None
     if not isinstance(entry, dict):
         _fail(where, f"must be a mapping, not {entry!r}")
     if not SERVICE_KEYS.issuperset(entry):
-        unknown = sorted(name for name, value in entry.items() if name not in SERVICE_KEYS and value is not None)
+        unknown = _unknown((name for name, value in entry.items() if value is not None), SERVICE_KEYS)
         if unknown:
-            _fail(where, f"unknown keys {', '.join(unknown)} (allowed: {', '.join(sorted(SERVICE_KEYS))})")
+            _fail(where, f"unknown keys {unknown} (allowed: {', '.join(sorted(SERVICE_KEYS))})"[:600])
     family_name = entry.get("family")
-    if family_name is not None and family_name not in OF_INET:
-        _fail(where, f"family must be inet or inet6, not {family_name!r}")
+    if family_name is not None and (not isinstance(family_name, str) or family_name not in OF_INET):
+        _fail(where, f"family must be inet or inet6, not {family_name!r}"[:300])
     family = OF_INET.get(family_name)
     fwmark = _int(where, entry, "fwmark", 0, 1, 0xFFFFFFFF)
     if fwmark:
@@ -132,19 +148,20 @@ def normalize_service(entry, where="service", purge_default=True, addresses=None
         for name in ("address", "port"):
             if entry.get(name) is None:
                 _fail(where, f"{name} is required (or give fwmark)")
-        protocol = entry.get("protocol") or "tcp"
-        if protocol not in PROTOCOL_NUMBERS:
-            _fail(where, f"protocol must be one of tcp, udp, sctp, not {protocol!r}")
+        protocol = _word(where, "protocol", entry.get("protocol"), "tcp", PROTOCOL_NUMBERS, "one of tcp, udp, sctp")
         family, address = canonical_address(where + ".address", entry["address"], family)
         port = _int(where, entry, "port", 0, 1, 65535)
         service = Service(family, PROTOCOL_NUMBERS[protocol], address, port)
     scheduler = entry.get("scheduler") or "rr"
-    if scheduler not in SCHEDULERS:
-        _fail(where, f"unknown scheduler {scheduler!r} (known: {', '.join(SCHEDULERS)})")
+    if not isinstance(scheduler, str) or scheduler not in SCHEDULERS:
+        _fail(where, f"unknown scheduler {scheduler!r} (known: {', '.join(SCHEDULERS)})"[:300])
     service.scheduler = scheduler
     flags = 0
-    for flag in entry.get("scheduler_flags") or ():
-        if flag not in SCHEDULER_FLAGS:
+    scheduler_flags = entry.get("scheduler_flags") or ()
+    if not isinstance(scheduler_flags, (list, tuple)):
+        _fail(where, f"scheduler_flags must be a list, not {scheduler_flags!r}"[:300])
+    for flag in scheduler_flags:
+        if not isinstance(flag, str) or flag not in SCHEDULER_FLAGS:
             _fail(where, f"unknown scheduler flag {flag!r} (known: {', '.join(sorted(SCHEDULER_FLAGS))})")
         if flag.split("-")[0] != scheduler:
             owner = flag.split("-")[0]
@@ -163,9 +180,7 @@ def normalize_service(entry, where="service", purge_default=True, addresses=None
     service.netmask = _netmask(where, service.family, entry.get("netmask"))
     purge = entry.get("purge_real_servers")
     service.purge = purge_default if purge is None else bool(purge)
-    state = entry.get("state") or "present"
-    if state not in ("present", "absent"):
-        _fail(where, f"state must be present or absent, not {state!r}")
+    state = _word(where, "state", entry.get("state"), "present", ("present", "absent"), "present or absent")
     addresses = ({IPV4: {}, IPV6: {}} if addresses is None else addresses)[service.family]
     servers = entry.get("real_servers") or []
     if not isinstance(servers, list):
@@ -188,16 +203,18 @@ def normalize_service(entry, where="service", purge_default=True, addresses=None
 def _netmask(where, family, value):
     if value is None or value == "":
         return NETMASK_HOST[family]
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        _fail(where, f"netmask must be a dotted IPv4 mask or a prefix length, not {value!r}"[:300])
     text = str(value).strip().lstrip("/")
     if family == IPV6:
-        if not text.isdigit() or not 1 <= int(text) <= 128:
-            _fail(where, f"netmask of an IPv6 service is a prefix length 1-128, not {value!r}")
+        if not DECIMAL.fullmatch(text) or not 1 <= int(text) <= 128:
+            _fail(where, f"netmask of an IPv6 service is a prefix length 1-128, not {value!r}"[:300])
         return int(text)
-    if text.isdigit() and int(text) <= 32:
+    if DECIMAL.fullmatch(text) and int(text) <= 32:
         return (0xFFFFFFFF << (32 - int(text))) & 0xFFFFFFFF
     try:
         mask = struct.unpack("!I", socket.inet_pton(socket.AF_INET, text))[0]
-    except OSError:
+    except (OSError, ValueError):  # ValueError: an embedded NUL
         _fail(where, f"netmask must be a dotted IPv4 mask or a prefix length, not {value!r}")
     inverted = ~mask & 0xFFFFFFFF
     if inverted & (inverted + 1):
@@ -231,7 +248,7 @@ def _plain_dest(server, addresses, default_port, min_port, ipv4):
             return None
         try:  # inet_pton accepts only canonical dotted quads, so the text is already canonical
             inet_pton(socket.AF_INET, raw)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: an embedded NUL
             return None
         address = addresses[raw] = raw
     port = server.get("port", default_port)
@@ -254,7 +271,7 @@ def _normalize_dest(service_where, index, server, service, addresses):
     extra = server.keys() - DEST_KEYS
     if extra and any(server[name] is not None for name in extra):
         _fail(f"{service_where}.real_servers[{index}]",
-              f"unknown key(s) {', '.join(sorted(extra))} (allowed: {', '.join(sorted(DEST_KEYS))})")
+              f"unknown key(s) {_unknown(extra, DEST_KEYS)} (allowed: {', '.join(sorted(DEST_KEYS))})"[:600])
     raw = server.get("address")
     is_text = isinstance(raw, str)
     address = addresses.get(raw) if is_text else None
@@ -262,7 +279,7 @@ def _normalize_dest(service_where, index, server, service, addresses):
         try:  # inet_pton accepts only canonical dotted quads, so the text is already canonical
             inet_pton(socket.AF_INET, raw)
             address = raw
-        except OSError:
+        except (OSError, ValueError):  # ValueError: an embedded NUL
             pass
     if address is None:
         where = f"{service_where}.real_servers[{index}]"
@@ -276,10 +293,8 @@ def _normalize_dest(service_where, index, server, service, addresses):
         default = 0 if service.fwmark else service.port
         port = _int(f"{service_where}.real_servers[{index}]", server, "port", default,
                     0 if service.fwmark else 1, 65535)
-    forwarding = FORWARDING_NUMBERS.get(server.get("forwarding") or "nat")
-    if forwarding is None:
-        _fail(f"{service_where}.real_servers[{index}]",
-              f"forwarding must be nat, route, tunnel or local, not {server.get('forwarding')!r}")
+    forwarding = FORWARDING_NUMBERS[_word(f"{service_where}.real_servers[{index}]", "forwarding",
+                                          server.get("forwarding"), "nat", FORWARDING_NUMBERS, "nat, route, tunnel or local")]
     weight = _small_int(server.get("weight", 1), 0, 65535)
     if weight is None:
         weight = _int(f"{service_where}.real_servers[{index}]", server, "weight", 1, 0, 65535)

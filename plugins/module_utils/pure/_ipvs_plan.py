@@ -20,6 +20,7 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import 
     IPV6,
     family_of,
 )
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._text import integer, ip_network
 
 PROTO_TCP = 6
 PROTO_UDP = 17
@@ -216,13 +217,9 @@ def parse_port_range(text, where="scope.node_port_range"):
 
 
 def _networks(values, where):
-    networks = []
-    for value in values or []:
-        try:
-            networks.append(str(ipaddress.ip_network(value, strict=False)))
-        except (TypeError, ValueError) as error:
-            raise KubeIpvsError(f"{where}: {value!r} is not a network in CIDR notation ({error})") from None
-    return networks
+    if values is not None and not isinstance(values, (list, tuple)):
+        raise KubeIpvsError(f"{where} must be a list of networks in CIDR notation")
+    return [str(ip_network(value, where)) for value in values or []]
 
 
 def scope_settings(params, where="scope"):
@@ -236,7 +233,7 @@ def scope_settings(params, where="scope"):
         raise KubeIpvsError(str(error)) from None
     return {"cidrs": _networks(params.get("cidrs"), f"{where}.cidrs"),
             "dummy_interface": params.get("dummy_interface"),
-            "fwmarks": list(params.get("fwmarks") or []),
+            "fwmarks": [integer(mark, f"{where}.fwmarks", 1, 0xFFFFFFFF) for mark in params.get("fwmarks") or []],
             "node_port_cidrs": _networks(params.get("node_port_cidrs"), f"{where}.node_port_cidrs"),
             "node_port_range": port_range}
 

@@ -8,20 +8,20 @@ kernel_module call. Reading the running kernel and loading modules is node/_kmod
 from __future__ import annotations
 
 import os
-import re
 
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._files import OWNED_HEADER
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._text import (
+    DROPIN_NAME,
+    MODULE_NAME,
+    MODULE_PARAMETER,
+    MODULE_PARAMETER_VALUE,
+    check_text,
+)
 
 # modules.dep / modules.builtin name files with these endings (Debian ships plain .ko,
 # Fedora and Arch compress with xz or zstd).
 MODULE_FILE_SUFFIXES = (".ko.zst", ".ko.xz", ".ko.gz", ".ko")
-
-
-PARAM_NAME = re.compile(r"^[A-Za-z0-9_]+$")
-
-
-MODULE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 # One owner name for the shared drop-ins: kernel_module, sysctl and conntrack all add entries.
@@ -37,6 +37,13 @@ FALSE_WORDS = ("0", "n", "no", "false", "off")
 def canonical_name(name):
     """modprobe treats ``-`` and ``_`` in module names as the same character."""
     return name.strip().replace("-", "_")
+
+
+def module_name(name):
+    """A module name given by the user, checked (it becomes a modprobe argument and a line of an owned
+    modules-load.d file) and in its canonical spelling."""
+    text = check_text(name, "name").strip(" ")
+    return canonical_name(MODULE_NAME.check(text, "name"))
 
 
 def module_name_from_path(path):
@@ -149,18 +156,26 @@ def same_param(wanted, current):
 
 def validate_params(params):
     """Parameter names and values modprobe.d can carry unquoted; raises before anything changes."""
+    if params is not None and not isinstance(params, dict):
+        raise KubeIpvsError(f"params must be a mapping of parameter names to values, not {params!r}"[:300])
     for key, value in (params or {}).items():
-        if not PARAM_NAME.match(str(key)):
-            raise KubeIpvsError(f"module parameter name {key!r} is not valid (letters, digits, underscore)")
+        if not MODULE_PARAMETER.matches(key):
+            raise KubeIpvsError(f"module parameter name {key!r} is not valid (letters, digits, underscore)"[:300])
+        if value is None or isinstance(value, (dict, list, float)):
+            raise KubeIpvsError(f"module parameter {key}={value!r}: give a string, an integer or a boolean"[:300])
         text = param_text(value)
-        if not text or any(c.isspace() for c in text) or "#" in text:
-            raise KubeIpvsError(f"module parameter {key}={value!r}: the value must be non-empty without spaces or '#'")
+        if not MODULE_PARAMETER_VALUE.matches(text):
+            raise KubeIpvsError(f"module parameter {key}={value!r}: the value must be non-empty without spaces, "
+                                "'#', quotes, backslashes or control characters"[:300])
 
 
 def validate_owned_path(path, directory, option):
-    """Owned drop-ins live directly in their directory and end in .conf (others are not read)."""
-    if os.path.dirname(path) != directory or not path.endswith(".conf") or path == directory + "/.conf":
-        raise KubeIpvsError(f"{option} must be a .conf file directly under {directory}/, got {path!r}")
+    """Owned drop-ins live directly in their directory and end in .conf (others are not read); the
+    file name follows one grammar (no control character, no leading '-' or '.')."""
+    if (not isinstance(path, str) or os.path.dirname(path) != directory
+            or not DROPIN_NAME.matches(os.path.basename(path))):
+        raise KubeIpvsError(f"{option} must be a .conf file directly under {directory}/ ({DROPIN_NAME.description}), "
+                            f"got {path!r}"[:400])
 
 
 class ModulePlan:
@@ -241,3 +256,15 @@ def _drift(wanted, current):
         if key in current and not same_param(value, current[key]):
             drift[key] = {"wanted": param_text(value), "current": current[key]}
     return drift
+
+
+def unload_order(names, dependencies):
+    """``names`` in an order rmmod can remove them: a module before the modules it uses (``dependencies``
+    is modules.dep as {module: [dependencies]})."""
+    remaining, order = set(names), []
+    while remaining:
+        used = {dep for name in remaining for dep in dependencies.get(name, ()) if dep in remaining}
+        free = sorted(remaining - used) or sorted(remaining)  # a cycle cannot be ordered: try them all
+        order += free
+        remaining -= set(free)
+    return order

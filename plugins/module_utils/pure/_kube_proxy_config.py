@@ -11,7 +11,6 @@ asked to change; comments are lost when the text is rewritten.
 from __future__ import annotations
 
 import copy
-import ipaddress
 import re
 import traceback
 
@@ -24,6 +23,7 @@ else:
     HAS_YAML = True
     YAML_IMPORT_ERROR = None
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._text import control_character, ip_network
 
 API_VERSION = "kubeproxy.config.k8s.io/v1alpha1"
 KIND = "KubeProxyConfiguration"
@@ -87,6 +87,8 @@ def parse_config(text, where):
         config = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise KubeIpvsError(f"{where} is not valid YAML: {error}") from None
+    except RecursionError:
+        raise KubeIpvsError(f"{where} is nested too deeply to be a {KIND}") from None
     if config is None:
         config = {}
     if not isinstance(config, dict):
@@ -153,46 +155,193 @@ def field(config, path):
     return config
 
 
-def validate_config(config):
-    """Raise KubeIpvsError listing every field kube-proxy would reject (only fields that are set)."""
-    problems = []
+# --- the KubeProxyConfiguration schema ----------------------------------------------------------
+# The fields and Go types of kube-proxy's published config types (k8s.io/kube-proxy/config/v1alpha1,
+# with component-base's ClientConnectionConfiguration and LoggingConfiguration): what kube-proxy's
+# decoder accepts. A null is accepted everywhere (Go leaves the field at its zero value); the value
+# checks kube-proxy's own validation makes follow the types.
+STRING, BOOL, DURATION, FLOAT, QUANTITY, STRINGS = "string", "bool", "duration", "float", "quantity", "strings"
+DURATION_OR_NANOSECONDS = "duration or nanoseconds"
+INT32 = ("int", -(2 ** 31), 2 ** 31 - 1)
+UINT32 = ("int", 0, 2 ** 32 - 1)
+COUNT = ("int", 0, 2 ** 31 - 1)
+MASQUERADE_BIT = ("int", 0, 31)
+OUTPUT_ROUTING = {"splitStream": BOOL, "infoBufferSize": QUANTITY}
+V1ALPHA1 = {
+    "apiVersion": STRING,
+    "kind": STRING,
+    "featureGates": ("map", BOOL),
+    "clientConnection": {"kubeconfig": STRING, "acceptContentTypes": STRING, "contentType": STRING, "qps": FLOAT,
+                         "burst": INT32},
+    "logging": {"format": STRING, "flushFrequency": DURATION_OR_NANOSECONDS, "verbosity": UINT32,
+                "vmodule": ("list", {"filePattern": STRING, "verbosity": UINT32}),
+                "options": {"text": OUTPUT_ROUTING, "json": OUTPUT_ROUTING}},
+    "hostnameOverride": STRING,
+    "bindAddress": STRING,
+    "healthzBindAddress": STRING,
+    "metricsBindAddress": STRING,
+    "bindAddressHardFail": BOOL,
+    "enableProfiling": BOOL,
+    "showHiddenMetricsForVersion": STRING,
+    "mode": STRING,
+    "iptables": {"masqueradeBit": MASQUERADE_BIT, "masqueradeAll": BOOL, "localhostNodePorts": BOOL,
+                 "syncPeriod": DURATION, "minSyncPeriod": DURATION},
+    "ipvs": {"syncPeriod": DURATION, "minSyncPeriod": DURATION, "scheduler": STRING, "excludeCIDRs": STRINGS,
+             "strictARP": BOOL, "tcpTimeout": DURATION, "tcpFinTimeout": DURATION, "udpTimeout": DURATION},
+    "nftables": {"masqueradeBit": MASQUERADE_BIT, "masqueradeAll": BOOL, "syncPeriod": DURATION,
+                 "minSyncPeriod": DURATION},
+    "winkernel": {"networkName": STRING, "sourceVip": STRING, "enableDSR": BOOL, "rootHnsEndpointName": STRING,
+                  "forwardHealthCheckVip": BOOL},
+    "detectLocalMode": STRING,
+    "detectLocal": {"bridgeInterface": STRING, "interfaceNamePrefix": STRING},
+    "clusterCIDR": STRING,
+    "nodePortAddresses": STRINGS,
+    "oomScoreAdj": ("int", -1000, 1000),
+    "conntrack": {"maxPerCore": COUNT, "min": COUNT, "tcpEstablishedTimeout": DURATION,
+                  "tcpCloseWaitTimeout": DURATION, "tcpBeLiberal": BOOL, "udpTimeout": DURATION,
+                  "udpStreamTimeout": DURATION},
+    "configSyncPeriod": DURATION,
+    "portRange": STRING,
+    "windowsRunAsService": BOOL,
+}
+SCHEMAS = {API_VERSION: V1ALPHA1}
+# A Kubernetes quantity ("64Ki", "1.5M", "0").
+QUANTITY_RE = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+|[numkMGTPE]|[KMGTPE]i)?")
+INT64_MAX = 2 ** 63 - 1
+
+
+def _check_value(value, spec, path, problems, unknown):
+    """Append to ``problems`` what is wrong with ``value`` against ``spec`` at ``path``; the paths of
+    keys the schema does not name go to ``unknown`` as (path, at the top level)."""
+    if value is None:
+        return
+    if isinstance(spec, dict):
+        if not isinstance(value, dict):
+            problems.append(f"{path} must be a mapping of its fields, not {_shown(value)}")
+            return
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if not isinstance(key, str) or key not in spec:
+                unknown.append((where, not path))
+            else:
+                _check_value(item, spec[key], where, problems, unknown)
+    elif isinstance(spec, tuple) and spec[0] == "map":
+        if not isinstance(value, dict):
+            problems.append(f"{path} must be a mapping, not {_shown(value)}")
+            return
+        for key, item in value.items():
+            if not isinstance(key, str) or control_character(key) is not None:
+                problems.append(f"{path}: key {_shown(key)} must be a name without control characters")
+            else:
+                _check_value(item, spec[1], f"{path}.{key}", problems, unknown)
+    elif isinstance(spec, tuple) and spec[0] == "list":
+        if not isinstance(value, list):
+            problems.append(f"{path} must be a list, not {_shown(value)}")
+            return
+        for index, item in enumerate(value):
+            _check_value(item, spec[1], f"{path}[{index}]", problems, unknown)
+    elif isinstance(spec, tuple):  # ("int", low, high)
+        _low, low, high = spec
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            limits = f">= {low}" if high == 2 ** 31 - 1 and low == 0 else f"{low} to {high}"
+            problems.append(f"{path}: {_shown(value)} must be a whole number {limits}")
+    elif spec == STRING:
+        if not isinstance(value, str):
+            problems.append(f"{path} must be a string, not {_shown(value)}")
+        elif control_character(value) is not None:
+            problems.append(f"{path}: {_shown(value)} holds a control character")
+    elif spec == STRINGS:
+        if not isinstance(value, list):
+            problems.append(f"{path} must be a list of strings, not {_shown(value)}")
+            return
+        for index, item in enumerate(value):
+            _check_value(item, STRING, f"{path}[{index}]", problems, unknown)
+    elif spec == BOOL:
+        if not isinstance(value, bool):
+            problems.append(f"{path} must be true or false, not {_shown(value)}")
+    elif spec == FLOAT:
+        # a float that is not finite (YAML's .inf, .nan) is no number JSON can carry: x - x is NaN for those
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value - value != 0:
+            problems.append(f"{path} must be a number, not {_shown(value)}")
+    elif spec == QUANTITY:
+        if isinstance(value, bool) or not (isinstance(value, int) or
+                                           (isinstance(value, str) and QUANTITY_RE.fullmatch(value))):
+            problems.append(f"{path}: {_shown(value)} is not a quantity (for example 64Ki or 0)")
+    elif spec in (DURATION, DURATION_OR_NANOSECONDS):
+        if spec == DURATION_OR_NANOSECONDS and isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) > INT64_MAX:
+                problems.append(f"{path}: {value} nanoseconds do not fit a duration")
+            return
+        nanoseconds = parse_duration(value)
+        if nanoseconds is None:
+            problems.append(f"{path}: {_shown(value)} is not a duration (for example '30s', '1m30s', '1h')")
+        elif abs(nanoseconds) > INT64_MAX:
+            problems.append(f"{path}: {_shown(value)} is longer than a duration can be")
+        elif nanoseconds < 0:
+            problems.append(f"{path}: {_shown(value)} must not be negative")
+
+
+def _shown(value):
+    text = repr(value)
+    return text if len(text) <= 80 else text[:80] + "..."
+
+
+def schema_problems(config, patch=None):
+    """What is wrong with ``config`` against the schema of its apiVersion (v1alpha1 when it names none):
+    values of the wrong type or out of range, unknown top-level fields, and unknown fields deeper down
+    that ``patch`` (the fields this call sets) brings in - a field kube-proxy does not know is never
+    written; one already stored is left as it is."""
+    schema, problems = schema_of(config)
+    if schema is None:
+        return problems
+    unknown, requested = [], []
+    _check_value(config, schema, "", problems, unknown)
+    _check_value(patch if isinstance(patch, dict) else {}, schema, "", [], requested)
+    requested = {where for where, _top in requested}
+    problems += [f"{where} is not a field of {KIND} {config.get('apiVersion', API_VERSION)}"
+                 for where, top in unknown if top or where in requested]
+    return problems
+
+
+def schema_of(config):
+    """(the schema of ``config``'s apiVersion, []) or (None, [the problem])."""
+    if not isinstance(config, dict):
+        return None, [f"a KubeProxyConfiguration is a mapping, not {_shown(config)}"]
+    api_version = config.get("apiVersion", API_VERSION)
+    if not isinstance(api_version, str) or api_version not in SCHEMAS:
+        return None, [f"apiVersion {_shown(api_version)} is not one whose schema this collection knows "
+                      f"({', '.join(SCHEMAS)})"]
+    if config.get("kind", KIND) != KIND:
+        return None, [f"kind {_shown(config.get('kind'))} is not {KIND}"]
+    return SCHEMAS[api_version], []
+
+
+def validate_config(config, patch=None):
+    """Raise KubeIpvsError listing every problem: the schema of the config's apiVersion (types, ranges,
+    unknown fields; see schema_problems), then the values kube-proxy would reject."""
+    problems = schema_problems(config, patch)
+    if schema_of(config)[0] is None:
+        raise KubeIpvsError("invalid KubeProxyConfiguration: " + "; ".join(problems), problems=problems)
     mode = config.get("mode")
-    if mode is not None:
+    if isinstance(mode, str):
         if mode in WINDOWS_MODES:
             problems.append(f"mode {mode!r} exists only on Windows; on Linux use one of {list(LINUX_MODES)}")
         elif mode not in LINUX_MODES:
             problems.append(f"mode {mode!r} is not a kube-proxy mode; use one of {list(LINUX_MODES)} "
                             "('' is the platform default)")
     scheduler = field(config, ("ipvs", "scheduler"))
-    if scheduler is not None and scheduler not in IPVS_SCHEDULERS:
+    if isinstance(scheduler, str) and scheduler not in IPVS_SCHEDULERS:
         problems.append(f"ipvs.scheduler {scheduler!r} is not an IPVS scheduler kube-proxy knows; use one of "
                         f"{[s for s in IPVS_SCHEDULERS if s]}")
-    strict_arp = field(config, ("ipvs", "strictARP"))
-    if strict_arp is not None and not isinstance(strict_arp, bool):
-        problems.append(f"ipvs.strictARP must be true or false, not {strict_arp!r}")
     cidrs = field(config, ("ipvs", "excludeCIDRs"))
-    if cidrs is not None:
-        if not isinstance(cidrs, list):
-            problems.append("ipvs.excludeCIDRs must be a list of CIDRs")
-        else:
-            for cidr in cidrs:
-                try:
-                    ipaddress.ip_network(str(cidr), strict=False)
-                except ValueError:
-                    problems.append(f"ipvs.excludeCIDRs: {cidr!r} is not a CIDR")
-    for path in sorted(DURATION_FIELDS):
-        value = field(config, path)
-        if value is None:
-            continue
-        nanoseconds = parse_duration(value)
-        if nanoseconds is None:
-            problems.append(f"{'.'.join(path)}: {value!r} is not a duration (for example '30s', '1m30s', '1h')")
-        elif nanoseconds < 0:
-            problems.append(f"{'.'.join(path)}: {value!r} must not be negative")
-    for path in sorted(COUNT_FIELDS):
-        value = field(config, path)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-            problems.append(f"{'.'.join(path)}: {value!r} must be a whole number >= 0")
+    if isinstance(cidrs, list):
+        for cidr in cidrs:
+            if not isinstance(cidr, str):
+                continue  # the schema named it
+            try:
+                ip_network(cidr, "ipvs.excludeCIDRs")
+            except KubeIpvsError:
+                problems.append(f"ipvs.excludeCIDRs: {cidr!r} is not a CIDR")
     if problems:
         raise KubeIpvsError("invalid KubeProxyConfiguration: " + "; ".join(problems), problems=problems)
 

@@ -33,15 +33,16 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import ipaddress
 
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import FAMILIES, IPV4, IPV6, VERSION, family_of
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_state import (
     categorize,
+    check_cluster_objects,
     check_node_ips,
     cluster_service_ports,
     ip_families,
     parse_ip,
+    parse_network,
 )
 
 LARGE_CLUSTER_ENDPOINTS = 1000  # kube-proxy's largeClusterEndpointsThreshold
@@ -181,10 +182,9 @@ class Options:
         self.node_ips = [parse_ip(ip) for ip in node_ips if family_of(parse_ip(ip)) == family]
         self.cluster_cidr = None
         if cluster_cidr:
-            try:
-                self.cluster_cidr = ipaddress.ip_network(str(cluster_cidr).strip(), strict=False)
-            except ValueError:
-                raise ValueError(f"cluster_cidr: {cluster_cidr} is not a CIDR") from None
+            self.cluster_cidr = parse_network(cluster_cidr)
+            if self.cluster_cidr is None:
+                raise ValueError(f"cluster_cidr: {cluster_cidr!r} is not a CIDR")
             if family_of(self.cluster_cidr) != family:
                 raise ValueError(f"cluster_cidr: {cluster_cidr} is not an IPv{VERSION[family]} CIDR")
         if not 0 <= int(masquerade_bit) <= 31:
@@ -448,11 +448,11 @@ def _family_value(value, family):
         return None
     items = value.split(",") if isinstance(value, str) else list(value)
     for item in items:
-        try:
-            if family_of(ipaddress.ip_network(str(item).strip(), strict=False)) == family:
-                return str(item).strip()
-        except ValueError:
-            raise ValueError(f"cluster_cidr: {item} is not a CIDR") from None
+        network = parse_network(item)
+        if network is None:
+            raise ValueError(f"cluster_cidr: {item!r} is not a CIDR")
+        if family_of(network) == family:
+            return str(item).strip()
     return None
 
 
@@ -461,6 +461,7 @@ def iptables_state(services, endpoint_slices, node_name, node_ips, cluster_cidr=
     finds, each with its own node IPs and the ``cluster_cidr`` entry of that family (a
     comma-separated string or list, as kube-proxy's ``--cluster-cidr``)."""
     check_node_ips(node_ips)
+    check_cluster_objects(services, endpoint_slices)
     result = {}
     for family in ip_families(services, node_ips):
         family_ips = [str(ip) for ip in map(parse_ip, node_ips) if family_of(ip) == family]

@@ -26,6 +26,7 @@ import ipaddress
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import IPV4, IPV6, NFT, VERSION, family_of
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_state import (
     categorize,
+    check_cluster_objects,
     check_node_ips,
     cluster_service_ports,
     ip_families,
@@ -490,6 +491,7 @@ def nftables_state(services, endpoint_slices, node_name, node_ips, **options):
     """The kube-proxy tables of one node: {"ipv4": table, "ipv6": table} for the families it has
     (as _kube_proxy_state.ip_families decides). ``options`` are nftables_table's keyword options."""
     check_node_ips(node_ips)
+    check_cluster_objects(services, endpoint_slices)
     result = {}
     for family in ip_families(services, node_ips):
         service_ports = cluster_service_ports(services, endpoint_slices, node_name, family)

@@ -18,6 +18,11 @@ import ipaddress
 
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._dataplane import port_label
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import INET, IPV4, IPV6, KUBERNETES, family_of
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._text import (
+    DNS1035_LABEL,
+    DNS1123_LABEL,
+    control_character,
+)
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 SERVICE_PROXY_NAME_LABEL = "service.kubernetes.io/service-proxy-name"
@@ -54,8 +59,13 @@ def ipset_name(name, family):
 
 
 def parse_ip(text):
+    """A plain IP address, or None: an IPv6 scope ("fe80::1%eth0", which Python's ipaddress takes
+    with any text after the '%') and control characters are never an address here."""
+    text = str(text)
+    if "%" in text or control_character(text) is not None:
+        return None
     try:
-        return ipaddress.ip_address(str(text))
+        return ipaddress.ip_address(text)
     except ValueError:
         return None
 
@@ -159,8 +169,11 @@ def entry(ip, protocol, port, third=None):
 
 
 def parse_network(text):
+    text = str(text).strip()
+    if "%" in text or control_character(text) is not None:
+        return None
     try:
-        return ipaddress.ip_network(str(text).strip(), strict=False)
+        return ipaddress.ip_network(text, strict=False)
     except ValueError:
         return None  # the API server validates source ranges; a bad one is skipped, as kube-proxy does
 
@@ -256,6 +269,144 @@ def service_ports(service, endpoint_map, family):
     return result
 
 
+# --- what the API returned, checked before it becomes rules -----------------------------------------
+# The API server validates these fields; this collection checks them again, because they end up in
+# rules, ipset members and nft content, and a server (or a proxy in front of it) may answer anything.
+PROTOCOLS = ("TCP", "UDP", "SCTP")
+MAX_AFFINITY_TIMEOUT = 86400  # sessionAffinityConfig.clientIP.timeoutSeconds: 1-86400
+
+
+def _port_number(value, low=1):
+    return not isinstance(value, bool) and isinstance(value, int) and low <= value <= 65535
+
+
+def _object_name(obj, kind):
+    metadata = obj.get("metadata") if isinstance(obj, dict) else None
+    metadata = metadata if isinstance(metadata, dict) else {}
+    return f"{kind} {metadata.get('namespace')!r}/{metadata.get('name')!r}"[:200]
+
+
+def _check_port_fields(port, where, problems):
+    name = port.get("name") or ""
+    if name and not DNS1123_LABEL.matches(name):
+        problems.append(f"{where}: port name {name!r} is not a DNS-1123 label")
+    protocol = port.get("protocol") or "TCP"
+    if protocol not in PROTOCOLS if isinstance(protocol, str) else True:
+        problems.append(f"{where}: protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
+
+
+def _check_ips(values, where, problems, allowed=()):
+    for value in values:
+        if value not in allowed and parse_ip(value) is None:
+            problems.append(f"{where}: {value!r} is not an IP address")
+
+
+def _shape_problems(obj, where, shapes):
+    """Fields (paths of keys) whose value, when set, is not of the type the rest of the code reads."""
+    problems = []
+    for path, kind in shapes:
+        value = obj
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if value is not None and not isinstance(value, kind):
+            problems.append(f"{where}: {'.'.join(path)} is not a {'list' if kind is list else 'mapping'}")
+        elif isinstance(value, list) and path[-1] in ("ports", "ingress", "endpoints") and not all(
+                isinstance(item, dict) for item in value):
+            problems.append(f"{where}: {'.'.join(path)} is not a list of objects")
+    return problems
+
+
+SERVICE_SHAPES = ((("metadata", "labels"), dict), (("spec",), dict), (("spec", "ports"), list),
+                  (("spec", "clusterIPs"), list), (("spec", "externalIPs"), list),
+                  (("spec", "loadBalancerSourceRanges"), list), (("spec", "sessionAffinityConfig"), dict),
+                  (("spec", "sessionAffinityConfig", "clientIP"), dict), (("status",), dict),
+                  (("status", "loadBalancer"), dict), (("status", "loadBalancer", "ingress"), list))
+SLICE_SHAPES = ((("metadata", "labels"), dict), (("ports",), list), (("endpoints",), list))
+
+
+def service_problems(service):
+    """What is wrong in one Service as returned by the API (empty when nothing is)."""
+    where = _object_name(service, "Service")
+    if not isinstance(service, dict) or not isinstance(service.get("metadata"), dict):
+        return [f"{where}: not an object with metadata"]
+    problems = _shape_problems(service, where, SERVICE_SHAPES)
+    if problems:
+        return problems
+    metadata, spec = service["metadata"], service.get("spec") or {}
+    if not DNS1123_LABEL.matches(metadata.get("namespace")):
+        problems.append(f"{where}: the namespace is not a DNS-1123 label")
+    if not DNS1035_LABEL.matches(metadata.get("name")):
+        problems.append(f"{where}: the name is not a DNS-1035 label")
+    if spec.get("type") == "ExternalName":
+        return problems  # nothing of it reaches the node
+    for index, port in enumerate(spec.get("ports") or []):
+        here = f"{where} spec.ports[{index}]"
+        if not _port_number(port.get("port")):
+            problems.append(f"{here}: port {port.get('port')!r} is not 1-65535")
+        if port.get("nodePort") not in (None, 0) and not _port_number(port.get("nodePort")):
+            problems.append(f"{here}: nodePort {port.get('nodePort')!r} is not 1-65535")
+        _check_port_fields(port, here, problems)
+    if spec.get("healthCheckNodePort") not in (None, 0) and not _port_number(spec.get("healthCheckNodePort")):
+        problems.append(f"{where}: healthCheckNodePort {spec.get('healthCheckNodePort')!r} is not 1-65535")
+    affinity = ((spec.get("sessionAffinityConfig") or {}).get("clientIP") or {}).get("timeoutSeconds")
+    if affinity is not None and (isinstance(affinity, bool) or not isinstance(affinity, int)
+                                 or not 1 <= affinity <= MAX_AFFINITY_TIMEOUT):
+        problems.append(f"{where}: sessionAffinityConfig.clientIP.timeoutSeconds {affinity!r} is not "
+                        f"1-{MAX_AFFINITY_TIMEOUT}")
+    cluster_ips = spec.get("clusterIPs") or [spec.get("clusterIP")]
+    _check_ips([ip for ip in cluster_ips if ip is not None], f"{where} spec.clusterIPs", problems,
+               allowed=("None", ""))
+    _check_ips(spec.get("externalIPs") or [], f"{where} spec.externalIPs", problems)
+    ingress = ((service.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+    _check_ips([item.get("ip") for item in ingress if item.get("ip")], f"{where} status.loadBalancer.ingress",
+               problems)
+    return problems
+
+
+def endpoint_slice_problems(endpoint_slice):
+    """What is wrong in one EndpointSlice as returned by the API (empty when nothing is)."""
+    where = _object_name(endpoint_slice, "EndpointSlice")
+    if not isinstance(endpoint_slice, dict) or not isinstance(endpoint_slice.get("metadata"), dict):
+        return [f"{where}: not an object with metadata"]
+    problems = _shape_problems(endpoint_slice, where, SLICE_SHAPES)
+    if problems:
+        return problems
+    metadata = endpoint_slice["metadata"]
+    service = (metadata.get("labels") or {}).get(SERVICE_NAME_LABEL)
+    if endpoint_slice.get("addressType") not in KUBERNETES.values() or not service:
+        return []  # FQDN slices and slices of no Service are never read
+    if not DNS1123_LABEL.matches(metadata.get("namespace")):
+        problems.append(f"{where}: the namespace is not a DNS-1123 label")
+    if not DNS1035_LABEL.matches(service):
+        problems.append(f"{where}: label {SERVICE_NAME_LABEL} {service!r} is not a Service name")
+    for index, port in enumerate(endpoint_slice.get("ports") or []):
+        here = f"{where} ports[{index}]"
+        if port.get("port") is not None and not _port_number(port.get("port")):
+            problems.append(f"{here}: port {port.get('port')!r} is not 1-65535")
+        _check_port_fields(port, here, problems)
+    for index, endpoint in enumerate(endpoint_slice.get("endpoints") or []):
+        addresses = endpoint.get("addresses") or []
+        if endpoint.get("conditions") is not None and not isinstance(endpoint.get("conditions"), dict):
+            problems.append(f"{where} endpoints[{index}]: conditions is not a mapping")
+        if not isinstance(addresses, list):
+            problems.append(f"{where} endpoints[{index}]: addresses is not a list")
+        elif addresses:
+            _check_ips(addresses[:1], f"{where} endpoints[{index}].addresses", problems)
+    return problems
+
+
+def check_cluster_objects(services, endpoint_slices):
+    """Raise ValueError naming every Service and EndpointSlice with a value that must not reach a node."""
+    problems = []
+    for service in services:
+        problems += service_problems(service)
+    for endpoint_slice in endpoint_slices:
+        problems += endpoint_slice_problems(endpoint_slice)
+    if problems:
+        shown = "; ".join(problems[:20]) + (f"; and {len(problems) - 20} more" if len(problems) > 20 else "")
+        raise ValueError(f"the Kubernetes API returned values that cannot become dataplane rules: {shown}")
+
+
 def cluster_service_ports(services, endpoint_slices, node_name, family):
     """Every ServicePort of one family on one node, Services in (namespace, name) order."""
     endpoint_map = endpoints_by_port(endpoint_slices, node_name, family)
@@ -334,6 +485,7 @@ def node_state(services, endpoint_slices, node_name, node_ips, scheduler="rr"):
     or any Service has IPv6 - IPv6 (sets named KUBE-6-*).
     """
     check_node_ips(node_ips)
+    check_cluster_objects(services, endpoint_slices)
     parsed_node_ips = [parse_ip(ip) for ip in node_ips]
     node_addresses = {str(ip) for ip in parsed_node_ips}
 

@@ -11,14 +11,12 @@ import socket
 
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import ADDRESS_FAMILY, FAMILIES, HOST_PREFIX
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._text import LINK_NAME, check_text
 
 IFF_UP = 0x1
 
 
 IFF_NOARP = 0x80
-
-
-IFNAMSIZ = 16
 
 
 class Link:
@@ -37,7 +35,9 @@ class Link:
 
 def canonical_host(value):
     """(family, canonical text) of ``10.96.0.1``, ``10.96.0.1/32``, ``fd00::1/128``."""
-    text = str(value).strip()
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise KubeIpvsError(f"address {value!r} is not an IPv4 or IPv6 address"[:300])
+    text = check_text(str(value), "address").strip(" ")
     prefix = None
     if "/" in text:
         text, _slash, prefix = text.partition("/")
@@ -80,5 +80,8 @@ def _address_order(item):
 
 
 def validate_link_name(name):
-    if not name or len(name.encode()) >= IFNAMSIZ or "/" in name or any(ch.isspace() for ch in name):
-        raise KubeIpvsError(f"link name {name!r} is not a valid interface name (1-15 characters, no '/' or spaces)")
+    """The kernel's interface name rules (1-15 bytes, no '/', ':' or white space), and no control
+    character: the name goes into a netlink message as a NUL-terminated string."""
+    if not LINK_NAME.matches(name):
+        raise KubeIpvsError(f"link name {name!r} is not a valid interface name (1-15 bytes, no '/', ':', spaces or "
+                            "control characters)")

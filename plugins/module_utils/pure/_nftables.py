@@ -11,6 +11,7 @@ import json
 import re
 
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._text import NFT_IDENTIFIER, Name, check_text
 
 
 def parse_tables(text):
@@ -30,48 +31,64 @@ def parse_tables(text):
 TABLE_FAMILIES = ("ip", "ip6", "inet", "arp", "bridge", "netdev")
 
 
-# nft's identifier syntax (scanner.l: [a-zA-Z_.][a-zA-Z0-9/\-_.]*), kept to the 256-byte name limit.
-TABLE_NAME = re.compile(r"^[A-Za-z_.][A-Za-z0-9/_.-]{0,255}$")
+TABLE_NAME = Name(NFT_IDENTIFIER.pattern.pattern, "an nftables table name (a letter, '_' or '.' first, then letters, "
+                  "digits, '/', '_', '.', '-')", max_bytes=NFT_IDENTIFIER.max_bytes)
 
 
 def validate_table(family, name):
     if family not in TABLE_FAMILIES:
         raise KubeIpvsError(f"family: {family!r} is not one of {', '.join(TABLE_FAMILIES)}")
-    if not TABLE_NAME.match(name or ""):
-        raise KubeIpvsError(f"name: {name!r} is not an nftables table name (a letter, '_' or '.' first, then "
-                            "letters, digits, '/', '_', '.', '-')")
+    TABLE_NAME.check(name, "name")
+
+
+# A run of the characters nft's scanner builds words from (names, numbers, addresses). Its
+# ``include`` keyword can hide inside such a run ("1include" scans as a number, then the keyword),
+# so every run that holds those letters is refused, which also refuses some harmless names.
+_WORD = re.compile(r"[A-Za-z0-9_./*\\-]+")
 
 
 def check_content(content):
-    """Reject content that could reach beyond its own table before nft sees it.
+    """Refuse content that could reach beyond its own table, reading it the way nft's scanner does.
 
-    The body goes between ``table F N {`` and ``}``: an unbalanced ``}`` would end the table early
-    and let the rest of the text act on other tables (``flush ruleset`` ...), and ``include`` would
-    pull in text nobody reviewed. Strings ("...") and comments (# to end of line) are skipped.
+    The body goes between ``table F N {`` and ``}``: a ``}`` that closes the table would let the rest
+    of the text run as top-level commands (``flush ruleset`` ...), and ``include`` pulls in text
+    nobody reviewed. nft reads a quoted string from ``"`` to the next ``"`` (newlines included, no
+    escapes), a comment from ``#`` to the next newline, and only a newline ends a line - so any
+    other line break or control character is refused outright (Python's own line splitting knows
+    more separators than nft does), and braces are counted outside strings and comments only.
     """
-    depth, in_string, in_comment = 0, False, False
-    for line_number, line in enumerate(content.splitlines(), 1):
-        in_comment = False
-        if re.match(r"\s*include\b", line) and not in_string:
-            raise KubeIpvsError(f"content line {line_number}: include is not allowed, give the statements themselves")
-        for char in line:
-            if in_comment:
-                break
-            if in_string:
-                in_string = char != '"'
-            elif char == '"':
-                in_string = True
-            elif char == "#":
-                in_comment = True
-            elif char == "{":
-                depth += 1
-            elif char == "}":
-                depth -= 1
-                if depth < 0:
-                    raise KubeIpvsError(f"content line {line_number}: '}}' closes the table itself; the content is "
-                                        "the body of the table only")
-    if in_string:
-        raise KubeIpvsError("content: a string (\") is not closed")
+    check_text(content, "content", allow="\n\t")
+    depth, line_number, index, length = 0, 1, 0, len(content)
+    while index < length:
+        char = content[index]
+        if char == "\n":
+            line_number += 1
+        elif char == '"':
+            end = content.find('"', index + 1)
+            if end < 0:
+                raise KubeIpvsError(f"content line {line_number}: a string (\") is not closed")
+            line_number += content.count("\n", index, end)
+            index = end
+        elif char == "#":
+            end = content.find("\n", index)
+            index = length if end < 0 else end
+            continue
+        elif char == "{":
+            depth += 1
+        elif char == "}":
+            depth -= 1
+            if depth < 0:
+                raise KubeIpvsError(f"content line {line_number}: '}}' closes the table itself; the content is "
+                                    "the body of the table only")
+        else:
+            word = _WORD.match(content, index)
+            if word:
+                if "include" in word.group():
+                    raise KubeIpvsError(f"content line {line_number}: include is not allowed, give the statements "
+                                        "themselves")
+                index = word.end()
+                continue
+        index += 1
     if depth:
         raise KubeIpvsError(f"content: {depth} '{{' not closed")
 

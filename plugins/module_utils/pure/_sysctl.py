@@ -11,6 +11,7 @@ import re
 
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._files import OWNED_HEADER
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._text import SYSCTL_KEY_PART, check_text
 
 # Keys that exist only once a module is loaded. systemd-sysctl silently skips them at boot
 # unless systemd-modules-load (which runs first) loads the module.
@@ -25,19 +26,20 @@ MODULE_DEPENDENT_KEYS = (
 DEFAULT_SYSCTL_FILE = "/etc/sysctl.d/90-kubeipvs-node.conf"
 
 
-KEY_PART = re.compile(r"^[A-Za-z0-9_.:@+-]+$")
-
-
-INTEGER = re.compile(r"^-?[0-9]+$")
+INTEGER = re.compile(r"-?[0-9]+")
 
 
 def key_parts(key):
     """Path components of a key: dots separate them, unless the key uses ``/`` (then dots are
     literal, as in ``net/ipv4/conf/eth0.100/rp_filter``), like sysctl(8)."""
-    key = key.strip()
-    parts = key.split("/") if "/" in key else key.split(".")
-    if not key or not all(part and KEY_PART.match(part) and part not in (".", "..") for part in parts):
+    if not isinstance(key, str) or not key.strip(" "):
         raise KubeIpvsError(f"sysctl key {key!r} is not valid (dotted name such as net.ipv4.ip_forward)")
+    key = key.strip(" ")
+    parts = key.split("/") if "/" in key else key.split(".")
+    # a leading '-' means "ignore a failure" to systemd-sysctl: no key of the kernel starts with one
+    if key.startswith("-") or not all(SYSCTL_KEY_PART.matches(part) for part in parts):
+        raise KubeIpvsError(f"sysctl key {key!r} is not valid (dotted name such as net.ipv4.ip_forward; "
+                            f"{SYSCTL_KEY_PART.description}, no control characters)")
     return parts
 
 
@@ -54,13 +56,21 @@ def required_module(key):
     return None
 
 
-def value_text(value):
-    """A wanted value as text: YAML booleans are 1/0, lists are space-separated vectors."""
+def value_text(value, key="value"):
+    """A wanted value as text: YAML booleans are 1/0, lists are space-separated vectors; integers and
+    strings as they are. Anything else (a mapping, a float, None) and any control character fail."""
     if isinstance(value, bool):
         return "1" if value else "0"
     if isinstance(value, (list, tuple)):
-        return " ".join(value_text(item) for item in value)
-    return " ".join(str(value).split())
+        if any(isinstance(item, (list, tuple)) for item in value):
+            raise KubeIpvsError(f"sysctl {key}: a list value holds integers or strings, not lists", key=key)
+        return " ".join(value_text(item, key) for item in value)
+    if isinstance(value, int):
+        return str(value)
+    if not isinstance(value, str):
+        raise KubeIpvsError(f"sysctl {key}: the value must be an integer, a string or a list of them, not "
+                            f"{value!r}"[:300], key=key)
+    return " ".join(check_text(value, f"sysctl {key}", allow="\t").split())
 
 
 def kernel_text(text):
@@ -70,7 +80,7 @@ def kernel_text(text):
 
 def is_numeric(text):
     fields = text.split()
-    return bool(fields) and all(INTEGER.match(field) for field in fields)
+    return bool(fields) and all(INTEGER.fullmatch(field) for field in fields)
 
 
 def normalise_value(key, wanted, current):
@@ -79,13 +89,13 @@ def normalise_value(key, wanted, current):
     A key whose current value is integers (one or a vector) only takes integers, as many as it
     prints; anything else fails before any change.
     """
-    text = value_text(wanted)
+    text = value_text(wanted, key)
     if not text:
         raise KubeIpvsError(f"sysctl {key}: the value must not be empty")
     if current is None or not is_numeric(current):
         return text
     fields = text.split()
-    if not all(INTEGER.match(field) for field in fields):
+    if not all(INTEGER.fullmatch(field) for field in fields):
         raise KubeIpvsError(
             f"sysctl {key} is numeric (the kernel prints {current!r}) but the value {wanted!r} is not an integer",
             key=key,

@@ -144,3 +144,36 @@ def test_bad_input_changes_nothing(root, args, message):
     assert caught.value.msg.startswith(message)
     assert (root / "proc/modules").read_text() == ""
     assert not (root / "etc").exists()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ({"hashsize": 2 ** 28}, "hashsize must be at most 268435455"),
+    ({"max": 2 ** 31}, "max must be at most 2147483647"),
+    ({"tcp_timeout_established": 2147484}, "tcp_timeout_established must be at most 2147483"),
+    ({"tcp_timeout_close_wait": 10 ** 12}, "tcp_timeout_close_wait must be at most 2147483"),
+    ({"max_per_core": 2 ** 31 - 1}, "above nf_conntrack_max's limit"),
+])
+def test_absurd_sizes_are_refused_in_check_mode_too(root, monkeypatch, args, message):
+    monkeypatch.setattr(conntrack, "cpu_count", lambda: 2)  # max_per_core x CPUs overflows from two CPUs on
+    for check_mode in (True, False):
+        with pytest.raises(KubeIpvsError, match=message):
+            run(root, check_mode=check_mode, **args)
+    assert (root / "proc/modules").read_text() == "" and not (root / "etc").exists()
+
+
+def test_a_refused_value_puts_back_the_hash_size_and_values_written_before_it(root, monkeypatch):
+    load_nf_conntrack(root, 16384)
+    real_write = conntrack.Sysctl.write
+
+    def refusing(self, key, text):
+        if key.endswith("close_wait"):
+            raise KubeIpvsError(f"cannot set sysctl {key} to {text!r}: Invalid argument", key=key)
+        real_write(self, key, text)
+
+    monkeypatch.setattr(conntrack.Sysctl, "write", refusing)
+    with pytest.raises(KubeIpvsError, match="this call's changes were undone"):
+        run(root, max=400000, tcp_timeout_close_wait=7200)
+    assert (root / HASHSIZE).read_text() == "16384\n"
+    assert (root / NETFILTER / "nf_conntrack_max").read_text() == "65536\n"
+    assert (root / NETFILTER / "nf_conntrack_tcp_timeout_established").read_text() == "432000\n"
+    assert not (root / "etc").exists()

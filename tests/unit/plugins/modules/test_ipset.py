@@ -209,3 +209,59 @@ def test_a_refused_line_names_its_set_and_what_was_applied_before_it():
     )
     with pytest.raises(KubeIpvsError, match=r"set D failed \(create\).*changes to C .* were applied"):
         ipset_module.ensure_sets(module)
+
+
+class FailingRestore(IpsetTools):
+    """The first ``ipset restore`` stops at ``line`` with ``error``; later ones (the rollback) succeed."""
+
+    def __init__(self, outputs, line, error="Hash is full, cannot add more elements"):
+        super().__init__(outputs)
+        self.failure = (1, "", f"ipset v7.17: Error in line {line}: {error}")
+
+    def answer(self, argv, data):
+        if argv[0].endswith("ipset") and argv[1] == "restore" and self.failure:
+            failure, self.failure = self.failure, None
+            return failure
+        return super().answer(argv, data)
+
+
+def test_a_refusal_rolls_back_every_set_changed_before_it():
+    tools = FailingRestore({"save": (0, ALL_SAVED, "")}, line=3)
+    module = build(ipset_module, tools, sets=[spec("A", type="hash:ip,port", members=["10.0.0.2,80"]),
+                                              spec("C", type="hash:ip", members=["10.0.0.9"])])
+    with pytest.raises(KubeIpvsError, match=r"set C failed .*rolled back, nothing changed"):
+        ipset_module.ensure_sets(module)
+    restores = [data for argv, data in module.commands if argv[0] == "restore"]
+    assert restores[0].splitlines() == ["add A 10.0.0.2,tcp:80", "create C hash:ip family inet hashsize 1024 "
+                                        "maxelem 65536", "add C 10.0.0.9"]
+    # line 3 (add C ...) was refused: C goes again, A loses the member it gained
+    assert restores[1].splitlines() == ["destroy C", "del A 10.0.0.2,tcp:80"]
+
+
+def test_a_set_still_counted_by_the_kernel_is_never_destroyed():
+    listing = "Name: A\nType: hash:ip,port\nReferences: 1\n"
+    module = bulk(outputs={"save": (0, ALL_SAVED, ""), "list": (0, listing, "")},
+                  sets=[spec("C", type="hash:ip"), spec("A", state="absent")])
+    with pytest.raises(KubeIpvsError, match="cannot destroy set A: the kernel counts 1 reference"):
+        ipset_module.ensure_sets(module)
+    assert not any(argv[0] == "restore" for argv, _data in module.commands)
+
+
+def test_an_option_the_kernel_refuses_in_the_scratch_namespace_changes_nothing():
+    class WithUnshare(IpsetTools):
+        def __init__(self):
+            super().__init__({"save": (0, ALL_SAVED, "")})
+            self.installed.add("unshare")
+
+        def answer(self, argv, data):
+            if argv[0].endswith("unshare"):
+                return 1, "", "ipset v7.17: Error in line 1: Kernel error received: Cannot allocate memory"
+            return super().answer(argv, data)
+
+    tools = WithUnshare()
+    module = build(ipset_module, tools, check_mode=True, sets=[spec("C", type="hash:ip", hashsize=2 ** 30)])
+    with pytest.raises(KubeIpvsError, match=r"scratch network namespace.*Cannot allocate memory"):
+        ipset_module.ensure_sets(module)
+    scratch = [(argv, data) for argv, data in module.commands if argv[0].endswith("unshare")]
+    assert scratch == [(["/usr/sbin/unshare", "--net", "--", "/usr/sbin/ipset", "restore"],
+                        "create C hash:ip family inet hashsize 1073741824 maxelem 65536\n")]

@@ -250,3 +250,44 @@ def test_stand_in_sets_match_the_rule_dimension_and_family():
     assert dimensions == {"LB": 3, "IPS": 1, "PORTS": 2}
     assert iptables_lib.stand_in_set_line("LB", 3, "ipv6") == "create LB hash:ip,port,ip family inet6"
     assert iptables_lib.stand_in_set_line("IPS", 1, "ipv4") == "create IPS hash:ip family inet"
+
+
+@pytest.mark.parametrize(("rules", "message"), [
+    (["-s 192.0.2.7\x00 -j DROP"], "control character"),
+    (["-j RETURN\n-F FOREIGN"], "control character"),
+    (["-j MARK --set-mark zz"], "a mark is a number"),
+    (["-j MARK --or-mark -1"], "a mark is a number"),
+    (["-j MARK --set-xmark 0x4000/0x1ffffffff"], "a mark is a number"),
+    (["-m mark --mark -1 -j RETURN"], "a mark is a number"),
+    (["-m set --match-set -exist src -j RETURN"], "--match-set"),
+    (["-s fe80::1%eth0 -j RETURN"], "scope"),
+])
+def test_hostile_rules_fail_before_any_command(tmp_path, rules, message):
+    module = iptables_task(tmp_path, outputs={"iptables-nft-save": (0, SAVED, "")}, chain="KUBE-X", rules=rules)
+    with pytest.raises(KubeIpvsError, match=message):
+        iptables_chain.ensure_chains(module)
+    assert tools(module) == []
+
+
+@pytest.mark.parametrize("params", [
+    {"chain": "KUBE-X\n"}, {"chain": "-X"}, {"chain": "KUBE X"},
+    {"chain": "KUBE-X", "jumps": [{"chain": "POSTROUTING", "args": "-j\x00"}]},
+    {"chain": "KUBE-X", "jumps": [{"chain": "POSTROUTING", "comment": "a\nCOMMIT"}]},
+])
+def test_hostile_names_and_jumps_fail_before_any_command(tmp_path, params):
+    module = iptables_task(tmp_path, outputs={"iptables-nft-save": (0, SAVED, "")}, **params)
+    with pytest.raises(KubeIpvsError):
+        iptables_chain.ensure_chains(module)
+    assert tools(module) == []
+
+
+def test_without_unshare_nothing_unvalidated_reaches_the_node(tmp_path):
+    class NoUnshare(IptablesTools):
+        def get_bin_path(self, name, required=False, opt_dirs=None):
+            return None if name == "unshare" else super().get_bin_path(name, required, opt_dirs)
+
+    module = iptables_task(tmp_path, node=NoUnshare({"iptables-nft-save": (0, SAVED, "")}), chain="KUBE-X",
+                           rules=["-j RETURN"])
+    with pytest.raises(KubeIpvsError, match=r"unshare tool .* is needed"):
+        iptables_chain.ensure_chains(module)
+    assert tools(module) == ["iptables-nft-save"]

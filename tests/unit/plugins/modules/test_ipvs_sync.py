@@ -152,3 +152,41 @@ def test_changes_the_kernel_refuses_fail_the_task_naming_them_and_the_others_sta
     kernel.refusing.clear()
     again = run_main(ipvs_sync, capsys, services=SERVICES, scope=SCOPE)
     assert again["changes"] == [refused]
+
+
+@pytest.mark.parametrize("text", [
+    '[{"address": "10.96.0.1", "port": 1e400}]',
+    '[{"address": "10.96.0.1", "port": Infinity}]',
+    '[{"address": "10.96.0.1", "port": NaN}]',
+    '[{"address": "10.96.0.1", "port": 80, "real_servers": [{"address": "10.0.0.1", "weight": -Infinity}]}]',
+    '[{"address": "10.96.0.1", "port": 80, "protocol": ["tcp"]}]',
+    '[{"address": "10.96.0.1", "port": 80, "family": {"a": 1}}]',
+    '[{"address": "10.96.0.1", "port": 80, "scheduler_flags": 5}]',
+    '[{"address": "10.96.0.1", "port": 80, "scheduler_flags": [["sh-port"]]}]',
+    '[{"address": "10.96.0.1", "port": 80, "netmask": "\\u00b2"}]',
+    '[{"address": "10.96.0.1\\u0000", "port": 80}]',
+    '[{"address": "10.96.0.1", "port": 80, "real_servers": [{"address": "10.0.0.1", "forwarding": []}]}]',
+    '[{"address": "10.96.0.1", "port": 80, "state": {}}]',
+    "[" * 100000 + "]" * 100000,
+    "services:\n  - address: 10.96.0.1\n    port: 80\n    1: 2\n    colour: red\n",
+])
+def test_hostile_services_files_fail_cleanly_before_any_change(kernel, capsys, tmp_path, text):
+    path = tmp_path / "services.json"
+    path.write_text(text)
+    result = run_main(ipvs_sync, capsys, services_file=str(path), scope=SCOPE)
+    assert result["failed"] is True and "Traceback" not in result.get("module_stderr", ""), result
+    assert "exception" not in result, result["exception"]
+    assert kernel.applied == [] and kernel.reads == 0
+
+
+@pytest.mark.parametrize(("scope", "message"), [
+    ({"dummy_interface": "kube-ipvs0\n"}, "not a valid interface name"),
+    ({"dummy_interface": "a/b"}, "not a valid interface name"),
+    ({"cidrs": ["fe80::%eth0/64"]}, "scope"),
+    ({"fwmarks": [0]}, "scope.fwmarks"),
+    ({"fwmarks": [2 ** 32]}, "scope.fwmarks"),
+])
+def test_hostile_scope_values_fail_before_anything_is_read(kernel, capsys, scope, message):
+    result = run_main(ipvs_sync, capsys, services=SERVICES, scope=scope)
+    assert result["failed"] is True and message in result["msg"], result
+    assert kernel.reads == 0

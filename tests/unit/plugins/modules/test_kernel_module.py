@@ -124,3 +124,49 @@ def test_bad_input_fails_before_any_change(root, args, message):
     assert message in caught.value.msg
     assert (root / "proc/modules").read_text() == ""
     assert not (root / LOAD).exists()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ({"name": ["ip_vs\n"]}, "control character"),
+    ({"name": ["ip_vs; rm"]}, "not a kernel module name"),
+    ({"name": ["ip_vs"], "params": {"conn_tab_bits\n": 18}}, "parameter name"),
+    ({"name": ["ip_vs"], "params": {"conn_tab_bits": "18 x=1"}}, "non-empty without spaces"),
+    ({"name": ["ip_vs"], "params": {"conn_tab_bits": "1\x00"}}, "non-empty without spaces"),
+    ({"name": ["ip_vs"], "params": {"conn_tab_bits": 1.5}}, "a string, an integer or a boolean"),
+    ({"name": ["ip_vs"], "params": {"conn_tab_bits": {"a": 1}}}, "a string, an integer or a boolean"),
+    ({"name": ["ip_vs"], "modules_load_file": "/etc/modules-load.d/x\ny.conf"}, "must be a .conf file"),
+    ({"name": ["ip_vs"], "modprobe_file": "/etc/modprobe.d/-x.conf"}, "must be a .conf file"),
+])
+def test_hostile_names_and_parameters_change_nothing(root, args, message):
+    with pytest.raises(KubeIpvsError, match=message):
+        run(root, **args)
+    assert (root / "proc/modules").read_text() == "" and not (root / "etc").exists()
+
+
+def test_a_module_that_fails_to_load_unloads_the_ones_this_call_loaded(root):
+    def run_failing(argv):
+        return (1, "", "modprobe: FATAL: Module ip_vs_rr not found") if argv[2] == "ip_vs_rr" else None
+
+    commands = []
+
+    def fake_run_command(argv, data=None, binary_data=False, environ_update=None):
+        commands.append(argv)
+        failed = run_failing(argv)
+        if failed:
+            return failed
+        proc = root / "proc/modules"
+        if argv[0] == "modprobe":
+            proc.write_text(proc.read_text() + f"{argv[2]} 1 0 - Live 0x0\n")
+        else:
+            proc.write_text("".join(line + "\n" for line in proc.read_text().splitlines()
+                                    if line.split()[0] != argv[2]))
+        return 0, "", ""
+
+    with patch_module_args({"name": ["ip_vs", "ip_vs_rr"], "_ansible_check_mode": False}):
+        module = kernel_module.build_module()
+    module.run_command = fake_run_command
+    module.get_bin_path = lambda name, required=False: name
+    with pytest.raises(KubeIpvsError, match=r"FATAL.*this call.s changes were undone"):
+        kernel_module.ensure_kernel_modules(module, root=str(root))
+    assert commands == [["modprobe", "--", "ip_vs"], ["modprobe", "--", "ip_vs_rr"], ["rmmod", "--", "ip_vs"]]
+    assert (root / "proc/modules").read_text() == "" and not (root / LOAD).exists()

@@ -11,7 +11,7 @@ import json
 
 import pytest
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
-from ansible_collections.kubeipvs.node.plugins.module_utils.node._nftables import SCRATCH_SEPARATOR
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._nftables import CANARY_TOUCHED, SCRATCH_SEPARATOR
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._nftables import (
     canonical_table,
     check_content,
@@ -213,3 +213,57 @@ def test_listing_comments():
             '\t\tcomment "helper"\n\t\treject\n\t}\n\tchain services {\n\t\tip daddr 1.2.3.4 drop comment "r"\n'
             '\t}\n}\n')
     assert listing_comments(text) == {"table": "rules for kube-proxy", "chain reject-chain": "helper"}
+
+
+@pytest.mark.parametrize("content, message", [
+    # Python's splitlines() breaks at these, nft does not: a comment runs on to the next "\n" only.
+    ("chain a {\n}\n# x\r}\nflush ruleset\ntable ip demo {\n", "control character"),
+    ("chain a {\n}\n# x\x0b}\nflush ruleset\ntable ip demo {\n", "control character"),
+    ("chain a {\n}\n# x\u2028}\nflush ruleset\ntable ip demo {\n", "control character"),
+    ("chain a {\n}\n# x\x1c}\n", "control character"),
+    ("chain a { }\x00\n", "control character"),
+    # include anywhere, not only at the start of a line
+    ('chain a { } ; include "/etc/nftables.conf"\n', "include"),
+    ('chain a { } 1include "/etc/nftables.conf"\n', "include"),
+    # a quoted string runs over newlines, so a brace after it is code
+    ('chain a {\n\tcomment "x\n"\n}\n}\nflush ruleset\ntable ip demo {\n', "closes the table"),
+    ('chain a { comment "} # {" ; }\n}', "closes the table"),
+    ("#{\n}\n", "closes the table"),
+    (5, "expected a string"),
+])
+def test_content_is_read_the_way_nft_reads_it(content, message):
+    module = nft_task(content=content) if isinstance(content, str) else None
+    with pytest.raises(KubeIpvsError, match=message):
+        check_content(content)
+    if module is not None:
+        with pytest.raises(KubeIpvsError, match=message):
+            nftables_table.nftables_table(module)
+        assert module.calls == []
+
+
+@pytest.mark.parametrize("content", [
+    'chain a {\n\tcomment "include {"\n\t# include }\n}\n',
+    "chain inbound {\n}\n",
+    "set s {\n\ttype ipv4_addr\n\telements = { 192.0.2.1 } # }}}\n}\n",
+    'chain a {\n\tcomment "a\nb"\n}\n',
+    "",
+])
+def test_content_nft_takes_as_one_table_body_passes(content):
+    check_content(content)
+
+
+@pytest.mark.parametrize("name", ["demo\n", "demo\x00", "de mo", "x" * 257, "-x"])
+def test_table_names_are_whole_nft_identifiers(name):
+    module = nft_task(name=name)
+    with pytest.raises(KubeIpvsError, match=r"not an nftables table name|control character"):
+        nftables_table.nftables_table(module)
+    assert module.calls == []
+
+
+def test_content_that_changes_other_tables_in_the_scratch_namespace_is_refused():
+    # The scratch script's canary tables changed: the content reached beyond its table even though
+    # the content check let it through (the exit status the script gives then).
+    module = nft_task(live=listing(), scratch=(CANARY_TOUCHED, ""))
+    with pytest.raises(KubeIpvsError, match="changed other tables"):
+        nftables_table.nftables_table(module)
+    assert module.writes() == []

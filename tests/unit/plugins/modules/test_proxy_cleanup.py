@@ -248,3 +248,20 @@ def test_unreadable_ipvs_is_unknown_for_facts_and_fatal_for_ipvs_cleanup(kernel,
     assert facts_module.warnings and "IPVS" in facts_module.warnings[0]
     with pytest.raises(KubeIpvsError):
         proxy_cleanup.cleanup(cleanup_task(mode="ipvs"))
+
+
+def test_a_link_of_the_owned_name_that_is_not_dummy_is_never_deleted_nor_owns_services(monkeypatch, tmp_path):
+    (tmp_path / "proc" / "net").mkdir(parents=True)
+    (tmp_path / "proc" / "net" / "ip_vs").write_text("")
+    on_bridge = Service(IPV4, PROTO_TCP, "192.0.2.60", 80)
+    fake = FakeIpvsKernel([*OWNED, on_bridge])
+    links = FakeLinkKernel({"kube-ipvs0": ("bridge", {"192.0.2.60": (IPV4, 32)})})
+    monkeypatch.setattr(proxy_cleanup, "IpvsKernel", lambda: fake)
+    monkeypatch.setattr(proxy_cleanup, "LinkKernel", lambda: links)
+    monkeypatch.setattr(proxy_cleanup, "NodeReader", functools.partial(_dataplane_node.NodeReader,
+                                                                       proc_root=str(tmp_path)))
+    module = cleanup_task(mode="ipvs")
+    result = proxy_cleanup.cleanup(module)
+    assert result["removed"]["links"] == [] and not any(call[0] == "delete_link" for call in links.calls)
+    assert on_bridge.key in fake.table, "a service on the bridge's address was taken for kube-proxy's"
+    assert any("not dummy" in warning for warning in module.warnings)

@@ -171,3 +171,78 @@ def test_absent_removes_the_file_only(root):
     assert live(root, "net/ipv4/ip_forward") == "1\n"
     again, _commands = run(root, state="absent")
     assert not again["changed"]
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"net.ipv4.ip_forward\n": 1}, "is not valid"),
+    ({"net.ipv4\n.ip_forward": 1}, "is not valid"),
+    ({"net.ipv4.ip_forward": "1\x00"}, "control character"),
+    ({"net.ipv4.ip_forward": {"a": 1}}, "must be an integer, a string or a list"),
+    ({"net.ipv4.ip_forward": 1.5}, "must be an integer, a string or a list"),
+    ({"net.ipv4.ip_forward": float("inf")}, "must be an integer, a string or a list"),
+    ({"net.ipv4.ip_local_port_range": [[1], 2]}, "not lists"),
+])
+def test_hostile_keys_and_values_change_nothing(root, settings, message):
+    with pytest.raises(KubeIpvsError, match=message):
+        run(root, settings=settings)
+    assert live(root, "net/ipv4/ip_forward") == "0\n"
+    assert not (root / DROPIN).exists()
+
+
+@pytest.mark.parametrize("file", ["/etc/sysctl.d/a\nb.conf", "/etc/sysctl.d/-x.conf", "/etc/sysctl.d/.conf",
+                                  "/etc/sysctl.d/x.conf\n"])
+def test_hostile_drop_in_names_change_nothing(root, file):
+    with pytest.raises(KubeIpvsError, match=r"must be a \.conf file directly under"):
+        run(root, settings={"net.ipv4.ip_forward": 1}, file=file)
+    assert live(root, "net/ipv4/ip_forward") == "0\n"
+
+
+def test_a_value_the_kernel_refuses_undoes_the_values_written_before_it(root, monkeypatch):
+    real_write = sysctl.Sysctl.write
+
+    def refusing(self, key, text):
+        if key == "net.ipv4.ip_local_port_range":
+            raise KubeIpvsError(f"cannot set sysctl {key} to {text!r}: Invalid argument", key=key)
+        real_write(self, key, text)
+
+    monkeypatch.setattr(sysctl.Sysctl, "write", refusing)
+    with pytest.raises(KubeIpvsError, match=r"Invalid argument; this call's changes were undone \(sysctl "
+                                            r"net\.ipv4\.ip_forward"):
+        run(root, settings={"net.ipv4.ip_forward": 1, "net.ipv4.ip_local_port_range": "1024 65000"})
+    assert live(root, "net/ipv4/ip_forward") == "0\n"
+    assert not (root / DROPIN).exists()
+
+
+def test_modules_loaded_for_keys_that_then_fail_are_unloaded_again(root, monkeypatch):
+    real_write = sysctl.Sysctl.write
+
+    def refusing(self, key, text):
+        if key == "net.ipv4.vs.conntrack":
+            raise KubeIpvsError(f"cannot set sysctl {key}: Invalid argument", key=key)
+        real_write(self, key, text)
+
+    monkeypatch.setattr(sysctl.Sysctl, "write", refusing)
+    commands = []
+
+    def fake_run_command(argv, data=None, binary_data=False, environ_update=None):
+        commands.append(argv)
+        modules = root / "proc/modules"
+        if argv[0] == "rmmod":
+            modules.write_text("".join(line + "\n" for line in modules.read_text().splitlines()
+                                       if not line.startswith(argv[2] + " ")))
+            return 0, "", ""
+        modules.write_text(modules.read_text() + f"{argv[2]} 1 0 - Live 0x0\n")
+        for path, value in MODULE_KEYS[argv[2]].items():
+            (root / "proc/sys" / path).parent.mkdir(parents=True, exist_ok=True)
+            (root / "proc/sys" / path).write_text(value + "\n")
+        return 0, "", ""
+
+    with patch_module_args({"settings": {"net.ipv4.vs.conntrack": 1}, "require_modules": True,
+                            "_ansible_check_mode": False, "_ansible_diff": True}):
+        module = sysctl.build_module()
+    module.run_command = fake_run_command
+    module.get_bin_path = lambda name, required=False: name
+    with pytest.raises(KubeIpvsError, match="kernel modules loaded"):
+        sysctl.ensure_sysctl(module, root=str(root))
+    assert commands == [["modprobe", "--", "ip_vs"], ["rmmod", "--", "ip_vs"]]
+    assert (root / "proc/modules").read_text() == "" and not (root / LOAD).exists()

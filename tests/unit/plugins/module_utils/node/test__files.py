@@ -12,6 +12,7 @@ from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeI
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._files import (
     apply_file,
     plan_file,
+    read_text,
     write_existing,
 )
 
@@ -88,3 +89,10 @@ def test_write_existing_never_creates(tmp_path):
     (tmp_path / "key").write_text("123456\n")
     write_existing(str(tmp_path / "key"), "7")
     assert (tmp_path / "key").read_text() == "7\n"
+
+
+def test_a_file_that_is_not_text_is_a_clean_error(tmp_path):
+    path = tmp_path / "members"
+    path.write_bytes(b"10.0.0.1\n\xff\xfe\x00binary")
+    with pytest.raises(KubeIpvsError, match="not UTF-8 text"):
+        read_text(str(path))

@@ -9,6 +9,7 @@ import socket
 import sys
 
 import pytest
+from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
 from ansible_collections.kubeipvs.node.plugins.module_utils.node import _links
 from ansible_collections.kubeipvs.node.plugins.module_utils.node import _netlink as nl
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._links import LinkKernel
@@ -59,3 +60,29 @@ def test_addresses_parses_only_the_links_own():
                                      addr_row(V6, 128, 5, "fd00::1"), addr_row(V4, 24, 2, "10.0.2.15")])
     links.sock.seq = 0
     assert links.addresses(Link("kube-ipvs0", 5, "dummy", 0x82)) == {"10.96.0.1": (V4, 32), "fd00::1": (V6, 128)}
+
+
+class ScriptedTransact:
+    """``transact`` answering the first batch with ``refused`` (tags whose message fails), then none."""
+
+    def __init__(self, refused):
+        self.refused = refused
+        self.batches = []
+
+    def transact(self, requests):
+        requests = list(requests)
+        self.batches.append([(tag, msg_type) for tag, msg_type, _flags, _body in requests])
+        if len(self.batches) == 1:
+            return [(tag, 22) for tag, _type, _flags, _body in requests if tag[2] in self.refused]
+        return []
+
+
+def test_a_refused_address_change_undoes_the_ones_the_kernel_made():
+    links = LinkKernel.__new__(LinkKernel)
+    links.sock = ScriptedTransact(refused={"10.96.0.3"})
+    link = Link("kube-ipvs0", 5, "dummy", 0x82)
+    refused = r"refused 1 of 3 .*add 10\.96\.0\.3: errno 22; the other changes were undone"
+    with pytest.raises(KubeIpvsError, match=refused):
+        links.change_addresses(link, [(V4, "10.96.0.2"), (V4, "10.96.0.3")], [(V4, "10.96.0.1", 32)])
+    assert links.sock.batches[1] == [(("remove", V4, "10.96.0.1", 32), _links.RTM_NEWADDR),
+                                     (("add", V4, "10.96.0.2", 32), _links.RTM_DELADDR)]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
-from ansible_collections.kubeipvs.node.plugins.module_utils.node._sysctl import Sysctl
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._sysctl import Sysctl, probe_in_scratch
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._sysctl import (
     missing_keys,
     plan_live,
@@ -115,3 +115,41 @@ def test_shadowing_warns_about_later_files(tmp_path, files, warned):
     write(tmp_path, own, "net.ipv4.ip_forward = 1\n")
     warnings = Sysctl(str(tmp_path)).shadowing(own, {"net.ipv4.ip_forward": "1"})
     assert [w.split(" ")[0] for w in warnings] == warned
+
+
+class ProbeCommands:
+    """``which`` and ``run`` of node/_commands.Commands; the scratch namespace answers ``answer``."""
+
+    def __init__(self, answer, installed=("unshare",)):
+        self.answer = answer
+        self.installed = installed
+        self.calls = []
+
+    def which(self, name):
+        return f"/usr/bin/{name}" if name in self.installed else None
+
+    def run(self, argv, data=None):
+        self.calls.append(argv)
+        return 0, self.answer, ""
+
+
+def test_a_value_the_scratch_namespace_refuses_or_clamps_fails_before_the_node_is_touched():
+    commands = ProbeCommands("errno 22\nok 5\nerrno 13\n")
+    writes = {"net.ipv4.ip_local_port_range": "9 8", "net.core.somaxconn": "4", "net.ipv4.tcp_mem": "1 2 3",
+              "kernel.pid_max": "7"}
+    with pytest.raises(KubeIpvsError) as caught:
+        probe_in_scratch(commands, "/usr/bin/python3", writes)
+    assert caught.value.details["problems"] == [
+        "sysctl net.ipv4.ip_local_port_range = '9 8': Invalid argument",
+        "sysctl net.core.somaxconn = '4': the kernel keeps '5' instead"]
+    argv = commands.calls[0]
+    assert argv[:5] == ["/usr/bin/unshare", "--net", "--", "/usr/bin/python3", "-c"]
+    # only per-namespace keys are tried; a permission error proves nothing
+    assert argv[6:] == ["/proc/sys/net/ipv4/ip_local_port_range", "9 8", "/proc/sys/net/core/somaxconn", "4",
+                        "/proc/sys/net/ipv4/tcp_mem", "1 2 3"]
+
+
+def test_without_unshare_the_probe_is_left_to_the_write_and_its_undo():
+    commands = ProbeCommands("errno 22\n", installed=())
+    probe_in_scratch(commands, "/usr/bin/python3", {"net.ipv4.ip_forward": "7"})
+    assert commands.calls == []

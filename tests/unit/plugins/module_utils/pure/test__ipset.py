@@ -262,3 +262,110 @@ def test_batch_locates_the_set_of_a_refused_line():
     assert batch.locate(4) is None
     assert ipset.failed_line("ipset v7.17: Error in line 12: Element cannot be added") == 12
     assert ipset.duplicate_names(["A", "B", "A", "C", "B", "A"]) == ["A", "B"]
+
+
+# Issue: bad input never runs a command, destroys what exists or half-applies.
+
+HOSTILE_ENTRIES = [
+    # an interface part with a newline carried further restore commands
+    ("10.0.0.0/8,eth0\nflush FOREIGN", "hash:net,iface", "control character"),
+    ("10.0.0.0/8,eth0 timeout 5", "hash:net,iface", "not an interface name"),
+    ("10.0.0.0/8,a:b", "hash:net,iface", "not an interface name"),
+    ("10.0.0.0/8,0123456789abcdef", "hash:net,iface", "not an interface name"),
+    ("10.0.0.0/8,physdev:", "hash:net,iface", "not an interface name"),
+    ("10.0.0.1,80\n", "hash:ip,port", "control character"),
+    ("10.0.0.1\n", "hash:ip", "control character"),
+    ("10.0.0.1,-1", "hash:ip,mark", "not a mark"),
+    ("10.0.0.1,0x100000000", "hash:ip,mark", "not a mark"),
+    ("10.0.0.1,zz", "hash:ip,mark", "not a mark"),
+    ("fe80::1%eth0", "hash:ip", "not an IP address"),
+    ("²", "bitmap:port", "not a port number"),
+    ("10.0.0.1 nomatch", "hash:ip", "not an IP address"),
+]
+
+
+@pytest.mark.parametrize(("entry", "set_type", "message"), HOSTILE_ENTRIES)
+def test_hostile_entries_are_refused(entry, set_type, message):
+    family = IPV6 if "fe80" in entry else IPV4
+    with pytest.raises(KubeIpvsError, match=message):
+        ipset.normalise_entries([entry], set_type, family, (0, 65535) if set_type == "bitmap:port" else None)
+
+
+def test_interface_members_keep_their_physdev_prefix():
+    assert ipset.normalise_entry("10.0.0.5/8,physdev:eth0", "hash:net,iface") == "10.0.0.0/8,physdev:eth0"
+    assert ipset.normalise_entry("10.0.0.0/8, kube-ipvs0", "hash:net,iface") == "10.0.0.0/8,kube-ipvs0"
+
+
+@pytest.mark.parametrize(("hashsize", "maxelem", "timeout", "message"), [
+    (0, 65536, None, "hashsize"), (-5, 65536, None, "hashsize"), (1024, 0, None, "maxelem"),
+    (1024, 2 ** 32, None, "maxelem"), (1024, 65536, -1, "timeout"), (1024, 65536, 2147484, "timeout"),
+    (2 ** 31 + 1, 65536, None, "hashsize"),
+])
+def test_options_are_never_silently_defaulted(hashsize, maxelem, timeout, message):
+    with pytest.raises(KubeIpvsError, match=message):
+        ipset.desired_header("hash:ip", IPV4, hashsize, maxelem, None, False, timeout)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("10.0.0.10-10.0.0.1", "above"), ("2001:db8::1-2001:db8::5", "IPv4"), ("10.0.0.0/8", "more than 65536"),
+    ("10.0.0.1-10.0.0.5\n", "control character"), ("30-²", "FROM-TO"),
+])
+def test_bitmap_ranges_are_whole_and_ascending(text, message):
+    set_type = "bitmap:port" if "²" in text else "bitmap:ip"
+    with pytest.raises(KubeIpvsError, match=message):
+        ipset.parse_range(text, set_type)
+
+
+@pytest.mark.parametrize("name", ["-exist", "a b", "S\n", "x" * 32, "", "a\"b"])
+def test_set_names_are_one_word_that_is_not_an_option(name):
+    with pytest.raises(KubeIpvsError, match="set name"):
+        ipset.validate_name(name)
+
+
+def test_a_type_change_builds_the_new_set_before_the_old_one_goes():
+    header = {"type": "hash:ip,port", "family": "inet", "hashsize": 1024, "maxelem": 65536}
+    old = {"type": "hash:ip", "family": "inet", "hashsize": 1024, "maxelem": 65536}
+    plan = ipset.plan_set(header, {"10.0.0.1,tcp:80"}, old, {"10.0.0.1"}, True)
+    assert plan.method == "recreate"
+    scratch, backup = ipset.temporary_set_name("S"), ipset.backup_set_name("S")
+    lines, final = ipset.render_steps("S", header, plan)
+    assert lines == [f"destroy {scratch}", f"create {scratch} hash:ip,port family inet hashsize 1024 maxelem 65536",
+                     f"add {scratch} 10.0.0.1,tcp:80", f"destroy {backup}", f"rename S {backup}",
+                     f"rename {scratch} S"]
+    assert final == [f"destroy {backup}"]
+    assert not any(line == "destroy S" for line in lines + final)
+
+
+def test_undo_reverses_what_was_applied_and_names_what_cannot_come_back():
+    applied = ["del A 10.0.0.1", "add A 10.0.0.2", "create N hash:ip", "add N 10.0.0.3", "destroy S-tmp1234567",
+               "create S-tmp1234567 hash:ip", "swap S-tmp1234567 S", "rename T T-old1234567", "destroy GONE"]
+    undo, lost = ipset.undo_lines(applied)
+    assert undo == ["rename T-old1234567 T", "swap S-tmp1234567 S", "destroy S-tmp1234567", "destroy N",
+                    "del A 10.0.0.2", "add A 10.0.0.1"]
+    assert lost == ["GONE"]
+
+
+def test_destroys_and_clean_ups_come_after_everything_that_can_be_undone():
+    header = {"type": "hash:ip", "family": "inet", "hashsize": 1024, "maxelem": 65536}
+    desired = [ipset.DesiredSet("OLD", "absent"),
+               ipset.DesiredSet("W", "present", dict(header, maxelem=10), {"1.1.1.1"}),
+               ipset.DesiredSet("I", "present", header, {"1.1.1.2"})]
+    current = {"OLD": (header, set()), "W": (header, set()), "I": (header, set())}
+    plans = {wanted.name: ipset.plan_one(wanted, current[wanted.name], 1000) for wanted in desired}
+    batch = ipset.batch_of(desired, plans, current)
+    assert [(name, method) for name, method, _text in batch.chunks] == [
+        ("W", "swap"), ("I", "incremental"), ("OLD", "destroy"), ("W", "cleanup")]
+    assert batch.text.splitlines()[-2:] == ["destroy OLD", f"destroy {ipset.temporary_set_name('W')}"]
+
+
+def test_more_members_than_maxelem_fails_before_anything_runs():
+    header = {"type": "hash:ip", "family": "inet", "hashsize": 1024, "maxelem": 2}
+    wanted = ipset.DesiredSet("S", "present", header, {"10.0.0.1", "10.0.0.2", "10.0.0.3"})
+    plans = {"S": ipset.plan_one(wanted, (None, set()), 1000)}
+    with pytest.raises(KubeIpvsError, match="3 members, more than its maxelem 2"):
+        ipset.check_capacity([wanted], plans)
+
+
+def test_references_come_from_ipset_list_t():
+    text = "Name: A\nType: hash:ip\nReferences: 2\nNumber of entries: 0\n\nName: B\nReferences: 0\n"
+    assert ipset.parse_references(text) == {"A": 2, "B": 0}

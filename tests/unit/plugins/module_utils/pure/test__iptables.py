@@ -280,3 +280,12 @@ def test_merged_plans_declare_every_chain_before_any_rule_or_jump():
 
 # ---------------------------------------------------------------------------------------------
 # Backends, with a fake node: commands are files in a bin folder, /proc lives under a fake root
+
+
+def test_saved_rules_are_read_the_way_iptables_restore_reads_them():
+    # iptables-save escapes a quote inside a comment with a backslash; shlex would keep "\\'".
+    text = "*nat\n:X - [0:0]\n-A X -m comment --comment \"it\\'s \\\"q\\\"\" -j RETURN\nCOMMIT\n"
+    saved = ipt.parse_save(text, "nat")
+    assert saved.rules_of("X") == [("-m", "comment", "--comment", "it's \"q\"", "-j", "RETURN")]
+    with pytest.raises(KubeIpvsError, match="not closed"):
+        ipt.split_saved('-m comment --comment "open -j RETURN')

@@ -107,3 +107,70 @@ def test_parse_rejects(text, message):
 
 def test_parse_empty_is_empty_config():
     assert parse_config("", "cm") == {}
+
+
+# The schema of the apiVersion: values of the wrong type are refused before anything is written.
+
+@pytest.mark.parametrize("config, message", [
+    ({"ipvs": "not-a-map"}, "ipvs must be a mapping"),
+    ({"conntrack": 5}, "conntrack must be a mapping"),
+    ({"kind": "Pod"}, "kind 'Pod' is not KubeProxyConfiguration"),
+    ({"apiVersion": "kubeproxy.config.k8s.io/v9"}, "apiVersion 'kubeproxy.config.k8s.io/v9' is not one"),
+    ({"apiVersion": ["x"]}, "apiVersion"),
+    ({"mode": 5}, "mode must be a string"),
+    ({"mode": "ipvs\n"}, "holds a control character"),
+    ({"bindAddress": "0.0.0.0\x00"}, "holds a control character"),
+    ({"clusterCIDR": {"a": 1}}, "clusterCIDR must be a string"),
+    ({"nodePortAddresses": "primary"}, "nodePortAddresses must be a list of strings"),
+    ({"nodePortAddresses": [1]}, r"nodePortAddresses\[0\] must be a string"),
+    ({"iptables": {"masqueradeBit": 32}}, "iptables.masqueradeBit: 32 must be a whole number 0 to 31"),
+    ({"iptables": {"masqueradeAll": "yes"}}, "iptables.masqueradeAll must be true or false"),
+    ({"oomScoreAdj": -1001}, "oomScoreAdj: -1001"),
+    ({"conntrack": {"maxPerCore": 2 ** 31}}, "conntrack.maxPerCore"),
+    ({"conntrack": {"min": 1.5}}, "conntrack.min: 1.5"),
+    ({"conntrack": {"udpTimeout": 30}}, "conntrack.udpTimeout: 30 is not a duration"),
+    ({"configSyncPeriod": "9999999999h"}, "longer than a duration can be"),
+    ({"clientConnection": {"qps": float("nan")}}, "clientConnection.qps must be a number"),
+    ({"clientConnection": {"qps": float("inf")}}, "clientConnection.qps must be a number"),
+    ({"clientConnection": {"burst": "5"}}, "clientConnection.burst"),
+    ({"featureGates": {"A": "true"}}, "featureGates.A must be true or false"),
+    ({"featureGates": {1: True}}, "featureGates: key 1"),
+    ({"logging": {"verbosity": -1}}, "logging.verbosity"),
+    ({"logging": {"flushFrequency": "5 seconds"}}, "logging.flushFrequency"),
+    ({"logging": {"vmodule": [{"filePattern": 1}]}}, r"logging.vmodule\[0\].filePattern must be a string"),
+    ({"logging": {"options": {"json": {"infoBufferSize": "lots"}}}}, "not a quantity"),
+    ({"syncPeriod": "30s"}, "syncPeriod is not a field of KubeProxyConfiguration"),
+    ({"colour": "red"}, "colour is not a field"),
+    ({5: "x"}, "5 is not a field"),
+])
+def test_the_schema_of_the_api_version_refuses_wrong_types(config, message):
+    with pytest.raises(KubeIpvsError, match=message):
+        validate_config(config, config)
+
+
+def test_unknown_nested_fields_are_refused_when_asked_for_and_kept_when_stored():
+    stored = merge_config(default_config(), {"ipvs": {"someFutureField": 1}})
+    validate_config(stored, {"mode": "ipvs"})  # stored by someone else: left as it is
+    with pytest.raises(KubeIpvsError, match=r"ipvs\.stricARP is not a field"):
+        validate_config(merge_config(stored, {"ipvs": {"stricARP": True}}), {"ipvs": {"stricARP": True}})
+
+
+def test_every_field_of_the_defaults_and_of_a_full_document_passes():
+    config = merge_config(default_config("10.244.0.0/16"), {
+        "featureGates": {"A": True}, "bindAddressHardFail": False, "detectLocalMode": "ClusterCIDR",
+        "detectLocal": {"bridgeInterface": "", "interfaceNamePrefix": ""}, "windowsRunAsService": False,
+        "logging": {"format": "text", "flushFrequency": 5000000000, "verbosity": 2,
+                    "vmodule": [{"filePattern": "proxier*", "verbosity": 4}],
+                    "options": {"text": {"infoBufferSize": "0"}, "json": {"infoBufferSize": "64Ki",
+                                                                          "splitStream": True}}},
+        "winkernel": {"networkName": "", "sourceVip": "", "enableDSR": False, "rootHnsEndpointName": "",
+                      "forwardHealthCheckVip": False},
+        "nftables": {"masqueradeBit": 14, "masqueradeAll": False, "syncPeriod": "30s", "minSyncPeriod": "1s"},
+        "conntrack": {"tcpBeLiberal": True, "tcpEstablishedTimeout": "24h0m0s"}, "oomScoreAdj": -999,
+        "clientConnection": {"qps": 5.5, "burst": 10}})
+    validate_config(config, config)
+
+
+def test_a_stored_document_nested_too_deeply_is_a_clean_error():
+    with pytest.raises(KubeIpvsError, match=r"not valid YAML|nested too deeply"):
+        parse_config("a: " + "[" * 20000 + "]" * 20000, "cm")

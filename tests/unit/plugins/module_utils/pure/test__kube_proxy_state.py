@@ -303,3 +303,44 @@ def test_output_is_accepted_as_is_by_the_dataplane_modules():
         family = IPV6 if name.startswith("KUBE-6-") else IPV4
         port_range = (0, 65535) if set_type == "bitmap:port" else None
         assert normalise_entries(members, set_type, family, port_range) == set(members), name
+
+
+# Values from the Kubernetes API are input too: checked before they become rules, the object named.
+
+@pytest.mark.parametrize("bad, message", [
+    (service("web", ["10.96.0.30"], [port(0)]), "Service 'default'/'web' spec.ports[0]: port 0 is not 1-65535"),
+    (service("web", ["10.96.0.30"], [port(65536)]), "port 65536 is not 1-65535"),
+    (service("web", ["10.96.0.30"], [port(True)]), "port True is not 1-65535"),
+    (service("web", ["10.96.0.30"], [port(80, node_port=70000)], "NodePort"), "nodePort 70000"),
+    (service("web", ["10.96.0.30"], [port(80, "ICMP")]), "protocol 'ICMP' is not one of TCP, UDP, SCTP"),
+    (service("web", ["10.96.0.30"], [port(80, name="a\nb")]), "port name 'a\\\\nb' is not a DNS-1123 label"),
+    (service("web\n}", ["10.96.0.30"], [port(80)]), "the name is not a DNS-1035 label"),
+    (service("web", ["10.96.0.30"], [port(80)], namespace='x"y'), "the namespace is not a DNS-1123 label"),
+    (service("web", ["10.96.0.30"], [port(80)], sessionAffinity="ClientIP",
+             sessionAffinityConfig={"clientIP": {"timeoutSeconds": -5}}), "timeoutSeconds -5 is not 1-86400"),
+    (service("web", ["10.96.0.30"], [port(80)], healthCheckNodePort=99999), "healthCheckNodePort 99999"),
+    (service("web", ["fe80::1%eth0"], [port(80)]), "'fe80::1%eth0' is not an IP address"),
+    (service("web", ["10.96.0.30"], [port(80)], externalIPs=["1.2.3.4\n"]), "spec.externalIPs"),
+    (service("web", ["10.96.0.30"], [port(80)], "LoadBalancer", status=[{"ip": "x"}]), "ingress: 'x'"),
+])
+def test_hostile_services_are_refused_naming_the_object(bad, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        node_state([bad], [], NODE, NODE_IPS)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (endpoint_slice("web", [ep("10.244.1.5", NODE)], [("", 0, "TCP")]), "ports[0]: port 0 is not 1-65535"),
+    (endpoint_slice("web", [ep("10.244.1.5", NODE)], [("", 80, "tcp")]), "protocol 'tcp'"),
+    (endpoint_slice("web", [ep("10.244.1.5\n", NODE)], [("", 80, "TCP")]), "is not an IP address"),
+    (endpoint_slice("web", [ep("fe80::5%x", NODE)], [("", 80, "TCP")], address_type="IPv6"), "not an IP address"),
+    (endpoint_slice("web x", [ep("10.244.1.5", NODE)], [("", 80, "TCP")]), "is not a Service name"),
+])
+def test_hostile_endpoint_slices_are_refused_naming_the_object(bad, message):
+    with pytest.raises(ValueError, match=r"EndpointSlice 'default'/'.*" + message.replace("[", r"\[").replace(
+            "]", r"\]")):
+        node_state([service("web", ["10.96.0.30"], [port(80)])], [bad], NODE, NODE_IPS)
+
+
+def test_node_ips_with_a_scope_are_refused():
+    with pytest.raises(ValueError, match="node_ips"):
+        node_state([], [], NODE, ["fe80::1%eth0"])
