@@ -8,7 +8,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: conntrack_flows
 short_description: Delete the connection tracking entries of flows to Service addresses
-version_added: 0.2.0
+version_added: 0.1.0
 author: kubeipvs.node maintainers (@kubeipvs)
 description:
   - Deletes the conntrack entries of one protocol whose original destination lies in the given

@@ -44,7 +44,6 @@ from kube_cluster import (  # noqa: E402
     ADMIN_TOKEN,
     KUBE_PROXY_IMAGE,
     NODES,
-    READER_TOKEN,  # noqa: F401
     AdminApi,
     KubeCluster,
     lab_cluster,
@@ -181,7 +180,7 @@ class Cluster:
                         failures.append(f"{obj['kind']} {obj['metadata']['name']}: {status} {answer}")
             finally:
                 api.close()
-        workers = [threading.Thread(target=work) for _ in range(connections)]
+        workers = [threading.Thread(target=work) for worker in range(connections)]
         for worker in workers:
             worker.start()
         for worker in workers:
@@ -455,8 +454,8 @@ def kubeadm_daemonset(image=KUBE_PROXY_IMAGE, node_selector=None):
                     "hostNetwork": True,
                     "serviceAccountName": "kube-proxy",
                     "volumes": [{"name": "kube-proxy", "configMap": {"name": "kube-proxy"}},
-                                {"name": "xtables-lock", "hostPath": {"path": "/run/xtables.lock",
-                                                                     "type": "FileOrCreate"}},
+                                {"name": "xtables-lock",
+                                 "hostPath": {"path": "/run/xtables.lock", "type": "FileOrCreate"}},
                                 {"name": "lib-modules", "hostPath": {"path": "/lib/modules"}}],
                     "tolerations": [{"operator": "Exists"}],
                     "nodeSelector": node_selector or {"kubernetes.io/os": "linux"},

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from kube_fixtures import READER_TOKEN, KubeIpvsError, k8s_client
+from kube_cluster import READER_TOKEN
+from kube_fixtures import KubeIpvsError, k8s_client
 
 KubeApiError, KubeClient, build_configuration = k8s_client.KubeApiError, k8s_client.KubeClient, \
     k8s_client.build_configuration

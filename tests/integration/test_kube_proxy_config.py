@@ -9,7 +9,8 @@ from __future__ import annotations
 import socket
 
 import yaml
-from kube_fixtures import KUBEADM_CONFIG, KUBEADM_KUBECONFIG, READER_TOKEN, Request, seed_kubeadm_kube_proxy
+from kube_cluster import READER_TOKEN
+from kube_fixtures import KUBEADM_CONFIG, KUBEADM_KUBECONFIG, Request, seed_kubeadm_kube_proxy
 
 IPVS = dict(mode="ipvs", ipvs_scheduler="rr", ipvs_strict_arp=True, conntrack_max_per_core=0,
             ipvs_tcp_timeout="15m", merge={"metricsBindAddress": "0.0.0.0:10249"})

@@ -111,7 +111,7 @@ def build_module(kubernetes: str, kubernetes_gomod: str) -> str:
 
 
 def ldflags(kubernetes: str) -> str:
-    major, minor, _ = kubernetes.split(".")
+    major, minor = kubernetes.split(".")[:2]
     variables = {
         "k8s.io/component-base/version.gitVersion": f"v{kubernetes}",
         "k8s.io/component-base/version.gitMajor": major,
@@ -243,8 +243,8 @@ def kubeconfig(server: str, pki: Path, name: str) -> dict:
 
     return {
         "apiVersion": "v1", "kind": "Config", "current-context": "lab",
-        "clusters": [{"name": "lab", "cluster": {"server": server,
-                                                  "certificate-authority-data": inline(pki / "ca.crt")}}],
+        "clusters": [{"name": "lab",
+                      "cluster": {"server": server, "certificate-authority-data": inline(pki / "ca.crt")}}],
         "users": [{"name": name, "user": {"client-certificate-data": inline(pki / f"{name}.crt"),
                                           "client-key-data": inline(pki / f"{name}.key")}}],
         "contexts": [{"name": "lab", "context": {"cluster": "lab", "user": name}}],
@@ -310,7 +310,7 @@ class ControlPlane:
         line naming this lab's folder, so a stale PID file never hits another process."""
         try:
             pid = int((self.root / f"{component}.pid").read_text())
-            for _ in range(50):
+            for attempt in range(50):
                 # A Go program just started can show an empty command line for a moment (its memory
                 # map is busy): that is not an exit, so look again.
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -363,8 +363,8 @@ class ControlPlane:
         binaries = build(self.kubernetes)
         self.root.mkdir(parents=True, exist_ok=True)
         make_pki(self.pki, ("127.0.0.1", self.bind_address, self.advertise_address))
-        ports = {name: lab.free_port() for name in ("etcd", "etcd_peer", "apiserver", "controller_manager",
-                                                     "scheduler")}
+        names = ("etcd", "etcd_peer", "apiserver", "controller_manager", "scheduler")
+        ports = {name: lab.free_port() for name in names}
         info = {"kubernetes": f"v{self.kubernetes}", "apiserver_port": ports["apiserver"],
                 "bind_address": self.bind_address, "advertise_address": self.advertise_address,
                 "etcd_port": ports["etcd"], "service_cidrs": list(SERVICE_CIDRS),

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """The lab's pod runner: the part of a kubelet that runs host-network pods such as kube-proxy's.
 
 The lab's nodes have no container runtime (see docs/lab.md for why), so this program does exactly
@@ -54,7 +53,6 @@ NODE_REFRESH = 60.0
 TOKEN_EXPIRATION = 3607
 CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SERVICE_ACCOUNT_KEYS = {"token", "ca.crt", "namespace"}
-
 
 
 def now() -> str:
@@ -206,8 +204,8 @@ class Api:
         connection = self.connection()
         try:
             payload = json.dumps(body).encode() if body is not None else None
-            connection.request(method, path, body=payload, headers={"Content-Type": content_type,
-                                                                     "Accept": "application/json"})
+            headers = {"Content-Type": content_type, "Accept": "application/json"}
+            connection.request(method, path, body=payload, headers=headers)
             response = connection.getresponse()
             text = response.read().decode()
         finally:
@@ -643,7 +641,8 @@ class Runner:
                                                port_of(spec["tcpSocket"]["port"])), timeout=timeout):
                     return True
             if "exec" in spec:
-                return subprocess.run(spec["exec"]["command"], timeout=timeout, capture_output=True).returncode == 0
+                return subprocess.run(spec["exec"]["command"], timeout=timeout, capture_output=True,
+                                      check=False).returncode == 0
         except (OSError, ValueError, subprocess.TimeoutExpired, http.client.HTTPException):
             return False
         return True

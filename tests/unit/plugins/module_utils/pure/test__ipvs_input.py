@@ -151,8 +151,8 @@ def test_real_servers_the_fast_path_passes_on_are_still_refused(server, message)
 
 ROUND_TRIP = [
     {"address": "192.0.2.50", "port": 80, "scheduler": "wlc",
-     "real_servers": [{"address": "192.0.2.51", "port": 80}, {"address": "192.0.2.52", "port": 8080, "weight": 3,
-                                                            "forwarding": "route"}]},
+     "real_servers": [{"address": "192.0.2.51", "port": 80},
+                      {"address": "192.0.2.52", "port": 8080, "weight": 3, "forwarding": "route"}]},
     {"address": "192.0.2.60", "port": 443, "scheduler": "sh", "scheduler_flags": ["sh-fallback", "sh-port"],
      "persistence_timeout": 300, "netmask": "255.255.255.0", "one_packet": True,
      "real_servers": [{"address": "192.0.2.61", "forwarding": "tunnel", "upper_threshold": 100,
