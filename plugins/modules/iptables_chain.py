@@ -47,7 +47,8 @@ options:
   chains:
     description:
       - Many chains in one call, each with the keys of the single-chain options. Chains of the same
-        table are applied in one transaction, in the order listed; each table is read once.
+        table are applied in one transaction, in the order listed; each table is read once. When
+        iptables refuses a table, the tables applied before it are rolled back.
       - All entries are validated before anything is read or changed (duplicate chains, names,
         jump parents, every rule); an invalid entry fails the task and nothing is applied.
       - Mutually exclusive with O(chain), O(rules) and O(jumps).
@@ -226,7 +227,7 @@ commands:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kubeipvs.node.plugins.module_utils._errors import ansible_module, run_module
+from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, ansible_module, run_module
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._commands import Commands
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._iptables import Iptables
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure import _iptables as iptables_lib
@@ -260,9 +261,15 @@ def ensure_chains(module):
         if batch and not module.check_mode:
             tools = tools_of[table]
             names = ", ".join(wanted.chain for wanted, one in pairs if one.changed)
-            before = " to {} (applied before it: {})".format(table, ", ".join(applied)) if applied else ""
-            iptables.restore(tools, batch, f"{tools.restore} refused the change to {table}/{names}; "
-                                           f"nothing was applied{before}")
+            before = f" to {table}" if applied else ""
+            try:
+                iptables.restore(tools, batch, f"{tools.restore} refused the change to {table}/{names}; "
+                                               f"nothing was applied{before}")
+            except KubeIpvsError as error:
+                # The tables changed before this one are put back: a call changes everything or nothing.
+                undone = iptables.roll_back([(tools_of[done], iptables_lib.undo_batch(done, *planned[done][1:]))
+                                             for done in applied])
+                raise KubeIpvsError(error.msg + undone, **error.details) from None
             applied.append(table)
 
     results, described = iptables_lib.chain_results(planned, module._diff, single)

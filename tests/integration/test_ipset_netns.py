@@ -50,6 +50,16 @@ def test_converge_check_diff_and_idempotence_leave_foreign_sets_alone(netns):
     assert save(netns, "FOREIGN") == foreign_before
 
 
+def test_ipv4_mapped_ipv6_members_converge(netns):
+    """ipset prints ::ffff:a00:1 as ::ffff:10.0.0.1: the member compares equal and a second run changes nothing."""
+    args = {"name": "S6", "type": "hash:ip", "family": "inet6", "exclusive": True,
+            "members": ["::ffff:a00:1", "::ffff:10.0.0.2", "::102:304", "2001:db8::1"]}
+    assert netns.module("ipset", **args)["changed"]
+    assert members(netns, "S6") == {"::ffff:10.0.0.1", "::ffff:10.0.0.2", "::1.2.3.4", "2001:db8::1"}
+    again = netns.module("ipset", **args)
+    assert not again["changed"], again
+
+
 def test_option_change_is_swapped_in_and_keeps_members(netns):
     netns.module("ipset", name="KUBE-NODE-PORT-TCP", type="bitmap:port", range="0-65535", members=["30080"])
     result = netns.module(

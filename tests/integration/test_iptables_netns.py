@@ -229,3 +229,38 @@ def test_check_mode_validates_rules_on_sets_the_node_does_not_have_yet(netns):
     real = netns.module("iptables_chain", chains=baseline_chains())
     assert real.get("failed") and "ipset KUBE-LOOP-BACK, which does not exist" in real["msg"], real
     assert not lines(netns, "nat", "KUBE-")
+
+
+LOOP = """*filter
+:KUBE-A - [0:0]
+:KUBE-OLD - [0:0]
+-A INPUT -s 192.0.2.1/32 -j ACCEPT
+-A INPUT -j KUBE-A
+-A INPUT -s 10.0.0.0/8 -j KUBE-A
+-A INPUT -j KUBE-A
+-A KUBE-A -j RETURN
+-A FORWARD -j KUBE-OLD
+-A KUBE-OLD -j DROP
+COMMIT
+*nat
+:KUBE-X - [0:0]
+:FOREIGN - [0:0]
+-A FOREIGN -j KUBE-X
+-A PREROUTING -j FOREIGN
+COMMIT
+"""
+
+
+def test_a_table_the_kernel_refuses_rolls_back_the_tables_applied_before_it(netns):
+    """The nat change loops through a foreign chain the scratch namespace has empty, so only the node's
+    kernel refuses it - after filter was changed: filter is put back exactly, jump positions included."""
+    netns.sh(f"iptables-restore <<'EOF'\n{LOOP}EOF")
+    before = netns.sh("iptables-save | grep -v '^#'")
+    chains = [{"table": "filter", "chain": "KUBE-A", "rules": ["-j ACCEPT"], "jumps": [{"chain": "INPUT"}]},
+              {"table": "filter", "chain": "KUBE-NEW", "rules": ["-j RETURN"],
+               "jumps": [{"chain": "OUTPUT", "position": "last", "comment": "new chain"}]},
+              {"table": "filter", "chain": "KUBE-OLD", "state": "absent"},
+              {"table": "nat", "chain": "KUBE-X", "rules": ["-j FOREIGN"]}]
+    result = netns.module("iptables_chain", chains=chains)
+    assert result.get("failed") and "to filter were rolled back, nothing changed" in result["msg"], result
+    assert netns.sh("iptables-save | grep -v '^#'") == before

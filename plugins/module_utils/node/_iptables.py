@@ -210,6 +210,21 @@ class Iptables:
             lines.append(f"create {name} {set_type}" + (f" family {set_family}" if set_family else ""))
         return lines, warnings
 
+    def roll_back(self, undo):
+        """Apply the ``undo`` [(BackendTools, batch)] of tables an aborted call already changed; the
+        sentence that says how that went."""
+        if not undo:
+            return ""
+        tables, failures = [], []
+        for tools, batch in undo:
+            table = batch.split("\n", 1)[0][1:]
+            rc, _out, err = self.commands.run([tools.restore, "--noflush", "-w", LOCK_WAIT_SECONDS], data=batch)
+            (failures.append(f"{table}: {err.strip()}") if rc != 0 else tables.append(table))
+        if failures:
+            return ("; the changes to the tables applied before it could not all be rolled back, they are "
+                    f"half-changed: {'; '.join(failures)}" + (f" (rolled back: {', '.join(tables)})" if tables else ""))
+        return f"; the changes applied before it to {', '.join(tables)} were rolled back, nothing changed"
+
     def restore(self, tools, batch, what):
         """Apply one ``iptables-restore --noflush`` batch, waiting for the xtables lock; ``what`` starts
         the message when iptables refuses it (the batch is one transaction: nothing of it applied)."""

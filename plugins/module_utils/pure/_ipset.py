@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import ipaddress
 import re
 import shlex
 
@@ -113,6 +114,17 @@ _CANONICAL_IPV4 = re.compile(
 )
 
 
+def printed(address):
+    """An address as ``ipset save`` prints it (glibc's inet_ntop): an IPv4-mapped IPv6 address ends in a
+    dotted quad (``::ffff:10.0.0.1``), and so does an IPv4-compatible one (``::1.2.3.4``), where
+    Python prints hex groups - a member that never compared equal would be re-added on every run."""
+    if address.version == 6:
+        value = int(address)
+        if value >> 32 == 0xFFFF or (value >> 32 == 0 and value >> 16):
+            return ("::ffff:" if value >> 32 else "::") + str(ipaddress.IPv4Address(value & 0xFFFFFFFF))
+    return str(address)
+
+
 def _address(text, family, what):
     if family == IPV4 and _CANONICAL_IPV4.fullmatch(text):
         return text
@@ -124,7 +136,7 @@ def _address(text, family, what):
         raise KubeIpvsError(
             "'{}' is not an {} address (family {})".format(text, "IPv6" if family == IPV6 else "IPv4", INET[family])
         )
-    return str(address)
+    return printed(address)
 
 
 def _host_address(text, family, what):
@@ -151,8 +163,8 @@ def _network(text, family, what):
     if network.prefixlen == 0:
         raise KubeIpvsError(f"'{text}': ipset refuses a /0 network ({what})")
     if network.prefixlen == network.max_prefixlen:
-        return str(network.network_address)
-    return str(network)
+        return printed(network.network_address)
+    return f"{printed(network.network_address)}/{network.prefixlen}"
 
 
 def _port_number(text, what):

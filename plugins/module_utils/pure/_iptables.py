@@ -550,6 +550,38 @@ def merge_plans(plans):
 
 # A stand-in for a set a rule matches but the node does not have yet (check mode): the number of
 # direction flags (``dst,dst,src``) is the set's dimension, which is all iptables checks.
+def undo_batch(table, state, pairs):
+    """The restore batch that puts ``table`` back as ``state`` (read before ``pairs``' plans were
+    applied) for the chains of ``pairs``: jumps the plans inserted are deleted, jumps they deleted go
+    back to where they stood, changed chains get their old rules back and chains they created go.
+    What a later table's refusal leaves of a call that has already changed this one."""
+    changed = [(wanted, plan) for wanted, plan in pairs if plan.changed]
+    merged = merge_plans([plan for _wanted, plan in changed])
+    undo = ChainPlan()
+    for line in merged.inserts:
+        verb, parent, rest = line.split(" ", 2)
+        undo.deletes.append(f"-D {parent} {rest.split(' ', 1)[1] if verb == '-I' else rest}")
+    standing = {}  # parent: [(position before the run, tokens)] still in the chain as the batch deleted
+    restored = {}
+    for line in merged.deletes:
+        _verb, parent, rest = line.split(" ", 2)
+        rules = standing.setdefault(parent, list(enumerate(state.rules_of(parent))))
+        found = next(item for item in rules if render_tokens(item[1]) == rest)
+        rules.remove(found)
+        restored.setdefault(parent, []).append(found)
+    for parent, rules in restored.items():
+        undo.inserts += [f"-I {parent} {position + 1} {render_tokens(tokens)}" for position, tokens in sorted(rules)]
+    for wanted, plan in changed:
+        if not plan.declare:
+            continue
+        undo.declare.append(f":{wanted.chain} - [0:0]")
+        if wanted.chain in state.chains:
+            undo.appends += [f"-A {wanted.chain} {render_tokens(rule)}" for rule in state.rules_of(wanted.chain)]
+        else:
+            undo.destroy.append(f"-X {wanted.chain}")
+    return undo.render(table)
+
+
 _STAND_IN_TYPES = {1: "hash:ip", 2: "hash:ip,port", 3: "hash:ip,port,ip"}
 
 

@@ -74,7 +74,15 @@ def parse_duration(text):
     for match in DURATION_RE.finditer(body):
         if match.start() != position:
             return None
-        total += float(match.group(1)) * DURATION_UNITS[match.group(2)]
+        # in whole numbers: a float turns a long number ('1' * 400 + 's') into an infinity int() cannot
+        # take; beyond 30 digits a duration is far too long, and digits past the 30th of a fraction are
+        # far below a nanosecond
+        whole, _dot, fraction = match.group(1).partition(".")
+        whole, fraction = whole.lstrip("0") or "0", fraction[:30] or "0"
+        if len(whole) > 30:
+            whole = "1" + "0" * 30
+        scale = 10 ** len(fraction)
+        total += (int(whole) * scale + int(fraction)) * DURATION_UNITS[match.group(2)] // scale
         position = match.end()
     if position != len(body) or not body:
         return None

@@ -105,6 +105,38 @@ def test_rule_iptables_rejects_fails_before_the_node_is_touched(tmp_path):
     assert "iptables-nft-restore" not in tools(module)
 
 
+class TwoTables(IptablesTools):
+    """nat as SAVED, an empty filter; the scratch namespace prints back what it was given; the node's
+    iptables refuses the filter transaction (a loop through a foreign chain the scratch one lacks)."""
+
+    def answer(self, argv, data):
+        tool = argv[0].rsplit("/", 1)[-1]
+        if tool == "iptables-nft-save":
+            return 0, SAVED if argv[-1] == "nat" else "*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n", ""
+        if tool == "unshare":
+            with open(argv[-3]) as handle:
+                return 0, handle.read(), ""
+        if tool == "iptables-nft-restore" and data.startswith("*filter"):
+            return 4, "", "line 3: RULE_APPEND failed (Too many links): rule in chain KUBE-F"
+        return 0, "", ""
+
+
+def test_a_table_refused_after_another_was_changed_rolls_that_one_back(tmp_path):
+    module = iptables_task(tmp_path, node=TwoTables(), chains=[
+        {"table": "nat", "chain": "KUBE-MARK-MASQ", "rules": ["-j MARK --or-mark 0x8000"],
+         "jumps": [{"chain": "POSTROUTING", "position": "first", "args": "", "comment": None}]},
+        {"table": "filter", "chain": "KUBE-F", "rules": ["-j RETURN"]}])
+    with pytest.raises(KubeIpvsError, match=r"Too many links.*the changes applied before it to nat were rolled back"):
+        iptables_chain.ensure_chains(module)
+    restores = [data for tool, data in module.commands if tool == "iptables-nft-restore"]
+    assert restores[0].splitlines() == ["*nat", ":KUBE-MARK-MASQ - [0:0]",
+                                        "-A KUBE-MARK-MASQ -j MARK --set-xmark 0x8000/0x8000",
+                                        "-I POSTROUTING 1 -j KUBE-MARK-MASQ", "COMMIT"]
+    assert restores[1].startswith("*filter")
+    assert restores[2].splitlines() == ["*nat", ":KUBE-MARK-MASQ - [0:0]", "-D POSTROUTING -j KUBE-MARK-MASQ",
+                                        "-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000", "COMMIT"]
+
+
 def test_jump_from_a_chain_that_is_not_built_in_is_refused(tmp_path):
     module = iptables_task(
         tmp_path,

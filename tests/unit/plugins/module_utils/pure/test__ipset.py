@@ -29,6 +29,16 @@ ENTRIES = [
     ("2001:db8:0:0::1,tcp:80,2001:0db8::0002", "hash:ip,port,ip", IPV6, "2001:db8::1,tcp:80,2001:db8::2"),
     ("2001:db8::1/128", "hash:ip", IPV6, "2001:db8::1"),
     ("2001:db8::5/64", "hash:net", IPV6, "2001:db8::/64"),
+    # ipset prints IPv4-mapped and IPv4-compatible IPv6 addresses with a dotted quad (inet_ntop)
+    ("::ffff:a00:1", "hash:ip", IPV6, "::ffff:10.0.0.1"),
+    ("::ffff:0:1", "hash:ip", IPV6, "::ffff:0.0.0.1"),
+    ("::102:304", "hash:ip", IPV6, "::1.2.3.4"),
+    ("::1:0", "hash:ip", IPV6, "::0.1.0.0"),
+    ("::1", "hash:ip", IPV6, "::1"),
+    ("::1:0:0", "hash:ip", IPV6, "::1:0:0"),
+    ("64:ff9b::1.2.3.4", "hash:ip", IPV6, "64:ff9b::102:304"),
+    ("::ffff:10.0.0.7/120", "hash:net", IPV6, "::ffff:10.0.0.0/120"),
+    ("::ffff:10.0.0.7/128", "hash:net", IPV6, "::ffff:10.0.0.7"),
     ("10.0.0.1,0x10", "hash:ip,mark", IPV4, "10.0.0.1,0x00000010"),
     ("aa:bb:cc:dd:ee:ff", "hash:mac", IPV4, "AA:BB:CC:DD:EE:FF"),
 ]

@@ -278,6 +278,55 @@ def test_merged_plans_declare_every_chain_before_any_rule_or_jump():
     assert ipt.merge_plans([ipt.ChainPlan()]).render("nat") == ""
 
 
+UNDONE = """*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:KUBE-A - [0:0]
+:KUBE-OLD - [0:0]
+-A INPUT -s 1.1.1.1/32 -j ACCEPT
+-A INPUT -j KUBE-A
+-A INPUT -s 10.0.0.0/8 -j KUBE-A
+-A INPUT -j KUBE-A
+-A INPUT -s 3.3.3.3/32 -j ACCEPT
+-A KUBE-A -j RETURN
+-A KUBE-A -s 4.4.4.4/32 -j DROP
+-A FORWARD -j KUBE-OLD
+-A KUBE-OLD -j DROP
+COMMIT
+"""
+
+
+def test_the_undo_batch_puts_the_chains_and_jumps_back_where_they_stood():
+    """What a later table's refusal rolls back: deleted jumps return to their positions, inserted
+    ones go, changed and removed chains get their rules back, created chains are removed."""
+    state = ipt.parse_save(UNDONE, "filter")
+    wanted = [ipt.DesiredChain("filter", "KUBE-A", [("-j", "ACCEPT")], [("INPUT", "first", ("-j", "KUBE-A"))], True),
+              ipt.DesiredChain("filter", "KUBE-NEW", [("-j", "RETURN")], [("OUTPUT", "last", ("-j", "KUBE-NEW"))],
+                               True),
+              ipt.DesiredChain("filter", "KUBE-OLD", None, [], False)]
+    pairs = ipt.plan_chains(state, "filter", wanted)
+    assert ipt.merge_plans([plan for _wanted, plan in pairs]).deletes == [
+        "-D INPUT -s 10.0.0.0/8 -j KUBE-A", "-D INPUT -j KUBE-A", "-D FORWARD -j KUBE-OLD"]
+    assert ipt.undo_batch("filter", state, pairs).splitlines() == [
+        "*filter",
+        ":KUBE-A - [0:0]",
+        ":KUBE-NEW - [0:0]",
+        ":KUBE-OLD - [0:0]",
+        "-D OUTPUT -j KUBE-NEW",
+        "-A KUBE-A -j RETURN",
+        "-A KUBE-A -s 4.4.4.4/32 -j DROP",
+        "-A KUBE-OLD -j DROP",
+        # iptables deleted the first of the two equal jumps: it comes back at position 2
+        "-I INPUT 2 -j KUBE-A",
+        "-I INPUT 3 -s 10.0.0.0/8 -j KUBE-A",
+        "-I FORWARD 1 -j KUBE-OLD",
+        "-X KUBE-NEW",
+        "COMMIT",
+    ]
+    assert ipt.undo_batch("filter", state, []) == ""
+
+
 # ---------------------------------------------------------------------------------------------
 # Backends, with a fake node: commands are files in a bin folder, /proc lives under a fake root
 
