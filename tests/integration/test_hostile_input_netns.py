@@ -162,7 +162,9 @@ def test_iptables_hostile_rules_against_the_kernel(rules, comment):
             assert netns.sh("iptables-save -t nat | grep -v '^#'") == before, result
             return
         after = netns.sh("iptables-save -t nat")
-        assert [line[len("-A KUBE-X "):] for line in after.splitlines() if line.startswith("-A KUBE-X ")] == \
+        # an empty rule (match everything, no target) is saved as a bare "-A KUBE-X"
+        assert [line[len("-A KUBE-X "):] for line in after.splitlines()
+                if line == "-A KUBE-X" or line.startswith("-A KUBE-X ")] == \
             result["rules"]
         assert "-A FOREIGN -j RETURN" in after and "-A POSTROUTING -j FOREIGN" in after
         assert not netns.module("iptables_chain", **args)["changed"]
