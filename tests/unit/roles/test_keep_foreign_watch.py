@@ -1,0 +1,129 @@
+"""The mode_switch role's foreign-IPVS watch program, against an ipvsadm stand-in that keeps its
+table in a file: when it restores, what it leaves alone. (That kube-proxy's real flush is undone on
+a real kernel is proven by the mode_switch scenario.)"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+PROGRAM = Path(__file__).resolve().parents[3] / "roles/mode_switch/files/kubeipvs-keep-foreign-ipvs"
+
+# `ipvsadm -S -n` prints the table file; `ipvsadm -R` adds the lines it reads, refusing a service
+# that exists already, as the real one does.
+IPVSADM = r"""#!/bin/sh
+table=$IPVSADM_TABLE
+case "$1" in
+  -S) cat "$table" ;;
+  -R)
+    while IFS= read -r line; do
+      set -- $line
+      if [ "$1" = "-A" ] && awk -v key="$2 $3" '$1 == "-A" && ($2 " " $3) == key { found = 1 } END { exit !found }' "$table"; then
+        echo "Service already exists" >&2
+        exit 1
+      fi
+      echo "$line" >> "$table"
+    done ;;
+  *) exit 2 ;;
+esac
+"""
+
+KEEPALIVED = [
+    "-A -t 192.0.2.50:80 -s wlc",
+    "-a -t 192.0.2.50:80 -r 10.244.1.10:8080 -m -w 1",
+    "-A -u [2001:db8::5]:53 -s rr -p 300",
+    "-a -u [2001:db8::5]:53 -r [2001:db8:1::10]:53 -m -w 3",
+    "-A -f 7 -s rr",
+]
+KUBE = ["-A -t 10.96.0.1:443 -s rr", "-a -t 10.96.0.1:443 -r 192.168.200.1:6443 -m -w 1"]
+
+
+@pytest.fixture
+def node(tmp_path):
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "ipvsadm").write_text(IPVSADM)
+    (tools / "ipvsadm").chmod(0o755)
+    table = tmp_path / "table"
+    rules = tmp_path / "foreign-ipvs.rules"
+    env = dict(os.environ, PATH=f"{tools}:{os.environ['PATH']}", IPVSADM_TABLE=str(table))
+
+    def run(*args, wait=True):
+        command = ["sh", str(PROGRAM), *args, str(rules)]
+        if wait:
+            return subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    return table, rules, run
+
+
+def lines(path):
+    return path.read_text().splitlines()
+
+
+def test_nothing_is_touched_while_a_recorded_service_is_left(node):
+    table, rules, run = node
+    table.write_text("\n".join(KEEPALIVED[:2] + KUBE) + "\n")  # keepalived dropped the others itself
+    rules.write_text("\n".join(KEEPALIVED) + "\n")
+    done = run("--once")
+    assert done.returncode == 0, done.stderr
+    assert lines(table) == KEEPALIVED[:2] + KUBE
+    assert lines(rules) == KEEPALIVED, "the record is kept while the watch has not restored"
+
+
+def test_after_a_flush_every_recorded_service_comes_back_with_its_real_servers(node):
+    table, rules, run = node
+    table.write_text("\n".join(KUBE) + "\n")  # kube-proxy flushed, then programmed its own
+    rules.write_text("\n".join(KEEPALIVED) + "\n")
+    done = run("--once")
+    assert done.returncode == 0, done.stderr
+    assert lines(table) == KUBE + KEEPALIVED
+    assert not rules.exists() and "restored" in done.stdout
+
+
+def test_one_recorded_service_back_already_is_not_a_flush(node):
+    table, rules, run = node
+    rules.write_text("\n".join(KEEPALIVED) + "\n")
+    table.write_text("-A -f 7 -s wlc\n")  # keepalived put one back itself, with another scheduler
+    done = run("--once")
+    assert done.returncode == 0 and lines(table) == ["-A -f 7 -s wlc"] and rules.exists()
+
+
+def test_a_line_the_kernel_refuses_is_reported_and_the_others_still_restored(node):
+    table, rules, run = node
+    table.write_text("")
+    rules.write_text("\n".join(KEEPALIVED + ["-A -t 192.0.2.50:80 -s rr"]) + "\n")
+    done = run("--once")
+    assert done.returncode == 1 and "kept out: -A -t 192.0.2.50:80 -s rr" in done.stderr
+    assert lines(table) == KEEPALIVED and not rules.exists()
+
+
+def test_the_watch_waits_for_the_flush_then_restores_and_ends(node):
+    table, rules, run = node
+    table.write_text("\n".join(KEEPALIVED + KUBE) + "\n")
+    rules.write_text("\n".join(KEEPALIVED) + "\n")
+    watch = run(wait=False)
+    try:
+        time.sleep(2.5)
+        assert watch.poll() is None, "the watch ended before any flush"
+        assert lines(table) == KEEPALIVED + KUBE
+        table.write_text("")  # kube-proxy's start in nftables mode
+        out, err = watch.communicate(timeout=60)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait()
+    assert watch.returncode == 0, err
+    assert lines(table) == KEEPALIVED and not rules.exists() and "restored" in out
+
+
+def test_without_a_record_there_is_nothing_to_do(node):
+    table, rules, run = node
+    table.write_text("\n".join(KUBE) + "\n")
+    done = run("--once")
+    assert done.returncode == 0 and lines(table) == KUBE and not rules.exists()
+    assert run(wait=True).returncode == 0
