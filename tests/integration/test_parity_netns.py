@@ -1,0 +1,205 @@
+# Copyright (c) kubeipvs.node contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Parity with the real kube-proxy in iptables mode. The real kube-proxy - built from the Kubernetes
+release the lab runs, started by the real DaemonSet on a node of the real cluster (a network
+namespace) - programs node1 from a cluster holding every Service shape it handles on an IPv4 node;
+kube_proxy_state renders the same node from the same API server and iptables_chain programs a fresh
+namespace with it. The normalised dumps of both must be equal, line for line; the only differences
+allowed are the ones docs/kube-proxy.md lists with their reason (KNOWN_DIFFERENCES below)."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+import subprocess
+import time
+
+from kube_fixtures import KUBEADM_CONFIG_IN_A_NAMESPACE, seed_kubeadm_kube_proxy
+
+NODE = "node1"
+NAMESPACE = "default"
+MANAGED_BY = {"endpointslice.kubernetes.io/managed-by": "parity.kubeipvs.test",
+              "kubernetes.io/service-name": None}
+
+
+def service(name, ports, service_type="ClusterIP", **spec):
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": NAMESPACE},
+            "spec": dict(spec, type=service_type, ports=ports)}
+
+
+def port(name, number, protocol="TCP", target=None, node_port=None):
+    entry = {"name": name, "port": number, "protocol": protocol, "targetPort": target or number}
+    if node_port:
+        entry["nodePort"] = node_port
+    return entry
+
+
+def endpoint(address, node, ready=True, serving=None, terminating=False):
+    serving = ready if serving is None else serving
+    return {"addresses": [address], "nodeName": node,
+            "conditions": {"ready": ready, "serving": serving, "terminating": terminating}}
+
+
+def endpoint_slice(service_name, suffix, endpoints, ports):
+    labels = dict(MANAGED_BY, **{"kubernetes.io/service-name": service_name})
+    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": f"{service_name}-{suffix}", "namespace": NAMESPACE, "labels": labels},
+            "addressType": "IPv4", "endpoints": endpoints,
+            "ports": [{"name": name, "port": number, "protocol": protocol} for name, number, protocol in ports]}
+
+
+# Every Service shape kube-proxy handles on an IPv4 node (nodes here have IPv4 addresses only).
+SERVICES = [
+    service("web", [port("http", 80, target="http"), port("https", 443, target=8443)]),
+    service("dns", [port("dns", 53, "UDP"), port("dns-tcp", 53)]),
+    service("signal", [port("sctp", 7777, "SCTP")]),
+    service("shop", [port("http", 8080, node_port=30080)], "NodePort"),
+    service("sticky", [port("http", 80)], sessionAffinity="ClientIP",
+            sessionAffinityConfig={"clientIP": {"timeoutSeconds": 600}}),
+    service("local-only", [port("http", 80)], internalTrafficPolicy="Local"),
+    service("external", [port("http", 80)], externalIPs=["198.51.100.7"]),
+    service("balancer", [port("http", 80, node_port=30081)], "LoadBalancer", externalTrafficPolicy="Local",
+            loadBalancerSourceRanges=["203.0.113.0/24"]),
+    service("balancer-cluster", [port("http", 80, node_port=30082)], "LoadBalancer"),
+    service("empty", [port("http", 80)]),
+    service("empty-nodeport", [port("http", 80, node_port=30083)], "NodePort"),
+    service("headless", [port("http", 80)], clusterIP="None"),
+    service("draining", [port("http", 80, node_port=30084)], "NodePort", externalTrafficPolicy="Local"),
+]
+HERE, THERE, YONDER = "10.244.1", "10.244.2", "10.244.3"
+SLICES = [
+    endpoint_slice("web", "a", [endpoint(f"{HERE}.10", NODE), endpoint(f"{THERE}.10", "node2"),
+                                endpoint(f"{YONDER}.10", "node3", ready=False, serving=False)],
+                   [("http", 8080, "TCP"), ("https", 8443, "TCP")]),
+    endpoint_slice("dns", "a", [endpoint(f"{HERE}.53", NODE), endpoint(f"{THERE}.53", "node2")],
+                   [("dns", 53, "UDP"), ("dns-tcp", 53, "TCP")]),
+    endpoint_slice("signal", "a", [endpoint(f"{THERE}.77", "node2")], [("sctp", 7777, "SCTP")]),
+    endpoint_slice("shop", "a", [endpoint(f"{THERE}.80", "node2"), endpoint(f"{YONDER}.80", "node3")],
+                   [("http", 8080, "TCP")]),
+    endpoint_slice("shop", "b", [endpoint(f"{HERE}.80", NODE)], [("http", 8080, "TCP")]),
+    endpoint_slice("sticky", "a", [endpoint(f"{HERE}.11", NODE), endpoint(f"{THERE}.11", "node2")],
+                   [("http", 80, "TCP")]),
+    endpoint_slice("local-only", "a", [endpoint(f"{THERE}.12", "node2"), endpoint(f"{HERE}.12", NODE)],
+                   [("http", 80, "TCP")]),
+    endpoint_slice("external", "a", [endpoint(f"{THERE}.13", "node2")], [("http", 80, "TCP")]),
+    endpoint_slice("balancer", "a", [endpoint(f"{HERE}.14", NODE), endpoint(f"{THERE}.14", "node2")],
+                   [("http", 80, "TCP")]),
+    endpoint_slice("balancer-cluster", "a", [endpoint(f"{THERE}.15", "node2")], [("http", 80, "TCP")]),
+    endpoint_slice("headless", "a", [endpoint(f"{THERE}.16", "node2")], [("http", 80, "TCP")]),
+    # the node's only local endpoint is terminating but still serving; another node has a ready one
+    endpoint_slice("draining", "a", [endpoint(f"{HERE}.17", NODE, ready=False, serving=True, terminating=True),
+                                     endpoint(f"{THERE}.17", "node2")], [("http", 80, "TCP")]),
+]
+LOAD_BALANCER_STATUS = {"balancer": "192.0.2.80", "balancer-cluster": "192.0.2.81"}
+
+# What the real kube-proxy writes and the collection does not, each for a reason docs/kube-proxy.md
+# gives ("Parity with the real kube-proxy"): (pattern on a normalised line, what to do, reason).
+KNOWN_DIFFERENCES = [
+        (re.compile(r"^\S+ (:KUBE-PROXY-CANARY$|-A KUBE-PROXY-CANARY )"), "drop",
+         "the canary chains kube-proxy watches to notice a flush of its tables"),
+        (re.compile(r"-m nfacct --nfacct-name localhost_nps_accepted_pkts "), "drop",
+         "a counting-only copy of the next NodePort rule for 127.0.0.0/8 (kube-proxy's metrics)"),
+        (re.compile(r"-m nfacct --nfacct-name \S+ "), "strip",
+         "a counting-only match (kube-proxy's nfacct metrics objects, which kube-proxy creates)"),
+]
+# kube-proxy walks its Services in map order: in these chains one rule per Service port follows
+# another in no defined order (the chains' other rules keep their places).
+SERVICE_ORDER_CHAINS = ("KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-EXTERNAL-SERVICES", "KUBE-PROXY-FIREWALL")
+
+
+def known_differences_removed(lines):
+    kept = []
+    for line in lines:
+        for pattern, action, _reason in KNOWN_DIFFERENCES:
+            if pattern.search(line):
+                line = None if action == "drop" else pattern.sub("", line)
+                if line is None:
+                    break
+        if line is not None:
+            kept.append(line)
+    return kept
+
+
+def seed_cluster(cluster):
+    for obj in SERVICES + SLICES:
+        cluster.add(obj)
+    for name, address in LOAD_BALANCER_STATUS.items():
+        cluster.call("PATCH", f"/api/v1/namespaces/{NAMESPACE}/services/{name}/status",
+                     {"status": {"loadBalancer": {"ingress": [{"ip": address}]}}},
+                     content_type="application/merge-patch+json")
+
+
+def in_node(cluster, command):
+    namespace = cluster.kube.namespaces[NODE]
+    return subprocess.run(["ip", "netns", "exec", namespace, "sh", "-c", command],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def iptables_dump(run):
+    """kube-proxy's part of ``iptables-save``: per table its KUBE-* chains (sorted), then the rules in
+    them and the jumps to them from the built-in chains, in their order, without counters; runs of
+    per-Service rules in SERVICE_ORDER_CHAINS sorted."""
+    chains, rules = [], []
+    table = None
+    for line in " ".join(run("iptables-save").split(" ")).splitlines():
+        line = re.sub(r"\s+", " ", line).strip()
+        if line.startswith("*"):
+            table = line[1:]
+        elif line.startswith(":KUBE-"):
+            chains.append(f"{table} {line.split()[0]}")
+        elif line.startswith("-A ") and (line.split()[1].startswith("KUBE-") or " -j KUBE-" in line):
+            rules.append(f"{table} {line}")
+    ordered, run_of = [], []
+    for index, rule in enumerate(rules + [None]):
+        per_service = rule is not None and rule.split()[2] in SERVICE_ORDER_CHAINS and ' --comment "' in rule \
+            and (not run_of or run_of[0].split()[:3] == rule.split()[:3])
+        if per_service:
+            run_of.append(rule)
+            continue
+        ordered.extend(sorted(run_of))
+        run_of = []
+        if rule is not None:
+            if rule.split()[2] in SERVICE_ORDER_CHAINS and ' --comment "' in rule:
+                run_of = [rule]
+            else:
+                ordered.append(rule)
+    return sorted(chains) + ordered
+
+
+def steady(dump, tries=30):
+    """A dump that no longer changes: kube-proxy is Ready after its first sync, and may sync again."""
+    last = dump()
+    for _ in range(tries):
+        time.sleep(2)
+        current = dump()
+        if current == last:
+            return current
+        last = current
+    raise AssertionError("kube-proxy kept rewriting the node's rules")
+
+
+def differences(real, ours):
+    real = known_differences_removed(real)
+    return [line for line in difflib.unified_diff(real, ours, "real kube-proxy", "kubeipvs.node", n=0, lineterm="")
+            if line[:1] in "+-" and not line.startswith(("---", "+++"))]
+
+
+def test_a_node_the_collection_programs_is_the_node_kube_proxy_programs(cluster, netns):
+    seed_cluster(cluster)
+    config = KUBEADM_CONFIG_IN_A_NAMESPACE.replace('mode: ""', "mode: iptables")
+    assert "mode: iptables" in config
+    seed_kubeadm_kube_proxy(cluster, config_text=config)
+    real = steady(lambda: iptables_dump(lambda command: in_node(cluster, command)))
+
+    state = cluster.module("kube_proxy_state", node_name=NODE, node_ips=[cluster.node_ip(NODE)], mode="iptables",
+                           cluster_cidr="10.244.0.0/16", masquerade_bit=14)
+    assert not state.get("failed"), state
+    applied = netns.module("iptables_chain", family="ipv4", chains=state["iptables_chain"]["ipv4"])
+    assert applied["changed"] and not applied.get("failed"), applied
+    ours = iptables_dump(netns.sh)
+
+    assert len(real) > 100 and sum(" -j KUBE-SEP-" in line for line in real) >= 20, real
+    diff = differences(real, ours)
+    assert not diff, "\n".join(diff[:80]) + "\n" + json.dumps(state["counts"])
