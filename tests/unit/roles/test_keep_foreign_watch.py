@@ -13,12 +13,16 @@ import pytest
 
 PROGRAM = Path(__file__).resolve().parents[3] / "roles/mode_switch/files/kubeipvs-keep-foreign-ipvs"
 
-# `ipvsadm -S -n` prints the table file; `ipvsadm -R` adds the lines it reads, refusing a service
-# that exists already, as the real one does.
+# `ipvsadm -S -n` prints the table file, `ipvsadm -L -n -t VIP:PORT` fails when that service is not
+# in it, `ipvsadm -R` adds the lines it reads, refusing a service that exists already, as the real one does.
 IPVSADM = r"""#!/bin/sh
 table=$IPVSADM_TABLE
 case "$1" in
   -S) cat "$table" ;;
+  -L)  # -L -n -t VIP:PORT: that service, or "No such service"
+    awk -v key="$3 $4" '$1 == "-A" && ($2 " " $3) == key { found = 1 } END { exit !found }' "$table" && exit 0
+    echo "No such service" >&2
+    exit 1 ;;
   -R)
     while IFS= read -r line; do
       set -- $line
