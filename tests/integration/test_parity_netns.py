@@ -97,12 +97,12 @@ LOAD_BALANCER_STATUS = {"balancer": "192.0.2.80", "balancer-cluster": "192.0.2.8
 # What the real kube-proxy writes and the collection does not, each for a reason docs/kube-proxy.md
 # gives ("Parity with the real kube-proxy"): (pattern on a normalised line, what to do, reason).
 KNOWN_DIFFERENCES = [
-        (re.compile(r"^\S+ (:KUBE-PROXY-CANARY$|-A KUBE-PROXY-CANARY )"), "drop",
-         "the canary chains kube-proxy watches to notice a flush of its tables"),
-        (re.compile(r"-m nfacct --nfacct-name localhost_nps_accepted_pkts "), "drop",
-         "a counting-only copy of the next NodePort rule for 127.0.0.0/8 (kube-proxy's metrics)"),
-        (re.compile(r"-m nfacct --nfacct-name \S+ "), "strip",
-         "a counting-only match (kube-proxy's nfacct metrics objects, which kube-proxy creates)"),
+    (re.compile(r"^\S+ (:KUBE-PROXY-CANARY$|-A KUBE-PROXY-CANARY )"), "drop",
+     "the canary chains kube-proxy watches to notice a flush of its tables"),
+    (re.compile(r"-m nfacct --nfacct-name localhost_nps_accepted_pkts "), "drop",
+     "a counting-only copy of the next NodePort rule for 127.0.0.0/8 (kube-proxy's metrics)"),
+    (re.compile(r"-m nfacct --nfacct-name \S+ "), "strip",
+     "a counting-only match (kube-proxy's nfacct metrics objects, which kube-proxy creates)"),
 ]
 # kube-proxy walks its Services in map order: in these chains one rule per Service port follows
 # another in no defined order (the chains' other rules keep their places).
@@ -171,7 +171,7 @@ def iptables_dump(run):
 def steady(dump, tries=30):
     """A dump that no longer changes: kube-proxy is Ready after its first sync, and may sync again."""
     last = dump()
-    for _ in range(tries):
+    for _attempt in range(tries):
         time.sleep(2)
         current = dump()
         if current == last:
