@@ -147,7 +147,7 @@ demo: setup k8s ## the main job on the lab cluster: site.yml to IPVS mode, traff
 	$(CLUSTER) up
 	$(CLUSTER) join
 	$(BIN)/ansible-playbook -i .lab/inventory.yml tests/lab/demo/site.yml -e @tests/lab/demo/vars.yml \
-		-e kube_proxy_kubeconfig=$(CURDIR)/.lab/k8s/admin.kubeconfig
+		-e kube_proxy_kubeconfig=$(CURDIR)/.lab/k8s/admin.kubeconfig -e lab_demo_state=$(CURDIR)/.lab
 	@echo "demo: the lab is still up; 'make lab-ssh' to look around, 'make lab-down' to stop it"
 
 # The IPVS benchmark needs a kernel with IPVS: it runs in a lab VM of its own (more memory than the
