@@ -11,6 +11,7 @@ allowed are the ones docs/kube-proxy.md lists with their reason (KNOWN_DIFFERENC
 from __future__ import annotations
 
 import difflib
+import itertools
 import json
 import re
 import subprocess
@@ -113,11 +114,10 @@ def known_differences_removed(lines):
     kept = []
     for line in lines:
         for pattern, action, _reason in KNOWN_DIFFERENCES:
-            if pattern.search(line):
-                line = None if action == "drop" else pattern.sub("", line)
-                if line is None:
-                    break
-        if line is not None:
+            if pattern.search(line) and action == "drop":
+                break
+            line = pattern.sub("", line)
+        else:
             kept.append(line)
     return kept
 
@@ -143,7 +143,7 @@ def iptables_dump(run):
     per-Service rules in SERVICE_ORDER_CHAINS sorted."""
     chains, rules = [], []
     table = None
-    for line in " ".join(run("iptables-save").split(" ")).splitlines():
+    for line in run("iptables-save").splitlines():
         line = re.sub(r"\s+", " ", line).strip()
         if line.startswith("*"):
             table = line[1:]
@@ -151,21 +151,13 @@ def iptables_dump(run):
             chains.append(f"{table} {line.split()[0]}")
         elif line.startswith("-A ") and (line.split()[1].startswith("KUBE-") or " -j KUBE-" in line):
             rules.append(f"{table} {line}")
-    ordered, run_of = [], []
-    for index, rule in enumerate(rules + [None]):
-        per_service = rule is not None and rule.split()[2] in SERVICE_ORDER_CHAINS and ' --comment "' in rule \
-            and (not run_of or run_of[0].split()[:3] == rule.split()[:3])
-        if per_service:
-            run_of.append(rule)
-            continue
-        ordered.extend(sorted(run_of))
-        run_of = []
-        if rule is not None:
-            if rule.split()[2] in SERVICE_ORDER_CHAINS and ' --comment "' in rule:
-                run_of = [rule]
-            else:
-                ordered.append(rule)
-    return sorted(chains) + ordered
+    # Consecutive per-Service rules of one chain form a group, sorted; every other rule is its own.
+    groups = itertools.groupby(rules, key=lambda rule: (rule.split()[:3], per_service(rule) or rule))
+    return sorted(chains) + [rule for _key, group in groups for rule in sorted(group)]
+
+
+def per_service(rule):
+    return rule.split()[2] in SERVICE_ORDER_CHAINS and ' --comment "' in rule
 
 
 def steady(dump, tries=30):
