@@ -15,7 +15,10 @@ description:
     ServiceAccount C(kube-proxy), the ClusterRoleBinding C(kubeadm:node-proxier) to the ClusterRole
     C(system:node-proxier), the ConfigMap (C(config.conf) and C(kubeconfig.conf)) and the
     DaemonSet (host network, privileged, C(system-node-critical), tolerating every taint, with
-    C(/run/xtables.lock), C(/lib/modules) and the ConfigMap mounted).
+    C(/run/xtables.lock) and the ConfigMap mounted). Unlike kubeadm's it does not mount the
+    node's C(/lib/modules) - kube-proxy would load nothing the node has not loaded (role
+    C(kubeipvs.node.ipvs_node)), and with them its start in C(nftables) mode flushes every IPVS
+    service on the node, keepalived's too (see M(kubeipvs.node.kube_proxy_restart)).
   - The objects carry the label C(app.kubernetes.io/managed-by=kubeipvs.node). Objects of the same
     name without it (kubeadm's) are never changed or deleted - they are reported as C(foreign);
     change such a deployment with M(kubeipvs.node.kube_proxy_config).

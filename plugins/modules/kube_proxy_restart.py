@@ -20,8 +20,14 @@ description:
   - Can set the DaemonSet's update strategy first (O(update_strategy)) - V(OnDelete) lets a
     changed template reach only the nodes restarted here, which is how a mode switch is
     rolled out one node at a time.
+  - Can hide the node's kernel modules from kube-proxy's pods, or show them again
+    (O(node_kernel_modules)), in the same write. kube-proxy starting in C(nftables) mode first
+    flushes the node's whole IPVS table - keepalived's services too - unless C(modprobe ip_vs) fails
+    in its container, which it does without the node's C(/lib/modules) mounted. A changed pod
+    template reaches a node when its pod is next replaced (at once for every node with the
+    C(RollingUpdate) strategy).
   - Every named node is checked for a kube-proxy pod before anything is deleted.
-  - Check mode reports what would be restarted and deletes nothing (a strategy change is sent
+  - Check mode reports what would be restarted and deletes nothing (a DaemonSet change is sent
     with server-side dry-run).
 extends_documentation_fragment:
   - kubeipvs.node.attributes.api
@@ -53,6 +59,17 @@ options:
     description: Set the DaemonSet's C(spec.updateStrategy.type) before restarting anything.
     type: str
     choices: [OnDelete, RollingUpdate]
+  node_kernel_modules:
+    description:
+      - Whether kube-proxy's containers see the node's kernel modules.
+      - V(false) removes every mount of a hostPath volume at or in C(/lib/modules) or
+        C(/usr/lib/modules) (and the volume, when nothing else mounts it); a hostPath mounted over
+        them (C(/), C(/usr), C(/lib)) is an error. Without them, IPVS mode needs its modules loaded
+        by the node (M(kubeipvs.node.kernel_module), role C(kubeipvs.node.ipvs_node)).
+      - V(true) mounts the node's C(/lib/modules) read-only into the container named C(kube-proxy)
+        as kubeadm does (volume C(lib-modules)).
+      - Unset, the pod template is left as it is.
+    type: bool
   timeout:
     description: Seconds to wait for the replacement pod on one node (on all nodes, with O(all_nodes)).
     type: int
@@ -95,6 +112,13 @@ update_strategy:
   returned: success
   type: dict
   sample: {before: RollingUpdate, after: OnDelete}
+node_kernel_modules:
+  description:
+    - Whether kube-proxy's containers see the node's kernel modules, before and after, and the
+      mounts (C(container:mountPath)) they see them through.
+  returned: success
+  type: dict
+  sample: {before: true, after: false, mounts_before: ["kube-proxy:/lib/modules"]}
 """
 
 import time
@@ -102,6 +126,10 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, ansible_module, run_module
 from ansible_collections.kubeipvs.node.plugins.module_utils.k8s._client import AUTH_ARG_SPEC, client_from_module
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_manifests import (
+    node_kernel_modules,
+    with_node_kernel_modules,
+)
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._text import (
     DNS1123_LABEL,
     DNS1123_SUBDOMAIN,
@@ -236,18 +264,40 @@ def run(module):
 
     strategy_before = ((daemonset.get("spec") or {}).get("updateStrategy") or {}).get("type", "RollingUpdate")
     strategy_after = params["update_strategy"] or strategy_before
-    changed = False
+    pod_spec = ((daemonset.get("spec") or {}).get("template") or {}).get("spec") or {}
+    modules_before = node_kernel_modules(pod_spec)
+    new_pod_spec = pod_spec
+    if params["node_kernel_modules"] is not None:
+        try:
+            new_pod_spec = with_node_kernel_modules(pod_spec, params["node_kernel_modules"])
+        except ValueError as error:
+            raise KubeIpvsError(f"DaemonSet {namespace}/{name}: {error}") from None
+    patch = {}
     if strategy_after != strategy_before:
         update = {"type": strategy_after}
         if strategy_after == "OnDelete":
             update["rollingUpdate"] = None  # only meaningful with RollingUpdate
-        client.patch("DaemonSet", name, {"spec": {"updateStrategy": update}}, namespace, dry_run=module.check_mode)
-        changed = True
+        patch["updateStrategy"] = update
+    if new_pod_spec != pod_spec:
+        # Lists replace whole in a merge patch; the resourceVersion makes the write fail, not
+        # clobber, when someone changed the DaemonSet since it was read.
+        patch["template"] = {"spec": {key: new_pod_spec.get(key) or None
+                                      for key in ("initContainers", "containers", "volumes")
+                                      if new_pod_spec.get(key) != pod_spec.get(key)}}
+    if patch:
+        client.patch("DaemonSet", name, {"metadata": {"resourceVersion": daemonset["metadata"]["resourceVersion"]},
+                                         "spec": patch}, namespace, dry_run=module.check_mode)
+    modules_after = node_kernel_modules(new_pod_spec)
 
-    output = dict(changed=changed or bool(nodes), update_strategy={"before": strategy_before, "after": strategy_after})
+    output = dict(changed=bool(patch) or bool(nodes),
+                  update_strategy={"before": strategy_before, "after": strategy_after},
+                  node_kernel_modules={"before": bool(modules_before), "after": bool(modules_after),
+                                       "mounts_before": modules_before})
     if module._diff:
-        output["diff"] = {"before": {"update_strategy": strategy_before, "restarted_nodes": []},
-                          "after": {"update_strategy": strategy_after, "restarted_nodes": list(nodes)}}
+        output["diff"] = {"before": {"update_strategy": strategy_before, "node_kernel_modules": modules_before,
+                                     "restarted_nodes": []},
+                          "after": {"update_strategy": strategy_after, "node_kernel_modules": modules_after,
+                                    "restarted_nodes": list(nodes)}}
     if module.check_mode:
         output["restarted"] = [{"node": n, "old_pods": [p["metadata"]["name"] for p in by_node[n]],
                                 "ready": all(pod_ready(p) for p in by_node[n]), "new_pod": None, "seconds": 0}
@@ -278,6 +328,7 @@ def main():
         nodes=dict(type="list", elements="str", default=[]),
         all_nodes=dict(type="bool", default=False),
         update_strategy=dict(type="str", choices=["OnDelete", "RollingUpdate"]),
+        node_kernel_modules=dict(type="bool"),
         timeout=dict(type="int", default=300),
         poll_interval=dict(type="float", default=2.0),
     )

@@ -129,3 +129,47 @@ def test_unknown_node_and_missing_daemonset_fail_before_deleting(cluster):
     assert both["failed"] and "not both" in both["msg"]
     assert uids(cluster) == before
     assert not cluster.writes()
+
+
+def template_mounts(cluster):
+    spec = cluster.get("DaemonSet", "kube-proxy")["spec"]["template"]["spec"]
+    return ([m["mountPath"] for m in spec["containers"][0]["volumeMounts"]],
+            sorted(v["name"] for v in spec["volumes"]))
+
+
+def test_node_kernel_modules_leave_and_come_back_with_the_strategy_change(cluster):
+    """kubeadm's DaemonSet mounts the node's /lib/modules; hiding it is one write together with the
+    strategy, reaches only the node restarted afterwards, and a second run changes nothing."""
+    seed_kubeadm_kube_proxy(cluster)
+    mounts, volumes = template_mounts(cluster)
+    assert "/lib/modules" in mounts and "lib-modules" in volumes
+
+    checked = cluster.module("kube_proxy_restart", check=True, diff=True, update_strategy="OnDelete",
+                             node_kernel_modules=False)
+    assert checked["changed"] and checked["node_kernel_modules"] == {
+        "before": True, "after": False, "mounts_before": ["kube-proxy:/lib/modules"]}
+    assert checked["diff"]["after"]["node_kernel_modules"] == []
+    assert template_mounts(cluster) == (mounts, volumes), "check mode changed the DaemonSet"
+
+    cluster.mark()
+    hidden = cluster.module("kube_proxy_restart", nodes=["node1"], update_strategy="OnDelete",
+                            node_kernel_modules=False, **WAIT)
+    assert hidden["changed"] and hidden["node_kernel_modules"]["after"] is False
+    assert [w[0] for w in cluster.writes()] == ["patch", "delete"], "not one write to the DaemonSet"
+    assert template_mounts(cluster) == ([m for m in mounts if m != "/lib/modules"],
+                                        [v for v in volumes if v != "lib-modules"])
+    assert cluster.get("DaemonSet", "kube-proxy")["spec"]["updateStrategy"] == {"type": "OnDelete"}
+    on_node = {p["spec"]["nodeName"]: [m["mountPath"] for m in p["spec"]["containers"][0]["volumeMounts"]]
+               for p in cluster.pods()}
+    assert "/lib/modules" not in on_node["node1"] and "/lib/modules" in on_node["node2"]
+    assert all(pod_ready(p) for p in cluster.pods())
+
+    cluster.mark()
+    again = cluster.module("kube_proxy_restart", node_kernel_modules=False, update_strategy="OnDelete")
+    assert not again["changed"] and not cluster.writes()
+
+    shown = cluster.module("kube_proxy_restart", node_kernel_modules=True, update_strategy="RollingUpdate")
+    assert shown["changed"] and shown["node_kernel_modules"] == {"before": False, "after": True, "mounts_before": []}
+    spec = cluster.get("DaemonSet", "kube-proxy")["spec"]["template"]["spec"]
+    assert {"mountPath": "/lib/modules", "name": "lib-modules", "readOnly": True} in spec["containers"][0]["volumeMounts"]
+    assert [v["hostPath"]["path"] for v in spec["volumes"] if v["name"] == "lib-modules"] == ["/lib/modules"]

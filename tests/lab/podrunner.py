@@ -240,7 +240,7 @@ def in_container(mounts: list, argv: list, scratch: str, netns: str | None = Non
                  workdir: str | None = None) -> list:
     """``argv`` as a privileged host-network container: in a mount namespace of its own, chrooted to a
     copy-on-write overlay of the node's root (writes land in a tmpfs and vanish with it) with the
-    node's /proc, /sys and /dev, an empty /run and /tmp, and ``mounts`` (source, target, read_only)
+    node's /proc, /sys and /dev, an empty /run, /tmp and /lib/modules, and ``mounts`` (source, target, read_only)
     bind-mounted: the image's directories and the pod's volumes. Nothing of it is visible on the
     node. unshare, sh and chroot exec in turn, so the container's PID is the one the runner started.
     ``netns``: run it in that network namespace (a node that is a network namespace of its host)."""
@@ -251,6 +251,10 @@ def in_container(mounts: list, argv: list, scratch: str, netns: str | None = Non
              f"workdir={shlex.quote(scratch)}/work {shlex.quote(root)}"]
     steps += [f"mount --rbind /{name} {shlex.quote(root)}/{name}" for name in ("proc", "sys", "dev")]
     steps += [f"mount -t tmpfs tmpfs {shlex.quote(root)}/{name}" for name in ("run", "tmp")]
+    # An image carries no kernel modules: the node's show only where a volume mounts them, so a
+    # `modprobe` in the container fails otherwise, as it does in kube-proxy's real image.
+    modules = shlex.quote(root + os.path.realpath("/lib/modules"))
+    steps.append(f"[ ! -d {modules} ] || mount -t tmpfs -o mode=0755 modules {modules}")
     for source, target, read_only in mounts:
         # The root is the node's own (overlaid), so its symlinks resolve as the node's do; resolved
         # here, an absolute one (Debian's /var/run -> /run) cannot lead the mount out of the root.

@@ -104,7 +104,9 @@ def daemon_set(namespace, name, image, configmap_name, config_key, service_accou
             # readOnly false is the default, which the API server does not store: leaving it out keeps
             # the stored object comparable with this one.
             {"mountPath": "/run/xtables.lock", "name": "xtables-lock"},
-            {"mountPath": "/lib/modules", "name": "lib-modules", "readOnly": True},
+            # No /lib/modules, unlike kubeadm's: the node role loads the modules, and a kube-proxy
+            # that sees them flushes every IPVS service on the node when it starts in nftables mode
+            # (see node_kernel_modules below).
         ],
         "env": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "spec.nodeName"}}}],
         "readinessProbe": probe,
@@ -124,7 +126,6 @@ def daemon_set(namespace, name, image, configmap_name, config_key, service_accou
                     "volumes": [
                         {"name": "kube-proxy", "configMap": {"name": configmap_name}},
                         {"name": "xtables-lock", "hostPath": {"path": "/run/xtables.lock", "type": "FileOrCreate"}},
-                        {"name": "lib-modules", "hostPath": {"path": "/lib/modules"}},
                     ],
                     "tolerations": [{"operator": "Exists"}],
                     "nodeSelector": dict(node_selector),
@@ -179,3 +180,92 @@ def managed_view(obj, desired):
     if isinstance(desired, list) and isinstance(obj, list) and len(obj) == len(desired):
         return [managed_view(o, d) for o, d in zip(obj, desired, strict=True)]
     return copy.deepcopy(obj)
+
+
+# ----------------------------------------------------------------------------------------------
+# The node's kernel modules in kube-proxy's pods. kube-proxy starting in nftables mode runs its IPVS
+# cleanup - a flush of the node's whole IPVS table, keepalived's services too - unless
+# `modprobe -va ip_vs` fails in its container, which it does when the node's /lib/modules is not
+# mounted there (an image carries no modules). Nothing else needs them: IPVS mode works with the
+# modules loaded by the node (kernel_module, the ipvs_node role), and the kernel loads the ones it
+# asks for itself with the node's modprobe.
+
+NODE_MODULES = "/lib/modules"
+_MODULE_PATHS = ("/lib/modules", "/usr/lib/modules")
+
+
+def _normal(path):
+    return "/" + "/".join(part for part in str(path).split("/") if part not in ("", "."))
+
+
+def _exposes(mount_path):
+    """'inside': the mount is the modules' folder or in it; 'over': it contains it; None: neither."""
+    path = _normal(mount_path)
+    if any(path == m or path.startswith(m + "/") for m in _MODULE_PATHS):
+        return "inside"
+    if any(m.startswith(path.rstrip("/") + "/") for m in _MODULE_PATHS):
+        return "over"
+    return None
+
+
+def _host_paths(pod_spec):
+    return {v.get("name"): v["hostPath"].get("path") for v in pod_spec.get("volumes") or [] if v.get("hostPath")}
+
+
+def node_kernel_modules(pod_spec):
+    """The mounts through which a pod's containers see the node's kernel modules, as
+    ``container:mountPath`` strings: a hostPath volume mounted at /lib/modules, /usr/lib/modules,
+    in them or over them."""
+    host_paths = _host_paths(pod_spec)
+    return [f"{container.get('name')}:{mount.get('mountPath')}"
+            for key in ("initContainers", "containers") for container in pod_spec.get(key) or []
+            for mount in container.get("volumeMounts") or []
+            if mount.get("name") in host_paths and _exposes(mount.get("mountPath", ""))]
+
+
+def with_node_kernel_modules(pod_spec, wanted):
+    """``pod_spec`` changed so that its containers see the node's kernel modules (``wanted``) or do
+    not: hostPath mounts at or in /lib/modules go (with their volumes, when nothing else mounts them),
+    or kubeadm's read-only ``lib-modules`` mount of /lib/modules comes into the container named
+    kube-proxy (or the only one). Raises ValueError when that cannot be done without touching
+    anything else."""
+    spec = copy.deepcopy(pod_spec)
+    seen = node_kernel_modules(spec)
+    if bool(seen) == wanted:
+        return spec
+    host_paths = _host_paths(spec)
+    if not wanted:
+        over = [f"{c.get('name')}:{m.get('mountPath')}" for key in ("initContainers", "containers")
+                for c in spec.get(key) or [] for m in c.get("volumeMounts") or []
+                if m.get("name") in host_paths and _exposes(m.get("mountPath", "")) == "over"]
+        if over:
+            raise ValueError(f"the node's kernel modules are visible through {', '.join(over)}, a hostPath mount "
+                             "over /lib/modules; mount them apart (or not at all) to let them be hidden")
+        removed = set()
+        for key in ("initContainers", "containers"):
+            for container in spec.get(key) or []:
+                mounts = container.get("volumeMounts") or []
+                gone = [m for m in mounts if m.get("name") in host_paths and _exposes(m.get("mountPath", ""))]
+                removed.update(m.get("name") for m in gone)
+                container["volumeMounts"] = [m for m in mounts if m not in gone]
+        still_used = {m.get("name") for key in ("initContainers", "containers") for c in spec.get(key) or []
+                      for m in c.get("volumeMounts") or []}
+        spec["volumes"] = [v for v in spec.get("volumes") or []
+                           if v.get("name") not in removed or v.get("name") in still_used]
+        return spec
+    containers = spec.get("containers") or []
+    target = [c for c in containers if c.get("name") == "kube-proxy"] or (containers if len(containers) == 1 else [])
+    if not target:
+        raise ValueError("no container named kube-proxy (and more than one container) to mount the node's "
+                         "kernel modules in")
+    volumes = spec.setdefault("volumes", [])
+    name = "lib-modules"
+    existing = next((v for v in volumes if v.get("name") == name), None)
+    if existing is None:
+        volumes.append({"name": name, "hostPath": {"path": NODE_MODULES}})
+    elif _normal((existing.get("hostPath") or {}).get("path", "")) not in _MODULE_PATHS:
+        raise ValueError(f"the pod already has a volume named {name} that is not the node's {NODE_MODULES}")
+    if any(_normal(m.get("mountPath", "")) == NODE_MODULES for m in target[0].get("volumeMounts") or []):
+        raise ValueError(f"container {target[0].get('name')} already mounts something else at {NODE_MODULES}")
+    target[0].setdefault("volumeMounts", []).append({"mountPath": NODE_MODULES, "name": name, "readOnly": True})
+    return spec

@@ -95,6 +95,9 @@ def test_container_command_binds_into_an_overlay_root_then_execs_the_command():
            "/scratch/c-1/root" in script
     assert "mount --rbind /proc /scratch/c-1/root/proc" in script
     assert "mount -t tmpfs tmpfs /scratch/c-1/root/run" in script
+    modules = "/scratch/c-1/root" + os.path.realpath("/lib/modules")
+    hidden = script.index(f"[ ! -d {modules} ] || mount -t tmpfs -o mode=0755 modules {modules}")
+    assert hidden < min(i for i, step in enumerate(script) if step.startswith("mount --rbind /var/lib/podrunner"))
     image = script.index("mount --rbind /var/lib/podrunner/images/x/rootfs/usr/local/bin "
                          "/scratch/c-1/root/usr/local/bin")
     assert script[image + 1] == "mount -o remount,bind,ro /scratch/c-1/root/usr/local/bin"

@@ -4,8 +4,11 @@
 
 from __future__ import annotations
 
+import pytest
 import yaml
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_manifests import (
+    node_kernel_modules,
+    with_node_kernel_modules,
     cluster_role_binding,
     config_map,
     contains,
@@ -35,7 +38,8 @@ def test_daemon_set_is_shaped_like_kubeadms():
     assert volumes["xtables-lock"]["hostPath"] == {"path": "/run/xtables.lock", "type": "FileOrCreate"}
     assert volumes["kube-proxy"]["configMap"]["name"] == "kube-proxy"
     mounts = {m["name"]: m for m in container["volumeMounts"]}
-    assert mounts["lib-modules"] == {"mountPath": "/lib/modules", "name": "lib-modules", "readOnly": True}
+    assert "lib-modules" not in mounts and "lib-modules" not in volumes  # see node_kernel_modules
+    assert node_kernel_modules(spec) == []
     assert mounts["kube-proxy"]["mountPath"] == "/var/lib/kube-proxy"
 
 
@@ -70,7 +74,7 @@ def test_server_defaults_are_no_change_but_managed_fields_are():
     stored["metadata"]["uid"] = "u1"
     stored["spec"]["template"]["spec"]["dnsPolicy"] = "ClusterFirst"
     stored["spec"]["template"]["spec"]["containers"][0]["terminationMessagePath"] = "/dev/termination-log"
-    stored["spec"]["template"]["spec"]["volumes"][2]["hostPath"]["type"] = ""
+    stored["spec"]["template"]["spec"]["volumes"][0]["configMap"]["defaultMode"] = 420
     assert contains(stored, desired)
 
     newer = kube_proxy_daemon_set()
@@ -90,3 +94,66 @@ def test_list_items_with_another_name_are_replaced_whole():
     assert overlay(stored, desired) == desired
     assert not contains(stored, desired)
     assert not contains({"env": []}, desired)
+
+
+def kubeadm_pod_spec(**extra):
+    spec = {"containers": [{"name": "kube-proxy", "volumeMounts": [
+        {"mountPath": "/var/lib/kube-proxy", "name": "kube-proxy"},
+        {"mountPath": "/run/xtables.lock", "name": "xtables-lock"},
+        {"mountPath": "/lib/modules", "name": "lib-modules", "readOnly": True}]}],
+        "volumes": [{"name": "kube-proxy", "configMap": {"name": "kube-proxy"}},
+                    {"name": "xtables-lock", "hostPath": {"path": "/run/xtables.lock", "type": "FileOrCreate"}},
+                    {"name": "lib-modules", "hostPath": {"path": "/lib/modules", "type": ""}}]}
+    spec.update(extra)
+    return spec
+
+
+def test_hiding_the_node_kernel_modules_removes_only_their_mount_and_volume():
+    spec = kubeadm_pod_spec()
+    assert node_kernel_modules(spec) == ["kube-proxy:/lib/modules"]
+    hidden = with_node_kernel_modules(spec, False)
+    assert node_kernel_modules(hidden) == []
+    assert [m["name"] for m in hidden["containers"][0]["volumeMounts"]] == ["kube-proxy", "xtables-lock"]
+    assert [v["name"] for v in hidden["volumes"]] == ["kube-proxy", "xtables-lock"]
+    assert spec == kubeadm_pod_spec(), "the input was changed"
+    assert with_node_kernel_modules(hidden, False) == hidden
+    shown = with_node_kernel_modules(hidden, True)
+    assert node_kernel_modules(shown) == ["kube-proxy:/lib/modules"]
+    assert shown["volumes"][-1] == {"name": "lib-modules", "hostPath": {"path": "/lib/modules"}}
+    assert with_node_kernel_modules(spec, True) == spec
+
+
+def test_every_way_a_container_sees_the_modules_counts():
+    spec = kubeadm_pod_spec()
+    spec["containers"][0]["volumeMounts"][2]["mountPath"] = "/usr/lib/modules/"
+    spec["initContainers"] = [{"name": "init", "volumeMounts": [{"mountPath": "/lib/modules/6.1.0", "name": "lib-modules"}]}]
+    spec["volumes"].append({"name": "modules-load", "hostPath": {"path": "/usr/lib/modules-load.d"}})
+    spec["containers"][0]["volumeMounts"].append({"mountPath": "/usr/lib/modules-load.d", "name": "modules-load"})
+    # a configMap at the modules' path is the image's own business, not the node's modules
+    spec["volumes"].append({"name": "cfg", "configMap": {"name": "x"}})
+    spec["containers"][0]["volumeMounts"].append({"mountPath": "/lib/modules/extra", "name": "cfg"})
+    assert node_kernel_modules(spec) == ["init:/lib/modules/6.1.0", "kube-proxy:/usr/lib/modules/"]
+    hidden = with_node_kernel_modules(spec, False)
+    assert node_kernel_modules(hidden) == [] and hidden["initContainers"][0]["volumeMounts"] == []
+    assert [m["mountPath"] for m in hidden["containers"][0]["volumeMounts"]] == [
+        "/var/lib/kube-proxy", "/run/xtables.lock", "/usr/lib/modules-load.d", "/lib/modules/extra"]
+    assert "lib-modules" not in [v["name"] for v in hidden["volumes"]]
+
+
+def test_a_host_folder_over_the_modules_cannot_be_hidden_apart():
+    spec = kubeadm_pod_spec()
+    spec["volumes"].append({"name": "host", "hostPath": {"path": "/"}})
+    spec["containers"][0]["volumeMounts"].append({"mountPath": "/usr", "name": "host"})
+    with pytest.raises(ValueError, match=r"kube-proxy:/usr, a hostPath mount over /lib/modules"):
+        with_node_kernel_modules(spec, False)
+
+
+def test_showing_the_modules_needs_a_place_for_them():
+    two = kubeadm_pod_spec(containers=[{"name": "a"}, {"name": "b"}], volumes=[])
+    with pytest.raises(ValueError, match="no container named kube-proxy"):
+        with_node_kernel_modules(two, True)
+    taken = kubeadm_pod_spec()
+    taken["containers"][0]["volumeMounts"].pop()
+    taken["volumes"][-1] = {"name": "lib-modules", "emptyDir": {}}
+    with pytest.raises(ValueError, match="volume named lib-modules"):
+        with_node_kernel_modules(taken, True)
