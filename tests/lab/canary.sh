@@ -4,7 +4,10 @@
 # usage: canary.sh start NAME KIND TARGET   start canary NAME in the background (PID in
 #                                           /run/kubeipvs-canary/NAME.pid), logging each result
 #        canary.sh stop                     stop every canary by its PID
-#        canary.sh count NAME               {"ok": N, "slow": S, "failed": M, "failures": [...]} as JSON
+#        canary.sh mark STEP                every canary's results from now on count for STEP
+#        canary.sh count NAME               {"ok": N, "slow": S, "failed": M, "failures": [...],
+#                                           "steps": [{"step": STEP, "ok": .., "slow": .., "failed": ..}]}
+#                                           as JSON (results before the first mark: step "start")
 # KIND:
 #   http URL          a new TCP connection and one GET every 0.2 s
 #   hold URL          one HTTP/1.1 keep-alive connection kept open, a GET on it every 0.5 s; a
@@ -103,12 +106,25 @@ else:
       rm -f "$pidfile"
     done
     ;;
+  mark)
+    step=${2:?STEP}
+    [[ $step =~ ^[a-z0-9][a-z0-9-]*$ ]] || { echo "STEP: lower-case letters, digits and dashes" >&2; exit 2; }
+    for log in "$dir"/*.log; do
+      [ -f "$log" ] && echo "mark $step" >>"$log"
+    done
+    ;;
   count)
     name=${2:?NAME}
     log=$dir/$name.log
     ok=$(grep -c '^ok' "$log" || true)
     slow=$(grep -c '^slow' "$log" || true)
     failures=$(grep '^failed' "$log" | head -20 | awk '{print "\"" $2 " " $3 "\""}' | paste -sd, - || true)
-    echo "{\"ok\": $ok, \"slow\": $slow, \"failed\": $(grep -c '^failed' "$log" || true), \"failures\": [$failures]}"
+    steps=$(awk '
+      function emit() { if (n++) printf ","; printf "{\"step\": \"%s\", \"ok\": %d, \"slow\": %d, \"failed\": %d}", step, c["ok"], c["slow"], c["failed"] }
+      BEGIN { step = "start" }
+      $1 == "mark" { emit(); step = $2; delete c; next }
+      { c[$1]++ }
+      END { emit() }' "$log")
+    echo "{\"ok\": $ok, \"slow\": $slow, \"failed\": $(grep -c '^failed' "$log" || true), \"failures\": [$failures], \"steps\": [$steps]}"
     ;;
 esac
