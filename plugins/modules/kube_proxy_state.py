@@ -66,6 +66,23 @@ options:
     type: str
     default: rr
     choices: [rr, wrr, lc, wlc, lblc, lblcr, sh, dh, sed, nq, mh]
+  ip_families:
+    description:
+      - IP families to render beside those of the node IPs and the Services' ClusterIPs.
+      - kube-proxy runs for every family the node's kernel supports, so on a kernel with IPv6 it also
+        creates its (empty) IPv6 objects in an IPv4-only cluster - the C(ip6 kube-proxy) table, the
+        C(KUBE-6-*) ipsets, the ip6tables chains. List V(ipv6) to render them too.
+    type: list
+    elements: str
+    choices: [ipv4, ipv6]
+    default: []
+  service_cidrs:
+    description:
+      - The cluster's Service CIDRs - nftables mode drops traffic to an address in them that is no
+        ClusterIP. Not given - the C(spec.cidrs) of the cluster's ServiceCIDR objects, as kube-proxy
+        reads them (none on a cluster without that API, and then no such rule).
+    type: list
+    elements: str
 seealso:
   - module: kubeipvs.node.ipvs_sync
   - module: kubeipvs.node.dummy_interface
@@ -162,7 +179,11 @@ counts:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, ansible_module, run_module
-from ansible_collections.kubeipvs.node.plugins.module_utils.k8s._client import AUTH_ARG_SPEC, client_from_module
+from ansible_collections.kubeipvs.node.plugins.module_utils.k8s._client import (
+    AUTH_ARG_SPEC,
+    KubeApiError,
+    client_from_module,
+)
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_iptables import iptables_state
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_nftables import nftables_state
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_state import node_state
@@ -180,23 +201,37 @@ def node_ips_from_api(client, node_name):
     return addresses
 
 
-def render(params, services, slices, node_ips):
+def service_cidrs_from_api(client):
+    """The CIDRs of every ServiceCIDR object (networking.k8s.io/v1), [] where the API has none."""
+    try:
+        objects = client.list("ServiceCIDR")
+    except KubeApiError as error:
+        if error.status == 404:
+            return []
+        raise KubeIpvsError(f"cannot list ServiceCIDRs ({error.status} {error.reason}); "
+                            "grant list on servicecidrs or pass service_cidrs") from None
+    return sorted({str(cidr) for obj in objects for cidr in ((obj.get("spec") or {}).get("cidrs") or [])})
+
+
+def render(params, services, slices, node_ips, service_cidrs=()):
     """The node's state in the requested mode's terms, plus the mode-independent facts."""
     mode, node_name = params["mode"], params["node_name"]
-    ipvs = node_state(services, slices, node_name, node_ips, params["scheduler"])
+    ipvs = node_state(services, slices, node_name, node_ips, params["scheduler"], params["ip_families"])
     virtual_servers = ipvs["ipvs_sync"]["services"]
     result = {"mode": mode, "cluster_ip_ports": ipvs["cluster_ip_ports"],
               "counts": {"services_read": len(services), "endpoint_slices_read": len(slices),
                          "virtual_servers": len(virtual_servers),
                          "real_servers": sum(len(s["real_servers"]) for s in virtual_servers),
                          "addresses": len(ipvs["dummy_interface"]["addresses"])}}
-    options = {"cluster_cidr": params["cluster_cidr"] or None, "masquerade_bit": params["masquerade_bit"]}
+    options = {"cluster_cidr": params["cluster_cidr"] or None, "masquerade_bit": params["masquerade_bit"],
+               "families": params["ip_families"]}
     if mode == "ipvs":
         result.update((key, ipvs[key]) for key in ("dummy_interface", "ipvs_sync", "ipsets", "ipset_types"))
     elif mode == "iptables":
         result["iptables_chain"] = iptables_state(services, slices, node_name, node_ips, **options)
     else:
-        result["nftables_tables"] = list(nftables_state(services, slices, node_name, node_ips, **options).values())
+        result["nftables_tables"] = list(nftables_state(services, slices, node_name, node_ips,
+                                                        service_cidrs=service_cidrs, **options).values())
     return result
 
 
@@ -209,8 +244,11 @@ def compute(module):
     node_ips = params["node_ips"] or node_ips_from_api(client, params["node_name"])
     services = client.list("Service")
     slices = client.list("EndpointSlice")
+    service_cidrs = params["service_cidrs"]
+    if service_cidrs is None and params["mode"] == "nftables":
+        service_cidrs = service_cidrs_from_api(client)
     try:
-        state = render(params, services, slices, node_ips)
+        state = render(params, services, slices, node_ips, service_cidrs or ())
     except ValueError as error:
         raise KubeIpvsError(str(error)) from None
     version = client.version() or {}
@@ -228,6 +266,8 @@ def main():
         mode=dict(type="str", default="ipvs", choices=["ipvs", "iptables", "nftables"]),
         cluster_cidr=dict(type="str", default=""),
         masquerade_bit=dict(type="int", default=14),
+        ip_families=dict(type="list", elements="str", choices=["ipv4", "ipv6"], default=[]),
+        service_cidrs=dict(type="list", elements="str"),
     )
     module = ansible_module(AnsibleModule, argument_spec=argument_spec, supports_check_mode=True)
     run_module(module, compute)

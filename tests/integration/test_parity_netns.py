@@ -1,12 +1,13 @@
 # Copyright (c) kubeipvs.node contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Parity with the real kube-proxy in iptables mode. The real kube-proxy - built from the Kubernetes
-release the lab runs, started by the real DaemonSet on a node of the real cluster (a network
-namespace) - programs node1 from a cluster holding every Service shape it handles on an IPv4 node;
-kube_proxy_state renders the same node from the same API server and iptables_chain programs a fresh
-namespace with it. The normalised dumps of both must be equal, line for line; the only differences
-allowed are the ones docs/kube-proxy.md lists with their reason (KNOWN_DIFFERENCES below)."""
+"""Parity with the real kube-proxy in iptables and nftables mode. The real kube-proxy - built from the
+Kubernetes release the lab runs, started by the real DaemonSet on a node of the real cluster (a
+network namespace) - programs node1 from a cluster holding every Service shape it handles on an IPv4
+node; kube_proxy_state renders the same node from the same API server and iptables_chain or
+nftables_table programs a fresh namespace with it. The normalised dumps of both must be equal, line
+for line; the only differences allowed are the ones docs/kube-proxy.md lists with their reason
+(KNOWN_DIFFERENCES below)."""
 
 from __future__ import annotations
 
@@ -178,20 +179,88 @@ def differences(real, ours):
             if line[:1] in "+-" and not line.startswith(("---", "+++"))]
 
 
-def test_a_node_the_collection_programs_is_the_node_kube_proxy_programs(cluster, netns):
+def real_and_rendered(cluster, mode, dump, **options):
+    """The real kube-proxy's node in ``mode`` (its ``dump``, once steady) and kube_proxy_state's
+    rendering of the same node from the same cluster."""
     seed_cluster(cluster)
-    config = KUBEADM_CONFIG_IN_A_NAMESPACE.replace('mode: ""', "mode: iptables")
-    assert "mode: iptables" in config
+    config = KUBEADM_CONFIG_IN_A_NAMESPACE.replace('mode: ""', f"mode: {mode}")
+    assert f"mode: {mode}" in config
     seed_kubeadm_kube_proxy(cluster, config_text=config)
-    real = steady(lambda: iptables_dump(lambda command: in_node(cluster, command)))
-
-    state = cluster.module("kube_proxy_state", node_name=NODE, node_ips=[cluster.node_ip(NODE)], mode="iptables",
-                           cluster_cidr="10.244.0.0/16", masquerade_bit=14)
+    real = steady(lambda: dump(lambda command: in_node(cluster, command)))
+    state = cluster.module("kube_proxy_state", node_name=NODE, node_ips=[cluster.node_ip(NODE)], mode=mode,
+                           cluster_cidr="10.244.0.0/16", masquerade_bit=14, **options)
     assert not state.get("failed"), state
+    return real, state
+
+
+def test_a_node_the_collection_programs_is_the_node_kube_proxy_programs(cluster, netns):
+    real, state = real_and_rendered(cluster, "iptables", iptables_dump)
     applied = netns.module("iptables_chain", family="ipv4", chains=state["iptables_chain"]["ipv4"])
     assert applied["changed"] and not applied.get("failed"), applied
     ours = iptables_dump(netns.sh)
 
     assert len(real) > 100 and sum(" -j KUBE-SEP-" in line for line in real) >= 20, real
+    diff = differences(real, ours)
+    assert not diff, "\n".join(diff[:80]) + "\n" + json.dumps(state["counts"])
+
+
+def nft_dump(run):
+    """kube-proxy's ``kube-proxy`` tables of ``nft list ruleset``, one line per fact: each set, map
+    and chain (in name order; nft lists them in creation order, kube-proxy's follows Go map order)
+    with its declaration and rules in their order, and its elements sorted (one line each)."""
+    lines, table, block, elements = [], None, None, None
+    for raw in run("nft list ruleset").splitlines():
+        line = raw.strip()
+        if elements is not None:  # inside ``elements = { ... }``, which may span lines
+            elements += " " + line
+            if line.endswith("}"):
+                items = split_top_level(elements[elements.index("{") + 1:elements.rindex("}")])
+                lines.extend(f"{table} {block} element {item}" for item in items)
+                elements = None
+        elif line.startswith("table "):  # only kube-proxy's (iptables-nft keeps its tables in nft too)
+            table = " ".join(line.split()[1:3]) if line.split()[2] == "kube-proxy" else None
+            block = "table"
+        elif not table or not line or line == "}":
+            continue
+        elif line.split()[0] in ("set", "map", "chain") and line.endswith("{"):
+            block = " ".join(line.split()[:2])
+        elif line.startswith("elements = {"):
+            elements = line
+            if line.endswith("}"):
+                lines.extend(f"{table} {block} element {item}" for item in
+                             split_top_level(line[line.index("{") + 1:line.rindex("}")]))
+                elements = None
+        else:
+            lines.append(f"{table} {block} {line}")
+    index = {line: position for position, line in enumerate(lines)}
+    # blocks in name order, each block's lines in their order (elements sorted among themselves)
+    return sorted(lines, key=lambda line: (line.split(" ", 4)[:4], " element " in line,
+                                           line if " element " in line else index[line]))
+
+
+def split_top_level(text):
+    """``a, b { c, d }, e`` -> [a, b { c, d }, e]: the elements of a set, commas inside braces kept."""
+    items, depth, current = [], 0, ""
+    for char in text:
+        depth += {"{": 1, "}": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            items.append(current.strip())
+            current = ""
+        else:
+            current += char
+    return [item for item in items + [current.strip()] if item]
+
+
+def test_an_nftables_node_the_collection_programs_is_the_node_kube_proxy_programs(cluster, netns):
+    # kube-proxy runs an IPv6 proxier too (the namespace's kernel has IPv6): ip_families adds it
+    real, state = real_and_rendered(cluster, "nftables", nft_dump, ip_families=["ipv6"])
+    assert [table["family"] for table in state["nftables_tables"]] == ["ip", "ip6"], state["nftables_tables"]
+    for table in state["nftables_tables"]:
+        applied = netns.module("nftables_table", family=table["family"], name=table["name"], content=table["content"])
+        assert applied["changed"] and not applied.get("failed"), applied
+    ours = nft_dump(netns.sh)
+
+    assert sum(" dnat " in line for line in real) >= 10 and any(line.startswith("ip6 ") for line in real), real
+    assert any("Drop traffic to unallocated ClusterIPs" in line for line in real), real
     diff = differences(real, ours)
     assert not diff, "\n".join(diff[:80]) + "\n" + json.dumps(state["counts"])

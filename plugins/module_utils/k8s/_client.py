@@ -54,6 +54,7 @@ RESOURCES = {
     "DaemonSet": ("/apis/apps/v1", "daemonsets", True),
     "EndpointSlice": ("/apis/discovery.k8s.io/v1", "endpointslices", True),
     "ClusterRoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "clusterrolebindings", False),
+    "ServiceCIDR": ("/apis/networking.k8s.io/v1", "servicecidrs", False),
 }
 IN_CLUSTER_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 LIST_PAGE_SIZE = 500

@@ -456,14 +456,14 @@ def _family_value(value, family):
     return None
 
 
-def iptables_state(services, endpoint_slices, node_name, node_ips, cluster_cidr=None, **options):
+def iptables_state(services, endpoint_slices, node_name, node_ips, cluster_cidr=None, families=(), **options):
     """{"ipv4": chains, "ipv6": chains} of a node: the families ``_kube_proxy_state.ip_families``
-    finds, each with its own node IPs and the ``cluster_cidr`` entry of that family (a
+    finds (``families`` added), each with its own node IPs and the ``cluster_cidr`` entry of that family (a
     comma-separated string or list, as kube-proxy's ``--cluster-cidr``)."""
     check_node_ips(node_ips)
     check_cluster_objects(services, endpoint_slices)
     result = {}
-    for family in ip_families(services, node_ips):
+    for family in ip_families(services, node_ips, families):
         family_ips = [str(ip) for ip in map(parse_ip, node_ips) if family_of(ip) == family]
         service_ports = cluster_service_ports(services, endpoint_slices, node_name, family)
         result[family] = iptables_chains(service_ports, family, family_ips,

@@ -53,18 +53,18 @@ REJECT_CHAIN = "reject-chain"
 CLUSTER_IPS_CHECK_CHAIN = "cluster-ips-check"
 FIREWALL_IPS_MAP = "firewall-ips"
 FIREWALL_CHECK_CHAIN = "firewall-check"
-MARK_MASQ_CHAIN = "mark-for-masquerade"
 MASQUERADING_CHAIN = "masquerading"
+HAIRPIN_SET = "hairpin-connections"
 
-# Base chains: (name, type, hook, priority). kube-proxy asks for "dstnat-10" and friends; nft only
-# accepts the names dstnat/srcnat on some hooks, and lists the others as numbers, so numbers here
-# where a name is not accepted (dstnat = -100, srcnat = 100).
+# Base chains: (name, type, hook, priority), in upstream's order. kube-proxy asks for "dstnat-10"
+# and friends; nft accepts the names dstnat/srcnat only on some hooks and lists the others as
+# numbers, so numbers where a name is not accepted (dstnat = -100, srcnat = 100, filter = 0).
 BASE_CHAINS = (
-    ("filter-prerouting", "filter", "prerouting", "dstnat - 10"),
-    ("filter-input", "filter", "input", "-110"),
-    ("filter-forward", "filter", "forward", "-110"),
-    ("filter-output", "filter", "output", "-110"),
-    ("filter-output-post-dnat", "filter", "output", "-90"),
+    ("filter-prerouting-pre-dnat", "filter", "prerouting", "dstnat - 10"),
+    ("filter-output-pre-dnat", "filter", "output", "-110"),
+    ("filter-input", "filter", "input", "filter"),
+    ("filter-forward", "filter", "forward", "filter"),
+    ("filter-output", "filter", "output", "filter"),
     ("nat-prerouting", "nat", "prerouting", "dstnat"),
     ("nat-output", "nat", "output", "-100"),
     ("nat-postrouting", "nat", "postrouting", "srcnat"),
@@ -75,13 +75,13 @@ JUMPS = (
     ("filter-input", "ct state new", SERVICE_ENDPOINTS_CHECK_CHAIN),
     ("filter-forward", "ct state new", SERVICE_ENDPOINTS_CHECK_CHAIN),
     ("filter-output", "ct state new", SERVICE_ENDPOINTS_CHECK_CHAIN),
-    ("filter-prerouting", "ct state new", FIREWALL_CHECK_CHAIN),
-    ("filter-output", "ct state new", FIREWALL_CHECK_CHAIN),
+    ("filter-prerouting-pre-dnat", "ct state new", FIREWALL_CHECK_CHAIN),
+    ("filter-output-pre-dnat", "ct state new", FIREWALL_CHECK_CHAIN),
     ("nat-output", "", SERVICES_CHAIN),
     ("nat-prerouting", "", SERVICES_CHAIN),
     ("nat-postrouting", "", MASQUERADING_CHAIN),
     ("filter-forward", "ct state new", CLUSTER_IPS_CHECK_CHAIN),
-    ("filter-output-post-dnat", "ct state new", CLUSTER_IPS_CHECK_CHAIN),
+    ("filter-output", "ct state new", CLUSTER_IPS_CHECK_CHAIN),
 )
 FAMILY = {IPV4: ("ipv4_addr", "127.0.0.0/8"), IPV6: ("ipv6_addr", "::1")}
 NODEPORT_ADDRESSES = ("primary", "all")
@@ -216,7 +216,8 @@ def ip_sort_key(text):
 
 
 class Options:
-    __slots__ = ("cluster_cidr", "mark", "masquerade_all", "node_ips", "nodeport_all", "primary_ip", "service_cidrs")
+    __slots__ = ("cluster_cidr", "mark", "masquerade", "masquerade_all", "node_ips", "nodeport_all", "primary_ip",
+                 "service_cidrs")
 
 
 def build_options(family, node_ips, cluster_cidr, masquerade_bit, masquerade_all, nodeport_addresses,
@@ -228,12 +229,15 @@ def build_options(family, node_ips, cluster_cidr, masquerade_bit, masquerade_all
     check_node_ips(node_ips)
     options = Options()
     options.mark = hex(1 << masquerade_bit)
+    options.masquerade = f"mark set mark or {options.mark}"
     options.masquerade_all = bool(masquerade_all)
     options.cluster_cidr = detect_local(split_list(cluster_cidr), family)
     family_ips = [ip for ip in map(parse_ip, node_ips) if family_of(ip) == family]
     options.primary_ip = family_ips[0] if family_ips else None
-    options.node_ips = sorted({str(ip) for ip in family_ips if not ip.is_loopback}, key=ip_sort_key)
-    options.nodeport_all = nodeport_addresses == "all"
+    # "primary" is the node's first IP of the family; a family without one listens everywhere,
+    # as kube-proxy's zero CIDR does.
+    options.node_ips = [] if options.primary_ip is None or options.primary_ip.is_loopback else [str(options.primary_ip)]
+    options.nodeport_all = nodeport_addresses == "all" or options.primary_ip is None
     cidrs = []
     for text in split_list(service_cidrs):
         network = parse_network(text)
@@ -250,10 +254,9 @@ def setup_rules(table, options):
     ip = table.ip
     for source, condition, target in JUMPS:
         table.rule(source, f"{condition} jump {target}".strip())
-    table.rule(MARK_MASQ_CHAIN, f"mark set mark or {options.mark}")
-    table.rule(MASQUERADING_CHAIN, f"mark and {options.mark} == 0 return")
-    table.rule(MASQUERADING_CHAIN, f"mark set mark xor {options.mark}")
-    table.rule(MASQUERADING_CHAIN, "masquerade fully-random")
+    table.rule(MASQUERADING_CHAIN, f"mark and {options.mark} != 0 mark set mark xor {options.mark} masquerade fully-random")
+    table.rule(MASQUERADING_CHAIN, f"ct status dnat {ip} saddr . {ip} daddr . meta l4proto . th dport "
+                                   f"@{HAIRPIN_SET} masquerade fully-random")
     table.rule(CLUSTER_IPS_CHECK_CHAIN, f'{ip} daddr @{CLUSTER_IPS_SET} reject comment '
                                         f'"Reject traffic to invalid ports of ClusterIPs"')
     if options.service_cidrs:
@@ -264,6 +267,13 @@ def setup_rules(table, options):
     table.rule(SERVICE_ENDPOINTS_CHECK_CHAIN,
                f"{ip} daddr . meta l4proto . th dport vmap @{NO_ENDPOINT_SERVICES_MAP}")
     table.rule(FIREWALL_CHECK_CHAIN, f"{ip} daddr . meta l4proto . th dport vmap @{FIREWALL_IPS_MAP}")
+    if options.masquerade_all:
+        table.rule(SERVICES_CHAIN, f'{ip} daddr @{CLUSTER_IPS_SET} {options.masquerade} '
+                                   f'comment "masquerade all clusterIP traffic"')
+    elif options.cluster_cidr is not None:
+        # Off-cluster traffic to a ClusterIP (a static route to the service range) may leave the node.
+        table.rule(SERVICES_CHAIN, f'{ip} daddr @{CLUSTER_IPS_SET} {ip} saddr != {options.cluster_cidr} '
+                                   f'{options.masquerade} comment "masquerade clusterIP traffic from outside cluster"')
     table.rule(SERVICES_CHAIN, f"{ip} daddr . meta l4proto . th dport vmap @{SERVICE_IPS_MAP}")
     if options.nodeport_all:
         table.rule(NODEPORT_ENDPOINTS_CHECK_CHAIN,
@@ -279,13 +289,22 @@ def setup_rules(table, options):
             table.element(NODEPORT_IPS_SET, node_ip)
 
 
-def write_service_to_endpoint_rules(table, sp, chain, endpoints, affinity_sets):
-    """writeServiceToEndpointRules: affinity lookups, then ``numgen random mod N vmap``."""
-    if sp.affinity:
-        for endpoint in endpoints:
-            base = endpoint_chain_base(sp, endpoint)
-            table.rule(chain, f"{table.ip} saddr @affinity-{base} goto endpoint-{base}")
-            affinity_sets.add(f"affinity-{base}")
+def write_service_to_endpoint_dnats(table, sp, chain, endpoints):
+    """writeServiceToEndpointDNATs: one endpoint is a plain DNAT, more a ``numgen`` map of them."""
+    protocol = sp.protocol.lower()
+    if len(endpoints) == 1:
+        table.rule(chain, f"meta l4proto {protocol} dnat to {endpoint_text(endpoints[0])}")
+        return
+    targets = ", ".join(f"{index} : {endpoint.address} . {endpoint.port}" for index, endpoint in enumerate(endpoints))
+    table.rule(chain, f"meta l4proto {protocol} dnat {table.ip} addr . port to "
+                      f"numgen random mod {len(endpoints)} map {{ {targets} }}")
+
+
+def write_service_to_endpoint_jumps(table, sp, chain, endpoints):
+    """writeServiceToEndpointJumps (session affinity): affinity lookups, then ``numgen random mod N vmap``."""
+    for endpoint in endpoints:
+        base = endpoint_chain_base(sp, endpoint)
+        table.rule(chain, f"{table.ip} saddr @affinity-{base} goto endpoint-{base}")
     targets = ", ".join(f"{index} : goto endpoint-{endpoint_chain_base(sp, endpoint)}"
                         for index, endpoint in enumerate(endpoints))
     table.rule(chain, f"numgen random mod {len(endpoints)} vmap {{ {targets} }}")
@@ -302,7 +321,10 @@ def sync_service_port(table, sp, options, affinity):
     external_local = sp.external_local and sp.external
 
     for endpoint in reachable:
-        table.chain(f"endpoint-{endpoint_chain_base(sp, endpoint)}")
+        if sp.affinity:  # endpoint chains exist only for session affinity
+            table.chain(f"endpoint-{endpoint_chain_base(sp, endpoint)}")
+        if endpoint.local:  # a local endpoint reaching its own Service is masqueraded
+            table.element(HAIRPIN_SET, f"{endpoint.address} . {endpoint.address} . {protocol} . {endpoint.port}")
     uses_cluster_chain = bool(cluster) and uses_cluster
     uses_local_chain = bool(local) and uses_local
     if uses_cluster_chain:
@@ -362,23 +384,16 @@ def sync_service_port(table, sp, options, affinity):
         if not has_external:
             table.element(NO_ENDPOINT_NODEPORTS_MAP, node_key, external_verdict, comment=name)
 
-    if has_internal:
-        if options.masquerade_all:
-            table.rule(internal_chain, f"{ip} daddr {sp.cluster_ip} {protocol} dport {port} jump {MARK_MASQ_CHAIN}")
-        elif options.cluster_cidr is not None:
-            # Off-cluster traffic to a ClusterIP (a static route to the service range) may leave the node.
-            table.rule(internal_chain, f"{ip} daddr {sp.cluster_ip} {protocol} dport {port} "
-                                       f"{ip} saddr != {options.cluster_cidr} jump {MARK_MASQ_CHAIN}")
-
     if uses_external_chain:
         if not external_local:
-            table.rule(external_chain, f"jump {MARK_MASQ_CHAIN}")  # cluster-wide endpoints may be on other nodes
+            # cluster-wide endpoints may be on other nodes
+            table.rule(external_chain, f'{options.masquerade} comment "masquerade"')
         else:
             if options.cluster_cidr is not None:
                 table.rule(external_chain, f'{ip} saddr {options.cluster_cidr} goto {cluster_chain} '
                                            f'comment "short-circuit pod traffic"')
             table.rule(external_chain,
-                       f'fib saddr type local jump {MARK_MASQ_CHAIN} comment "masquerade local traffic"')
+                       f'fib saddr type local {options.masquerade} comment "masquerade local traffic"')
             table.rule(external_chain,
                        f'fib saddr type local goto {cluster_chain} comment "short-circuit local traffic"')
         if has_external:
@@ -390,27 +405,28 @@ def sync_service_port(table, sp, options, affinity):
             sources.extend(sp.lb_ips)  # a node reaching its own LB VIP loops back with the VIP as source
         table.rule(firewall_chain, f"{ip} saddr != {{ {', '.join(sources)} }} drop")
 
-    if sp.affinity:
-        for endpoint in reachable:
-            affinity[f"affinity-{endpoint_chain_base(sp, endpoint)}"] = sp.affinity
-
-    affinity_used = set()
+    if not sp.affinity:
+        if uses_cluster_chain:
+            write_service_to_endpoint_dnats(table, sp, cluster_chain, cluster)
+        if uses_local_chain:
+            write_service_to_endpoint_dnats(table, sp, local_chain, local)
+        return
+    for endpoint in reachable:
+        affinity[f"affinity-{endpoint_chain_base(sp, endpoint)}"] = sp.affinity
     if uses_cluster_chain:
-        write_service_to_endpoint_rules(table, sp, cluster_chain, cluster, affinity_used)
+        write_service_to_endpoint_jumps(table, sp, cluster_chain, cluster)
     if uses_local_chain:
-        write_service_to_endpoint_rules(table, sp, local_chain, local, affinity_used)
-
+        write_service_to_endpoint_jumps(table, sp, local_chain, local)
     for endpoint in reachable:
         chain_base = endpoint_chain_base(sp, endpoint)
         chain = f"endpoint-{chain_base}"
-        table.rule(chain, f"{ip} saddr {endpoint.address} jump {MARK_MASQ_CHAIN}")  # hairpin
-        if sp.affinity:
-            table.rule(chain, f"update @affinity-{chain_base} {{ {ip} saddr }}")
+        table.rule(chain, f"update @affinity-{chain_base} {{ {ip} saddr }}")
         table.rule(chain, f"meta l4proto {protocol} dnat to {endpoint_text(endpoint)}")
 
 
 SET_DECLARATIONS = (
     # (name, kind, type suffix or None for the address type alone, comment)
+    (HAIRPIN_SET, "set", " . {addr} . inet_proto . inet_service", "service hairpin connections"),
     (CLUSTER_IPS_SET, "set", None, "Active ClusterIPs"),
     (NODEPORT_IPS_SET, "set", None, "IPs that accept NodePort traffic"),
     (NO_ENDPOINT_SERVICES_MAP, "map", " . inet_proto . inet_service : verdict",
@@ -433,7 +449,7 @@ def render(table, options, affinity):
         if suffix is None:
             type_text = table.addr_type
         elif suffix.startswith(" . "):
-            type_text = table.addr_type + suffix
+            type_text = table.addr_type + suffix.format(addr=table.addr_type)
         else:
             type_text = suffix
         bucket = table.elements.get(name, {})
@@ -474,7 +490,7 @@ def nftables_table(service_ports, family, node_ips, cluster_cidr=None, masquerad
     options = build_options(family, list(node_ips), cluster_cidr, masquerade_bit, masquerade_all,
                             nodeport_addresses, service_cidrs)
     table = Table(family)
-    for name in (SERVICES_CHAIN, CLUSTER_IPS_CHECK_CHAIN, MASQUERADING_CHAIN, MARK_MASQ_CHAIN, REJECT_CHAIN,
+    for name in (SERVICES_CHAIN, CLUSTER_IPS_CHECK_CHAIN, MASQUERADING_CHAIN, REJECT_CHAIN,
                  SERVICE_ENDPOINTS_CHECK_CHAIN, NODEPORT_ENDPOINTS_CHECK_CHAIN, FIREWALL_CHECK_CHAIN):
         table.chain(name)
     setup_rules(table, options)
@@ -487,13 +503,13 @@ def nftables_table(service_ports, family, node_ips, cluster_cidr=None, masquerad
     return {"family": table.ip, "name": TABLE_NAME, "content": render(table, options, affinity)}
 
 
-def nftables_state(services, endpoint_slices, node_name, node_ips, **options):
+def nftables_state(services, endpoint_slices, node_name, node_ips, families=(), **options):
     """The kube-proxy tables of one node: {"ipv4": table, "ipv6": table} for the families it has
-    (as _kube_proxy_state.ip_families decides). ``options`` are nftables_table's keyword options."""
+    (as _kube_proxy_state.ip_families decides, ``families`` added). ``options`` are nftables_table's keyword options."""
     check_node_ips(node_ips)
     check_cluster_objects(services, endpoint_slices)
     result = {}
-    for family in ip_families(services, node_ips):
+    for family in ip_families(services, node_ips, families):
         service_ports = cluster_service_ports(services, endpoint_slices, node_name, family)
         result[family] = nftables_table(service_ports, family, node_ips, **options)
     return result

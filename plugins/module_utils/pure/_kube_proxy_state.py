@@ -413,9 +413,13 @@ def cluster_service_ports(services, endpoint_slices, node_name, family):
     return [sp for service in sorted(services, key=service_key) for sp in service_ports(service, endpoint_map, family)]
 
 
-def ip_families(services, node_ips):
-    """The IP families a node has: its node IPs' and its Services' ClusterIPs' (IPv4 when none)."""
-    families = {family_of(ip) for ip in map(parse_ip, node_ips) if ip}
+def ip_families(services, node_ips, families=()):
+    """The IP families to render for a node: ``families`` (those its kernel runs kube-proxy for, when
+    the caller knows them), its node IPs' and its Services' ClusterIPs' (IPv4 when none)."""
+    unknown = [family for family in families if family not in (IPV4, IPV6)]
+    if unknown:
+        raise ValueError(f"ip_families: {', '.join(map(str, unknown))} is not {IPV4} or {IPV6}")
+    families = set(families) | {family_of(ip) for ip in map(parse_ip, node_ips) if ip}
     for service in services:
         spec = service.get("spec") or {}
         families.update(family_of(ip) for ip in map(parse_ip, spec.get("clusterIPs") or [spec.get("clusterIP")]) if ip)
@@ -477,12 +481,12 @@ def sync_service_port(state, sp, node_addresses):
         state.add("KUBE-HEALTH-CHECK-NODE-PORT", str(sp.health_check_node_port))
 
 
-def node_state(services, endpoint_slices, node_name, node_ips, scheduler="rr"):
+def node_state(services, endpoint_slices, node_name, node_ips, scheduler="rr", families=()):
     """The IPVS-mode state of one node.
 
     Returns ``dummy_interface`` (``addresses``), ``ipvs_sync`` (``services``), ``ipsets`` (set name
     -> sorted members as ``ipset`` prints them) and ``ipset_types``, for IPv4 and - when the node
-    or any Service has IPv6 - IPv6 (sets named KUBE-6-*).
+    or any Service has IPv6, or ``families`` lists it - IPv6 (sets named KUBE-6-*).
     """
     check_node_ips(node_ips)
     check_cluster_objects(services, endpoint_slices)
@@ -490,7 +494,7 @@ def node_state(services, endpoint_slices, node_name, node_ips, scheduler="rr"):
     node_addresses = {str(ip) for ip in parsed_node_ips}
 
     addresses, ipvs_services, ipsets, ipset_types, cluster_ports = [], [], {}, {}, set()
-    for family in ip_families(services, node_ips):
+    for family in ip_families(services, node_ips, families):
         family_node_ips = [str(ip) for ip in parsed_node_ips if family_of(ip) == family]
         state = NodeState(family, family_node_ips, scheduler)
         for sp in cluster_service_ports(services, endpoint_slices, node_name, family):

@@ -86,24 +86,34 @@ def test_hash_formula_and_upstream_names():
     slices = [endpoint_slice("svc1", [ep("10.180.0.1", "node2")], [("p80", 80, "TCP")], namespace="ns1"),
               endpoint_slice("svc2", [ep("10.180.0.2", "node2")], [("p80", 80, "TCP")], namespace="ns2")]
     chains = parse(table([svc1, svc2], slices))["chains"]
-    for name in ("service-ULMVA6XW-ns1/svc1/tcp/p80", "endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80",
-                 "service-42NFTM6N-ns2/svc2/tcp/p80", "external-42NFTM6N-ns2/svc2/tcp/p80",
-                 "endpoint-SGOXE6O3-ns2/svc2/tcp/p80__10.180.0.2/80"):
+    for name in ("service-ULMVA6XW-ns1/svc1/tcp/p80", "service-42NFTM6N-ns2/svc2/tcp/p80",
+                 "external-42NFTM6N-ns2/svc2/tcp/p80"):
         assert name in chains, sorted(chains)
+    # one endpoint: a plain DNAT in the service chain, no endpoint chain (those serve session affinity)
+    assert chains["service-ULMVA6XW-ns1/svc1/tcp/p80"] == ["meta l4proto tcp dnat to 10.180.0.1:80"]
+    assert not [name for name in chains if name.startswith("endpoint-")]
+    affine = service("svc1", ["172.30.0.41"], [port(80, name="p80")], namespace="ns1", sessionAffinity="ClientIP")
+    chains = parse(table([affine, svc2], slices))["chains"]
     assert chains["endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80"] == [
-        "ip saddr 10.180.0.1 jump mark-for-masquerade", "meta l4proto tcp dnat to 10.180.0.1:80"]
-    assert chains["service-ULMVA6XW-ns1/svc1/tcp/p80"] == [
-        "numgen random mod 1 vmap { 0 : goto endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80 }"]
+        "update @affinity-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80 { ip saddr }",
+        "meta l4proto tcp dnat to 10.180.0.1:80"]
+    assert "endpoint-SGOXE6O3-ns2/svc2/tcp/p80__10.180.0.2/80" not in chains
 
 
 def test_ipv6_endpoint_chain_names_match_upstream():
-    svc1 = service("svc1", ["fd00:10:96::1"], [port(80, name="p80")], namespace="ns1")
+    svc1 = service("svc1", ["fd00:10:96::1"], [port(80, name="p80")], namespace="ns1", sessionAffinity="ClientIP")
     slices = [endpoint_slice("svc1", [ep("fd00:10:180::1", "node2"), ep("fd00:10:180::2:1", "node2")],
                              [("p80", 80, "TCP")], address_type="IPv6", namespace="ns1")]
     chains = parse(table([svc1], slices, family=IPV6, node_ips=["2001:db8::11"]))["chains"]
     assert chains["endpoint-ZVRFLKHO-ns1/svc1/tcp/p80__fd00.10.180..1/80"] == [
-        "ip6 saddr fd00:10:180::1 jump mark-for-masquerade", "meta l4proto tcp dnat to [fd00:10:180::1]:80"]
+        "update @affinity-ZVRFLKHO-ns1/svc1/tcp/p80__fd00.10.180..1/80 { ip6 saddr }",
+        "meta l4proto tcp dnat to [fd00:10:180::1]:80"]
     assert "endpoint-2CRNCTTE-ns1/svc1/tcp/p80__fd00.10.180..2.1/80" in chains
+    plain = service("svc1", ["fd00:10:96::1"], [port(80, name="p80")], namespace="ns1")
+    rules = parse(table([plain], slices, family=IPV6, node_ips=["2001:db8::11"]))["chains"]
+    assert rules[f"service-{chain_hash('ns1/svc1/tcp/p80')}-ns1/svc1/tcp/p80"] == [
+        "meta l4proto tcp dnat ip6 addr . port to numgen random mod 2 map "
+        "{ 0 : fd00:10:180::1 . 80, 1 : fd00:10:180::2:1 . 80 }"]
 
 
 def test_unnamed_port_and_long_names_follow_the_formula():
@@ -119,11 +129,9 @@ def test_endpoints_are_chosen_with_numgen_in_a_stable_order():
     three = [ep("10.244.3.7", "node3"), *TWO]
     content = table([WEB], [web_slice(three)])
     base = f"{chain_hash('default/web/tcp/http')}-default/web/tcp/http"
-    targets = [f"endpoint-{chain_hash(f'default/web/tcp/http__{ip}/8080')}-default/web/tcp/http__{ip}/8080"
-               for ip in ("10.244.1.5", "10.244.2.6", "10.244.3.7")]
     rules = parse(content)["chains"][f"service-{base}"]
-    assert rules == ["numgen random mod 3 vmap { " + ", ".join(f"{i} : goto {t}" for i, t in enumerate(targets))
-                     + " }"]
+    assert rules == ["meta l4proto tcp dnat ip addr . port to numgen random mod 3 map "
+                     "{ 0 : 10.244.1.5 . 8080, 1 : 10.244.2.6 . 8080, 2 : 10.244.3.7 . 8080 }"]
     assert elements(content, "service-ips") == [f"10.96.0.10 . tcp . 80 : goto service-{base}"]
     assert elements(content, "cluster-ips") == ["10.96.0.10"]
     shuffled = list(three)
@@ -134,7 +142,7 @@ def test_endpoints_are_chosen_with_numgen_in_a_stable_order():
 
 def test_not_ready_endpoints_are_left_out_and_terminating_ones_used_only_when_nothing_is_ready():
     content = table([WEB], [web_slice([ep("10.244.1.5", "node1"), ep("10.244.2.6", "node2", ready=False)])])
-    assert "numgen random mod 1" in content and "10.244.2.6" not in content
+    assert "dnat to 10.244.1.5:8080" in content and "10.244.2.6" not in content
     terminating = [ep("10.244.2.6", "node2", ready=False, serving=True, terminating=True)]
     assert "dnat to 10.244.2.6:8080" in table([WEB], [web_slice(terminating)])
 
@@ -161,27 +169,34 @@ def test_nodeports_listen_on_the_node_ips_or_on_every_local_address():
     chains = parse(primary)["chains"]
     assert chains["services"] == ["ip daddr . meta l4proto . th dport vmap @service-ips",
                                   "ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports"]
-    assert chains[f"external-{base}"] == ["jump mark-for-masquerade", f"goto service-{base}"]
+    assert chains[f"external-{base}"] == ['mark set mark or 0x4000 comment "masquerade"', f"goto service-{base}"]
+    # "primary" is the first address of the family only, as kube-proxy's --nodeport-addresses primary
+    assert elements(table([svc], [web_slice(TWO)], node_ips=["192.0.2.11", "192.0.2.12"]), "nodeport-ips") == [
+        "192.0.2.11"]
 
     everywhere = table([svc], [web_slice(TWO)], nodeport_addresses="all")
     assert "nodeport-ips" not in parse(everywhere)["sets"]
     assert parse(everywhere)["chains"]["services"][1] == (
         "fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @service-nodeports")
+    assert parse(everywhere)["chains"]["nodeport-endpoints-check"] == [
+        "ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @no-endpoint-nodeports"]
+    # a family the node has no address of listens everywhere (kube-proxy's zero CIDR)
+    assert parse(table([svc], [web_slice(TWO)], node_ips=["2001:db8::1"]))["chains"]["services"][1].startswith(
+        "fib daddr type local ")
 
 
 def test_external_policy_local():
     svc = service("web", ["10.96.0.10"], [port(80, name="http", node_port=30080)], service_type="LoadBalancer",
                   externalTrafficPolicy="Local", status=[{"ip": "198.51.100.10"}])
     base = f"{chain_hash('default/web/tcp/http')}-default/web/tcp/http"
-    local_ep = f"endpoint-{chain_hash('default/web/tcp/http__10.244.1.5/8080')}-default/web/tcp/http__10.244.1.5/8080"
     content = table([svc], [web_slice(TWO)], cluster_cidr="10.244.0.0/16")
     chains = parse(content)["chains"]
     assert chains[f"external-{base}"] == [
         f'ip saddr 10.244.0.0/16 goto service-{base} comment "short-circuit pod traffic"',
-        'fib saddr type local jump mark-for-masquerade comment "masquerade local traffic"',
+        'fib saddr type local mark set mark or 0x4000 comment "masquerade local traffic"',
         f'fib saddr type local goto service-{base} comment "short-circuit local traffic"',
         f"goto local-{base}"]
-    assert chains[f"local-{base}"] == [f"numgen random mod 1 vmap {{ 0 : goto {local_ep} }}"]
+    assert chains[f"local-{base}"] == ["meta l4proto tcp dnat to 10.244.1.5:8080"]
     assert "numgen random mod 2" in chains[f"service-{base}"][-1]  # ClusterIP traffic stays cluster-wide
     assert f"198.51.100.10 . tcp . 80 : goto external-{base}" in elements(content, "service-ips")
 
@@ -209,18 +224,23 @@ def test_internal_policy_local_without_local_endpoints_drops_cluster_ip_traffic(
 def test_masquerading_mark_and_cluster_cidr_rules():
     content = table([WEB], [web_slice(TWO)], cluster_cidr=["fd00::/64", "10.244.0.0/16"])
     chains = parse(content)["chains"]
-    assert chains["mark-for-masquerade"] == ["mark set mark or 0x4000"]
-    assert chains["masquerading"] == ["mark and 0x4000 == 0 return", "mark set mark xor 0x4000",
-                                      "masquerade fully-random"]
-    base = f"{chain_hash('default/web/tcp/http')}-default/web/tcp/http"
-    assert chains[f"service-{base}"][0] == (
-        "ip daddr 10.96.0.10 tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade")
-    assert parse(table([WEB], [web_slice(TWO)], masquerade_bit=0))["chains"]["mark-for-masquerade"] == [
-        "mark set mark or 0x1"]
-    everything = parse(table([WEB], [web_slice(TWO)], masquerade_all=True))["chains"][f"service-{base}"][0]
-    assert everything == "ip daddr 10.96.0.10 tcp dport 80 jump mark-for-masquerade"
-    no_detector = parse(table([WEB], [web_slice(TWO)]))["chains"][f"service-{base}"]
-    assert len(no_detector) == 1 and no_detector[0].startswith("numgen")
+    assert "mark-for-masquerade" not in chains
+    assert chains["masquerading"] == [
+        "mark and 0x4000 != 0 mark set mark xor 0x4000 masquerade fully-random",
+        "ct status dnat ip saddr . ip daddr . meta l4proto . th dport @hairpin-connections masquerade fully-random"]
+    assert chains["services"][0] == ('ip daddr @cluster-ips ip saddr != 10.244.0.0/16 mark set mark or 0x4000 '
+                                     'comment "masquerade clusterIP traffic from outside cluster"')
+    # a local endpoint reaching its own Service (hairpin) is masqueraded through the set
+    assert elements(content, "hairpin-connections") == ["10.244.1.5 . 10.244.1.5 . tcp . 8080"]
+    assert parse(content)["sets"]["hairpin-connections"][0] == (
+        "type ipv4_addr . ipv4_addr . inet_proto . inet_service")
+    assert parse(table([WEB], [web_slice(TWO)], masquerade_bit=0))["chains"]["masquerading"][0] == (
+        "mark and 0x1 != 0 mark set mark xor 0x1 masquerade fully-random")
+    everything = parse(table([WEB], [web_slice(TWO)], masquerade_all=True))["chains"]["services"][0]
+    assert everything == 'ip daddr @cluster-ips mark set mark or 0x4000 comment "masquerade all clusterIP traffic"'
+    no_detector = parse(table([WEB], [web_slice(TWO)]))["chains"]["services"]
+    assert no_detector == ["ip daddr . meta l4proto . th dport vmap @service-ips",
+                           "ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports"]
 
 
 def test_base_chains_and_jumps():
@@ -231,7 +251,13 @@ def test_base_chains_and_jumps():
         "type nat hook postrouting priority srcnat; policy accept;", "jump masquerading"]
     assert chains["filter-input"][1:] == ["ct state new jump nodeport-endpoints-check",
                                           "ct state new jump service-endpoints-check"]
-    assert chains["filter-output-post-dnat"][1:] == ["ct state new jump cluster-ips-check"]
+    assert chains["filter-output"] == ["type filter hook output priority filter; policy accept;",
+                                       "ct state new jump service-endpoints-check",
+                                       "ct state new jump cluster-ips-check"]
+    assert chains["filter-prerouting-pre-dnat"] == [
+        "type filter hook prerouting priority dstnat - 10; policy accept;", "ct state new jump firewall-check"]
+    assert chains["filter-output-pre-dnat"] == [
+        "type filter hook output priority -110; policy accept;", "ct state new jump firewall-check"]
     assert chains["cluster-ips-check"] == [
         'ip daddr @cluster-ips reject comment "Reject traffic to invalid ports of ClusterIPs"',
         'ip daddr { 10.96.0.0/12 } drop comment "Drop traffic to unallocated ClusterIPs"']
@@ -244,7 +270,7 @@ def test_session_affinity_sets():
     parsed = parse(content)
     endpoint = f"{chain_hash('default/web/tcp/http__10.244.1.5/8080')}-default/web/tcp/http__10.244.1.5/8080"
     assert parsed["sets"][f"affinity-{endpoint}"] == ["type ipv4_addr", "flags dynamic,timeout", "timeout 600s"]
-    assert parsed["chains"][f"endpoint-{endpoint}"][1] == f"update @affinity-{endpoint} {{ ip saddr }}"
+    assert parsed["chains"][f"endpoint-{endpoint}"][0] == f"update @affinity-{endpoint} {{ ip saddr }}"
     service_chain = parsed["chains"][f"service-{chain_hash('default/web/tcp/http')}-default/web/tcp/http"]
     assert service_chain[0] == f"ip saddr @affinity-{endpoint} goto endpoint-{endpoint}"
     assert service_chain[-1].startswith("numgen random mod 2")
@@ -274,6 +300,12 @@ def test_dual_stack_state_renders_both_families():
     assert "dnat to [fd00:10:244::5]:8080" in v6 and "type ipv6_addr . inet_proto . inet_service : verdict" in v6
     assert "10.96.0.10" not in v6 and "fd00" not in state["ipv4"]["content"]
     assert list(nftables_state([WEB], [], NODE, NODE_IPS)) == ["ipv4"]
+    # kube-proxy on a kernel with IPv6 also runs an IPv6 proxier: families adds its (empty) table
+    both = nftables_state([WEB], [], NODE, NODE_IPS, families=["ipv6"])
+    assert list(both) == ["ipv4", "ipv6"] and not elements(both["ipv6"]["content"], "cluster-ips")
+    assert "nodeport-ips" not in parse(both["ipv6"]["content"])["sets"]  # no IPv6 node address: every address
+    with pytest.raises(ValueError, match="ip_families"):
+        nftables_state([WEB], [], NODE, NODE_IPS, families=["ipx"])
 
 
 def test_first_service_keeps_a_shared_vip_port():
