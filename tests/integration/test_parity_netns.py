@@ -18,6 +18,8 @@ import re
 import subprocess
 import time
 
+import pytest
+from conftest import NetNS
 from kube_fixtures import KUBEADM_CONFIG_IN_A_NAMESPACE, seed_kubeadm_kube_proxy
 
 NODE = "node1"
@@ -138,16 +140,17 @@ def in_node(cluster, command):
                           capture_output=True, text=True, check=True).stdout
 
 
-def iptables_dump(run):
-    """kube-proxy's part of ``iptables-save``: per table its KUBE-* chains (sorted), then the rules in
-    them and the jumps to them from the built-in chains, in their order, without counters; runs of
-    per-Service rules in SERVICE_ORDER_CHAINS sorted."""
+def iptables_dump(run, save="iptables-save"):
+    """kube-proxy's part of ``iptables-save`` (or ``ip6tables-save``, its tables named ``ip6/nat``
+    and so on): per table its KUBE-* chains (sorted), then the rules in them and the jumps to them
+    from the built-in chains, in their order, without counters; runs of per-Service rules in
+    SERVICE_ORDER_CHAINS sorted."""
     chains, rules = [], []
     table = None
-    for line in run("iptables-save").splitlines():
+    for line in run(save).splitlines():
         line = re.sub(r"\s+", " ", line).strip()
         if line.startswith("*"):
-            table = line[1:]
+            table = ("ip6/" if save.startswith("ip6") else "") + line[1:]
         elif line.startswith(":KUBE-"):
             chains.append(f"{table} {line.split()[0]}")
         elif line.startswith("-A ") and (line.split()[1].startswith("KUBE-") or " -j KUBE-" in line):
@@ -179,24 +182,45 @@ def differences(real, ours):
             if line[:1] in "+-" and not line.startswith(("---", "+++"))]
 
 
+def start_kube_proxy(cluster, mode, dump):
+    """kubeadm's kube-proxy in ``mode`` on every node, waited for until Ready (its first sync done);
+    node1's ``dump`` once it stops changing."""
+    config = KUBEADM_CONFIG_IN_A_NAMESPACE.replace('mode: ""', f"mode: {mode}")
+    assert f"mode: {mode}" in config
+    seed_kubeadm_kube_proxy(cluster, config_text=config)
+    return steady(lambda: dump(lambda command: in_node(cluster, command)))
+
+
+def rendered(cluster, mode, **options):
+    state = cluster.module("kube_proxy_state", node_name=NODE, node_ips=[cluster.node_ip(NODE)], mode=mode,
+                           cluster_cidr="10.244.0.0/16", masquerade_bit=14, **options)
+    assert not state.get("failed"), state
+    return state
+
+
 def real_and_rendered(cluster, mode, dump, **options):
     """The real kube-proxy's node in ``mode`` (its ``dump``, once steady) and kube_proxy_state's
     rendering of the same node from the same cluster."""
     seed_cluster(cluster)
-    config = KUBEADM_CONFIG_IN_A_NAMESPACE.replace('mode: ""', f"mode: {mode}")
-    assert f"mode: {mode}" in config
-    seed_kubeadm_kube_proxy(cluster, config_text=config)
-    real = steady(lambda: dump(lambda command: in_node(cluster, command)))
-    state = cluster.module("kube_proxy_state", node_name=NODE, node_ips=[cluster.node_ip(NODE)], mode=mode,
-                           cluster_cidr="10.244.0.0/16", masquerade_bit=14, **options)
-    assert not state.get("failed"), state
-    return real, state
+    real = start_kube_proxy(cluster, mode, dump)
+    return real, rendered(cluster, mode, **options)
+
+
+def program(node, mode, state):
+    """The node modules write ``state`` (kube_proxy_state's result) into ``node``, a NetNS."""
+    if mode == "iptables":
+        results = [node.module("iptables_chain", family=family, chains=chains)
+                   for family, chains in state["iptables_chain"].items()]
+    else:
+        results = [node.module("nftables_table", family=table["family"], name=table["name"], content=table["content"])
+                   for table in state["nftables_tables"]]
+    for result in results:
+        assert result["changed"] and not result.get("failed"), result
 
 
 def test_a_node_the_collection_programs_is_the_node_kube_proxy_programs(cluster, netns):
     real, state = real_and_rendered(cluster, "iptables", iptables_dump)
-    applied = netns.module("iptables_chain", family="ipv4", chains=state["iptables_chain"]["ipv4"])
-    assert applied["changed"] and not applied.get("failed"), applied
+    program(netns, "iptables", {"iptables_chain": {"ipv4": state["iptables_chain"]["ipv4"]}})
     ours = iptables_dump(netns.sh)
 
     assert len(real) > 100 and sum(" -j KUBE-SEP-" in line for line in real) >= 20, real
@@ -255,12 +279,47 @@ def test_an_nftables_node_the_collection_programs_is_the_node_kube_proxy_program
     # kube-proxy runs an IPv6 proxier too (the namespace's kernel has IPv6): ip_families adds it
     real, state = real_and_rendered(cluster, "nftables", nft_dump, ip_families=["ipv6"])
     assert [table["family"] for table in state["nftables_tables"]] == ["ip", "ip6"], state["nftables_tables"]
-    for table in state["nftables_tables"]:
-        applied = netns.module("nftables_table", family=table["family"], name=table["name"], content=table["content"])
-        assert applied["changed"] and not applied.get("failed"), applied
+    program(netns, "nftables", state)
     ours = nft_dump(netns.sh)
 
     assert sum(" dnat " in line for line in real) >= 10 and any(line.startswith("ip6 ") for line in real), real
     assert any("Drop traffic to unallocated ClusterIPs" in line for line in real), real
     diff = differences(real, ours)
     assert not diff, "\n".join(diff[:80]) + "\n" + json.dumps(state["counts"])
+
+
+DUMPS = {"iptables": lambda run: iptables_dump(run) + iptables_dump(run, "ip6tables-save"), "nftables": nft_dump}
+# What kube-proxy's first sync may delete from the sets and maps of a table it finds (nftables
+# mode): it flushes and refills ``nodeport-ips``; every other element it keeps.
+REFILLED_SETS = {"nodeport-ips"}
+
+
+@pytest.mark.parametrize("mode", ["iptables", "nftables"])
+def test_kube_proxy_started_on_a_node_the_collection_programmed_changes_nothing(cluster, tmp_path, mode):
+    """The handover: the collection programs node1 (both families) before kube-proxy runs there;
+    kube-proxy's first syncs then leave the same rules, chains, sets and elements (its own
+    KNOWN_DIFFERENCES aside), and in nftables mode delete no element the Services are dispatched
+    through. ``nft monitor`` records what it wrote meanwhile (iptables is iptables-nft here)."""
+    node = NetNS(cluster.kube.namespaces[NODE], tmp_path)
+    seed_cluster(cluster)
+    node.sh("nft flush ruleset")  # what earlier tests' kube-proxies left on this lab node
+    program(node, mode, rendered(cluster, mode, ip_families=["ipv6"]))
+    before = DUMPS[mode](node.sh)
+
+    events_file = tmp_path / "nft-monitor"
+    with events_file.open("w") as out:
+        monitor = node.popen("exec nft monitor", stdout=out, stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(0.5)  # listening before kube-proxy starts
+            after = start_kube_proxy(cluster, mode, DUMPS[mode])
+        finally:
+            monitor.terminate()
+            monitor.wait()
+    events = events_file.read_text().splitlines()
+
+    assert len(before) > 100, before
+    diff = differences(after, before)
+    assert not diff, "\n".join(diff[:80])
+    assert any(event.startswith("add rule ") for event in events), events  # kube-proxy did sync over it
+    deleted = {event.split()[4] for event in events if event.startswith("delete element ")}
+    assert deleted <= REFILLED_SETS, sorted(deleted)

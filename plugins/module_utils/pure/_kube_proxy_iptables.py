@@ -67,6 +67,9 @@ JUMPS = (
     ("filter", "KUBE-FIREWALL", "INPUT", None, ""),
     ("filter", "KUBE-FIREWALL", "OUTPUT", None, ""),
 )
+# kubelet's chain: kube-proxy ensures it and its jumps in every family at every full sync, and
+# writes its rule only where it serves localhost NodePorts (IPv4).
+KUBELET_FIREWALL = ("filter", "KUBE-FIREWALL")
 # The top-level chains kube-proxy declares in every sync, in its order.
 FILTER_CHAINS = ("KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-FORWARD", "KUBE-NODEPORTS", "KUBE-PROXY-FIREWALL")
 NAT_CHAINS = ("KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ")
@@ -432,14 +435,19 @@ def chain_entries(tables):
     module prepends missing jumps in list order, as kube-proxy does), then the rest in declaration order."""
     jumps = {}
     for table, chain, parent, comment, args in JUMPS:
-        if (table, chain) in tables.chains:
+        if (table, chain) in tables.chains or (table, chain) == KUBELET_FIREWALL:
             jump = {"chain": parent, "position": "first", "args": args}
             if comment:
                 jump["comment"] = comment
             jumps.setdefault((table, chain), []).append(jump)
     order = list(jumps) + [key for key in tables.chains if key not in jumps]
-    return [{"table": table, "chain": chain, "rules": tables.chains[(table, chain)],
-             "jumps": jumps.get((table, chain), [])} for table, chain in order]
+    entries = []
+    for table, chain in order:
+        entry = {"table": table, "chain": chain, "jumps": jumps.get((table, chain), [])}
+        if (table, chain) in tables.chains:  # kubelet's chain, where kube-proxy writes no rule: content left alone
+            entry["rules"] = tables.chains[(table, chain)]
+        entries.append(entry)
+    return entries
 
 
 def _family_value(value, family):

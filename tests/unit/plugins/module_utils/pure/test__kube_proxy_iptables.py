@@ -50,7 +50,8 @@ def endpoint_slice(service_name, endpoints, ports, namespace="default", address_
 
 
 def chains_of(entries):
-    return {(entry["table"], entry["chain"]): entry["rules"] for entry in entries}
+    """{(table, chain): rules} of the chains whose content is managed (None: only ensured, with its jumps)."""
+    return {(entry["table"], entry["chain"]): entry.get("rules") for entry in entries}
 
 
 def render(services, slices, family=IPV4, node_ips=("192.0.2.11",), **options):
@@ -374,7 +375,8 @@ def test_masquerade_options_and_nodeport_addresses():
     assert chains[("nat", "KUBE-SERVICES")][-1] == (
         '-m comment --comment "kubernetes service nodeports; NOTE: this must be the last rule in this chain" '
         "-d 192.0.2.11 -j KUBE-NODEPORTS")
-    assert ("filter", "KUBE-FIREWALL") not in chains
+    # kubelet's chain: kube-proxy ensures it and its jumps, its content stays whatever kubelet wrote
+    assert chains[("filter", "KUBE-FIREWALL")] is None
     assert chains[("filter", "KUBE-FORWARD")][0].startswith('-m comment --comment "kubernetes forwarding rules"')
     no_detector = render(services, slices)
     assert len(no_detector[("nat", service_chain_name("KUBE-SVC-", "default/web", "tcp"))]) == 1
@@ -406,7 +408,9 @@ def test_dual_stack_state_splits_families():
     assert v6[("nat", svc)][0].endswith("-d fd00:10:96::80 --dport 80 ! -s fd00:10:244::/56 -j KUBE-MARK-MASQ")
     assert v4[("nat", svc)][0].endswith("! -s 10.244.0.0/16 -j KUBE-MARK-MASQ")
     assert v6[("nat", "KUBE-SERVICES")][-1].endswith("-m addrtype --dst-type LOCAL ! -d ::1/128 -j KUBE-NODEPORTS")
-    assert ("filter", "KUBE-FIREWALL") not in v6 and ("filter", "KUBE-FIREWALL") in v4
+    assert v6[("filter", "KUBE-FIREWALL")] is None and v4[("filter", "KUBE-FIREWALL")]
+    firewall = next(entry for entry in state["ipv6"] if entry["chain"] == "KUBE-FIREWALL")
+    assert [jump["chain"] for jump in firewall["jumps"]] == ["INPUT", "OUTPUT"] and "rules" not in firewall
     assert iptables_state([], [], NODE, ["192.0.2.11"]).keys() == {"ipv4"}
 
 
