@@ -4,7 +4,7 @@
 """Parity with the real kube-proxy in iptables and nftables mode. The real kube-proxy - built from the
 Kubernetes release the lab runs, started by the real DaemonSet on a node of the real cluster (a
 network namespace) - programs node1 from a cluster holding every Service shape it handles on an IPv4
-node; kube_proxy_state renders the same node from the same API server and iptables_chain or
+node, and dual-stack and IPv6 Services; kube_proxy_state renders the same node from the same API server and iptables_chain or
 nftables_table programs a fresh namespace with it. The normalised dumps of both must be equal, line
 for line; the only differences allowed are the ones docs/kube-proxy.md lists with their reason
 (KNOWN_DIFFERENCES below)."""
@@ -46,15 +46,16 @@ def endpoint(address, node, ready=True, serving=None, terminating=False):
             "conditions": {"ready": ready, "serving": serving, "terminating": terminating}}
 
 
-def endpoint_slice(service_name, suffix, endpoints, ports):
+def endpoint_slice(service_name, suffix, endpoints, ports, address_type="IPv4"):
     labels = dict(MANAGED_BY, **{"kubernetes.io/service-name": service_name})
     return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
             "metadata": {"name": f"{service_name}-{suffix}", "namespace": NAMESPACE, "labels": labels},
-            "addressType": "IPv4", "endpoints": endpoints,
+            "addressType": address_type, "endpoints": endpoints,
             "ports": [{"name": name, "port": number, "protocol": protocol} for name, number, protocol in ports]}
 
 
-# Every Service shape kube-proxy handles on an IPv4 node (nodes here have IPv4 addresses only).
+# Every Service shape kube-proxy handles on an IPv4 node (nodes here have IPv4 addresses only), and
+# dual-stack and IPv6 Services, which its IPv6 proxier serves on such a node all the same.
 SERVICES = [
     service("web", [port("http", 80, target="http"), port("https", 443, target=8443)]),
     service("dns", [port("dns", 53, "UDP"), port("dns-tcp", 53)]),
@@ -71,7 +72,15 @@ SERVICES = [
     service("empty-nodeport", [port("http", 80, node_port=30083)], "NodePort"),
     service("headless", [port("http", 80)], clusterIP="None"),
     service("draining", [port("http", 80, node_port=30084)], "NodePort", externalTrafficPolicy="Local"),
+    service("dual", [port("http", 80, node_port=30085), port("dns", 53, "UDP")], "NodePort",
+            ipFamilyPolicy="RequireDualStack", ipFamilies=["IPv4", "IPv6"]),
+    service("six", [port("http", 80)], ipFamilyPolicy="SingleStack", ipFamilies=["IPv6"],
+            externalIPs=["2001:db8:7::7"], sessionAffinity="ClientIP",
+            sessionAffinityConfig={"clientIP": {"timeoutSeconds": 300}}),
+    service("six-local", [port("http", 80, node_port=30086)], "NodePort", ipFamilyPolicy="SingleStack",
+            ipFamilies=["IPv6"], externalTrafficPolicy="Local"),
 ]
+HERE6, THERE6 = "fd00:10:244:1::", "fd00:10:244:2::"
 HERE, THERE, YONDER = "10.244.1", "10.244.2", "10.244.3"
 SLICES = [
     endpoint_slice("web", "a", [endpoint(f"{HERE}.10", NODE), endpoint(f"{THERE}.10", "node2"),
@@ -95,6 +104,13 @@ SLICES = [
     # the node's only local endpoint is terminating but still serving; another node has a ready one
     endpoint_slice("draining", "a", [endpoint(f"{HERE}.17", NODE, ready=False, serving=True, terminating=True),
                                      endpoint(f"{THERE}.17", "node2")], [("http", 80, "TCP")]),
+    endpoint_slice("dual", "a", [endpoint(f"{HERE}.20", NODE), endpoint(f"{THERE}.20", "node2")],
+                   [("http", 8080, "TCP"), ("dns", 53, "UDP")]),
+    endpoint_slice("dual", "b", [endpoint(f"{HERE6}20", NODE), endpoint(f"{THERE6}20", "node2")],
+                   [("http", 8080, "TCP"), ("dns", 53, "UDP")], "IPv6"),
+    endpoint_slice("six", "a", [endpoint(f"{HERE6}21", NODE), endpoint(f"{THERE6}21", "node2")],
+                   [("http", 80, "TCP")], "IPv6"),
+    endpoint_slice("six-local", "a", [endpoint(f"{THERE6}22", "node2")], [("http", 80, "TCP")], "IPv6"),
 ]
 LOAD_BALANCER_STATUS = {"balancer": "192.0.2.80", "balancer-cluster": "192.0.2.81"}
 
@@ -160,6 +176,10 @@ def iptables_dump(run, save="iptables-save"):
     return sorted(chains) + [rule for _key, group in groups for rule in sorted(group)]
 
 
+def both_families(run):
+    return iptables_dump(run) + iptables_dump(run, "ip6tables-save")
+
+
 def per_service(rule):
     return rule.split()[2] in SERVICE_ORDER_CHAINS and ' --comment "' in rule
 
@@ -219,11 +239,13 @@ def program(node, mode, state):
 
 
 def test_a_node_the_collection_programs_is_the_node_kube_proxy_programs(cluster, netns):
-    real, state = real_and_rendered(cluster, "iptables", iptables_dump)
-    program(netns, "iptables", {"iptables_chain": {"ipv4": state["iptables_chain"]["ipv4"]}})
-    ours = iptables_dump(netns.sh)
+    real, state = real_and_rendered(cluster, "iptables", both_families)
+    assert sorted(state["iptables_chain"]) == ["ipv4", "ipv6"], sorted(state["iptables_chain"])
+    program(netns, "iptables", state)
+    ours = both_families(netns.sh)
 
     assert len(real) > 100 and sum(" -j KUBE-SEP-" in line for line in real) >= 20, real
+    assert any(line.startswith("ip6/nat ") and f"{HERE6}21" in line for line in real), real  # the IPv6 Services
     diff = differences(real, ours)
     assert not diff, "\n".join(diff[:80]) + "\n" + json.dumps(state["counts"])
 
@@ -282,13 +304,14 @@ def test_an_nftables_node_the_collection_programs_is_the_node_kube_proxy_program
     program(netns, "nftables", state)
     ours = nft_dump(netns.sh)
 
-    assert sum(" dnat " in line for line in real) >= 10 and any(line.startswith("ip6 ") for line in real), real
+    assert sum(" dnat " in line for line in real) >= 10, real
+    assert any(line.startswith("ip6 ") and f"{HERE6}21" in line for line in real), real  # the IPv6 Services
     assert any("Drop traffic to unallocated ClusterIPs" in line for line in real), real
     diff = differences(real, ours)
     assert not diff, "\n".join(diff[:80]) + "\n" + json.dumps(state["counts"])
 
 
-DUMPS = {"iptables": lambda run: iptables_dump(run) + iptables_dump(run, "ip6tables-save"), "nftables": nft_dump}
+DUMPS = {"iptables": both_families, "nftables": nft_dump}
 # What kube-proxy's first sync may delete from the sets and maps of a table it finds (nftables
 # mode): it flushes and refills ``nodeport-ips``; every other element it keeps.
 REFILLED_SETS = {"nodeport-ips"}
