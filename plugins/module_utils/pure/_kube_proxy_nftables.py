@@ -3,9 +3,11 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """What kube-proxy in nftables mode programs on one node: the ``kube-proxy`` table of each family.
 
-Pure functions (no Ansible, no API). The facts follow kube-proxy's pkg/proxy/nftables/proxier.go
-(setupNFTables, syncProxyRules, writeServiceToEndpointRules, servicePortChainNameBase,
-servicePortEndpointChainNameBase) and pkg/proxy/topology.go (CategorizeEndpoints); the Services
+Pure functions (no Ansible, no API). The facts follow kube-proxy v1.37's pkg/proxy/nftables/proxier.go
+(setupNFTables, syncProxyRules, writeServiceToEndpointDNATs and writeServiceToEndpointJumps,
+servicePortChainNameBase, servicePortEndpointChainNameBase) and pkg/proxy/topology.go
+(CategorizeEndpoints), and tests/integration/test_parity_netns.py holds the output to what the real
+kube-proxy writes; the Services
 come from _kube_proxy_state.cluster_service_ports, shared with the IPVS renderer. The output is the
 body of ``table <family> kube-proxy { ... }`` in nft syntax, the input of the nftables_table module.
 
