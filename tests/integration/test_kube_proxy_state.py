@@ -11,6 +11,7 @@ counts like any other."""
 
 from __future__ import annotations
 
+from kube_cluster import READER_TOKEN
 from kube_fixtures import lab_cluster
 
 SERVICES = 620  # more than one page of the client's list (500), so pagination is exercised
@@ -180,4 +181,35 @@ def test_state_in_iptables_and_nftables_mode(cluster):
     assert (table["family"], table["name"]) == ("ip", "kube-proxy")
     assert "10.100.0.1 . tcp . 80" in table["content"] and "0x8000" in table["content"]
     assert bad_bit["failed"] and "masquerade_bit must be 0-31" in bad_bit["msg"]
+    assert not cluster.writes()
+
+
+def test_service_cidrs_from_the_cluster_or_given_and_a_clear_error_without_the_right(cluster):
+    """nftables mode reads the cluster's ServiceCIDR objects, as kube-proxy does, for its drop of
+    unallocated ClusterIPs; given ``service_cidrs`` are used instead (nothing listed); a user who may
+    read Services, EndpointSlices and Nodes but not ServiceCIDRs is told what to grant."""
+    cluster.add({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                 "metadata": {"name": "test-state-reader"},
+                 "rules": [{"apiGroups": [""], "resources": ["services", "nodes"], "verbs": ["get", "list"]},
+                           {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list"]}]})
+    cluster.add({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                 "metadata": {"name": "test-state-reader"},
+                 "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "test-state-reader"},
+                 "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "reader"}]})
+    reader = cluster.kubeconfig_for(READER_TOKEN)
+    from_api, given, denied, denied_but_given = cluster.modules([
+        ("kube_proxy_state", {"node_name": "node1", "mode": "nftables"}),
+        ("kube_proxy_state", {"node_name": "node1", "mode": "nftables", "service_cidrs": ["10.96.0.0/16"]}),
+        ("kube_proxy_state", {"node_name": "node1", "mode": "nftables", "kubeconfig": reader}),
+        ("kube_proxy_state", {"node_name": "node1", "mode": "nftables", "kubeconfig": reader, "service_cidrs": []}),
+    ])
+    drop = 'drop comment "Drop traffic to unallocated ClusterIPs"'
+    assert f"ip daddr {{ 10.96.0.0/12 }} {drop}" in from_api["nftables_tables"][0]["content"], from_api
+    assert f"ip daddr {{ 10.96.0.0/16 }} {drop}" in given["nftables_tables"][0]["content"], given
+    assert denied.get("failed") and "cannot list ServiceCIDRs (403 Forbidden); grant list on servicecidrs or pass " \
+                                    "service_cidrs" in denied["msg"], denied
+    assert not denied_but_given.get("failed") and drop not in denied_but_given["nftables_tables"][0]["content"]
+    servicecidrs = [request for request in cluster.requests() + cluster.requests("reader")
+                    if "/servicecidrs" in request.uri]
+    assert [(request.verb, request.code) for request in servicecidrs] == [("list", 200), ("list", 403)], servicecidrs
     assert not cluster.writes()
