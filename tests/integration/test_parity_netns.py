@@ -257,6 +257,8 @@ def nft_dump(run):
     lines, table, block, elements = [], None, None, None
     for raw in run("nft list ruleset").splitlines():
         line = raw.strip()
+        if elements is None and table and line.startswith("elements = {"):
+            elements = ""
         if elements is not None:  # inside ``elements = { ... }``, which may span lines
             elements += " " + line
             if line.endswith("}"):
@@ -270,12 +272,6 @@ def nft_dump(run):
             continue
         elif line.split()[0] in ("set", "map", "chain") and line.endswith("{"):
             block = " ".join(line.split()[:2])
-        elif line.startswith("elements = {"):
-            elements = line
-            if line.endswith("}"):
-                lines.extend(f"{table} {block} element {item}" for item in
-                             split_top_level(line[line.index("{") + 1:line.rindex("}")]))
-                elements = None
         else:
             lines.append(f"{table} {block} {line}")
     index = {line: position for position, line in enumerate(lines)}

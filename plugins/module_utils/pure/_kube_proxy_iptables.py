@@ -444,7 +444,8 @@ def chain_entries(tables):
     entries = []
     for table, chain in order:
         entry = {"table": table, "chain": chain, "jumps": jumps.get((table, chain), [])}
-        if (table, chain) in tables.chains:  # kubelet's chain, where kube-proxy writes no rule: content left alone
+        # Without "rules" (kubelet's chain where kube-proxy writes no rule) the content is left alone.
+        if (table, chain) in tables.chains:
             entry["rules"] = tables.chains[(table, chain)]
         entries.append(entry)
     return entries

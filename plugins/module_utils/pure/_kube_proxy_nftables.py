@@ -427,17 +427,17 @@ def sync_service_port(table, sp, options, affinity):
 
 
 SET_DECLARATIONS = (
-    # (name, kind, type suffix or None for the address type alone, comment)
-    (HAIRPIN_SET, "set", " . {addr} . inet_proto . inet_service", "service hairpin connections"),
-    (CLUSTER_IPS_SET, "set", None, "Active ClusterIPs"),
-    (NODEPORT_IPS_SET, "set", None, "IPs that accept NodePort traffic"),
-    (NO_ENDPOINT_SERVICES_MAP, "map", " . inet_proto . inet_service : verdict",
+    # (name, kind, type with {addr} for the family's address type, comment)
+    (HAIRPIN_SET, "set", "{addr} . {addr} . inet_proto . inet_service", "service hairpin connections"),
+    (CLUSTER_IPS_SET, "set", "{addr}", "Active ClusterIPs"),
+    (NODEPORT_IPS_SET, "set", "{addr}", "IPs that accept NodePort traffic"),
+    (NO_ENDPOINT_SERVICES_MAP, "map", "{addr} . inet_proto . inet_service : verdict",
      "vmap to drop or reject packets to services with no endpoints"),
     (NO_ENDPOINT_NODEPORTS_MAP, "map", "inet_proto . inet_service : verdict",
      "vmap to drop or reject packets to service nodeports with no endpoints"),
-    (FIREWALL_IPS_MAP, "map", " . inet_proto . inet_service : verdict",
+    (FIREWALL_IPS_MAP, "map", "{addr} . inet_proto . inet_service : verdict",
      "destinations that are subject to LoadBalancerSourceRanges"),
-    (SERVICE_IPS_MAP, "map", " . inet_proto . inet_service : verdict",
+    (SERVICE_IPS_MAP, "map", "{addr} . inet_proto . inet_service : verdict",
      "ClusterIP, ExternalIP and LoadBalancer IP traffic"),
     (SERVICE_NODEPORTS_MAP, "map", "inet_proto . inet_service : verdict", "NodePort traffic"),
 )
@@ -445,15 +445,10 @@ SET_DECLARATIONS = (
 
 def render(table, options, affinity):
     lines = [f"\tcomment {quote('rules for kube-proxy')}"]
-    for name, kind, suffix, comment in SET_DECLARATIONS:
+    for name, kind, type_template, comment in SET_DECLARATIONS:
         if name == NODEPORT_IPS_SET and options.nodeport_all:
             continue  # upstream adds and deletes it: the set does not exist when NodePorts listen everywhere
-        if suffix is None:
-            type_text = table.addr_type
-        elif suffix.startswith(" . "):
-            type_text = table.addr_type + suffix.format(addr=table.addr_type)
-        else:
-            type_text = suffix
+        type_text = type_template.format(addr=table.addr_type)
         bucket = table.elements.get(name, {})
         elements = [element_text(key, value, note) for key, (value, note) in sorted(
             bucket.items(), key=lambda item: ip_sort_key(item[0]))]
