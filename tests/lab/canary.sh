@@ -5,20 +5,22 @@
 #                                           /run/kubeipvs-canary/NAME.pid), logging each result
 #        canary.sh stop                     stop every canary by its PID
 #        canary.sh mark STEP                every canary's results from now on count for STEP
-#        canary.sh count NAME               {"ok": N, "slow": S, "failed": M, "failures": [...],
-#                                           "steps": [{"step": STEP, "ok": .., "slow": .., "failed": ..}]}
+#        canary.sh count NAME               {"ok": N, "slow": S, "resent": R, "failed": M, "failures": [...], "resends": [...],
+#                                           "steps": [{"step": STEP, "ok": .., "slow": .., "resent": .., "failed": ..}]}
 #                                           as JSON (results before the first mark: step "start")
 # KIND:
 #   http URL          a new TCP connection and one GET every 0.2 s
 #   hold URL          one HTTP/1.1 keep-alive connection kept open, a GET on it every 0.5 s; a
 #                     request that fails or a connection that breaks is a failure (it reconnects)
-#   udp HOST:PORT     a DNS-like UDP query every 0.5 s from one fixed source port: stale conntrack
-#                     entries after a switch show here
+#   udp HOST:PORT     a DNS-like UDP query every 0.5 s from one fixed source port, sent again after
+#                     each second without its answer, as a resolver does: a query answered only
+#                     when sent again is "resent" (one datagram lost), one still unanswered after
+#                     5 s failed - as a stale conntrack entry after a switch makes every one fail
 # A request fails when it gets an error or no answer within 5 s; an answer after more than 1 s
 # counts as slow (a lost packet resent, or a TCG node starved of CPU - the log has each one's time).
 # One Python process per canary (a curl forked five times a second cost a TCG node half a CPU).
 set -euo pipefail
-dir=/run/kubeipvs-canary
+dir=${KUBEIPVS_CANARY_DIR:-/run/kubeipvs-canary}
 
 case "${1:?start NAME KIND TARGET | stop | count NAME}" in
   start)
@@ -64,18 +66,41 @@ def hold():
             connection = None
         time.sleep(0.5)
 
+RESEND = 1  # a resolver sends its query again after this long without an answer
+
+def answered(sock, query, deadline):
+    """Whether the answer to query came before deadline (late answers to earlier queries skipped)."""
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            if sock.recv(512).endswith(query):
+                return True
+        except TimeoutError:
+            return False
+    return False
+
 def udp():
     host, port = target.rsplit(":", 1)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    address = (host.strip("[]"), int(port))
     sock = socket.socket(family, socket.SOCK_DGRAM)
     sock.bind(("", 0))  # one source port for the whole run, as a long-lived resolver
-    sock.settimeout(TIMEOUT)
+    number = 0
     while True:
+        number += 1
+        query = b"query %d" % number
+        started = time.monotonic()
         try:
-            started = time.monotonic()
-            sock.sendto(b"query", (host.strip("[]"), int(port)))
-            sock.recv(512)
-            report(started)
+            for sends in range(1, TIMEOUT // RESEND + 1):
+                sock.sendto(query, address)
+                if answered(sock, query, started + sends * RESEND):
+                    break
+            else:
+                raise TimeoutError
+            if sends == 1:
+                report(started)
+            else:
+                print("resent", stamp(), f"{time.monotonic() - started:.1f}s", sends - 1, flush=True)
         except OSError as error:
             print("failed", stamp(), type(error).__name__, flush=True)
         time.sleep(0.5)
@@ -118,13 +143,15 @@ else:
     log=$dir/$name.log
     ok=$(grep -c '^ok' "$log" || true)
     slow=$(grep -c '^slow' "$log" || true)
+    resent=$(grep -c '^resent' "$log" || true)
     failures=$(grep '^failed' "$log" | head -20 | awk '{print "\"" $2 " " $3 "\""}' | paste -sd, - || true)
+    resends=$(grep '^resent' "$log" | head -20 | awk '{print "\"" $2 "\""}' | paste -sd, - || true)
     steps=$(awk '
-      function emit() { if (n++) printf ","; printf "{\"step\": \"%s\", \"ok\": %d, \"slow\": %d, \"failed\": %d}", step, c["ok"], c["slow"], c["failed"] }
+      function emit() { if (n++) printf ","; printf "{\"step\": \"%s\", \"ok\": %d, \"slow\": %d, \"resent\": %d, \"failed\": %d}", step, c["ok"], c["slow"], c["resent"], c["failed"] }
       BEGIN { step = "start" }
       $1 == "mark" { emit(); step = $2; delete c; next }
       { c[$1]++ }
       END { emit() }' "$log")
-    echo "{\"ok\": $ok, \"slow\": $slow, \"failed\": $(grep -c '^failed' "$log" || true), \"failures\": [$failures], \"steps\": [$steps]}"
+    echo "{\"ok\": $ok, \"slow\": $slow, \"resent\": $resent, \"failed\": $(grep -c '^failed' "$log" || true), \"failures\": [$failures], \"resends\": [$resends], \"steps\": [$steps]}"
     ;;
 esac

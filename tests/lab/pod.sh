@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The lab's pods: on a lab node, a network namespace on the node's pod bridge cbr0 (10.244.N.0/24,
 # fd00:10:244:N::/64, routed between the nodes) running a small server that answers with its name:
-# HTTP on 8080 and a DNS-like UDP echo on 5353. Kubernetes Services point at them through
+# HTTP on 8080 and a DNS-like UDP echo on 5353 (the name, then the query). Kubernetes Services point at them through
 # EndpointSlices, so requests through kube-proxy show which endpoint answered.
 #
 # usage: pod.sh start NAME INDEX   (pod NAME at 10.244.N.INDEX and fd00:10:244:N::INDEX; N from the node's name)
@@ -49,8 +49,8 @@ class DualStack(ThreadingHTTPServer):
         self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         super().server_bind()
 class Echo(socketserver.BaseRequestHandler):
-    def handle(self):
-        self.request[1].sendto(answer, self.client_address)
+    def handle(self):  # the name, then the query itself: as DNS repeats the query's ID
+        self.request[1].sendto(answer + self.request[0], self.client_address)
 class UdpDualStack(socketserver.ThreadingUDPServer):
     address_family = socket.AF_INET6
     def server_bind(self):
