@@ -241,6 +241,8 @@ def service_ports(service, endpoint_map, family):
     lb_ips = [ip for ip in lb_ips if ip and family_of(ip) == family]
     source_ranges = [r for r in map(parse_network, spec.get("loadBalancerSourceRanges") or [])
                      if r is not None and family_of(r) == family]
+    if any(r.prefixlen == 0 for r in source_ranges):
+        source_ranges = []  # as kube-proxy: a zero-length prefix allows every source, as no ranges do
     affinity = None
     if spec.get("sessionAffinity") == "ClientIP":
         affinity = (((spec.get("sessionAffinityConfig") or {}).get("clientIP") or {}).get("timeoutSeconds")

@@ -122,6 +122,15 @@ CASES = [
                     "KUBE-IPVS-IPS": ["10.96.0.32", "203.0.113.13"]}},
         id="loadbalancer-source-ranges-node-inside-a-range"),
     pytest.param(
+        [service("lbany", ["10.96.0.33"], [port(80)], "LoadBalancer", status=[{"ip": "203.0.113.14"}],
+                 loadBalancerSourceRanges=["192.0.2.0/24", " 0.0.0.0/0 "])],
+        [endpoint_slice("lbany", [ep("10.244.2.6", "node2")], [("", 80, "TCP")])],
+        {"addresses": ["10.96.0.33", "203.0.113.14"],
+         "services": [vs("10.96.0.33", 80, [rs("10.244.2.6", 80)]), vs("203.0.113.14", 80, [rs("10.244.2.6", 80)])],
+         "ipsets": {"KUBE-CLUSTER-IP": ["10.96.0.33,tcp:80"], "KUBE-LOAD-BALANCER": ["203.0.113.14,tcp:80"],
+                    "KUBE-IPVS-IPS": ["10.96.0.33", "203.0.113.14"]}},
+        id="loadbalancer-source-range-of-length-zero-allows-every-source-as-no-ranges"),
+    pytest.param(
         [service("ext", ["10.96.0.40"], [port(8080)], externalIPs=["198.51.100.20", "192.0.2.11", "2001:db8::99"]),
          service("extlocal", ["10.96.0.41"], [port(8081)], "NodePort", externalIPs=["198.51.100.21"],
                  externalTrafficPolicy="Local")],
