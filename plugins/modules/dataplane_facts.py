@@ -114,6 +114,16 @@ dataplane:
       description: The dummy link, whether it exists (null when unknown) and its addresses.
       type: dict
       sample: {name: kube-ipvs0, present: true, addresses: ["10.96.0.1", "10.96.0.10"]}
+    node_port_addresses:
+      description:
+        - The node's addresses kube-proxy's IPVS mode opens NodePorts on - every link's but the dummy
+          link's, inside O(scope.node_port_cidrs) (kube-proxy's C(nodePortAddresses)), never loopback ones;
+          with no such CIDRs (or a zero-length one, kube-proxy's default) every address but loopback and
+          IPv6 link-local ones. Null when the links could not be read.
+        - The O(kubeipvs.node.kube_proxy_state#module:node_port_addresses) of this node.
+      type: list
+      elements: str
+      sample: ["10.244.1.1", "192.168.200.1", "fd00:10:244:1::1"]
     ipsets:
       description: kube-proxy's ipsets present (C(kube_proxy)) and other C(KUBE-) sets no mode claims (C(other_kube)).
       type: dict
@@ -167,6 +177,7 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.node._links import L
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure import _dataplane as dp
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._dataplane import validate_scope
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import FAMILIES, IPV4, IPV6, NFT
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._links import node_port_addresses
 
 FAMILY_CHOICES = {"ipv4": (IPV4,), "ipv6": (IPV6,), "both": FAMILIES}
 TOOLS = ("ipset", "ipvsadm", "iptables", "nft")
@@ -214,6 +225,8 @@ def gather(module):
             "owned_vips": sorted(extra["owned_vips"]),
         },
         "dummy_interface": {"name": link, "present": extra["dummy_exists"], "addresses": node.dummy_addresses},
+        "node_port_addresses": (None if reader.local_addresses is None else
+                                node_port_addresses(reader.local_addresses, scope["node_port_cidrs"])),
         "ipsets": {"kube_proxy": sorted(name for name in sets if name in own_sets),
                    "other_kube": sorted(extra["other_kube_sets"])},
         "iptables": iptables_report(node, families),

@@ -13,9 +13,9 @@ author: kubeipvs.node maintainers (@kubeipvs)
 description:
   - Reads every Service and every EndpointSlice (C(discovery.k8s.io/v1)) and computes, for one
     node, what kube-proxy would program there in O(mode) - in IPVS mode the addresses of
-    C(kube-ipvs0), the IPVS virtual and real servers and the members of its ipsets (input of
-    M(kubeipvs.node.dummy_interface), M(kubeipvs.node.ipvs_sync) and M(kubeipvs.node.ipset)); in
-    iptables mode its nat and filter chains (input of M(kubeipvs.node.iptables_chain)); in
+    C(kube-ipvs0), the IPVS virtual and real servers, the members of its ipsets and the iptables
+    rules that match them (input of M(kubeipvs.node.dummy_interface), M(kubeipvs.node.ipvs_sync),
+    M(kubeipvs.node.ipset) and M(kubeipvs.node.iptables_chain)); in iptables mode its nat and filter chains (input of M(kubeipvs.node.iptables_chain)); in
     nftables mode its C(kube-proxy) tables (input of M(kubeipvs.node.nftables_table)).
   - A mode switch programs the target mode with this before restarting kube-proxy, so Services
     answer throughout (see the mode_switch role).
@@ -39,22 +39,25 @@ options:
     required: true
   node_ips:
     description:
-      - The node IPs NodePort services listen on. Not given - the Node object's C(InternalIP) addresses.
+      - The node's IPs - the first of each family is kube-proxy's node IP (its load-balancer source
+        ranges decide whether the node itself may connect), and NodePorts listen on them unless
+        O(node_port_addresses) is given. Not given - the Node object's C(InternalIP) addresses.
     type: list
     elements: str
     default: []
   mode:
     description:
       - The kube-proxy mode to compute the node's state for.
-      - V(ipvs) returns RV(dummy_interface), RV(ipvs_sync), RV(ipsets) and RV(ipset_types);
-        V(iptables) returns RV(iptables_chain); V(nftables) returns RV(nftables_tables).
+      - V(ipvs) returns RV(dummy_interface), RV(ipvs_sync), RV(ipset), RV(ipsets), RV(ipset_types) and
+        RV(iptables_chain); V(iptables) returns RV(iptables_chain); V(nftables) returns RV(nftables_tables).
     type: str
     default: ipvs
     choices: [ipvs, iptables, nftables]
   cluster_cidr:
     description:
-      - kube-proxy's C(clusterCIDR) (comma-separated for dual-stack) - iptables and nftables mode
-        masquerade traffic to a ClusterIP from outside it. Empty - no such rule, as kube-proxy without it.
+      - kube-proxy's C(clusterCIDR) (comma-separated for dual-stack) - every mode masquerades traffic to a
+        ClusterIP from outside it. Empty - no such rule, as kube-proxy without it (IPVS mode then masquerades
+        what a Service address sends instead).
     type: str
     default: ""
   masquerade_bit:
@@ -76,6 +79,15 @@ options:
     elements: str
     choices: [ipv4, ipv6]
     default: []
+  node_port_addresses:
+    description:
+      - The node's addresses IPVS mode opens its NodePorts on - kube-proxy lists the node's interfaces
+        for them, every address but the C(kube-ipvs0) ones, loopback and IPv6 link-local by default
+        (M(kubeipvs.node.dataplane_facts) returns them as C(node_port_addresses)). An external or
+        load-balancer IP among them is not bound to C(kube-ipvs0).
+      - Not given - O(node_ips).
+    type: list
+    elements: str
   service_cidrs:
     description:
       - The cluster's Service CIDRs - nftables mode drops traffic to an address in them that is no
@@ -110,6 +122,16 @@ dummy_interface:
   returned: when O(mode=ipvs)
   type: dict
   sample: {addresses: [10.96.0.1, 10.96.0.10]}
+ipset:
+  description:
+    - Input of M(kubeipvs.node.ipset) - C(sets), every kube-proxy ipset of every family as kube-proxy
+      creates it, with exactly its members (use it with O(kubeipvs.node.ipset#module:exclusive=true)).
+  returned: when O(mode=ipvs)
+  type: dict
+  sample:
+    sets:
+      - {name: KUBE-CLUSTER-IP, type: "hash:ip,port", family: inet, hashsize: 1024, maxelem: 65536, range: null,
+         members: ["10.96.0.1,tcp:443"]}
 ipvs_sync:
   description: Input of M(kubeipvs.node.ipvs_sync) - C(services), each with its C(real_servers).
   returned: when O(mode=ipvs)
@@ -123,9 +145,22 @@ iptables_chain:
     - With O(mode=iptables) - per family (V(ipv4), V(ipv6)) the O(kubeipvs.node.iptables_chain#module:chains)
       input that writes the chains and jumps kube-proxy's iptables mode writes (KUBE-SERVICES,
       KUBE-SVC-*, KUBE-SEP-*, KUBE-EXT-*, KUBE-NODEPORTS, filter KUBE-SERVICES, ...).
-  returned: when O(mode=iptables)
+    - With O(mode=ipvs) - the same for IPVS mode's eleven chains (KUBE-SERVICES, KUBE-NODE-PORT,
+      KUBE-LOAD-BALANCER, KUBE-POSTROUTING, KUBE-MARK-MASQ, filter KUBE-FORWARD, KUBE-IPVS-FILTER, ...),
+      whose rules match its ipsets; a rule whose set is empty is left out, as kube-proxy does.
+  returned: when O(mode=iptables) or O(mode=ipvs)
   type: dict
   sample: {ipv4: [{table: nat, chain: KUBE-MARK-MASQ, rules: ["-j MARK --or-mark 0x4000"], jumps: []}]}
+iptables_chain_unshared:
+  description:
+    - With O(mode=ipvs) - RV(iptables_chain) less the chains iptables mode writes too (nat KUBE-SERVICES,
+      KUBE-POSTROUTING, KUBE-MARK-MASQ, filter KUBE-FORWARD, KUBE-PROXY-FIREWALL) - what can be programmed
+      while a kube-proxy in iptables mode still runs on the node, which rewrites those and needs its own
+      KUBE-SERVICES to translate.
+  returned: when O(mode=ipvs)
+  type: dict
+  sample: {ipv4: [{table: filter, chain: KUBE-IPVS-FILTER, rules: ["-m set --match-set KUBE-CLUSTER-IP dst,dst -j RETURN"],
+                   jumps: [{chain: INPUT, position: first, args: "", comment: kubernetes ipvs access filter}]}]}
 nftables_tables:
   description:
     - With O(mode=nftables) - per family the table kube-proxy's nftables mode writes, as input of
@@ -185,6 +220,10 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.k8s._client import (
     client_from_module,
 )
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_iptables import iptables_state
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_ipvs_iptables import (
+    ipvs_iptables_state,
+    without_shared_chains,
+)
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_nftables import nftables_state
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_state import node_state
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._text import DNS1123_SUBDOMAIN
@@ -216,7 +255,8 @@ def service_cidrs_from_api(client):
 def render(params, services, slices, node_ips, service_cidrs=()):
     """The node's state in the requested mode's terms, plus the mode-independent facts."""
     mode, node_name = params["mode"], params["node_name"]
-    ipvs = node_state(services, slices, node_name, node_ips, params["scheduler"], params["ip_families"])
+    ipvs = node_state(services, slices, node_name, node_ips, params["scheduler"], params["ip_families"],
+                      params["node_port_addresses"])
     virtual_servers = ipvs["ipvs_sync"]["services"]
     result = {"mode": mode, "cluster_ip_ports": ipvs["cluster_ip_ports"],
               "counts": {"services_read": len(services), "endpoint_slices_read": len(slices),
@@ -226,7 +266,11 @@ def render(params, services, slices, node_ips, service_cidrs=()):
     options = {"cluster_cidr": params["cluster_cidr"] or None, "masquerade_bit": params["masquerade_bit"],
                "families": params["ip_families"]}
     if mode == "ipvs":
-        result.update((key, ipvs[key]) for key in ("dummy_interface", "ipvs_sync", "ipsets", "ipset_types"))
+        result.update((key, ipvs[key]) for key in ("dummy_interface", "ipvs_sync", "ipset", "ipsets", "ipset_types"))
+        result["iptables_chain"] = ipvs_iptables_state(ipvs["ipsets"], options["cluster_cidr"],
+                                                       options["masquerade_bit"])
+        result["iptables_chain_unshared"] = {family: without_shared_chains(chains)
+                                             for family, chains in result["iptables_chain"].items()}
     elif mode == "iptables":
         result["iptables_chain"] = iptables_state(services, slices, node_name, node_ips, **options)
     else:
@@ -268,6 +312,7 @@ def main():
         masquerade_bit=dict(type="int", default=14),
         ip_families=dict(type="list", elements="str", choices=["ipv4", "ipv6"], default=[]),
         service_cidrs=dict(type="list", elements="str"),
+        node_port_addresses=dict(type="list", elements="str"),
     )
     module = ansible_module(AnsibleModule, argument_spec=argument_spec, supports_check_mode=True)
     run_module(module, compute)

@@ -167,8 +167,11 @@ def test_state_in_iptables_and_nftables_mode(cluster):
     assert {"tcp/10.100.0.1:80", f"tcp/{KUBERNETES}:443"} <= set(ipvs["cluster_ip_ports"])
     assert iptables["cluster_ip_ports"] == nftables["cluster_ip_ports"] == ipvs["cluster_ip_ports"]
     assert ipvs["kubernetes_version"] == f"v{lab_cluster.version()}"
-    # Each mode returns its own module input only.
-    assert "iptables_chain" not in ipvs and "nftables_tables" not in ipvs
+    # Each mode returns its own module input only; IPVS mode's iptables rules match its ipsets.
+    assert "nftables_tables" not in ipvs
+    ipvs_chains = {(c["table"], c["chain"]): c["rules"] for c in ipvs["iptables_chain"]["ipv4"]}
+    assert len(ipvs_chains) == 11 and not any(name.startswith("KUBE-SVC-") for _table, name in ipvs_chains)
+    assert "-m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT" in ipvs_chains[("nat", "KUBE-SERVICES")]
     assert "ipvs_sync" not in iptables and "nftables_tables" not in iptables
     assert "ipvs_sync" not in nftables and "iptables_chain" not in nftables
     chains = {(c["table"], c["chain"]): c for c in iptables["iptables_chain"]["ipv4"]}

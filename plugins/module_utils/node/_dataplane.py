@@ -68,6 +68,7 @@ class NodeReader:
         self.services = {}  # label -> Service (owned)
         self.link = None
         self.link_addresses = []
+        self.local_addresses = None  # every other link's addresses; None until read (or unreadable)
         self.warnings = []
 
     def _proc(self, path):
@@ -119,6 +120,7 @@ class NodeReader:
             self.link = link
             addresses = sorted(links.addresses(self.link)) if self.link is not None else []
             self.link_addresses = addresses
+            self.local_addresses = links.addresses_except(self.link)
         finally:
             links.close()
         return self.link is not None, addresses

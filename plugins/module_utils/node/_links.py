@@ -91,24 +91,33 @@ class LinkKernel:
     def delete_link(self, link):
         self._ack(RTM_DELLINK, 0, IFINFOMSG.pack(0, 0, link.index, 0, 0), link.name)
 
-    def addresses(self, link):
-        """{text: (family, prefix length)} of the addresses on ``link`` (one dump of all addresses)."""
+    def _dump_addresses(self, wanted):
+        """(link index, text, family, prefix length) of every address whose link index ``wanted``
+        accepts - one dump of all addresses."""
         seq = self.sock.next_seq()
         request = nl.message(RTM_GETADDR, nl.NLM_F_REQUEST | nl.NLM_F_DUMP, seq, IFADDRMSG.pack(0, 0, 0, 0, 0))
-        found = {}
         unpack = IFADDRMSG.unpack_from
         for data, start, end in self.sock.dump(request):
             number, prefix, _flags, _scope, index = unpack(data, start)
             family = OF_ADDRESS_FAMILY.get(number)
-            if index != link.index or family is None:
+            if not wanted(index) or family is None:
                 continue
             attrs = nl.parse_attrs(data, start + IFADDRMSG.size, end)
             where = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
             if where is None:
                 continue
             offset, length = where
-            found[socket.inet_ntop(number, data[offset:offset + length])] = (family, prefix)
-        return found
+            yield index, socket.inet_ntop(number, data[offset:offset + length]), family, prefix
+
+    def addresses(self, link):
+        """{text: (family, prefix length)} of the addresses on ``link``."""
+        return {text: (family, prefix)
+                for _index, text, family, prefix in self._dump_addresses(lambda index: index == link.index)}
+
+    def addresses_except(self, link):
+        """The addresses of every other link than ``link`` (None: of every link), as text."""
+        skip = link.index if link is not None else None
+        return sorted({text for _index, text, _family, _prefix in self._dump_addresses(lambda index: index != skip)})
 
     def change_addresses(self, link, to_add, to_remove):
         """Add and remove host addresses, batched. When the kernel refuses some, the changes it made

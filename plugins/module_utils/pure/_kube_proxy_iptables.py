@@ -430,12 +430,13 @@ def iptables_chains(service_ports, family, node_ips, cluster_cidr=None, masquera
     return chain_entries(tables)
 
 
-def chain_entries(tables):
+def chain_entries(tables, jump_table=JUMPS, kubelet_firewall=True):
     """iptables_chain entries: the chains that have jumps first, in kube-proxy's jump order (the
-    module prepends missing jumps in list order, as kube-proxy does), then the rest in declaration order."""
+    module prepends missing jumps in list order, as kube-proxy does), then the rest in declaration
+    order. ``kubelet_firewall``: whether kube-proxy ensures kubelet's KUBE-FIREWALL (iptables mode)."""
     jumps = {}
-    for table, chain, parent, comment, args in JUMPS:
-        if (table, chain) in tables.chains or (table, chain) == KUBELET_FIREWALL:
+    for table, chain, parent, comment, args in jump_table:
+        if (table, chain) in tables.chains or (kubelet_firewall and (table, chain) == KUBELET_FIREWALL):
             jump = {"chain": parent, "position": "first", "args": args}
             if comment:
                 jump["comment"] = comment
@@ -451,7 +452,7 @@ def chain_entries(tables):
     return entries
 
 
-def _family_value(value, family):
+def family_value(value, family):
     """The entry of a per-family option (``"10.244.0.0/16,fd00::/48"`` or a list) that is of ``family``."""
     if value is None:
         return None
@@ -476,5 +477,5 @@ def iptables_state(services, endpoint_slices, node_name, node_ips, cluster_cidr=
         family_ips = [str(ip) for ip in map(parse_ip, node_ips) if family_of(ip) == family]
         service_ports = cluster_service_ports(services, endpoint_slices, node_name, family)
         result[family] = iptables_chains(service_ports, family, family_ips,
-                                         cluster_cidr=_family_value(cluster_cidr, family), **options)
+                                         cluster_cidr=family_value(cluster_cidr, family), **options)
     return result

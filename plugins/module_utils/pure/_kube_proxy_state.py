@@ -8,8 +8,9 @@ Pure functions (no Ansible, no API). The facts follow kube-proxy's pkg/proxy/ipv
 pkg/proxy/endpointslicecache.go; the output uses the input formats of this collection's
 dummy_interface, ipvs_sync and ipset modules.
 
-Not modelled: topology-aware routing hints (zones), traffic distribution, ``--nodeport-addresses``
-filtering (the caller passes the node IPs NodePorts listen on), and the iptables rules.
+Not modelled: topology-aware routing hints (zones) and traffic distribution. The node's addresses
+NodePorts listen on come from the caller (``node_port_addresses``: kube-proxy lists the node's
+interfaces); IPVS mode's iptables rules are ``_kube_proxy_ipvs_iptables``'s, from the sets here.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 SERVICE_PROXY_NAME_LABEL = "service.kubernetes.io/service-proxy-name"
 DEFAULT_AFFINITY_TIMEOUT = 10800  # seconds; sessionAffinityConfig.clientIP.timeoutSeconds default
 IPSET_NAME_MAX = 31
+IPSET_HASHSIZE, IPSET_MAXELEM, IPSET_PORT_RANGE = 1024, 65536, "0-65535"  # kube-proxy's create options
 
 # kube-proxy's ipsets and their types (pkg/proxy/ipvs/ipset.go).
 IPSET_TYPES = {
@@ -133,11 +135,15 @@ def categorize(endpoints, uses_cluster, uses_local):
 
 
 class NodeState:
-    """Accumulates the dummy addresses, IPVS services and ipset members of one family."""
+    """Accumulates the dummy addresses, IPVS services and ipset members of one family.
 
-    def __init__(self, family, node_ips, scheduler):
+    ``node_ips``: the addresses NodePorts listen on; ``primary_ip``: kube-proxy's node IP of the
+    family (whether loadBalancerSourceRanges admit the node itself), or None."""
+
+    def __init__(self, family, node_ips, scheduler, primary_ip=None):
         self.family = family
         self.node_ips = node_ips
+        self.primary_ip = primary_ip
         self.scheduler = scheduler
         self.bound = set()
         self.services = {}
@@ -428,10 +434,10 @@ def ip_families(services, node_ips, families=()):
     return sorted(families or {IPV4})
 
 
-def check_node_ips(node_ips):
+def check_node_ips(node_ips, what="node_ips"):
     bad = [ip for ip in node_ips if parse_ip(ip) is None]
     if bad:
-        raise ValueError(f"node_ips: {', '.join(map(str, bad))} is not an IP address")
+        raise ValueError(f"{what}: {', '.join(map(str, bad))} is not an IP address")
 
 
 def sync_service_port(state, sp, node_addresses):
@@ -450,7 +456,7 @@ def sync_service_port(state, sp, node_addresses):
         state.virtual_server(external_ip, protocol, sp.port, sp.affinity, sp.external_endpoints,
                              bind=external_ip not in node_addresses)
 
-    primary_node_ip = parse_ip(state.node_ips[0]) if state.node_ips else None
+    primary_node_ip = parse_ip(state.primary_ip) if state.primary_ip else None
     for lb_ip in sp.lb_ips:
         state.add("KUBE-LOAD-BALANCER", entry(lb_ip, protocol, sp.port))
         if sp.external_local:
@@ -483,22 +489,32 @@ def sync_service_port(state, sp, node_addresses):
         state.add("KUBE-HEALTH-CHECK-NODE-PORT", str(sp.health_check_node_port))
 
 
-def node_state(services, endpoint_slices, node_name, node_ips, scheduler="rr", families=()):
+def node_state(services, endpoint_slices, node_name, node_ips, scheduler="rr", families=(),
+               node_port_addresses=None):
     """The IPVS-mode state of one node.
+
+    ``node_ips``: the node's IPs (the first of each family is kube-proxy's node IP);
+    ``node_port_addresses``: the addresses IPVS mode opens NodePorts on (kube-proxy lists the
+    node's interfaces: dataplane_facts' ``node_port_addresses``), None for ``node_ips``. An
+    external or load-balancer IP among either is not bound to the dummy link.
 
     Returns ``dummy_interface`` (``addresses``), ``ipvs_sync`` (``services``), ``ipsets`` (set name
     -> sorted members as ``ipset`` prints them) and ``ipset_types``, for IPv4 and - when the node
     or any Service has IPv6, or ``families`` lists it - IPv6 (sets named KUBE-6-*).
     """
     check_node_ips(node_ips)
+    if node_port_addresses is not None:
+        check_node_ips(node_port_addresses, "node_port_addresses")
     check_cluster_objects(services, endpoint_slices)
     parsed_node_ips = [parse_ip(ip) for ip in node_ips]
-    node_addresses = {str(ip) for ip in parsed_node_ips}
+    parsed_port_ips = parsed_node_ips if node_port_addresses is None else [parse_ip(ip) for ip in node_port_addresses]
+    node_addresses = {str(ip) for ip in parsed_node_ips + parsed_port_ips}
 
     addresses, ipvs_services, ipsets, ipset_types, cluster_ports = [], [], {}, {}, set()
     for family in ip_families(services, node_ips, families):
-        family_node_ips = [str(ip) for ip in parsed_node_ips if family_of(ip) == family]
-        state = NodeState(family, family_node_ips, scheduler)
+        port_ips = sorted({ip for ip in parsed_port_ips if family_of(ip) == family}, key=int)
+        primary = next((str(ip) for ip in parsed_node_ips if family_of(ip) == family), None)
+        state = NodeState(family, [str(ip) for ip in port_ips], scheduler, primary)
         for sp in cluster_service_ports(services, endpoint_slices, node_name, family):
             sync_service_port(state, sp, node_addresses)
             cluster_ports.add(port_label(sp.protocol, sp.cluster_ip, sp.port))
@@ -511,7 +527,21 @@ def node_state(services, endpoint_slices, node_name, node_ips, scheduler="rr", f
             ipset_types[family_name] = IPSET_TYPES[name]
             ipsets[family_name] = sorted(members, key=member_sort_key)
     return {"dummy_interface": {"addresses": addresses}, "ipvs_sync": {"services": ipvs_services},
-            "ipsets": ipsets, "ipset_types": ipset_types, "cluster_ip_ports": sorted(cluster_ports)}
+            "ipsets": ipsets, "ipset_types": ipset_types, "ipset": {"sets": ipset_specs(ipsets, ipset_types)},
+            "cluster_ip_ports": sorted(cluster_ports)}
+
+
+def ipset_specs(ipsets, ipset_types):
+    """The ``sets`` input of the ipset module: every set as kube-proxy creates it (hash sets with
+    hashsize 1024 and maxelem 65536, bitmap:port with range 0-65535) with exactly its members."""
+    specs = []
+    for name, set_type in ipset_types.items():
+        bitmap = set_type.startswith("bitmap:")
+        specs.append({"name": name, "type": set_type, "members": ipsets[name],
+                      "family": "inet6" if name.startswith("KUBE-6-") else "inet",
+                      "hashsize": None if bitmap else IPSET_HASHSIZE, "maxelem": None if bitmap else IPSET_MAXELEM,
+                      "range": IPSET_PORT_RANGE if set_type == "bitmap:port" else None})
+    return specs
 
 
 def service_key(service):

@@ -7,6 +7,7 @@ difference to send. Speaking rtnetlink is node/_links.py's job.
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
@@ -85,3 +86,24 @@ def validate_link_name(name):
     if not LINK_NAME.matches(name):
         raise KubeIpvsError(f"link name {name!r} is not a valid interface name (1-15 bytes, no '/', ':', spaces or "
                             "control characters)")
+
+
+def node_port_addresses(local_addresses, node_port_cidrs=()):
+    """The addresses kube-proxy's IPVS mode opens NodePorts on, from the node's own addresses (every
+    link's but the dummy link's): with no ``node_port_cidrs`` (or a zero-length one, kube-proxy's
+    default) every address but loopback and IPv6 link-local ones; else the addresses inside them
+    but loopback ones. Sorted, IPv4 first."""
+    networks = [ipaddress.ip_network(cidr, strict=False) for cidr in node_port_cidrs]
+    match_all = not networks or any(network.prefixlen == 0 for network in networks)
+    found = set()
+    for text in local_addresses:
+        address = ipaddress.ip_address(text)
+        if address.is_loopback:
+            continue
+        if match_all:
+            if address.version == 6 and address.is_link_local:
+                continue
+        elif not any(address in network for network in networks):
+            continue
+        found.add(address)
+    return [str(address) for address in sorted(found, key=lambda a: (a.version, a))]

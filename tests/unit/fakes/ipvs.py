@@ -143,6 +143,10 @@ class FakeLinkKernel:
     def addresses(self, link):
         return dict(self.addrs[link.name])
 
+    def addresses_except(self, link):
+        return sorted({text for name, addresses in self.addrs.items() if link is None or name != link.name
+                       for text in addresses})
+
     def change_addresses(self, link, to_add, to_remove):
         self.calls.append(("change_addresses", len(to_add), len(to_remove)))
         current = self.addrs[link.name]

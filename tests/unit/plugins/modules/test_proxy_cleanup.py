@@ -14,13 +14,14 @@ import os
 import pytest
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
 from ansible_collections.kubeipvs.node.plugins.module_utils.node import _dataplane as _dataplane_node
-from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import IPV4
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import IPV4, IPV6
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipvs_plan import (
     DEL_SERVICE,
     PROTO_TCP,
     PROTO_UDP,
     Service,
 )
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._links import Link
 from ansible_collections.kubeipvs.node.plugins.modules import dataplane_facts, proxy_cleanup
 from ansible_collections.kubeipvs.node.tests.unit.fakes.ipvs import FakeIpvsKernel, FakeLinkKernel
 from ansible_collections.kubeipvs.node.tests.unit.plugins.modules.helpers import NodeTools, build
@@ -265,3 +266,16 @@ def test_a_link_of_the_owned_name_that_is_not_dummy_is_never_deleted_nor_owns_se
     assert result["removed"]["links"] == [] and not any(call[0] == "delete_link" for call in links.calls)
     assert on_bridge.key in fake.table, "a service on the bridge's address was taken for kube-proxy's"
     assert any("not dummy" in warning for warning in module.warnings)
+
+
+def test_facts_report_the_addresses_ipvs_mode_opens_node_ports_on(kernel):
+    _fake, links = kernel
+    links.links["eth0"] = Link("eth0", 10, "veth", 0x1)
+    links.addrs["eth0"] = {"192.168.200.1": (IPV4, 24), "fe80::1": (IPV6, 64), "2001:db8::1": (IPV6, 64)}
+    links.links["lo"] = Link("lo", 1, "", 0x1)
+    links.addrs["lo"] = {"127.0.0.1": (IPV4, 8), "192.0.2.50": (IPV4, 32)}
+    everywhere = dataplane_facts.gather(facts_task())["dataplane"]["node_port_addresses"]
+    # kube-ipvs0's 10.96.0.1 is not the node's; neither loopback nor IPv6 link-local addresses count
+    assert everywhere == ["192.0.2.50", "192.168.200.1", "2001:db8::1"]
+    scoped = dataplane_facts.gather(facts_task(scope={**SCOPE, "node_port_cidrs": ["192.168.0.0/16", "fe80::/10"]}))
+    assert scoped["dataplane"]["node_port_addresses"] == ["192.168.200.1", "fe80::1"]

@@ -353,3 +353,22 @@ def test_hostile_endpoint_slices_are_refused_naming_the_object(bad, message):
 def test_node_ips_with_a_scope_are_refused():
     with pytest.raises(ValueError, match="node_ips"):
         node_state([], [], NODE, ["fe80::1%eth0"])
+
+
+def test_node_ports_open_on_the_node_port_addresses_and_the_node_ip_decides_source_ranges():
+    """kube-proxy's IPVS mode lists the node's interfaces for its NodePorts; its node IP (the first
+    of node_ips) alone decides whether a load balancer's source ranges admit the node itself."""
+    services = [service("np", ["10.96.0.60"], [port(80, node_port=30060), port(9, "SCTP", "s", node_port=30009)],
+                        "NodePort", externalIPs=["10.244.1.1"]),
+                service("lb", ["10.96.0.61"], [port(443)], "LoadBalancer", status=[{"ip": "203.0.113.9"}],
+                        loadBalancerSourceRanges=["10.244.1.0/24"])]
+    state = node_state(services, [], NODE, NODE_IPS, node_port_addresses=["192.168.200.1", "10.244.1.1"])
+    node_ports = sorted((s["address"], s["port"]) for s in state["ipvs_sync"]["services"] if s["port"] >= 30000)
+    assert node_ports == [("10.244.1.1", 30009), ("10.244.1.1", 30060), ("192.168.200.1", 30009),
+                          ("192.168.200.1", 30060)]
+    assert state["ipsets"]["KUBE-NODE-PORT-SCTP-HASH"] == ["10.244.1.1,sctp:30009", "192.168.200.1,sctp:30009"]
+    assert "10.244.1.1" not in state["dummy_interface"]["addresses"]  # a node address: not bound
+    # 192.0.2.11 (the node IP) is outside the range although a node-port address is inside
+    assert state["ipsets"]["KUBE-LOAD-BALANCER-SOURCE-IP"] == []
+    with pytest.raises(ValueError, match="node_port_addresses: eth0 is not an IP address"):
+        node_state(services, [], NODE, NODE_IPS, node_port_addresses=["eth0"])
