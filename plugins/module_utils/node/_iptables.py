@@ -207,6 +207,11 @@ class Iptables:
                     "(kubeipvs.node.ipset)"
                 )
             set_type, set_family = found
+            if set_type.startswith("bitmap:"):
+                # A bitmap needs its range to be created; a hash set of the same dimension matches
+                # the same flags, which is all iptables checks.
+                lines.append(stand_in_set_line(name, len(set_type.split(",")), self.family))
+                continue
             lines.append(f"create {name} {set_type}" + (f" family {set_family}" if set_family else ""))
         return lines, warnings
 
