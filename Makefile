@@ -120,7 +120,10 @@ molecule: setup k8s ## every molecule scenario on lab VMs (SCENARIO=name for one
 	@# directory's name only, so an interrupted run (or another checkout of the same name) would
 	@# leave the scenarios believing the lab was created and prepared.
 	rm -rf $(BUILD)/molecule
-	MOLECULE_EPHEMERAL_DIRECTORY=$(BUILD)/molecule $(BIN)/molecule test $(if $(SCENARIO),--scenario-name $(SCENARIO),--all) || { $(CLUSTER) down; $(LAB) down; exit 1; }
+	@# Each step's start time before molecule's own line: where a run's time goes.
+	PYTHONUNBUFFERED=1 MOLECULE_EPHEMERAL_DIRECTORY=$(BUILD)/molecule $(BIN)/molecule test $(if $(SCENARIO),--scenario-name $(SCENARIO),--all) 2>&1 \
+		| while IFS= read -r line; do [[ $$line != INFO* ]] || printf '%(%H:%M:%S)T ' -1; printf '%s\n' "$$line"; done \
+		|| { $(CLUSTER) down; $(LAB) down; exit 1; }
 
 build-collection: setup ## ansible-galaxy collection build into .build/
 	$(BIN)/ansible-galaxy collection build --force --output-path $(BUILD) .
