@@ -118,9 +118,9 @@ class NodeReader:
                                      "kube-proxy's and is left alone")
                 link = None
             self.link = link
-            addresses = sorted(links.addresses(self.link)) if self.link is not None else []
+            own, self.local_addresses = links.addresses_and_others(self.link)  # one dump for both
+            addresses = sorted(own)
             self.link_addresses = addresses
-            self.local_addresses = links.addresses_except(self.link)
         finally:
             links.close()
         return self.link is not None, addresses

@@ -114,10 +114,17 @@ class LinkKernel:
         return {text: (family, prefix)
                 for _index, text, family, prefix in self._dump_addresses(lambda index: index == link.index)}
 
-    def addresses_except(self, link):
-        """The addresses of every other link than ``link`` (None: of every link), as text."""
-        skip = link.index if link is not None else None
-        return sorted({text for _index, text, _family, _prefix in self._dump_addresses(lambda index: index != skip)})
+    def addresses_and_others(self, link):
+        """From one dump: the addresses of ``link`` as ``addresses`` gives them ({} for None), and
+        those of every other link, as sorted text."""
+        own, others = {}, set()
+        index = link.index if link is not None else None
+        for at, text, family, prefix in self._dump_addresses(lambda _index: True):
+            if at == index:
+                own[text] = (family, prefix)
+            else:
+                others.add(text)
+        return own, sorted(others)
 
     def change_addresses(self, link, to_add, to_remove):
         """Add and remove host addresses, batched. When the kernel refuses some, the changes it made

@@ -143,9 +143,11 @@ class FakeLinkKernel:
     def addresses(self, link):
         return dict(self.addrs[link.name])
 
-    def addresses_except(self, link):
-        return sorted({text for name, addresses in self.addrs.items() if link is None or name != link.name
-                       for text in addresses})
+    def addresses_and_others(self, link):
+        own = dict(self.addrs[link.name]) if link is not None else {}
+        others = {text for name, addresses in self.addrs.items() if link is None or name != link.name
+                  for text in addresses}
+        return own, sorted(others)
 
     def change_addresses(self, link, to_add, to_remove):
         self.calls.append(("change_addresses", len(to_add), len(to_remove)))

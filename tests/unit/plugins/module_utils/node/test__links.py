@@ -86,3 +86,18 @@ def test_a_refused_address_change_undoes_the_ones_the_kernel_made():
         links.change_addresses(link, [(V4, "10.96.0.2"), (V4, "10.96.0.3")], [(V4, "10.96.0.1", 32)])
     assert links.sock.batches[1] == [(("remove", V4, "10.96.0.1", 32), _links.RTM_NEWADDR),
                                      (("add", V4, "10.96.0.2", 32), _links.RTM_DELADDR)]
+
+
+def test_one_dump_gives_the_links_own_addresses_and_every_other_links():
+    links = LinkKernel.__new__(LinkKernel)
+    links.sock = nl.NetlinkSocket.__new__(nl.NetlinkSocket)
+    rows = [addr_row(V4, 8, 1, "127.0.0.1"), addr_row(V4, 32, 5, "10.96.0.1"), addr_row(V6, 64, 2, "fd00::2"),
+            addr_row(V4, 24, 2, "10.0.2.15")]
+    links.sock.sock = ScriptedRoute(rows)
+    links.sock.seq = 0
+    own, others = links.addresses_and_others(Link("kube-ipvs0", 5, "dummy", 0x82))
+    assert own == {"10.96.0.1": (V4, 32)}
+    assert others == ["10.0.2.15", "127.0.0.1", "fd00::2"]
+    assert links.sock.sock.queue == []  # one request, its whole answer read
+    links.sock.sock = ScriptedRoute(rows)
+    assert links.addresses_and_others(None) == ({}, ["10.0.2.15", "10.96.0.1", "127.0.0.1", "fd00::2"])
