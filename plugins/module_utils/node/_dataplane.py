@@ -21,6 +21,7 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.node._iptables impor
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._nftables import Nftables
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure import _dataplane as dp
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import FAMILIES, INET, IPV4, NFT
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_catalogue import NFT_SERVICE_MAP
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._iptables import parse_save
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipvs_input import service_entry
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipvs_plan import (
@@ -196,7 +197,7 @@ class NodeReader:
 
     def read_nft_service_ports(self, nft_family):
         """The keys of the kube-proxy table's service map; none when the table has no such map."""
-        out = self.nftables.list_map(nft_family, dp.NFT_TABLE, dp.NFT_SERVICE_MAP)
+        out = self.nftables.list_map(nft_family, dp.NFT_TABLE, NFT_SERVICE_MAP)
         if out is None:
             return []
         try:

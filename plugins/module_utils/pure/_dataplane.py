@@ -4,9 +4,9 @@
 """kube-proxy's dataplane objects: which mode owns a chain, set or table, which modes a node runs,
 and the ordered plan that removes one mode's leftovers without touching anything else.
 
-Pure logic only (no Ansible import, no I/O). The names come from kube-proxy's own cleanup code:
-pkg/proxy/iptables/cleanup.go (CleanupLeftovers, isServiceChainName) and pkg/proxy/ipvs/proxier.go
-(iptablesCleanupChains, iptablesJumpChain, ipsetInfo); see docs/mode-switch.md for the lists.
+Pure logic only (no Ansible import, no I/O). The names are
+``_kube_proxy_catalogue``'s (kube-proxy's own cleanup code: pkg/proxy/iptables/cleanup.go,
+pkg/proxy/ipvs/proxier.go); see docs/mode-switch.md for the lists.
 """
 
 from __future__ import annotations
@@ -14,60 +14,19 @@ from __future__ import annotations
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure import _iptables as iptables_lib
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import FAMILIES, IPV4, IPV6, NFT
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipvs_plan import scope_settings
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_catalogue import (
+    DEFAULT_DUMMY_INTERFACE,
+    IPTABLES_CHAINS,
+    IPVS_CHAINS,
+    KUBELET_CHAINS,
+    NFT_TABLE,
+    SERVICE_CHAIN_PREFIXES,
+    ipvs_set_names,
+)
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._links import validate_link_name
 
 MODES = ("iptables", "ipvs", "nftables")
 TABLES = ("nat", "filter", "mangle")
-
-# iptables mode: per-service chains (nat), current prefixes plus the KUBE-XLB- of releases before 1.24.
-SERVICE_CHAIN_PREFIXES = ("KUBE-SVC-", "KUBE-SVL-", "KUBE-SEP-", "KUBE-FW-", "KUBE-EXT-", "KUBE-XLB-")
-
-# Fixed-name chains per mode and table. A name in both modes of one table is shared: it goes only
-# when the other mode is not live on the node (its rules that point at removed objects go anyway).
-IPTABLES_CHAINS = {
-    "nat": ("KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ", "KUBE-MARK-DROP",
-            "KUBE-PROXY-CANARY", "KUBE-FIREWALL"),
-    "filter": ("KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-FORWARD", "KUBE-NODEPORTS", "KUBE-PROXY-FIREWALL",
-               "KUBE-PROXY-CANARY"),
-    "mangle": ("KUBE-PROXY-CANARY",),
-}
-IPVS_CHAINS = {
-    "nat": ("KUBE-SERVICES", "KUBE-POSTROUTING", "KUBE-NODE-PORT", "KUBE-LOAD-BALANCER", "KUBE-MARK-MASQ",
-            "KUBE-MARK-DROP", "KUBE-FIREWALL"),
-    "filter": ("KUBE-FORWARD", "KUBE-NODE-PORT", "KUBE-PROXY-FIREWALL", "KUBE-SOURCE-RANGES-FIREWALL",
-               "KUBE-IPVS-FILTER", "KUBE-IPVS-OUT-FILTER"),
-    "mangle": (),
-}
-# kubelet's own chains (pkg/kubelet/kubelet_network_linux.go): never removed by any mode.
-KUBELET_CHAINS = {"filter": ("KUBE-FIREWALL", "KUBE-KUBELET-CANARY"), "nat": ("KUBE-KUBELET-CANARY",),
-                  "mangle": ("KUBE-KUBELET-CANARY",)}
-
-# ipvs mode's ipsets (ipsetInfo), then names older releases used.
-IPVS_SETS = (
-    "KUBE-LOOP-BACK", "KUBE-CLUSTER-IP", "KUBE-EXTERNAL-IP", "KUBE-EXTERNAL-IP-LOCAL", "KUBE-LOAD-BALANCER",
-    "KUBE-LOAD-BALANCER-FW", "KUBE-LOAD-BALANCER-LOCAL", "KUBE-LOAD-BALANCER-SOURCE-IP",
-    "KUBE-LOAD-BALANCER-SOURCE-CIDR", "KUBE-NODE-PORT-TCP", "KUBE-NODE-PORT-LOCAL-TCP", "KUBE-NODE-PORT-UDP",
-    "KUBE-NODE-PORT-LOCAL-UDP", "KUBE-NODE-PORT-SCTP-HASH", "KUBE-NODE-PORT-LOCAL-SCTP-HASH",
-    "KUBE-HEALTH-CHECK-NODE-PORT", "KUBE-IPVS-IPS",
-)
-LEGACY_IPVS_SETS = ("KUBE-NODE-PORT-SCTP", "KUBE-NODE-PORT-LOCAL-SCTP")
-MAX_SET_NAME = 31
-
-NFT_TABLE = "kube-proxy"
-# nftables mode's verdict map of ClusterIP, external IP and load-balancer IP . protocol . port.
-NFT_SERVICE_MAP = "service-ips"
-DEFAULT_DUMMY_INTERFACE = "kube-ipvs0"
-
-
-def set_name(name, family):
-    """kube-proxy's name of an ipset in a family: IPv6 swaps the KUBE- prefix for KUBE-6-, cut to 31."""
-    if family == IPV6:
-        return ("KUBE-6-" + name[len("KUBE-"):])[:MAX_SET_NAME]
-    return name
-
-
-def ipvs_set_names(family):
-    return [set_name(name, family) for name in IPVS_SETS + LEGACY_IPVS_SETS]
 
 
 def classify_chain(table, name):

@@ -44,35 +44,14 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_sta
     parse_ip,
     parse_network,
 )
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_catalogue import IPTABLES_DECLARED, IPTABLES_JUMPS
 
 LARGE_CLUSTER_ENDPOINTS = 1000  # kube-proxy's largeClusterEndpointsThreshold
 LOOPBACK = {IPV4: "127.0.0.0/8", IPV6: "::1/128"}
 
-# kube-proxy's iptablesJumpChains and iptablesKubeletJumpChains: (table, chain, parent, comment,
-# match args). kube-proxy prepends each missing jump in this order (EnsureRule Prepend).
-NEW = "-m conntrack --ctstate NEW"
-JUMPS = (
-    ("filter", "KUBE-EXTERNAL-SERVICES", "INPUT", "kubernetes externally-visible service portals", NEW),
-    ("filter", "KUBE-EXTERNAL-SERVICES", "FORWARD", "kubernetes externally-visible service portals", NEW),
-    ("filter", "KUBE-NODEPORTS", "INPUT", "kubernetes health check service ports", ""),
-    ("filter", "KUBE-SERVICES", "FORWARD", "kubernetes service portals", NEW),
-    ("filter", "KUBE-SERVICES", "OUTPUT", "kubernetes service portals", NEW),
-    ("filter", "KUBE-FORWARD", "FORWARD", "kubernetes forwarding rules", ""),
-    ("filter", "KUBE-PROXY-FIREWALL", "INPUT", "kubernetes load balancer firewall", NEW),
-    ("filter", "KUBE-PROXY-FIREWALL", "OUTPUT", "kubernetes load balancer firewall", NEW),
-    ("filter", "KUBE-PROXY-FIREWALL", "FORWARD", "kubernetes load balancer firewall", NEW),
-    ("nat", "KUBE-SERVICES", "OUTPUT", "kubernetes service portals", ""),
-    ("nat", "KUBE-SERVICES", "PREROUTING", "kubernetes service portals", ""),
-    ("nat", "KUBE-POSTROUTING", "POSTROUTING", "kubernetes postrouting rules", ""),
-    ("filter", "KUBE-FIREWALL", "INPUT", None, ""),
-    ("filter", "KUBE-FIREWALL", "OUTPUT", None, ""),
-)
 # kubelet's chain: kube-proxy ensures it and its jumps in every family at every full sync, and
 # writes its rule only where it serves localhost NodePorts (IPv4).
 KUBELET_FIREWALL = ("filter", "KUBE-FIREWALL")
-# The top-level chains kube-proxy declares in every sync, in its order.
-FILTER_CHAINS = ("KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-FORWARD", "KUBE-NODEPORTS", "KUBE-PROXY-FIREWALL")
-NAT_CHAINS = ("KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -386,10 +365,9 @@ def iptables_chains(service_ports, family, node_ips, cluster_cidr=None, masquera
     options = Options(family, node_ips, cluster_cidr, masquerade_bit, random_fully, masquerade_all,
                       nodeport_addresses, localhost_nodeports, conntrack_tcp_be_liberal)
     tables = Tables()
-    for chain in FILTER_CHAINS:
-        tables.declare("filter", chain)
-    for chain in NAT_CHAINS:
-        tables.declare("nat", chain)
+    for table, chains in IPTABLES_DECLARED.items():
+        for chain in chains:
+            tables.declare(table, chain)
 
     tables.add("nat", "KUBE-POSTROUTING", "-m", "mark", "!", "--mark", f"{options.mark}/{options.mark}", "-j", "RETURN")
     # Clear the mark so a packet that traverses the stack again is not masqueraded twice.
@@ -430,7 +408,7 @@ def iptables_chains(service_ports, family, node_ips, cluster_cidr=None, masquera
     return chain_entries(tables)
 
 
-def chain_entries(tables, jump_table=JUMPS, kubelet_firewall=True):
+def chain_entries(tables, jump_table=IPTABLES_JUMPS, kubelet_firewall=True):
     """iptables_chain entries: the chains that have jumps first, in kube-proxy's jump order (the
     module prepends missing jumps in list order, as kube-proxy does), then the rest in declaration
     order. ``kubelet_firewall``: whether kube-proxy ensures kubelet's KUBE-FIREWALL (iptables mode)."""

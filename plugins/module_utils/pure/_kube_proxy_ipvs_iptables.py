@@ -23,6 +23,12 @@ from __future__ import annotations
 
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._dataplane import classify_chain
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import IPV4, IPV6
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_catalogue import (
+    IPSET_TYPES,
+    IPVS_DECLARED,
+    IPVS_JUMPS,
+    ipset_name,
+)
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_iptables import (
     LOOPBACK,
     Tables,
@@ -30,25 +36,7 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_ipt
     chain_entries,
     masquerade_mark,
 )
-from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_state import IPSET_TYPES, ipset_name
 
-# kube-proxy's iptablesJumpChain in IPVS mode: (table, chain, parent, comment, match args); each
-# missing jump is inserted at the top of its parent, in this order.
-JUMPS = (
-    ("nat", "KUBE-SERVICES", "OUTPUT", "kubernetes service portals", ""),
-    ("nat", "KUBE-SERVICES", "PREROUTING", "kubernetes service portals", ""),
-    ("nat", "KUBE-POSTROUTING", "POSTROUTING", "kubernetes postrouting rules", ""),
-    ("filter", "KUBE-FORWARD", "FORWARD", "kubernetes forwarding rules", ""),
-    ("filter", "KUBE-NODE-PORT", "INPUT", "kubernetes health check rules", ""),
-    ("filter", "KUBE-PROXY-FIREWALL", "INPUT", "kube-proxy firewall rules", ""),
-    ("filter", "KUBE-PROXY-FIREWALL", "FORWARD", "kube-proxy firewall rules", ""),
-    ("filter", "KUBE-IPVS-FILTER", "INPUT", "kubernetes ipvs access filter", ""),
-    ("filter", "KUBE-IPVS-OUT-FILTER", "OUTPUT", "kubernetes ipvs access filter", ""),
-)
-# The chains kube-proxy declares (and so rewrites whole) at every sync, in its order.
-NAT_CHAINS = ("KUBE-SERVICES", "KUBE-POSTROUTING", "KUBE-NODE-PORT", "KUBE-LOAD-BALANCER", "KUBE-MARK-MASQ")
-FILTER_CHAINS = ("KUBE-FORWARD", "KUBE-NODE-PORT", "KUBE-PROXY-FIREWALL", "KUBE-SOURCE-RANGES-FIREWALL",
-                 "KUBE-IPVS-FILTER", "KUBE-IPVS-OUT-FILTER")
 # kube-proxy's ipsetInfo comments, quoted into the rules that match the set.
 COMMENTS = {
     "KUBE-LOOP-BACK": "Kubernetes endpoints dst ip:port, source ip for solving hairpin purpose",
@@ -134,10 +122,9 @@ def ipvs_iptables_chains(ipsets, family, cluster_cidr=None, masquerade_bit=14, m
     mark = masquerade_mark(int(masquerade_bit))
     sets = Sets(ipsets, family)
     tables = Tables()
-    for chain in NAT_CHAINS:
-        tables.declare("nat", chain)
-    for chain in FILTER_CHAINS:
-        tables.declare("filter", chain)
+    for table, chains in IPVS_DECLARED.items():
+        for chain in chains:
+            tables.declare(table, chain)
 
     tables.add("nat", "KUBE-SERVICES", "-s", LOOPBACK[family], "-j", "RETURN")
     for name, table, chain, target, protocol in SET_RULES:
@@ -191,7 +178,7 @@ def ipvs_iptables_chains(ipsets, family, cluster_cidr=None, masquerade_bit=14, m
     tables.add("nat", "KUBE-POSTROUTING", "-m", "comment", "--comment", "kubernetes service traffic requiring SNAT",
                "-j", "MASQUERADE", "--random-fully")
     tables.add("nat", "KUBE-MARK-MASQ", "-j", "MARK", "--or-mark", mark)
-    return chain_entries(tables, JUMPS, kubelet_firewall=False)
+    return chain_entries(tables, IPVS_JUMPS, kubelet_firewall=False)
 
 
 def without_shared_chains(chains):
@@ -209,3 +196,25 @@ def ipvs_iptables_state(ipsets, cluster_cidr=None, masquerade_bit=14, masquerade
     return {family: ipvs_iptables_chains(ipsets, family, family_value(cluster_cidr, family), masquerade_bit,
                                          masquerade_all)
             for family in families}
+
+
+# The chains a node provisioned for IPVS mode gets before kube-proxy runs (the ipvs_node role):
+# these two with the rules kube-proxy writes into them, every other chain only created with its jumps.
+BASELINE_OWNED = (("nat", "KUBE-MARK-MASQ"), ("nat", "KUBE-POSTROUTING"))
+
+
+def baseline_chains(family, masquerade_bit=14, loopback_members=0):
+    """IPVS mode's baseline for one family, as ``kubeipvs.node.iptables_chain`` ``chains`` entries:
+    KUBE-MARK-MASQ and KUBE-POSTROUTING with exactly kube-proxy's rules, then each chain kube-proxy
+    jumps to from a built-in chain with only those jumps (the chain is created when missing; its
+    rules stay kube-proxy's). ``loopback_members``: how many members the family's KUBE-LOOP-BACK set
+    has now - kube-proxy writes the hairpin MASQUERADE rule only while it has some, so the baseline
+    follows it rather than fight it."""
+    if not 0 <= int(masquerade_bit) <= 31:
+        raise ValueError(f"masquerade_bit must be 0-31, not {masquerade_bit}")
+    ipsets = {ipset_name("KUBE-LOOP-BACK", family): ["hairpin"] if int(loopback_members) > 0 else []}
+    entries = ipvs_iptables_chains(ipsets, family, masquerade_bit=masquerade_bit)
+    owned = [entry for key in BASELINE_OWNED for entry in entries if (entry["table"], entry["chain"]) == key]
+    jumped = [{"table": entry["table"], "chain": entry["chain"], "jumps": entry["jumps"]} for entry in entries
+              if entry["jumps"] and (entry["table"], entry["chain"]) not in BASELINE_OWNED]
+    return owned + jumped

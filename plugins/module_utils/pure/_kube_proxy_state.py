@@ -19,6 +19,11 @@ import ipaddress
 
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._dataplane import port_label
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import INET, IPV4, IPV6, KUBERNETES, family_of
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_catalogue import (
+    IPSET_TYPES,
+    ipset_name,
+    ipset_spec,
+)
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._text import (
     DNS1035_LABEL,
     DNS1123_LABEL,
@@ -28,36 +33,6 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._text import (
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 SERVICE_PROXY_NAME_LABEL = "service.kubernetes.io/service-proxy-name"
 DEFAULT_AFFINITY_TIMEOUT = 10800  # seconds; sessionAffinityConfig.clientIP.timeoutSeconds default
-IPSET_NAME_MAX = 31
-IPSET_HASHSIZE, IPSET_MAXELEM, IPSET_PORT_RANGE = 1024, 65536, "0-65535"  # kube-proxy's create options
-
-# kube-proxy's ipsets and their types (pkg/proxy/ipvs/ipset.go).
-IPSET_TYPES = {
-    "KUBE-LOOP-BACK": "hash:ip,port,ip",
-    "KUBE-CLUSTER-IP": "hash:ip,port",
-    "KUBE-EXTERNAL-IP": "hash:ip,port",
-    "KUBE-EXTERNAL-IP-LOCAL": "hash:ip,port",
-    "KUBE-LOAD-BALANCER": "hash:ip,port",
-    "KUBE-LOAD-BALANCER-LOCAL": "hash:ip,port",
-    "KUBE-LOAD-BALANCER-FW": "hash:ip,port",
-    "KUBE-LOAD-BALANCER-SOURCE-IP": "hash:ip,port,ip",
-    "KUBE-LOAD-BALANCER-SOURCE-CIDR": "hash:ip,port,net",
-    "KUBE-NODE-PORT-TCP": "bitmap:port",
-    "KUBE-NODE-PORT-LOCAL-TCP": "bitmap:port",
-    "KUBE-NODE-PORT-UDP": "bitmap:port",
-    "KUBE-NODE-PORT-LOCAL-UDP": "bitmap:port",
-    "KUBE-NODE-PORT-SCTP-HASH": "hash:ip,port",
-    "KUBE-NODE-PORT-LOCAL-SCTP-HASH": "hash:ip,port",
-    "KUBE-HEALTH-CHECK-NODE-PORT": "bitmap:port",
-    "KUBE-IPVS-IPS": "hash:ip",
-}
-
-
-def ipset_name(name, family):
-    """kube-proxy's name of a set for an IP family: IPv6 sets are KUBE-6-*, cut to 31 characters."""
-    if family == IPV6:
-        name = "KUBE-6-" + name[len("KUBE-"):]
-    return name[:IPSET_NAME_MAX]
 
 
 def parse_ip(text):
@@ -511,7 +486,8 @@ def node_state(services, endpoint_slices, node_name, node_ips, scheduler="rr", f
     node_addresses = {str(ip) for ip in parsed_node_ips + parsed_port_ips}
 
     addresses, ipvs_services, ipsets, ipset_types, cluster_ports = [], [], {}, {}, set()
-    for family in ip_families(services, node_ips, families):
+    families = ip_families(services, node_ips, families)
+    for family in families:
         port_ips = sorted({ip for ip in parsed_port_ips if family_of(ip) == family}, key=int)
         primary = next((str(ip) for ip in parsed_node_ips if family_of(ip) == family), None)
         state = NodeState(family, [str(ip) for ip in port_ips], scheduler, primary)
@@ -527,21 +503,14 @@ def node_state(services, endpoint_slices, node_name, node_ips, scheduler="rr", f
             ipset_types[family_name] = IPSET_TYPES[name]
             ipsets[family_name] = sorted(members, key=member_sort_key)
     return {"dummy_interface": {"addresses": addresses}, "ipvs_sync": {"services": ipvs_services},
-            "ipsets": ipsets, "ipset_types": ipset_types, "ipset": {"sets": ipset_specs(ipsets, ipset_types)},
+            "ipsets": ipsets, "ipset_types": ipset_types, "ipset": {"sets": ipset_specs(ipsets, families)},
             "cluster_ip_ports": sorted(cluster_ports)}
 
 
-def ipset_specs(ipsets, ipset_types):
-    """The ``sets`` input of the ipset module: every set as kube-proxy creates it (hash sets with
-    hashsize 1024 and maxelem 65536, bitmap:port with range 0-65535) with exactly its members."""
-    specs = []
-    for name, set_type in ipset_types.items():
-        bitmap = set_type.startswith("bitmap:")
-        specs.append({"name": name, "type": set_type, "members": ipsets[name],
-                      "family": "inet6" if name.startswith("KUBE-6-") else "inet",
-                      "hashsize": None if bitmap else IPSET_HASHSIZE, "maxelem": None if bitmap else IPSET_MAXELEM,
-                      "range": IPSET_PORT_RANGE if set_type == "bitmap:port" else None})
-    return specs
+def ipset_specs(ipsets, families):
+    """The ``sets`` input of the ipset module: every set of every family as kube-proxy creates it,
+    with exactly its members (``ipsets``, keyed by the family's names)."""
+    return [ipset_spec(name, family, ipsets[ipset_name(name, family)]) for family in families for name in IPSET_TYPES]
 
 
 def service_key(service):

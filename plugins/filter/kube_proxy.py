@@ -1,0 +1,63 @@
+# Copyright (c) kubeipvs.node contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Filters that hand the roles kube-proxy's object lists as module-ready inputs, from the
+collection's one catalogue (module_utils ``_kube_proxy_catalogue`` and the IPVS-mode renderer), so
+no role lists or reshapes kube-proxy's sets and chains itself. Documentation: the .yml files beside
+this one."""
+
+from __future__ import annotations
+
+from ansible.errors import AnsibleFilterError
+
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import FAMILIES
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_catalogue import (
+    IPSET_HASHSIZE,
+    IPSET_MAXELEM,
+    IPSET_PORT_RANGE,
+    IPSET_TYPES,
+    ipset_name,
+    ipset_spec,
+)
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_ipvs_iptables import baseline_chains
+
+
+def _families(value, what):
+    families = [value] if isinstance(value, str) else list(value or [])
+    unknown = [family for family in families if family not in FAMILIES]
+    if unknown or not families:
+        raise AnsibleFilterError(f"{what}: expected {' and/or '.join(FAMILIES)}, got {value!r}")
+    return families
+
+
+def ipvs_mode_ipsets(families, hashsize=IPSET_HASHSIZE, maxelem=IPSET_MAXELEM, port_range=IPSET_PORT_RANGE):
+    """Every set kube-proxy's IPVS mode creates in each family, as ``kubeipvs.node.ipset`` ``sets``
+    entries without members (the members stay kube-proxy's)."""
+    families = list(dict.fromkeys(_families(families, "ipvs_mode_ipsets")))
+    return [ipset_spec(name, family, hashsize=hashsize, maxelem=maxelem, port_range=port_range)
+            for family in families for name in IPSET_TYPES]
+
+
+def ipvs_mode_chains(family, masquerade_bit=14, ipsets=()):
+    """IPVS mode's baseline chains of one family as ``kubeipvs.node.iptables_chain`` ``chains``
+    entries. ``ipsets``: the ``sets`` result of a ``kubeipvs.node.ipset`` task on the node (name and
+    members_count per set), from which the hairpin rule follows the KUBE-LOOP-BACK set as kube-proxy's does."""
+    if family not in FAMILIES:
+        raise AnsibleFilterError(f"ipvs_mode_chains: expected one family, {' or '.join(FAMILIES)}, got {family!r}")
+    loopback = ipset_name("KUBE-LOOP-BACK", family)
+    members = 0
+    for result in ipsets or ():
+        if not isinstance(result, dict) or "name" not in result:
+            raise AnsibleFilterError("ipvs_mode_chains: ipsets must be the 'sets' result of a kubeipvs.node.ipset "
+                                     f"task (dicts with name and members_count), got {result!r}")
+        if result["name"] == loopback:
+            members = int(result.get("members_count") or 0)
+    try:
+        return baseline_chains(family, int(masquerade_bit), members)
+    except ValueError as exc:
+        raise AnsibleFilterError(f"ipvs_mode_chains: {exc}") from exc
+
+
+class FilterModule:
+    def filters(self):
+        return {"ipvs_mode_ipsets": ipvs_mode_ipsets, "ipvs_mode_chains": ipvs_mode_chains}

@@ -1,0 +1,146 @@
+# Copyright (c) kubeipvs.node contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""kube-proxy's object lists, in one place: its ipsets and their types and create options, the
+IPv6 naming rule, the fixed chains each mode declares and the jumps into them, kubelet's chains,
+the nftables table.
+
+Pure data and two naming functions (no Ansible, no I/O, no import of the collection's other
+modules, so everything can import this). The renderers (``_kube_proxy_state``,
+``_kube_proxy_iptables``, ``_kube_proxy_ipvs_iptables``), the ownership rules of ``_dataplane``
+(dataplane_facts, proxy_cleanup) and the roles (through the ``kubeipvs.node`` filters) read it.
+The facts are kube-proxy v1.37's (pkg/proxy/ipvs/ipset.go and proxier.go, pkg/proxy/iptables,
+cmd/kube-proxy); names older releases used are listed apart so cleanup still recognises them.
+"""
+
+from __future__ import annotations
+
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import INET, IPV6
+
+# --- IPVS mode's ipsets ------------------------------------------------------------------------
+
+IPSET_NAME_MAX = 31
+# kube-proxy's create options: hash sets take hashsize and maxelem, bitmap:port sets a range.
+IPSET_HASHSIZE, IPSET_MAXELEM, IPSET_PORT_RANGE = 1024, 65536, "0-65535"
+
+# Every set and its type, in kube-proxy's ipsetInfo order (the order it creates them in).
+IPSET_TYPES = {
+    "KUBE-LOOP-BACK": "hash:ip,port,ip",
+    "KUBE-CLUSTER-IP": "hash:ip,port",
+    "KUBE-EXTERNAL-IP": "hash:ip,port",
+    "KUBE-EXTERNAL-IP-LOCAL": "hash:ip,port",
+    "KUBE-LOAD-BALANCER": "hash:ip,port",
+    "KUBE-LOAD-BALANCER-LOCAL": "hash:ip,port",
+    "KUBE-LOAD-BALANCER-FW": "hash:ip,port",
+    "KUBE-LOAD-BALANCER-SOURCE-IP": "hash:ip,port,ip",
+    "KUBE-LOAD-BALANCER-SOURCE-CIDR": "hash:ip,port,net",
+    "KUBE-NODE-PORT-TCP": "bitmap:port",
+    "KUBE-NODE-PORT-LOCAL-TCP": "bitmap:port",
+    "KUBE-NODE-PORT-UDP": "bitmap:port",
+    "KUBE-NODE-PORT-LOCAL-UDP": "bitmap:port",
+    "KUBE-NODE-PORT-SCTP-HASH": "hash:ip,port",
+    "KUBE-NODE-PORT-LOCAL-SCTP-HASH": "hash:ip,port",
+    "KUBE-HEALTH-CHECK-NODE-PORT": "bitmap:port",
+    "KUBE-IPVS-IPS": "hash:ip",
+}
+# Names of releases before the SCTP sets became hash:ip,port: cleanup still owns them.
+LEGACY_IPVS_SETS = ("KUBE-NODE-PORT-SCTP", "KUBE-NODE-PORT-LOCAL-SCTP")
+
+
+def ipset_name(name, family):
+    """kube-proxy's name of a set in an IP family: IPv6 swaps the KUBE- prefix for KUBE-6-, cut to 31."""
+    if family == IPV6:
+        name = "KUBE-6-" + name[len("KUBE-"):]
+    return name[:IPSET_NAME_MAX]
+
+
+def ipvs_set_names(family):
+    """Every set name IPVS mode owns in a family, current and legacy."""
+    return [ipset_name(name, family) for name in (*IPSET_TYPES, *LEGACY_IPVS_SETS)]
+
+
+def ipset_spec(name, family, members=None, hashsize=IPSET_HASHSIZE, maxelem=IPSET_MAXELEM,
+               port_range=IPSET_PORT_RANGE):
+    """One entry of the ipset module's ``sets`` option for kube-proxy's set ``name`` (its IPv4 name)
+    in ``family``: created as kube-proxy creates it; ``members`` None leaves the members alone."""
+    set_type = IPSET_TYPES[name]
+    bitmap = set_type.startswith("bitmap:")
+    spec = {"name": ipset_name(name, family), "type": set_type, "family": INET[family],
+            "hashsize": None if bitmap else hashsize, "maxelem": None if bitmap else maxelem,
+            "range": port_range if set_type == "bitmap:port" else None}
+    if members is not None:
+        spec["members"] = members
+    return spec
+
+
+# --- iptables chains ---------------------------------------------------------------------------
+
+# iptables mode's iptablesJumpChains and iptablesKubeletJumpChains: (table, chain, parent, comment,
+# match args). kube-proxy prepends each missing jump in this order (EnsureRule Prepend).
+NEW = "-m conntrack --ctstate NEW"
+IPTABLES_JUMPS = (
+    ("filter", "KUBE-EXTERNAL-SERVICES", "INPUT", "kubernetes externally-visible service portals", NEW),
+    ("filter", "KUBE-EXTERNAL-SERVICES", "FORWARD", "kubernetes externally-visible service portals", NEW),
+    ("filter", "KUBE-NODEPORTS", "INPUT", "kubernetes health check service ports", ""),
+    ("filter", "KUBE-SERVICES", "FORWARD", "kubernetes service portals", NEW),
+    ("filter", "KUBE-SERVICES", "OUTPUT", "kubernetes service portals", NEW),
+    ("filter", "KUBE-FORWARD", "FORWARD", "kubernetes forwarding rules", ""),
+    ("filter", "KUBE-PROXY-FIREWALL", "INPUT", "kubernetes load balancer firewall", NEW),
+    ("filter", "KUBE-PROXY-FIREWALL", "OUTPUT", "kubernetes load balancer firewall", NEW),
+    ("filter", "KUBE-PROXY-FIREWALL", "FORWARD", "kubernetes load balancer firewall", NEW),
+    ("nat", "KUBE-SERVICES", "OUTPUT", "kubernetes service portals", ""),
+    ("nat", "KUBE-SERVICES", "PREROUTING", "kubernetes service portals", ""),
+    ("nat", "KUBE-POSTROUTING", "POSTROUTING", "kubernetes postrouting rules", ""),
+    ("filter", "KUBE-FIREWALL", "INPUT", None, ""),
+    ("filter", "KUBE-FIREWALL", "OUTPUT", None, ""),
+)
+# IPVS mode's iptablesJumpChain: (table, chain, parent, comment, match args); each missing jump is
+# inserted at the top of its parent, in this order.
+IPVS_JUMPS = (
+    ("nat", "KUBE-SERVICES", "OUTPUT", "kubernetes service portals", ""),
+    ("nat", "KUBE-SERVICES", "PREROUTING", "kubernetes service portals", ""),
+    ("nat", "KUBE-POSTROUTING", "POSTROUTING", "kubernetes postrouting rules", ""),
+    ("filter", "KUBE-FORWARD", "FORWARD", "kubernetes forwarding rules", ""),
+    ("filter", "KUBE-NODE-PORT", "INPUT", "kubernetes health check rules", ""),
+    ("filter", "KUBE-PROXY-FIREWALL", "INPUT", "kube-proxy firewall rules", ""),
+    ("filter", "KUBE-PROXY-FIREWALL", "FORWARD", "kube-proxy firewall rules", ""),
+    ("filter", "KUBE-IPVS-FILTER", "INPUT", "kubernetes ipvs access filter", ""),
+    ("filter", "KUBE-IPVS-OUT-FILTER", "OUTPUT", "kubernetes ipvs access filter", ""),
+)
+# The chains IPVS mode declares (and so rewrites whole) at every sync, in its order.
+IPVS_DECLARED = {
+    "nat": ("KUBE-SERVICES", "KUBE-POSTROUTING", "KUBE-NODE-PORT", "KUBE-LOAD-BALANCER", "KUBE-MARK-MASQ"),
+    "filter": ("KUBE-FORWARD", "KUBE-NODE-PORT", "KUBE-PROXY-FIREWALL", "KUBE-SOURCE-RANGES-FIREWALL",
+               "KUBE-IPVS-FILTER", "KUBE-IPVS-OUT-FILTER"),
+}
+# The chains iptables mode declares at every sync, in its order (its per-Service chains apart).
+IPTABLES_DECLARED = {
+    "filter": ("KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-FORWARD", "KUBE-NODEPORTS", "KUBE-PROXY-FIREWALL"),
+    "nat": ("KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ"),
+}
+# iptables mode's per-Service chains (nat): current prefixes plus the KUBE-XLB- of releases before 1.24.
+SERVICE_CHAIN_PREFIXES = ("KUBE-SVC-", "KUBE-SVL-", "KUBE-SEP-", "KUBE-FW-", "KUBE-EXT-", "KUBE-XLB-")
+
+# Fixed-name chains each mode owns, per table, for ownership and cleanup: the declared ones plus
+# the canaries and the chains older releases wrote (KUBE-MARK-DROP, kube-proxy's KUBE-FIREWALL).
+# A name in both modes of one table is shared.
+IPTABLES_CHAINS = {
+    "nat": (*IPTABLES_DECLARED["nat"], "KUBE-MARK-DROP", "KUBE-PROXY-CANARY", "KUBE-FIREWALL"),
+    "filter": (*IPTABLES_DECLARED["filter"], "KUBE-PROXY-CANARY"),
+    "mangle": ("KUBE-PROXY-CANARY",),
+}
+IPVS_CHAINS = {
+    "nat": (*IPVS_DECLARED["nat"], "KUBE-MARK-DROP", "KUBE-FIREWALL"),
+    "filter": IPVS_DECLARED["filter"],
+    "mangle": (),
+}
+# kubelet's own chains (pkg/kubelet/kubelet_network_linux.go): never removed by any mode.
+KUBELET_CHAINS = {"filter": ("KUBE-FIREWALL", "KUBE-KUBELET-CANARY"), "nat": ("KUBE-KUBELET-CANARY",),
+                  "mangle": ("KUBE-KUBELET-CANARY",)}
+
+# --- nftables mode and the dummy link ------------------------------------------------------------
+
+NFT_TABLE = "kube-proxy"
+# nftables mode's verdict map of ClusterIP, external IP and load-balancer IP . protocol . port.
+NFT_SERVICE_MAP = "service-ips"
+DEFAULT_DUMMY_INTERFACE = "kube-ipvs0"

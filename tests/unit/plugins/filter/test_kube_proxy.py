@@ -1,0 +1,106 @@
+# Copyright (c) kubeipvs.node contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The filters the ipvs_node role takes kube-proxy's sets and chains from: the catalogue's lists as
+module inputs, and the hairpin rule following the KUBE-LOOP-BACK set as kube-proxy's does."""
+
+from __future__ import annotations
+
+import pytest
+from ansible.errors import AnsibleFilterError
+from ansible_collections.kubeipvs.node.plugins.filter.kube_proxy import (
+    FilterModule,
+    ipvs_mode_chains,
+    ipvs_mode_ipsets,
+)
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_catalogue import (
+    IPSET_TYPES,
+    IPVS_JUMPS,
+)
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_ipvs_iptables import ipvs_iptables_chains
+
+HAIRPIN = ('-m comment --comment "Kubernetes endpoints dst ip:port, source ip for solving hairpin purpose" '
+           "-m set --match-set {} dst,dst,src -j MASQUERADE")
+POSTROUTING = ["-m mark ! --mark 0x4000/0x4000 -j RETURN", "-j MARK --xor-mark 0x4000",
+               '-m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE --random-fully']
+
+
+def by_chain(entries):
+    return {(entry["table"], entry["chain"]): entry for entry in entries}
+
+
+def test_the_filters_are_registered():
+    assert set(FilterModule().filters()) == {"ipvs_mode_ipsets", "ipvs_mode_chains"}
+
+
+def test_ipsets_of_both_families_in_kube_proxy_order_without_members():
+    specs = ipvs_mode_ipsets(["ipv4", "ipv6"])
+    assert [spec["name"] for spec in specs[:17]] == list(IPSET_TYPES)
+    assert len(specs) == 34 and all("members" not in spec for spec in specs)
+    v6 = {spec["name"]: spec for spec in specs[17:]}
+    assert v6["KUBE-6-LOAD-BALANCER-SOURCE-CID"] == {
+        "name": "KUBE-6-LOAD-BALANCER-SOURCE-CID", "type": "hash:ip,port,net", "family": "inet6",
+        "hashsize": 1024, "maxelem": 65536, "range": None}
+    assert v6["KUBE-6-NODE-PORT-TCP"] == {"name": "KUBE-6-NODE-PORT-TCP", "type": "bitmap:port", "family": "inet6",
+                                          "hashsize": None, "maxelem": None, "range": "0-65535"}
+
+
+def test_ipsets_take_the_sizes_and_one_family_as_a_string():
+    specs = ipvs_mode_ipsets("ipv4", hashsize=4096, maxelem=262144, port_range="30000-32767")
+    assert len(specs) == 17
+    assert {(s["hashsize"], s["maxelem"]) for s in specs if s["type"].startswith("hash:")} == {(4096, 262144)}
+    assert {s["range"] for s in specs if s["type"] == "bitmap:port"} == {"30000-32767"}
+
+
+@pytest.mark.parametrize("families", [[], ["ipv4", "inet6"], "IPv4", None])
+def test_ipsets_refuse_unknown_families(families):
+    with pytest.raises(AnsibleFilterError, match="ipvs_mode_ipsets: expected ipv4 and/or ipv6"):
+        ipvs_mode_ipsets(families)
+
+
+def test_chains_without_hairpin_members_leave_the_hairpin_rule_out():
+    entries = by_chain(ipvs_mode_chains("ipv4", ipsets=[{"name": "KUBE-LOOP-BACK", "members_count": 0}]))
+    assert entries[("nat", "KUBE-POSTROUTING")]["rules"] == POSTROUTING
+    assert entries[("nat", "KUBE-MARK-MASQ")]["rules"] == ["-j MARK --or-mark 0x4000"]
+
+
+def test_chains_follow_the_family_s_own_loop_back_set():
+    sets = [{"name": "KUBE-LOOP-BACK", "members_count": 0}, {"name": "KUBE-6-LOOP-BACK", "members_count": 3}]
+    v4 = by_chain(ipvs_mode_chains("ipv4", ipsets=sets))[("nat", "KUBE-POSTROUTING")]["rules"]
+    v6 = by_chain(ipvs_mode_chains("ipv6", masquerade_bit=15, ipsets=sets))[("nat", "KUBE-POSTROUTING")]["rules"]
+    assert v4 == POSTROUTING
+    assert v6 == [HAIRPIN.format("KUBE-6-LOOP-BACK")] + [rule.replace("0x4000", "0x8000") for rule in POSTROUTING]
+
+
+@pytest.mark.parametrize("members", [0, 5])
+def test_the_owned_chains_are_the_renderer_s_own(members):
+    """The baseline's two owned chains are exactly what the parity-tested renderer writes for a node
+    whose KUBE-LOOP-BACK holds the same number of members."""
+    rendered = by_chain(ipvs_iptables_chains({"KUBE-LOOP-BACK": ["x"] * members}, "ipv4"))
+    baseline = by_chain(ipvs_mode_chains("ipv4", ipsets=[{"name": "KUBE-LOOP-BACK", "members_count": members}]))
+    for key in (("nat", "KUBE-MARK-MASQ"), ("nat", "KUBE-POSTROUTING")):
+        assert baseline[key] == rendered[key]
+
+
+def test_every_other_chain_comes_with_its_jumps_only():
+    entries = ipvs_mode_chains("ipv6")
+    assert [(e["table"], e["chain"]) for e in entries[:2]] == [("nat", "KUBE-MARK-MASQ"), ("nat", "KUBE-POSTROUTING")]
+    others = entries[2:]
+    assert all("rules" not in entry and entry["jumps"] for entry in others)
+    jumps = [(e["table"], e["chain"], j["chain"], j["comment"]) for e in entries for j in e["jumps"]]
+    assert sorted(jumps) == sorted(jump[:4] for jump in IPVS_JUMPS)
+    assert all(j["position"] == "first" for e in entries for j in e["jumps"])
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"masquerade_bit": 32}, "masquerade_bit must be 0-31"),
+    ({"ipsets": ["KUBE-LOOP-BACK"]}, "must be the 'sets' result of a kubeipvs.node.ipset task"),
+])
+def test_chains_refuse_bad_input(kwargs, message):
+    with pytest.raises(AnsibleFilterError, match=message):
+        ipvs_mode_chains("ipv4", **kwargs)
+
+
+def test_chains_take_one_family():
+    with pytest.raises(AnsibleFilterError, match="ipvs_mode_chains: expected one family, ipv4 or ipv6"):
+        ipvs_mode_chains(["ipv4", "ipv6"])
