@@ -52,7 +52,7 @@ options:
         RV(iptables_chain); V(iptables) returns RV(iptables_chain); V(nftables) returns RV(nftables_tables).
     type: str
     default: ipvs
-    choices: [ipvs, iptables, nftables]
+    choices: [iptables, ipvs, nftables]
   cluster_cidr:
     description:
       - kube-proxy's C(clusterCIDR) (comma-separated for dual-stack) - every mode masquerades traffic to a
@@ -219,6 +219,7 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.k8s._client import (
     KubeApiError,
     client_from_module,
 )
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_catalogue import IPVS_SCHEDULERS, PROXY_MODES
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_iptables import iptables_state
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_ipvs_iptables import (
     ipvs_iptables_state,
@@ -305,9 +306,8 @@ def main():
         AUTH_ARG_SPEC,
         node_name=dict(type="str", required=True),
         node_ips=dict(type="list", elements="str", default=[]),
-        scheduler=dict(type="str", default="rr",
-                       choices=["rr", "wrr", "lc", "wlc", "lblc", "lblcr", "sh", "dh", "sed", "nq", "mh"]),
-        mode=dict(type="str", default="ipvs", choices=["ipvs", "iptables", "nftables"]),
+        scheduler=dict(type="str", default="rr", choices=list(IPVS_SCHEDULERS)),
+        mode=dict(type="str", default="ipvs", choices=list(PROXY_MODES)),
         cluster_cidr=dict(type="str", default=""),
         masquerade_bit=dict(type="int", default=14),
         ip_families=dict(type="list", elements="str", choices=["ipv4", "ipv6"], default=[]),

@@ -219,7 +219,7 @@ def build_module():
     return ansible_module(
         AnsibleModule,
         argument_spec={
-            "mode": {"type": "str", "required": True, "choices": ["iptables", "ipvs", "nftables"]},
+            "mode": {"type": "str", "required": True, "choices": list(dp.MODES)},
             "drain_seconds": {"type": "int", "default": 0},
             **SCOPE_AND_FAMILY_ARGS,
         },

@@ -20,12 +20,13 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_cat
     IPVS_CHAINS,
     KUBELET_CHAINS,
     NFT_TABLE,
+    PROXY_MODES,
     SERVICE_CHAIN_PREFIXES,
     ipvs_set_names,
 )
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._links import validate_link_name
 
-MODES = ("iptables", "ipvs", "nftables")
+MODES = PROXY_MODES
 TABLES = ("nat", "filter", "mangle")
 
 

@@ -17,6 +17,13 @@ from __future__ import annotations
 
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import INET, IPV6
 
+# --- modes and schedulers ---------------------------------------------------------------------
+
+# The Linux proxy modes this collection renders and switches between.
+PROXY_MODES = ("iptables", "ipvs", "nftables")
+# The IPVS schedulers kube-proxy accepts (pkg/proxy/apis/config/validation); '' is its default (rr).
+IPVS_SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "sh", "dh", "sed", "nq", "mh")
+
 # --- IPVS mode's ipsets ------------------------------------------------------------------------
 
 IPSET_NAME_MAX = 31

@@ -23,15 +23,16 @@ else:
     HAS_YAML = True
     YAML_IMPORT_ERROR = None
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure import _kube_proxy_catalogue as catalogue
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._text import control_character, ip_network
 
 API_VERSION = "kubeproxy.config.k8s.io/v1alpha1"
 KIND = "KubeProxyConfiguration"
 # '' means the platform default (iptables on Linux until nftables takes over).
-LINUX_MODES = ("", "iptables", "ipvs", "nftables")
+LINUX_MODES = ("", *catalogue.PROXY_MODES)
 WINDOWS_MODES = ("kernelspace",)
-# The IPVS schedulers kube-proxy accepts (pkg/proxy/apis/config/validation).
-IPVS_SCHEDULERS = ("", "rr", "wrr", "lc", "wlc", "lblc", "lblcr", "sh", "dh", "sed", "nq", "mh")
+# The IPVS schedulers kube-proxy accepts; '' means its default.
+IPVS_SCHEDULERS = ("", *catalogue.IPVS_SCHEDULERS)
 
 # Module option -> path in the KubeProxyConfiguration.
 OPTION_PATHS = {

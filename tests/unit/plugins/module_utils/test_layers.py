@@ -89,3 +89,17 @@ def test_node_and_kubernetes_code_do_not_import_each_other(layer, other):
     for path in files_of(layer):
         for module, line in imports_of(ast.parse(path.read_text())):
             assert not module.startswith(f"{PACKAGE}.{other}."), f"{layer}/{path.name}:{line} imports {module}"
+
+
+FILTERS = MODULE_UTILS.parent / "filter"
+
+
+@pytest.mark.parametrize("path", sorted(FILTERS.glob("*.py")), ids=lambda path: path.name)
+def test_filters_only_hand_pure_results_to_the_roles(path):
+    """A filter runs on the controller inside a template: it may use ``pure/`` and Ansible's errors,
+    never the node or the cluster."""
+    for module, line in imports_of(ast.parse(path.read_text())):
+        if module.startswith(PACKAGE):
+            assert module.startswith(f"{PACKAGE}.pure."), f"{path.name}:{line} imports {module}"
+        else:
+            assert module in ("__future__", "ansible.errors"), f"{path.name}:{line} imports {module}"
