@@ -12,7 +12,9 @@ the real kube-proxy binary inside that namespace.
 Names: ``kipt<4 hex>`` for the bridge, ``kipt<hex>-node<N>`` for the namespaces and
 ``kipt<hex>n<N>`` for the host ends of their veth pairs (other tests' namespaces are
 ``kubeipvs-t-*``); the bridge holds ``10.251.<S>.1/24`` with S picked so no address or route of
-the host overlaps, node N is ``10.251.<S>.1<N>``. Everything else lives in one temporary folder
+the host overlaps, node N is ``10.251.<S>.1<N>`` and, in IPv6, ``fd00:251:<S>::1<N>`` (a /64 on the
+same bridge; both are the Node's InternalIPs, so kube-proxy's IPv6 proxier has a node IP of its
+own, as on a dual-stack node). Everything else lives in one temporary folder
 (``kubeipvs-kube-*``), whose ``session.json`` names the pytest process, the links, the namespaces
 and the runners' PIDs: ``stop`` tears it all down by PID, and a session killed before its
 teardown is swept by the next one (its pytest process is gone).
@@ -162,6 +164,13 @@ class KubeCluster:
     def node_ip(self, node: str) -> str:
         return str(self.subnet.network_address + 10 + NODES.index(node) + 1)
 
+    def node_ip6(self, node: str) -> str:
+        """The node's IPv6 address: the IPv4 subnet's third octet names its /64."""
+        return f"fd00:251:{self.subnet.network_address.packed[2]}::{10 + NODES.index(node) + 1}"
+
+    def node_ips(self, node: str) -> list[str]:
+        return [self.node_ip(node), self.node_ip6(node)]
+
     @property
     def server(self) -> str:
         return self.plane.server
@@ -238,7 +247,7 @@ class KubeCluster:
             config = {
                 "node": node, "server": self.plane.node_server, "ca": str(self.ca_cert),
                 "cert": str(certificate), "key": str(key),
-                "addresses": [{"type": "InternalIP", "address": self.node_ip(node)},
+                "addresses": [*({"type": "InternalIP", "address": address} for address in self.node_ips(node)),
                               {"type": "Hostname", "address": node}],
                 "pod_cidrs": [f"10.244.{index}.0/24"], "kubelet_version": self.plane.info["kubernetes"],
                 "images": {KUBE_PROXY_IMAGE: {"files": {"/usr/local/bin/kube-proxy": str(binaries / "kube-proxy")}}},
@@ -269,6 +278,7 @@ class KubeCluster:
             ip("link", "set", host_end, "master", self.bridge, "up")
             ip("-n", namespace, "link", "set", "lo", "up")
             ip("-n", namespace, "addr", "add", f"{self.node_ip(node)}/24", "dev", "eth0")
+            ip("-n", namespace, "addr", "add", f"{self.node_ip6(node)}/64", "dev", "eth0", "nodad")
             ip("-n", namespace, "link", "set", "eth0", "up")
             ip("-n", namespace, "route", "add", "default", "via", self.gateway)
 

@@ -215,6 +215,10 @@ class Cluster:
     def node_ip(self, node):
         return self.kube.node_ip(node)
 
+    def node_ips(self, node):
+        """The node's InternalIPs, IPv4 then IPv6."""
+        return self.kube.node_ips(node)
+
     def host_root(self, node):
         return self.kube.host_root(node)
 

@@ -49,8 +49,8 @@ def test_state_of_a_node_from_the_api(cluster):
         ("kube_proxy_state", {"node_name": "node1", "node_ips": ["198.51.100.1", "2001:db8::1"], "scheduler": "wrr"}),
         ("kube_proxy_state", {"node_name": "node1", "_check": True}),
     ])
-    # the Node's InternalIP, as its runner registered it
-    assert not default_ips["changed"] and default_ips["node_ips"] == [node_ip], default_ips
+    # the Node's InternalIPs (IPv4 and IPv6), as its runner registered them
+    assert not default_ips["changed"] and default_ips["node_ips"] == cluster.node_ips("node1"), default_ips
     assert default_ips["counts"] == {"services_read": SERVICES + 1, "endpoint_slices_read": SERVICES + 1,
                                      "virtual_servers": SERVICES + 2, "real_servers": SERVICES + 2,
                                      "addresses": SERVICES + 1}
@@ -180,9 +180,11 @@ def test_state_in_iptables_and_nftables_mode(cluster):
     assert any("-d 10.100.0.1 " in rule and "--dport 80" in rule for rule in services)
     assert any(f"-d {KUBERNETES} " in rule and "--dport 443" in rule for rule in services)
     assert any("! -s 10.244.0.0/16" in rule for chain in chains.values() for rule in chain.get("rules") or [])
-    [table] = nftables["nftables_tables"]
-    assert (table["family"], table["name"]) == ("ip", "kube-proxy")
+    # the Node has an IPv6 InternalIP too: kube-proxy's IPv6 proxier writes an ip6 table
+    table, table6 = nftables["nftables_tables"]
+    assert (table["family"], table["name"], table6["family"], table6["name"]) == ("ip", "kube-proxy", "ip6", "kube-proxy")
     assert "10.100.0.1 . tcp . 80" in table["content"] and "0x8000" in table["content"]
+    assert cluster.node_ips("node1")[1] in table6["content"]  # its NodePort address
     assert bad_bit["failed"] and "masquerade_bit must be 0-31" in bad_bit["msg"]
     assert not cluster.writes()
 

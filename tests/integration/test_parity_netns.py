@@ -3,8 +3,8 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Parity with the real kube-proxy in iptables and nftables mode. The real kube-proxy - built from the
 Kubernetes release the lab runs, started by the real DaemonSet on a node of the real cluster (a
-network namespace) - programs node1 from a cluster holding every Service shape it handles on an IPv4
-node, and dual-stack and IPv6 Services; kube_proxy_state renders the same node from the same API server and iptables_chain or
+network namespace with an IPv4 and an IPv6 address, both the Node's InternalIPs) - programs node1 from
+a cluster holding every Service shape it handles, in IPv4, dual-stack and IPv6; kube_proxy_state renders the same node from the same API server and iptables_chain or
 nftables_table programs a fresh namespace with it. The normalised dumps of both must be equal, line
 for line; the only differences allowed are the ones docs/kube-proxy.md lists with their reason
 (KNOWN_DIFFERENCES below)."""
@@ -54,8 +54,8 @@ def endpoint_slice(service_name, suffix, endpoints, ports, address_type="IPv4"):
             "ports": [{"name": name, "port": number, "protocol": protocol} for name, number, protocol in ports]}
 
 
-# Every Service shape kube-proxy handles on an IPv4 node (nodes here have IPv4 addresses only), and
-# dual-stack and IPv6 Services, which its IPv6 proxier serves on such a node all the same.
+# Every Service shape kube-proxy handles, in IPv4, and dual-stack and IPv6 Services (NodePorts among
+# them) on nodes with an IPv4 and an IPv6 InternalIP.
 SERVICES = [
     service("web", [port("http", 80, target="http"), port("https", 443, target=8443)]),
     service("dns", [port("dns", 53, "UDP"), port("dns-tcp", 53)]),
@@ -212,7 +212,7 @@ def start_kube_proxy(cluster, mode, dump):
 
 
 def rendered(cluster, mode, **options):
-    state = cluster.module("kube_proxy_state", node_name=NODE, node_ips=[cluster.node_ip(NODE)], mode=mode,
+    state = cluster.module("kube_proxy_state", node_name=NODE, node_ips=cluster.node_ips(NODE), mode=mode,
                            cluster_cidr="10.244.0.0/16", masquerade_bit=14, **options)
     assert not state.get("failed"), state
     return state
@@ -303,6 +303,8 @@ def test_an_nftables_node_the_collection_programs_is_the_node_kube_proxy_program
     assert sum(" dnat " in line for line in real) >= 10, real
     assert any(line.startswith("ip6 ") and f"{HERE6}21" in line for line in real), real  # the IPv6 Services
     assert any("Drop traffic to unallocated ClusterIPs" in line for line in real), real
+    # NodePorts on the node's own IPv6 address (its primary one), the IPv6 NodePort Services' way in
+    assert any(line.startswith("ip6 ") and f"element {cluster.node_ips(NODE)[1]}" in line for line in real), real
     diff = differences(real, ours)
     assert not diff, "\n".join(diff[:80]) + "\n" + json.dumps(state["counts"])
 
