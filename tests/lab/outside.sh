@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# A client outside the node, on a lab node: the network namespace "outside" with a macvlan of the
+# lab NIC eth1 at 192.168.200.(100+N). Its packets go onto the lab network without passing through
+# this node's own netfilter or kube-proxy, so they reach another node as a machine outside the
+# cluster sends them - the way in to externalIPs and load-balancer IPs with
+# externalTrafficPolicy: Local.
+#
+# usage: outside.sh start VIA CIDR...   (the namespace; each CIDR routed via 192.168.200.VIA)
+#        outside.sh stop                (the namespace and its link deleted)
+set -euo pipefail
+ns=outside
+n=$(hostname)
+n=${n#node}
+
+case "${1:?start VIA CIDR... | stop}" in
+  start)
+    via=${2:?VIA}
+    shift 2
+    ip netns del "$ns" 2>/dev/null || true
+    modprobe macvlan
+    ip netns add "$ns"
+    ip link add link eth1 name outside0 type macvlan mode bridge
+    ip link set outside0 netns "$ns"
+    ip -n "$ns" link set lo up
+    ip -n "$ns" addr add "192.168.200.$((100 + n))/24" dev outside0
+    ip -n "$ns" link set outside0 up
+    for cidr in "$@"; do
+      ip -n "$ns" route add "$cidr" via "192.168.200.$via"
+    done
+    ;;
+  stop)
+    ip netns del "$ns" 2>/dev/null || true
+    ;;
+esac
