@@ -206,7 +206,10 @@ node_ips:
   elements: str
   sample: [192.0.2.11]
 counts:
-  description: Numbers of Services and EndpointSlices read, and of virtual servers, real servers and addresses computed.
+  description:
+    - Numbers of Services and EndpointSlices read, and of what the mode's state holds - in V(ipvs) mode
+      virtual servers, real servers and addresses; in V(iptables) mode chains and rules (both
+      families); in V(nftables) mode lines of table content.
   returned: success
   type: dict
   sample: {services_read: 12, endpoint_slices_read: 14, virtual_servers: 20, real_servers: 31, addresses: 12}
@@ -226,7 +229,7 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_ipv
     without_shared_chains,
 )
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_nftables import nftables_state
-from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_state import node_state
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_state import cluster_ip_ports, node_state
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._text import DNS1123_SUBDOMAIN
 
 
@@ -254,29 +257,36 @@ def service_cidrs_from_api(client):
 
 
 def render(params, services, slices, node_ips, service_cidrs=()):
-    """The node's state in the requested mode's terms, plus the mode-independent facts."""
+    """The node's state in the requested mode's terms, plus the mode-independent facts. Only the
+    requested mode's state is computed."""
     mode, node_name = params["mode"], params["node_name"]
-    ipvs = node_state(services, slices, node_name, node_ips, params["scheduler"], params["ip_families"],
-                      params["node_port_addresses"])
-    virtual_servers = ipvs["ipvs_sync"]["services"]
-    result = {"mode": mode, "cluster_ip_ports": ipvs["cluster_ip_ports"],
-              "counts": {"services_read": len(services), "endpoint_slices_read": len(slices),
-                         "virtual_servers": len(virtual_servers),
-                         "real_servers": sum(len(s["real_servers"]) for s in virtual_servers),
-                         "addresses": len(ipvs["dummy_interface"]["addresses"])}}
+    counts = {"services_read": len(services), "endpoint_slices_read": len(slices)}
     options = {"cluster_cidr": params["cluster_cidr"] or None, "masquerade_bit": params["masquerade_bit"],
                "families": params["ip_families"]}
+    result = {"mode": mode, "counts": counts}
     if mode == "ipvs":
+        ipvs = node_state(services, slices, node_name, node_ips, params["scheduler"], params["ip_families"],
+                          params["node_port_addresses"])
+        virtual_servers = ipvs["ipvs_sync"]["services"]
+        counts.update(virtual_servers=len(virtual_servers),
+                      real_servers=sum(len(s["real_servers"]) for s in virtual_servers),
+                      addresses=len(ipvs["dummy_interface"]["addresses"]))
+        result["cluster_ip_ports"] = ipvs["cluster_ip_ports"]
         result.update((key, ipvs[key]) for key in ("dummy_interface", "ipvs_sync", "ipset", "ipsets", "ipset_types"))
         result["iptables_chain"] = ipvs_iptables_state(ipvs["ipsets"], options["cluster_cidr"],
                                                        options["masquerade_bit"])
         result["iptables_chain_unshared"] = {family: without_shared_chains(chains)
                                              for family, chains in result["iptables_chain"].items()}
-    elif mode == "iptables":
+        return result
+    result["cluster_ip_ports"] = cluster_ip_ports(services, node_ips, params["ip_families"])
+    if mode == "iptables":
         result["iptables_chain"] = iptables_state(services, slices, node_name, node_ips, **options)
+        chains = [chain for family_chains in result["iptables_chain"].values() for chain in family_chains]
+        counts.update(chains=len(chains), rules=sum(len(chain.get("rules") or []) for chain in chains))
     else:
         result["nftables_tables"] = list(nftables_state(services, slices, node_name, node_ips,
                                                         service_cidrs=service_cidrs, **options).values())
+        counts["table_lines"] = sum(table["content"].count("\n") for table in result["nftables_tables"])
     return result
 
 

@@ -396,6 +396,15 @@ def cluster_service_ports(services, endpoint_slices, node_name, family):
     return [sp for service in sorted(services, key=service_key) for sp in service_ports(service, endpoint_map, family)]
 
 
+def cluster_ip_ports(services, node_ips, families=()):
+    """Every ``protocol/ClusterIP:port`` a node serves (the ``port_label`` spelling), from the
+    Services alone: what the switch checks a mode serves, without computing any mode's state."""
+    check_cluster_objects(services, [])
+    return sorted({port_label(sp.protocol, sp.cluster_ip, sp.port)
+                   for family in ip_families(services, node_ips, families)
+                   for service in services for sp in service_ports(service, {}, family)})
+
+
 def ip_families(services, node_ips, families=()):
     """The IP families to render for a node: ``families`` (those its kernel runs kube-proxy for, when
     the caller knows them), its node IPs' and its Services' ClusterIPs' (IPv4 when none)."""
