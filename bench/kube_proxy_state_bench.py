@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright (c) kubeipvs.node contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
@@ -95,12 +94,12 @@ def main():
         slices_file.write_text(json.dumps(slices))
         print(f"{options.services} Services x {options.endpoints} endpoints, {options.repeat} runs each, "
               "median CPU seconds")
-        floors = sorted(measure(services_file, slices_file, "floor")["floor_cpu"] for _ in range(options.repeat))
+        floors = sorted(measure(services_file, slices_file, "floor")["floor_cpu"] for _run in range(options.repeat))
         floor = floors[len(floors) // 2]
         print(f"  {'floor (decode the two lists)':34} {floor:7.2f} s")
         report = {"services": options.services, "endpoints": options.endpoints, "floor_cpu": floor, "modes": {}}
         for mode in MODES:
-            runs = sorted((measure(services_file, slices_file, mode) for _ in range(options.repeat)),
+            runs = sorted((measure(services_file, slices_file, mode) for _run in range(options.repeat)),
                           key=lambda run: run["render_cpu"])
             median = runs[len(runs) // 2]
             report["modes"][mode] = median
