@@ -5,9 +5,9 @@
 Kubernetes release the lab runs, started by the real DaemonSet on a node of the real cluster (a
 network namespace with an IPv4 and an IPv6 address, both the Node's InternalIPs) - programs node1 from
 a cluster holding every Service shape it handles, in IPv4, dual-stack and IPv6; kube_proxy_state
-renders the same node from the same API server and iptables_chain or nftables_table programs a fresh namespace with it. The normalised dumps of both must be equal, line
-for line; the only differences allowed are the ones docs/kube-proxy.md lists with their reason
-(KNOWN_DIFFERENCES below)."""
+renders the same node from the same API server and iptables_chain or nftables_table programs a fresh
+namespace with it. The normalised dumps of both must be equal, line for line; the only differences
+allowed are the ones docs/kube-proxy.md lists with their reason (KNOWN_DIFFERENCES below)."""
 
 from __future__ import annotations
 
