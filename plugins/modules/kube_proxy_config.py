@@ -137,6 +137,19 @@ config:
   type: dict
   sample: {apiVersion: kubeproxy.config.k8s.io/v1alpha1, kind: KubeProxyConfiguration, mode: ipvs,
            ipvs: {scheduler: rr, strictARP: true}}
+settings:
+  description:
+    - What kube-proxy runs with, from RV(config), under the collection's option names; an unset field
+      takes kube-proxy's default (mode V(iptables), scheduler V(rr), masquerade bit 14).
+      C(masquerade_bit) and C(masquerade_all) are per mode, as kube-proxy reads them (nftables mode
+      from the C(nftables) section, the others from C(iptables)). Roles use this rather than reading
+      the configuration's own field paths.
+    - Empty when RV(config) is null.
+  returned: success
+  type: dict
+  sample: {mode: ipvs, ipvs_scheduler: rr, ipvs_exclude_cidrs: [192.0.2.50/32], cluster_cidr: 10.244.0.0/16,
+           masquerade_bit: {iptables: 14, ipvs: 14, nftables: 14},
+           masquerade_all: {iptables: false, ipvs: false, nftables: false}, node_port_addresses: []}
 configmap:
   description: The ConfigMap as namespace/name.
   returned: success
@@ -175,6 +188,7 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_con
     parse_config,
     patch_from_options,
     render_config,
+    settings_of,
     validate_config,
 )
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._text import (
@@ -200,7 +214,8 @@ def configure(module):
     for attempt in range(1, params["max_attempts"] + 1):
         configmap = client.get("ConfigMap", name, namespace)
         if configmap is None and params["missing_ok"]:
-            return dict(changed=False, found=False, config=None, configmap=f"{namespace}/{name}", attempts=0)
+            return dict(changed=False, found=False, config=None, settings={}, configmap=f"{namespace}/{name}",
+                        attempts=0)
         if configmap is None:
             raise KubeIpvsError(f"ConfigMap {namespace}/{name} not found; deploy kube-proxy with "
                                 "kubeipvs.node.kube_proxy or set namespace/configmap_name")
@@ -228,7 +243,8 @@ def configure(module):
 
 
 def result(module, changed, config, before_text, after_text, namespace, name, attempts):
-    output = dict(changed=changed, found=True, config=config, configmap=f"{namespace}/{name}", attempts=attempts)
+    output = dict(changed=changed, found=True, config=config, settings=settings_of(config),
+                  configmap=f"{namespace}/{name}", attempts=attempts)
     if module._diff:
         output["diff"] = dict(before=before_text, after=after_text,
                               before_header=f"{namespace}/{name} {module.params['config_key']}",

@@ -62,6 +62,9 @@ def test_read_only_run_returns_the_config(cluster):
     result = cluster.module("kube_proxy_config")
     assert not result["changed"]
     assert result["config"]["clusterCIDR"] == "10.244.0.0/16"
+    # what kube-proxy runs with, under the collection's names (kubeadm leaves mode and bit unset)
+    assert result["settings"]["cluster_cidr"] == "10.244.0.0/16" and result["settings"]["mode"] == "iptables"
+    assert result["settings"]["masquerade_bit"] == {"iptables": 14, "ipvs": 14, "nftables": 14}
     assert cluster.requests() == [("get", CONFIGMAP, 200)]
 
 

@@ -156,6 +156,46 @@ def merge_config(current, patch, path=()):
     return result
 
 
+# What kube-proxy runs with when a field is unset (its v1alpha1 defaults on Linux), for the fields
+# the collection renders a node from.
+DEFAULT_MODE = "iptables"
+DEFAULT_SCHEDULER = "rr"
+DEFAULT_MASQUERADE_BIT = 14
+
+
+def settings_of(config):
+    """The settings kube-proxy runs with, from its KubeProxyConfiguration, under the names of the
+    collection's options: an unset (or empty) field takes kube-proxy's default. ``masquerade_bit``
+    and ``masquerade_all`` are per mode (nftables mode reads the ``nftables`` section, the others
+    the ``iptables`` one); a set masqueradeBit of 0 stays 0 (only null is unset). Fields of the
+    wrong type count as unset: validation reports them."""
+    config = config if isinstance(config, dict) else {}
+
+    def text(path):
+        value = field(config, path)
+        return value if isinstance(value, str) else ""
+
+    def strings(path):
+        value = field(config, path)
+        return [item for item in value if isinstance(item, str)] if isinstance(value, list) else []
+
+    def bit(section):
+        value = field(config, (section, "masqueradeBit"))
+        return value if isinstance(value, int) and not isinstance(value, bool) else DEFAULT_MASQUERADE_BIT
+
+    # nftables mode reads its own section; iptables and IPVS mode read the iptables one.
+    section = {"iptables": "iptables", "ipvs": "iptables", "nftables": "nftables"}
+    return {
+        "mode": text(OPTION_PATHS["mode"]) or DEFAULT_MODE,
+        "ipvs_scheduler": text(OPTION_PATHS["ipvs_scheduler"]) or DEFAULT_SCHEDULER,
+        "ipvs_exclude_cidrs": strings(OPTION_PATHS["ipvs_exclude_cidrs"]),
+        "cluster_cidr": text(("clusterCIDR",)),
+        "masquerade_bit": {mode: bit(name) for mode, name in section.items()},
+        "masquerade_all": {mode: field(config, (name, "masqueradeAll")) is True for mode, name in section.items()},
+        "node_port_addresses": strings(("nodePortAddresses",)),
+    }
+
+
 def field(config, path):
     for key in path:
         if not isinstance(config, dict):

@@ -14,6 +14,7 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_con
     parse_duration,
     patch_from_options,
     render_config,
+    settings_of,
     validate_config,
 )
 
@@ -181,3 +182,32 @@ def test_every_field_of_the_defaults_and_of_a_full_document_passes():
 def test_a_stored_document_nested_too_deeply_is_a_clean_error():
     with pytest.raises(KubeIpvsError, match=r"not valid YAML|nested too deeply"):
         parse_config("a: " + "[" * 20000 + "]" * 20000, "cm")
+
+
+def test_settings_of_a_kubeadm_config_take_kube_proxy_s_defaults():
+    settings = settings_of(default_config("10.244.0.0/16"))
+    assert settings == {"mode": "iptables", "ipvs_scheduler": "rr", "ipvs_exclude_cidrs": [],
+                        "cluster_cidr": "10.244.0.0/16",
+                        "masquerade_bit": {"iptables": 14, "ipvs": 14, "nftables": 14},
+                        "masquerade_all": {"iptables": False, "ipvs": False, "nftables": False},
+                        "node_port_addresses": []}
+
+
+def test_settings_read_each_mode_s_own_section_and_keep_a_bit_of_zero():
+    config = {"mode": "nftables", "ipvs": {"scheduler": "wlc", "excludeCIDRs": ["192.0.2.50/32"]},
+              "iptables": {"masqueradeBit": 0, "masqueradeAll": True},
+              "nftables": {"masqueradeBit": 15}, "nodePortAddresses": ["primary", "192.0.2.0/24"]}
+    settings = settings_of(config)
+    assert settings["mode"] == "nftables" and settings["ipvs_scheduler"] == "wlc"
+    assert settings["ipvs_exclude_cidrs"] == ["192.0.2.50/32"]
+    assert settings["masquerade_bit"] == {"iptables": 0, "ipvs": 0, "nftables": 15}
+    assert settings["masquerade_all"] == {"iptables": True, "ipvs": True, "nftables": False}
+    assert settings["node_port_addresses"] == ["primary", "192.0.2.0/24"]
+
+
+@pytest.mark.parametrize("config", [None, "mode: ipvs", {"mode": 3, "iptables": {"masqueradeBit": True},
+                                                         "ipvs": "x", "nodePortAddresses": "10.0.0.0/8"}])
+def test_settings_of_something_else_are_the_defaults(config):
+    settings = settings_of(config)
+    assert settings["mode"] == "iptables" and settings["masquerade_bit"]["ipvs"] == 14
+    assert settings["ipvs_exclude_cidrs"] == [] and settings["node_port_addresses"] == []
