@@ -38,20 +38,36 @@ def ipvs_mode_ipsets(families, hashsize=IPSET_HASHSIZE, maxelem=IPSET_MAXELEM, p
             for family in families for name in IPSET_TYPES]
 
 
-def ipvs_mode_chains(family, masquerade_bit=14, ipsets=()):
-    """IPVS mode's baseline chains of one family as ``kubeipvs.node.iptables_chain`` ``chains``
-    entries. ``ipsets``: the ``sets`` result of a ``kubeipvs.node.ipset`` task on the node (name and
-    members_count per set), from which the hairpin rule follows the KUBE-LOOP-BACK set as kube-proxy's does."""
-    if family not in FAMILIES:
-        raise AnsibleFilterError(f"ipvs_mode_chains: expected one family, {' or '.join(FAMILIES)}, got {family!r}")
-    loopback = ipset_name("KUBE-LOOP-BACK", family)
-    members = 0
+def _members_counts(ipsets):
+    """Set name -> member count, from the ``sets`` result of a ``kubeipvs.node.ipset`` task or from
+    the text ``ipset list -terse`` prints."""
+    if isinstance(ipsets, str):
+        counts, name = {}, None
+        for line in ipsets.splitlines():
+            key, _sep, value = line.partition(":")
+            if key == "Name":
+                name = value.strip()
+            elif key == "Number of entries" and name is not None:
+                counts[name] = int(value.strip() or 0)
+        return counts
+    counts = {}
     for result in ipsets or ():
         if not isinstance(result, dict) or "name" not in result:
             raise AnsibleFilterError("ipvs_mode_chains: ipsets must be the 'sets' result of a kubeipvs.node.ipset "
-                                     f"task (dicts with name and members_count), got {result!r}")
-        if result["name"] == loopback:
-            members = int(result.get("members_count") or 0)
+                                     f"task (dicts with name and members_count) or 'ipset list -terse' output, "
+                                     f"got {result!r}")
+        counts[result["name"]] = int(result.get("members_count") or 0)
+    return counts
+
+
+def ipvs_mode_chains(family, masquerade_bit=14, ipsets=()):
+    """IPVS mode's baseline chains of one family as ``kubeipvs.node.iptables_chain`` ``chains``
+    entries. ``ipsets``: the node's sets - the ``sets`` result of a ``kubeipvs.node.ipset`` task (name
+    and members_count per set) or the output of ``ipset list -terse`` - from which the hairpin rule
+    follows the KUBE-LOOP-BACK set as kube-proxy's does."""
+    if family not in FAMILIES:
+        raise AnsibleFilterError(f"ipvs_mode_chains: expected one family, {' or '.join(FAMILIES)}, got {family!r}")
+    members = _members_counts(ipsets).get(ipset_name("KUBE-LOOP-BACK", family), 0)
     try:
         return baseline_chains(family, int(masquerade_bit), members)
     except ValueError as exc:

@@ -278,7 +278,6 @@ def render(params, services, slices, node_ips, service_cidrs=()):
         result["iptables_chain_unshared"] = {family: without_shared_chains(chains)
                                              for family, chains in result["iptables_chain"].items()}
         return result
-    result["cluster_ip_ports"] = cluster_ip_ports(services, node_ips, params["ip_families"])
     if mode == "iptables":
         result["iptables_chain"] = iptables_state(services, slices, node_name, node_ips, **options)
         chains = [chain for family_chains in result["iptables_chain"].values() for chain in family_chains]
@@ -287,6 +286,8 @@ def render(params, services, slices, node_ips, service_cidrs=()):
         result["nftables_tables"] = list(nftables_state(services, slices, node_name, node_ips,
                                                         service_cidrs=service_cidrs, **options).values())
         counts["table_lines"] = sum(table["content"].count("\n") for table in result["nftables_tables"])
+    # after the mode's state, whose validation names every bad Service and EndpointSlice at once
+    result["cluster_ip_ports"] = cluster_ip_ports(services, node_ips, params["ip_families"])
     return result
 
 

@@ -12,11 +12,25 @@ ns=outside
 n=$(hostname)
 n=${n#node}
 
+# A namespace outlives `ip netns del` while a process runs in it (a canary an interrupted run left):
+# those go first, by their PIDs.
+remove() {
+  local pids
+  pids=$(ip netns pids "$ns" 2>/dev/null || true)
+  # shellcheck disable=SC2086  # one PID per word
+  [ -z "$pids" ] || kill $pids 2>/dev/null || true
+  for _ in $(seq 1 50); do
+    [ -z "$(ip netns pids "$ns" 2>/dev/null || true)" ] && break
+    sleep 0.1
+  done
+  ip netns del "$ns" 2>/dev/null || true
+}
+
 case "${1:?start VIA CIDR... | stop}" in
   start)
     via=${2:?VIA}
     shift 2
-    ip netns del "$ns" 2>/dev/null || true
+    remove
     modprobe macvlan
     ip netns add "$ns"
     ip link add link eth1 name outside0 type macvlan mode bridge
@@ -29,6 +43,6 @@ case "${1:?start VIA CIDR... | stop}" in
     done
     ;;
   stop)
-    ip netns del "$ns" 2>/dev/null || true
+    remove
     ;;
 esac

@@ -104,3 +104,30 @@ def test_chains_refuse_bad_input(kwargs, message):
 def test_chains_take_one_family():
     with pytest.raises(AnsibleFilterError, match="ipvs_mode_chains: expected one family, ipv4 or ipv6"):
         ipvs_mode_chains(["ipv4", "ipv6"])
+
+
+TERSE = """Name: KUBE-LOOP-BACK
+Type: hash:ip,port,ip
+Revision: 6
+Header: family inet hashsize 1024 maxelem 65536 bucketsize 12 initval 0xe7974cd9
+Size in memory: 264
+References: 0
+Number of entries: 1
+
+Name: KUBE-6-LOOP-BACK
+Type: hash:ip,port,ip
+Revision: 6
+Header: family inet6 hashsize 1024 maxelem 65536 bucketsize 12 initval 0xeea3781f
+Size in memory: 232
+References: 0
+Number of entries: 0
+"""
+
+
+def test_chains_read_the_member_counts_from_ipset_list_terse():
+    """Where the role does not manage the sets it reads them with ``ipset list -terse``."""
+    v4 = by_chain(ipvs_mode_chains("ipv4", ipsets=TERSE))[("nat", "KUBE-POSTROUTING")]["rules"]
+    v6 = by_chain(ipvs_mode_chains("ipv6", ipsets=TERSE))[("nat", "KUBE-POSTROUTING")]["rules"]
+    assert v4 == [HAIRPIN.format("KUBE-LOOP-BACK")] + POSTROUTING
+    assert v6 == POSTROUTING
+    assert by_chain(ipvs_mode_chains("ipv4", ipsets=""))[("nat", "KUBE-POSTROUTING")]["rules"] == POSTROUTING
