@@ -1,10 +1,8 @@
 #!/usr/bin/env bash
 # Canary traffic on a lab node (make demo, molecule mode_switch), counted while a switch runs.
 #
-# usage: canary.sh start NAME KIND TARGET [NETNS]
-#                                           start canary NAME in the background (PID in
-#                                           /run/kubeipvs-canary/NAME.pid), logging each result;
-#                                           with NETNS, from inside that network namespace
+# usage: canary.sh start NAME KIND TARGET   start canary NAME in the background (PID in
+#                                           /run/kubeipvs-canary/NAME.pid), logging each result
 #        canary.sh stop                     stop every canary by its PID
 #        canary.sh mark STEP                every canary's results from now on count for STEP
 #        canary.sh count NAME               {"ok": N, "slow": S, "resent": R, "failed": M, "failures": [...], "resends": [...],
@@ -26,13 +24,13 @@ dir=${KUBEIPVS_CANARY_DIR:-/run/kubeipvs-canary}
 
 case "${1:?start NAME KIND TARGET | stop | count NAME}" in
   start)
-    name=${2:?NAME} kind=${3:?KIND} target=${4:?TARGET} netns=${5:-}
+    name=${2:?NAME} kind=${3:?KIND} target=${4:?TARGET}
     mkdir -p "$dir"
     if [ -f "$dir/$name.pid" ] && kill -0 "$(cat "$dir/$name.pid")" 2>/dev/null; then exit 0; fi
     : >"$dir/$name.log"
     # nohup: the SSH session that starts it may end before setsid has made it a session of its
     # own, and its SIGHUP must not kill the loop (seen on a loaded lab host).
-    nohup setsid ${netns:+ip netns exec "$netns"} python3 -u -c '
+    nohup setsid python3 -u -c '
 import http.client, socket, sys, time, urllib.parse, urllib.request
 
 kind, target = sys.argv[1], sys.argv[2]
