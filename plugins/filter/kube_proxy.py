@@ -48,7 +48,10 @@ def _members_counts(ipsets):
             if key == "Name":
                 name = value.strip()
             elif key == "Number of entries" and name is not None:
-                counts[name] = int(value.strip() or 0)
+                if not value.strip().isdigit():
+                    raise AnsibleFilterError(f"ipvs_mode_chains: set {name}: 'Number of entries' is not a count: "
+                                             f"{value.strip()!r}")
+                counts[name] = int(value.strip())
         return counts
     counts = {}
     for result in ipsets or ():

@@ -398,8 +398,8 @@ def cluster_service_ports(services, endpoint_slices, node_name, family):
 
 def cluster_ip_ports(services, node_ips, families=()):
     """Every ``protocol/ClusterIP:port`` a node serves (the ``port_label`` spelling), from the
-    Services alone: what the switch checks a mode serves, without computing any mode's state."""
-    check_cluster_objects(services, [])
+    Services alone: what the switch checks a mode serves, without computing any mode's state.
+    ``services`` must have passed ``check_cluster_objects`` (every mode's renderer checks them)."""
     return sorted({port_label(sp.protocol, sp.cluster_ip, sp.port)
                    for family in ip_families(services, node_ips, families)
                    for service in services for sp in service_ports(service, {}, family)})

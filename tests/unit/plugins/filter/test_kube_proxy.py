@@ -131,3 +131,8 @@ def test_chains_read_the_member_counts_from_ipset_list_terse():
     assert v4 == [HAIRPIN.format("KUBE-LOOP-BACK")] + POSTROUTING
     assert v6 == POSTROUTING
     assert by_chain(ipvs_mode_chains("ipv4", ipsets=""))[("nat", "KUBE-POSTROUTING")]["rules"] == POSTROUTING
+
+
+def test_chains_refuse_a_count_ipset_did_not_print():
+    with pytest.raises(AnsibleFilterError, match="set KUBE-LOOP-BACK: 'Number of entries' is not a count"):
+        ipvs_mode_chains("ipv4", ipsets="Name: KUBE-LOOP-BACK\nNumber of entries: 1\n2\n".replace("1\n2", "1;2"))
