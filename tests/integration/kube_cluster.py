@@ -49,9 +49,13 @@ import cluster as lab_cluster  # noqa: E402  (tests/lab/cluster.py)
 NODES = ("node1", "node2", "node3")
 # The image the collection deploys by default, at the version the lab builds: the nodes' image
 # store holds it (with the built kube-proxy binary), and nothing else.
-KUBE_PROXY_IMAGE = "{}:v{}".format(
-    yaml.safe_load((Path(__file__).resolve().parents[2] / "roles/kube_proxy/defaults/main.yml").read_text())[
-        "kube_proxy_image"], lab_cluster.version())
+KUBE_PROXY_REPOSITORY = yaml.safe_load(
+    (Path(__file__).resolve().parents[2] / "roles/kube_proxy/defaults/main.yml").read_text())["kube_proxy_image"]
+KUBE_PROXY_IMAGE = f"{KUBE_PROXY_REPOSITORY}:v{lab_cluster.version()}"
+# Every kube-proxy the lab builds, newest first: the cluster's own, then the older ones a cluster on
+# this control plane may run (tests/lab/cluster.py OLDER_KUBE_PROXIES); the nodes' image store holds each.
+KUBE_PROXY_VERSIONS = lab_cluster.kube_proxy_versions()
+KUBE_PROXY_IMAGES = {version: f"{KUBE_PROXY_REPOSITORY}:v{version}" for version in KUBE_PROXY_VERSIONS}
 SESSION_PREFIX = "kubeipvs-kube-"
 SUBNETS = ipaddress.ip_network("10.251.0.0/16")
 START_TIMEOUT = 180.0
@@ -238,7 +242,6 @@ class KubeCluster:
                                               advertise_address=self.gateway)
         self.plane.up()
         self.api = AdminApi(self.server, self.plane.pki)
-        binaries = lab_cluster.binaries_dir(self.plane.kubernetes)
         for index, node in enumerate(NODES, start=1):
             certificate, key = lab_cluster.node_certificate(self.plane.pki, node)
             folder = self.root / node
@@ -250,7 +253,8 @@ class KubeCluster:
                 "addresses": [*({"type": "InternalIP", "address": address} for address in self.node_ips(node)),
                               {"type": "Hostname", "address": node}],
                 "pod_cidrs": [f"10.244.{index}.0/24"], "kubelet_version": self.plane.info["kubernetes"],
-                "images": {KUBE_PROXY_IMAGE: {"files": {"/usr/local/bin/kube-proxy": str(binaries / "kube-proxy")}}},
+                "images": {image: {"files": {"/usr/local/bin/kube-proxy": str(
+                    lab_cluster.binaries_dir(version) / "kube-proxy")}} for version, image in KUBE_PROXY_IMAGES.items()},
                 "netns": self.namespaces[node], "host_root": str(folder / "host"),
                 "state_dir": str(folder / "state"), "log_dir": str(folder / "logs"),
             }

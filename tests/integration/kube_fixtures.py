@@ -470,12 +470,12 @@ def kubeadm_daemonset(image=KUBE_PROXY_IMAGE, node_selector=None):
     }
 
 
-def seed_kubeadm_kube_proxy(cluster, config_text=None, run=True):
+def seed_kubeadm_kube_proxy(cluster, config_text=None, run=True, image=KUBE_PROXY_IMAGE):
     """kubeadm's kube-proxy: ConfigMap, ServiceAccount, the ClusterRoleBinding to system:node-proxier,
-    the Role and RoleBinding that let joining nodes read the ConfigMap, and the DaemonSet - none of
-    them with the collection's label. ``run``: kube-proxy runs on every node (waited for until each
-    pod is Ready; the configuration defaults to one kube-proxy can run with in a namespace);
-    otherwise the DaemonSet selects no node and no pod starts."""
+    the Role and RoleBinding that let joining nodes read the ConfigMap, and the DaemonSet (of
+    ``image``) - none of them with the collection's label. ``run``: kube-proxy runs on every node
+    (waited for until each pod is Ready; the configuration defaults to one kube-proxy can run with in
+    a namespace); otherwise the DaemonSet selects no node and no pod starts."""
     if config_text is None:
         config_text = KUBEADM_CONFIG_IN_A_NAMESPACE if run else KUBEADM_CONFIG
     cluster.add({"apiVersion": "v1", "kind": "ConfigMap",
@@ -498,7 +498,7 @@ def seed_kubeadm_kube_proxy(cluster, config_text=None, run=True):
                  "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "kube-proxy"},
                  "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group",
                                "name": "system:bootstrappers:kubeadm:default-node-token"}]})
-    cluster.add(kubeadm_daemonset(node_selector=None if run else NO_NODE))
+    cluster.add(kubeadm_daemonset(image=image, node_selector=None if run else NO_NODE))
     if run:
         cluster.wait_for_kube_proxy()
 

@@ -2,7 +2,8 @@
 
 Commands:
   build [--version V]   build kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy and etcd
-                        (CGO_ENABLED=0) into ~/.cache/kubeipvs-lab/k8s/v<V>/ unless they are there already
+                        (CGO_ENABLED=0) into ~/.cache/kubeipvs-lab/k8s/v<V>/ unless they are there already;
+                        without --version, then kube-proxy alone of every OLDER_KUBE_PROXIES version
   join [NODE...]        make the running lab VMs Nodes: each gets its client certificate and the pod
                         runner (podrunner.py) as a systemd service, which registers the Node
   apply FILE | delete FILE
@@ -46,6 +47,9 @@ import lab
 KUBERNETES_VERSION = "1.37.2"
 ETCD_VERSION = "3.6.16"
 COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy")
+# Older kube-proxies the lab builds too, to prove the renderers against every version a cluster on
+# this control plane may run: kube-proxy may be up to three minor releases older than the API server.
+OLDER_KUBE_PROXIES = ("1.34.4", "1.35.4", "1.36.3")
 # How the lab reaches the API server from the VMs, and the cluster's address plan.
 ADVERTISE_ADDRESS = "10.0.2.2"
 SERVICE_CIDRS = ("10.96.0.0/12", "fd00:10:96::/112")
@@ -128,25 +132,39 @@ def binaries_dir(kubernetes: str | None = None) -> Path:
     return lab.cache_dir() / "k8s" / f"v{kubernetes or version()}"
 
 
-def recipe_digest(kubernetes: str) -> str:
+def recipe_digest(kubernetes: str, components: tuple[str, ...] = COMPONENTS, etcd: bool = True) -> str:
     """What the cached binaries were built from: a change to any of it rebuilds them."""
-    recipe = json.dumps([kubernetes, ETCD_VERSION, COMPONENTS, ldflags(kubernetes)])
+    recipe = json.dumps([kubernetes, ETCD_VERSION if etcd else None, components, ldflags(kubernetes)])
     return hashlib.sha256(recipe.encode()).hexdigest()[:16]
 
 
-def build(kubernetes: str | None = None) -> Path:
+def kube_proxy_versions() -> tuple[str, ...]:
+    """Every kube-proxy version the lab proves: the cluster's own, then the older ones (newest first)."""
+    return (version(), *sorted((v for v in OLDER_KUBE_PROXIES if v != version()),
+                               key=lambda v: tuple(int(part) for part in v.split(".")), reverse=True))
+
+
+def build_all() -> list[Path]:
+    """The cluster's programs, then each older kube-proxy alone."""
+    return [build(), *(build(older, components=("kube-proxy",), etcd=False) for older in kube_proxy_versions()[1:])]
+
+
+def build(kubernetes: str | None = None, components: tuple[str, ...] = COMPONENTS, etcd: bool = True) -> Path:
+    """``components`` of Kubernetes ``kubernetes`` (and etcd) into binaries_dir(kubernetes), unless
+    the same recipe is built there already."""
     kubernetes = kubernetes or version()
     target = binaries_dir(kubernetes)
     stamp = target / ".recipe"
     with lab.locked(lab.cache_dir() / "k8s-build.lock"):
-        if stamp.exists() and stamp.read_text() == recipe_digest(kubernetes):
+        if stamp.exists() and stamp.read_text() == recipe_digest(kubernetes, components, etcd):
             return target
         staging = target.with_name(target.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         started = time.monotonic()
-        log(f"building Kubernetes v{kubernetes} ({', '.join(COMPONENTS)}) and etcd v{ETCD_VERSION} "
-            "from their Go modules; about 10 minutes on two cores the first time, cached afterwards")
+        log(f"building Kubernetes v{kubernetes} ({', '.join(components)})"
+            f"{f' and etcd v{ETCD_VERSION}' if etcd else ''} from their Go modules; "
+            "a few minutes per program on two cores the first time, cached afterwards")
         with tempfile.TemporaryDirectory(prefix="kubeipvs-k8s-build-") as work:
             work = Path(work)
             info = json.loads(run_go(["mod", "download", "-json", f"k8s.io/kubernetes@v{kubernetes}"], work))
@@ -155,23 +173,25 @@ def build(kubernetes: str | None = None) -> Path:
             kube_src = work / "kubernetes"
             kube_src.mkdir()
             (kube_src / "go.mod").write_text(build_module(kubernetes, Path(info["GoMod"]).read_text()))
-            for component in COMPONENTS:
+            for component in components:
                 run_go(["get", "-tool", f"k8s.io/kubernetes/cmd/{component}@v{kubernetes}"], kube_src)
-            for component in COMPONENTS:
+            for component in components:
                 step = time.monotonic()
                 run_go(["build", "-trimpath", "-ldflags", ldflags(kubernetes), "-o", str(staging / component),
                         f"k8s.io/kubernetes/cmd/{component}"], kube_src)
                 log(f"  {component} v{kubernetes}: {time.monotonic() - step:.0f}s")
-            etcd_src = work / "etcd"
-            etcd_src.mkdir()
-            (etcd_src / "go.mod").write_text("module kubeipvs.lab/etcd\n\ngo 1.24\n")
-            run_go(["get", "-tool", f"go.etcd.io/etcd/server/v3@v{ETCD_VERSION}"], etcd_src)
-            step = time.monotonic()
-            run_go(["build", "-trimpath", "-ldflags", "-s -w", "-o", str(staging / "etcd"),
-                    "go.etcd.io/etcd/server/v3"], etcd_src)
-            log(f"  etcd v{ETCD_VERSION}: {time.monotonic() - step:.0f}s")
-        (staging / "versions.json").write_text(json.dumps({"kubernetes": f"v{kubernetes}", "etcd": f"v{ETCD_VERSION}"}))
-        (staging / ".recipe").write_text(recipe_digest(kubernetes))
+            if etcd:
+                etcd_src = work / "etcd"
+                etcd_src.mkdir()
+                (etcd_src / "go.mod").write_text("module kubeipvs.lab/etcd\n\ngo 1.24\n")
+                run_go(["get", "-tool", f"go.etcd.io/etcd/server/v3@v{ETCD_VERSION}"], etcd_src)
+                step = time.monotonic()
+                run_go(["build", "-trimpath", "-ldflags", "-s -w", "-o", str(staging / "etcd"),
+                        "go.etcd.io/etcd/server/v3"], etcd_src)
+                log(f"  etcd v{ETCD_VERSION}: {time.monotonic() - step:.0f}s")
+        versions = {"kubernetes": f"v{kubernetes}", **({"etcd": f"v{ETCD_VERSION}"} if etcd else {})}
+        (staging / "versions.json").write_text(json.dumps(versions))
+        (staging / ".recipe").write_text(recipe_digest(kubernetes, components, etcd))
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)
         log(f"Kubernetes v{kubernetes} built in {time.monotonic() - started:.0f}s: {target}")
@@ -368,7 +388,9 @@ class ControlPlane:
         info = {"kubernetes": f"v{self.kubernetes}", "apiserver_port": ports["apiserver"],
                 "bind_address": self.bind_address, "advertise_address": self.advertise_address,
                 "etcd_port": ports["etcd"], "service_cidrs": list(SERVICE_CIDRS),
-                "cluster_cidrs": list(CLUSTER_CIDRS), "binaries": str(binaries)}
+                "cluster_cidrs": list(CLUSTER_CIDRS), "binaries": str(binaries),
+                # every kube-proxy the nodes' image store holds, the cluster's own first
+                "kube_proxies": [f"v{release}" for release in kube_proxy_versions()]}
         server = f"https://{host(self.bind_address)}:{ports['apiserver']}"
         # What playbooks need to reach this cluster, from the controller and from the nodes.
         info.update(server=server, node_server=f"https://{host(self.advertise_address)}:{ports['apiserver']}",
@@ -630,7 +652,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     build_parser = sub.add_parser("build")
-    build_parser.add_argument("--version", default=None)
+    build_parser.add_argument("--version", default=None,
+                              help="build this version's programs only (default: the cluster's, then every older kube-proxy)")
     sub.add_parser("up")
     join_parser = sub.add_parser("join")
     join_parser.add_argument("nodes", nargs="*")
@@ -641,7 +664,7 @@ def main() -> int:
     args = parser.parse_args()
     try:
         if args.command == "build":
-            print(build(args.version.lstrip("v") if args.version else None))
+            print(*([build(args.version.lstrip("v"))] if args.version else build_all()), sep="\n")
         elif args.command == "up":
             ControlPlane().up()
         elif args.command == "apply":
