@@ -88,6 +88,23 @@ options:
       - Not given - O(node_ips).
     type: list
     elements: str
+  kube_proxy_version:
+    description:
+      - The kube-proxy release to render for (C(v1.34.4), C(1.34)) - what kube-proxy writes changes
+        between releases. Releases v1.34 to v1.37 are reproduced exactly, each proven against its
+        binary; an older one is rendered as v1.34, a newer one as v1.37, with a warning.
+      - Not given - the version in the image tag of the DaemonSet O(daemonset_name) in
+        O(daemonset_namespace), or, where there is no such DaemonSet (or it cannot be read, or its tag
+        is no version), the API server's version.
+    type: str
+  daemonset_name:
+    description: The kube-proxy DaemonSet whose image tag gives the version when O(kube_proxy_version) is not given.
+    type: str
+    default: kube-proxy
+  daemonset_namespace:
+    description: The namespace of O(daemonset_name).
+    type: str
+    default: kube-system
   service_cidrs:
     description:
       - The cluster's Service CIDRs - nftables mode drops traffic to an address in them that is no
@@ -199,6 +216,18 @@ cluster_ip_ports:
   type: list
   elements: str
   sample: ["tcp/10.96.0.1:443", "udp/10.96.0.10:53"]
+kube_proxy_version:
+  description:
+    - The kube-proxy release rendered for, as given or read (see O(kube_proxy_version)), without a
+      leading C(v).
+  returned: success
+  type: str
+  sample: 1.34.4
+kube_proxy_version_source:
+  description: Where RV(kube_proxy_version) came from - V(option), V(daemonset) or V(server).
+  returned: success
+  type: str
+  sample: daemonset
 node_ips:
   description: The node IPs used for NodePorts.
   returned: success
@@ -222,7 +251,14 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.k8s._client import (
     KubeApiError,
     client_from_module,
 )
-from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_catalogue import IPVS_SCHEDULERS, PROXY_MODES
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_catalogue import (
+    IPVS_SCHEDULERS,
+    PROXY_MODES,
+    RENDERED_VERSIONS,
+    image_version,
+    parse_version,
+    rendered_version,
+)
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_iptables import iptables_state
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_ipvs_iptables import (
     ipvs_iptables_state,
@@ -230,7 +266,7 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_ipv
 )
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_nftables import nftables_state
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_state import cluster_ip_ports, node_state
-from ansible_collections.kubeipvs.node.plugins.module_utils.pure._text import DNS1123_SUBDOMAIN
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._text import DNS1123_LABEL, DNS1123_SUBDOMAIN
 
 
 def node_ips_from_api(client, node_name):
@@ -256,9 +292,35 @@ def service_cidrs_from_api(client):
     return sorted({str(cidr) for obj in objects for cidr in ((obj.get("spec") or {}).get("cidrs") or [])})
 
 
-def render(params, services, slices, node_ips, service_cidrs=()):
-    """The node's state in the requested mode's terms, plus the mode-independent facts. Only the
-    requested mode's state is computed."""
+def kube_proxy_version(client, given, namespace, name):
+    """``(version text, source)`` of the kube-proxy to render for: the option, else the image tag of
+    the DaemonSet ``namespace``/``name``, else the API server's version."""
+    if given:
+        if parse_version(given) is None:
+            raise KubeIpvsError(f"kube_proxy_version {given!r} is not a Kubernetes version; give it as v1.34.4 or 1.34")
+        return given.strip().lstrip("v"), "option"
+    try:
+        daemonset = client.get("DaemonSet", name, namespace) or {}
+    except KubeApiError as error:
+        if error.status not in (401, 403):
+            raise
+        daemonset = {}
+    containers = ((((daemonset.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or [])
+    for container in containers:
+        if isinstance(container, dict) and image_version(container.get("image")):
+            return str(container["image"]).split("@", 1)[0].rpartition(":")[2].lstrip("v"), "daemonset"
+    server = str((client.version() or {}).get("gitVersion") or "")
+    if parse_version(server) is None:
+        raise KubeIpvsError(f"cannot tell which kube-proxy the cluster runs (the API server reports version {server!r} "
+                            f"and there is no {namespace}/{name} DaemonSet with a versioned image); "
+                            "pass kube_proxy_version")
+    return server.lstrip("v"), "server"
+
+
+def render(params, services, slices, node_ips, service_cidrs=(), version=RENDERED_VERSIONS[-1]):
+    """The node's state in the requested mode's terms (as kube-proxy ``version``, a proven
+    ``(major, minor)``, writes it - only nftables mode differs between them), plus the
+    mode-independent facts. Only the requested mode's state is computed."""
     mode, node_name = params["mode"], params["node_name"]
     counts = {"services_read": len(services), "endpoint_slices_read": len(slices)}
     options = {"cluster_cidr": params["cluster_cidr"] or None, "masquerade_bit": params["masquerade_bit"],
@@ -283,8 +345,8 @@ def render(params, services, slices, node_ips, service_cidrs=()):
         chains = [chain for family_chains in result["iptables_chain"].values() for chain in family_chains]
         counts.update(chains=len(chains), rules=sum(len(chain.get("rules") or []) for chain in chains))
     else:
-        result["nftables_tables"] = list(nftables_state(services, slices, node_name, node_ips,
-                                                        service_cidrs=service_cidrs, **options).values())
+        result["nftables_tables"] = list(nftables_state(services, slices, node_name, node_ips, service_cidrs=service_cidrs,
+                                                        version=version, **options).values())
         counts["table_lines"] = sum(table["content"].count("\n") for table in result["nftables_tables"])
     # after the mode's state, whose validation names every bad Service and EndpointSlice at once
     result["cluster_ip_ports"] = cluster_ip_ports(services, node_ips, params["ip_families"])
@@ -296,19 +358,29 @@ def compute(module):
     if not 0 <= params["masquerade_bit"] <= 31:
         raise KubeIpvsError(f"masquerade_bit must be 0-31, got {params['masquerade_bit']}")
     DNS1123_SUBDOMAIN.check(params["node_name"], "node_name")
+    DNS1123_SUBDOMAIN.check(params["daemonset_name"], "daemonset_name")
+    DNS1123_LABEL.check(params["daemonset_namespace"], "daemonset_namespace")
     client = client_from_module(module)
+    version, source = kube_proxy_version(client, params["kube_proxy_version"], params["daemonset_namespace"],
+                                         params["daemonset_name"])
     node_ips = params["node_ips"] or node_ips_from_api(client, params["node_name"])
     services = client.list("Service")
     slices = client.list("EndpointSlice")
     service_cidrs = params["service_cidrs"]
     if service_cidrs is None and params["mode"] == "nftables":
         service_cidrs = service_cidrs_from_api(client)
+    rendered = rendered_version(parse_version(version))
+    if rendered != parse_version(version)[:2]:
+        module.warn(f"kube-proxy v{version} ({source}) is outside the releases rendered exactly "
+                    f"(v{'.'.join(map(str, RENDERED_VERSIONS[0]))} to v{'.'.join(map(str, RENDERED_VERSIONS[-1]))}); "
+                    f"rendering it as v{'.'.join(map(str, rendered))}")
     try:
-        state = render(params, services, slices, node_ips, service_cidrs or ())
+        state = render(params, services, slices, node_ips, service_cidrs or (), rendered)
     except ValueError as error:
         raise KubeIpvsError(str(error)) from None
-    version = client.version() or {}
-    state.update(changed=False, node_ips=node_ips, kubernetes_version=version.get("gitVersion", ""))
+    server = client.version() or {}
+    state.update(changed=False, node_ips=node_ips, kubernetes_version=server.get("gitVersion", ""),
+                 kube_proxy_version=version, kube_proxy_version_source=source)
     return state
 
 
@@ -324,6 +396,9 @@ def main():
         ip_families=dict(type="list", elements="str", choices=["ipv4", "ipv6"], default=[]),
         service_cidrs=dict(type="list", elements="str"),
         node_port_addresses=dict(type="list", elements="str"),
+        kube_proxy_version=dict(type="str"),
+        daemonset_name=dict(type="str", default="kube-proxy"),
+        daemonset_namespace=dict(type="str", default="kube-system"),
     )
     module = ansible_module(AnsibleModule, argument_spec=argument_spec, supports_check_mode=True)
     run_module(module, compute)

@@ -12,7 +12,7 @@ counts like any other."""
 from __future__ import annotations
 
 from kube_cluster import READER_TOKEN
-from kube_fixtures import lab_cluster
+from kube_fixtures import lab_cluster, seed_kubeadm_kube_proxy
 
 SERVICES = 620  # more than one page of the client's list (500), so pagination is exercised
 KUBERNETES = "10.96.0.1"  # the default/kubernetes Service
@@ -217,4 +217,47 @@ def test_service_cidrs_from_the_cluster_or_given_and_a_clear_error_without_the_r
     servicecidrs = [request for request in cluster.requests() + cluster.requests("reader")
                     if "/servicecidrs" in request.uri]
     assert [(request.verb, request.code) for request in servicecidrs] == [("list", 200), ("list", 403)], servicecidrs
+    assert not cluster.writes()
+
+
+def test_which_kube_proxy_is_rendered_for(cluster):
+    """The release comes from the option, else the kube-proxy DaemonSet's image tag, else the API
+    server's version; a release outside those rendered exactly is rendered as the nearest one, with
+    a warning; a bad version fails before anything is read."""
+    server = lab_cluster.version()
+    web = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "default"},
+           "spec": {"clusterIP": "10.96.0.80", "clusterIPs": ["10.96.0.80"],
+                    "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}}
+    cluster.add(web)
+    cluster.add({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                 "metadata": {"name": "web-one", "namespace": "default", "labels": {"kubernetes.io/service-name": "web"}},
+                 "addressType": "IPv4", "endpoints": [{"addresses": ["10.244.2.8"], "conditions": {"ready": True},
+                                                       "nodeName": "node2"}],
+                 "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]})
+    nft = {"node_name": "node1", "mode": "nftables"}
+    (from_server,) = cluster.modules([("kube_proxy_state", nft)])
+    seed_kubeadm_kube_proxy(cluster, run=False, image="registry.example:5000/kube-proxy:v1.35.4@sha256:" + "a" * 64)
+    from_daemonset, given, too_old, elsewhere, bad = cluster.modules([
+        ("kube_proxy_state", nft),
+        ("kube_proxy_state", dict(nft, kube_proxy_version="v1.36.3")),
+        ("kube_proxy_state", dict(nft, kube_proxy_version="1.31")),
+        ("kube_proxy_state", dict(nft, daemonset_name="other-proxy")),
+        ("kube_proxy_state", dict(nft, kube_proxy_version="latest")),
+    ])
+    assert (from_server["kube_proxy_version"], from_server["kube_proxy_version_source"]) == (server, "server")
+    assert (from_daemonset["kube_proxy_version"], from_daemonset["kube_proxy_version_source"]) == ("1.35.4", "daemonset")
+    assert (given["kube_proxy_version"], given["kube_proxy_version_source"]) == ("1.36.3", "option")
+    assert elsewhere["kube_proxy_version_source"] == "server"  # no such DaemonSet
+
+    def dnat(state):
+        return [line.strip() for line in state["nftables_tables"][0]["content"].splitlines() if " dnat " in line
+                and "10.244.2.8" in line]
+    assert dnat(from_server) == ["meta l4proto tcp dnat to 10.244.2.8:8080"]  # v1.37: one endpoint, a plain DNAT
+    assert dnat(given) == ["meta l4proto tcp dnat ip addr . port to numgen random mod 1 map { 0 : 10.244.2.8 . 8080 }"]
+    assert "chain mark-for-masquerade {" in from_daemonset["nftables_tables"][0]["content"]  # v1.35's design
+    assert "chain mark-for-masquerade {" in too_old["nftables_tables"][0]["content"]  # v1.31 is rendered as v1.34
+    assert any("v1.31 (option) is outside the releases rendered exactly (v1.34 to v1.37); rendering it as v1.34" in w
+               for w in too_old.get("warnings", [])), too_old
+    assert not from_daemonset.get("warnings"), from_daemonset
+    assert bad["failed"] and "kube_proxy_version 'latest' is not a Kubernetes version" in bad["msg"], bad
     assert not cluster.writes()

@@ -7,7 +7,9 @@ network namespace with an IPv4 and an IPv6 address, both the Node's InternalIPs)
 a cluster holding every Service shape it handles, in IPv4, dual-stack and IPv6; kube_proxy_state
 renders the same node from the same API server and iptables_chain or nftables_table programs a fresh
 namespace with it. The normalised dumps of both must be equal, line for line; the only differences
-allowed are the ones docs/kube-proxy.md lists with their reason (KNOWN_DIFFERENCES below)."""
+allowed are the ones docs/kube-proxy.md lists with their reason (KNOWN_DIFFERENCES below). Each test
+runs for every kube-proxy release the lab built (KUBE_PROXY_VERSIONS), kube_proxy_state reading the
+release from the DaemonSet's image."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import time
 
 import pytest
 from conftest import NetNS
+from kube_cluster import KUBE_PROXY_IMAGES, KUBE_PROXY_VERSIONS
 from kube_fixtures import KUBEADM_CONFIG_IN_A_NAMESPACE, seed_kubeadm_kube_proxy
 
 NODE = "node1"
@@ -202,28 +205,36 @@ def differences(real, ours):
             if line[:1] in "+-" and not line.startswith(("---", "+++"))]
 
 
-def start_kube_proxy(cluster, mode, dump):
-    """kubeadm's kube-proxy in ``mode`` on every node, waited for until Ready (its first sync done);
-    node1's ``dump`` once it stops changing."""
+def start_kube_proxy(cluster, mode, dump, version):
+    """kubeadm's kube-proxy ``version`` in ``mode`` on every node, waited for until Ready (its first
+    sync done); node1's ``dump`` once it stops changing."""
     config = KUBEADM_CONFIG_IN_A_NAMESPACE.replace('mode: ""', f"mode: {mode}")
     assert f"mode: {mode}" in config
-    seed_kubeadm_kube_proxy(cluster, config_text=config)
+    seed_kubeadm_kube_proxy(cluster, config_text=config, image=KUBE_PROXY_IMAGES[version])
     return steady(lambda: dump(lambda command: in_node(cluster, command)))
 
 
 def rendered(cluster, mode, **options):
+    """kube_proxy_state's rendering of node1, for the kube-proxy version it reads from the cluster (the
+    DaemonSet's image)."""
     state = cluster.module("kube_proxy_state", node_name=NODE, node_ips=cluster.node_ips(NODE), mode=mode,
                            cluster_cidr="10.244.0.0/16", masquerade_bit=14, **options)
     assert not state.get("failed"), state
     return state
 
 
-def real_and_rendered(cluster, mode, dump, **options):
-    """The real kube-proxy's node in ``mode`` (its ``dump``, once steady) and kube_proxy_state's
-    rendering of the same node from the same cluster."""
+def real_and_rendered(cluster, mode, dump, version, **options):
+    """The real kube-proxy ``version``'s node in ``mode`` (its ``dump``, once steady) and
+    kube_proxy_state's rendering of the same node from the same cluster."""
     seed_cluster(cluster)
-    real = start_kube_proxy(cluster, mode, dump)
-    return real, rendered(cluster, mode, **options)
+    # a fresh node: an earlier test's kube-proxy (another release) left its tables there, and
+    # kube-proxy syncing over them keeps what it does not know and, before v1.36, the endpoint
+    # chains it finds
+    in_node(cluster, "nft flush ruleset")
+    real = start_kube_proxy(cluster, mode, dump, version)
+    state = rendered(cluster, mode, **options)
+    assert state["kube_proxy_version"] == version, state["kube_proxy_version"]
+    return real, state
 
 
 def program(node, mode, state):
@@ -238,8 +249,9 @@ def program(node, mode, state):
         assert result["changed"] and not result.get("failed"), result
 
 
-def test_a_node_the_collection_programs_is_the_node_kube_proxy_programs(cluster, netns):
-    real, state = real_and_rendered(cluster, "iptables", both_families)
+@pytest.mark.parametrize("version", KUBE_PROXY_VERSIONS)
+def test_a_node_the_collection_programs_is_the_node_kube_proxy_programs(cluster, netns, version):
+    real, state = real_and_rendered(cluster, "iptables", both_families, version)
     assert sorted(state["iptables_chain"]) == ["ipv4", "ipv6"], sorted(state["iptables_chain"])
     program(netns, "iptables", state)
     ours = both_families(netns.sh)
@@ -293,9 +305,10 @@ def split_top_level(text):
     return [item for item in items + [current.strip()] if item]
 
 
-def test_an_nftables_node_the_collection_programs_is_the_node_kube_proxy_programs(cluster, netns):
+@pytest.mark.parametrize("version", KUBE_PROXY_VERSIONS)
+def test_an_nftables_node_the_collection_programs_is_the_node_kube_proxy_programs(cluster, netns, version):
     # kube-proxy runs an IPv6 proxier too (the namespace's kernel has IPv6): ip_families adds it
-    real, state = real_and_rendered(cluster, "nftables", nft_dump, ip_families=["ipv6"])
+    real, state = real_and_rendered(cluster, "nftables", nft_dump, version, ip_families=["ipv6"])
     assert [table["family"] for table in state["nftables_tables"]] == ["ip", "ip6"], state["nftables_tables"]
     program(netns, "nftables", state)
     ours = nft_dump(netns.sh)
@@ -315,8 +328,9 @@ DUMPS = {"iptables": both_families, "nftables": nft_dump}
 REFILLED_SETS = {"nodeport-ips"}
 
 
+@pytest.mark.parametrize("version", KUBE_PROXY_VERSIONS)
 @pytest.mark.parametrize("mode", ["iptables", "nftables"])
-def test_kube_proxy_started_on_a_node_the_collection_programmed_changes_nothing(cluster, tmp_path, mode):
+def test_kube_proxy_started_on_a_node_the_collection_programmed_changes_nothing(cluster, tmp_path, mode, version):
     """The handover: the collection programs node1 (both families) before kube-proxy runs there;
     kube-proxy's first syncs then leave the same rules, chains, sets and elements (its own
     KNOWN_DIFFERENCES aside), and in nftables mode delete no element the Services are dispatched
@@ -324,6 +338,7 @@ def test_kube_proxy_started_on_a_node_the_collection_programmed_changes_nothing(
     node = NetNS(cluster.kube.namespaces[NODE], tmp_path)
     seed_cluster(cluster)
     node.sh("nft flush ruleset")  # what earlier tests' kube-proxies left on this lab node
+    seed_kubeadm_kube_proxy(cluster, run=False, image=KUBE_PROXY_IMAGES[version])  # the version to render for
     program(node, mode, rendered(cluster, mode, ip_families=["ipv6"]))
     before = DUMPS[mode](node.sh)
 
@@ -332,7 +347,7 @@ def test_kube_proxy_started_on_a_node_the_collection_programmed_changes_nothing(
         monitor = node.popen("exec nft monitor", stdout=out, stderr=subprocess.DEVNULL)
         try:
             time.sleep(0.5)  # listening before kube-proxy starts
-            after = start_kube_proxy(cluster, mode, DUMPS[mode])
+            after = start_kube_proxy(cluster, mode, DUMPS[mode], version)
         finally:
             monitor.terminate()
             monitor.wait()

@@ -11,9 +11,13 @@ modules, so everything can import this). The renderers (``_kube_proxy_state``,
 (dataplane_facts, proxy_cleanup) and the roles (through the ``kubeipvs.node`` filters) read it.
 The facts are kube-proxy v1.37's (pkg/proxy/ipvs/ipset.go and proxier.go, pkg/proxy/iptables,
 cmd/kube-proxy); names older releases used are listed apart so cleanup still recognises them.
+The releases rendered exactly are RENDERED_VERSIONS: the lists here hold for all of them (only
+nftables mode's rules changed, in v1.36 and v1.37, which ``_kube_proxy_nftables`` follows).
 """
 
 from __future__ import annotations
+
+import re
 
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import INET, IPV6
 
@@ -151,3 +155,48 @@ NFT_TABLE = "kube-proxy"
 # nftables mode's verdict map of ClusterIP, external IP and load-balancer IP . protocol . port.
 NFT_SERVICE_MAP = "service-ips"
 DEFAULT_DUMMY_INTERFACE = "kube-ipvs0"
+
+# --- versions -----------------------------------------------------------------------------------
+
+# The kube-proxy minor releases the renderers reproduce, each proven against its binary: the newest
+# and the three before it (kube-proxy may be up to three minors older than the API server).
+RENDERED_VERSIONS = ((1, 34), (1, 35), (1, 36), (1, 37))
+# A version in an image tag or a server's gitVersion: v1.34.4, 1.34, v1.34.4-eks-1-34-20260101.
+_VERSION = re.compile(r"v?(\d+)\.(\d+)(?:\.(\d+))?(?:[-+][0-9A-Za-z.+-]*)?")
+
+
+def parse_version(text):
+    """``(major, minor, patch)`` of a Kubernetes version (v1.34.4, 1.34, v1.34.4-eks-...), None if
+    it is not one. A missing patch is 0."""
+    match = _VERSION.fullmatch(str(text or "").strip())
+    if not match:
+        return None
+    return int(match.group(1)), int(match.group(2)), int(match.group(3) or 0)
+
+
+def image_version(image):
+    """The version in a container image's tag (``registry/kube-proxy:v1.34.4[@sha256:...]``), None
+    when the tag is no version (a digest alone, ``latest``, a custom tag)."""
+    reference = str(image or "").split("@", 1)[0]
+    name, _sep, tag = reference.rpartition(":")
+    if not name or "/" in tag:  # no tag: the colon was a registry port
+        return None
+    return parse_version(tag)
+
+
+def rendered_version(version):
+    """The release the renderers reproduce for a kube-proxy ``(major, minor[, patch])``: its own when
+    proven, else the nearest proven one (the oldest for older, the newest for newer releases)."""
+    return max(RENDERED_VERSIONS[0], min(RENDERED_VERSIONS[-1], tuple(version[:2])))
+
+
+def check_version(version):
+    """``version`` as a proven ``(major, minor)`` the renderers take; ValueError otherwise."""
+    try:
+        minor = tuple(int(part) for part in version)
+    except (TypeError, ValueError):
+        minor = None
+    if minor not in RENDERED_VERSIONS:
+        raise ValueError(f"version: {version!r} is not a kube-proxy release rendered here "
+                         f"({', '.join('.'.join(map(str, v)) for v in RENDERED_VERSIONS)})")
+    return minor

@@ -26,6 +26,7 @@ import hashlib
 import ipaddress
 
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import IPV4, IPV6, NFT, VERSION, family_of
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_catalogue import RENDERED_VERSIONS, check_version
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_state import (
     categorize,
     check_cluster_objects,
@@ -57,6 +58,11 @@ FIREWALL_IPS_MAP = "firewall-ips"
 FIREWALL_CHECK_CHAIN = "firewall-check"
 MASQUERADING_CHAIN = "masquerading"
 HAIRPIN_SET = "hairpin-connections"
+# Before v1.36 kube-proxy marked traffic for masquerading by jumping to this chain (from each
+# Service's internal chain, its external chain and every endpoint chain); since then it sets the
+# mark inline and masquerades hairpin traffic through HAIRPIN_SET.
+MARK_MASQ_CHAIN = "mark-for-masquerade"
+MARK_CHAIN_RELEASE = (1, 36)
 
 # Base chains: (name, type, hook, priority), in upstream's order. kube-proxy asks for "dstnat-10"
 # and friends; nft accepts the names dstnat/srcnat only on some hooks and lists the others as
@@ -218,20 +224,22 @@ def ip_sort_key(text):
 
 
 class Options:
-    __slots__ = ("cluster_cidr", "mark", "masquerade", "masquerade_all", "node_ips", "nodeport_all", "primary_ip",
-                 "service_cidrs")
+    __slots__ = ("cluster_cidr", "mark", "mark_chain", "masquerade", "masquerade_all", "node_ips", "nodeport_all",
+                 "primary_ip", "service_cidrs", "version")
 
 
 def build_options(family, node_ips, cluster_cidr, masquerade_bit, masquerade_all, nodeport_addresses,
-                  service_cidrs):
+                  service_cidrs, version):
     if not isinstance(masquerade_bit, int) or not 0 <= masquerade_bit <= 31:
         raise ValueError(f"masquerade_bit: {masquerade_bit!r} is not a bit number 0-31")
     if nodeport_addresses not in NODEPORT_ADDRESSES:
         raise ValueError(f"nodeport_addresses: {nodeport_addresses!r} is not one of {', '.join(NODEPORT_ADDRESSES)}")
     check_node_ips(node_ips)
     options = Options()
+    options.version = check_version(version)
+    options.mark_chain = options.version < MARK_CHAIN_RELEASE
     options.mark = hex(1 << masquerade_bit)
-    options.masquerade = f"mark set mark or {options.mark}"
+    options.masquerade = f"jump {MARK_MASQ_CHAIN}" if options.mark_chain else f"mark set mark or {options.mark}"
     options.masquerade_all = bool(masquerade_all)
     options.cluster_cidr = detect_local(split_list(cluster_cidr), family)
     family_ips = [ip for ip in map(parse_ip, node_ips) if family_of(ip) == family]
@@ -256,9 +264,16 @@ def setup_rules(table, options):
     ip = table.ip
     for source, condition, target in JUMPS:
         table.rule(source, f"{condition} jump {target}".strip())
-    table.rule(MASQUERADING_CHAIN, f"mark and {options.mark} != 0 mark set mark xor {options.mark} masquerade fully-random")
-    table.rule(MASQUERADING_CHAIN, f"ct status dnat {ip} saddr . {ip} daddr . meta l4proto . th dport "
-                                   f"@{HAIRPIN_SET} masquerade fully-random")
+    if options.mark_chain:
+        table.rule(MARK_MASQ_CHAIN, f"mark set mark or {options.mark}")
+        table.rule(MASQUERADING_CHAIN, f"mark and {options.mark} == 0 return")
+        table.rule(MASQUERADING_CHAIN, f"mark set mark xor {options.mark}")
+        table.rule(MASQUERADING_CHAIN, "masquerade fully-random")
+    else:
+        table.rule(MASQUERADING_CHAIN, f"mark and {options.mark} != 0 mark set mark xor {options.mark} "
+                                       "masquerade fully-random")
+        table.rule(MASQUERADING_CHAIN, f"ct status dnat {ip} saddr . {ip} daddr . meta l4proto . th dport "
+                                       f"@{HAIRPIN_SET} masquerade fully-random")
     table.rule(CLUSTER_IPS_CHECK_CHAIN, f'{ip} daddr @{CLUSTER_IPS_SET} reject comment '
                                         f'"Reject traffic to invalid ports of ClusterIPs"')
     if options.service_cidrs:
@@ -269,7 +284,9 @@ def setup_rules(table, options):
     table.rule(SERVICE_ENDPOINTS_CHECK_CHAIN,
                f"{ip} daddr . meta l4proto . th dport vmap @{NO_ENDPOINT_SERVICES_MAP}")
     table.rule(FIREWALL_CHECK_CHAIN, f"{ip} daddr . meta l4proto . th dport vmap @{FIREWALL_IPS_MAP}")
-    if options.masquerade_all:
+    if options.mark_chain:
+        pass  # each Service's internal chain marks its own off-cluster traffic
+    elif options.masquerade_all:
         table.rule(SERVICES_CHAIN, f'{ip} daddr @{CLUSTER_IPS_SET} {options.masquerade} '
                                    f'comment "masquerade all clusterIP traffic"')
     elif options.cluster_cidr is not None:
@@ -291,10 +308,11 @@ def setup_rules(table, options):
             table.element(NODEPORT_IPS_SET, node_ip)
 
 
-def write_service_to_endpoint_dnats(table, sp, chain, endpoints):
-    """writeServiceToEndpointDNATs: one endpoint is a plain DNAT, more a ``numgen`` map of them."""
+def write_service_to_endpoint_dnats(table, sp, chain, endpoints, version):
+    """writeServiceToEndpointDNATs: a ``numgen`` map of the endpoints; since v1.37 one endpoint is a
+    plain DNAT."""
     protocol = sp.protocol.lower()
-    if len(endpoints) == 1:
+    if len(endpoints) == 1 and version >= (1, 37):
         table.rule(chain, f"meta l4proto {protocol} dnat to {endpoint_text(endpoints[0])}")
         return
     targets = ", ".join(f"{index} : {endpoint.address} . {endpoint.port}" for index, endpoint in enumerate(endpoints))
@@ -303,8 +321,9 @@ def write_service_to_endpoint_dnats(table, sp, chain, endpoints):
 
 
 def write_service_to_endpoint_jumps(table, sp, chain, endpoints):
-    """writeServiceToEndpointJumps (session affinity): affinity lookups, then ``numgen random mod N vmap``."""
-    for endpoint in endpoints:
+    """writeServiceToEndpointJumps: with session affinity the affinity lookups, then ``numgen
+    random mod N vmap`` to the endpoint chains."""
+    for endpoint in endpoints if sp.affinity else ():
         base = endpoint_chain_base(sp, endpoint)
         table.rule(chain, f"{table.ip} saddr @affinity-{base} goto endpoint-{base}")
     targets = ", ".join(f"{index} : goto endpoint-{endpoint_chain_base(sp, endpoint)}"
@@ -322,10 +341,11 @@ def sync_service_port(table, sp, options, affinity):
     cluster, local, reachable, has_any, uses_cluster, uses_local = categorize_endpoints(sp)
     external_local = sp.external_local and sp.external
 
+    endpoint_chains = sp.affinity or options.mark_chain
     for endpoint in reachable:
-        if sp.affinity:  # endpoint chains exist only for session affinity
+        if endpoint_chains:  # since v1.36 only with session affinity
             table.chain(f"endpoint-{endpoint_chain_base(sp, endpoint)}")
-        if endpoint.local:  # a local endpoint reaching its own Service is masqueraded
+        if endpoint.local and not options.mark_chain:  # a local endpoint reaching its own Service is masqueraded
             table.element(HAIRPIN_SET, f"{endpoint.address} . {endpoint.address} . {protocol} . {endpoint.port}")
     uses_cluster_chain = bool(cluster) and uses_cluster
     uses_local_chain = bool(local) and uses_local
@@ -345,6 +365,13 @@ def sync_service_port(table, sp, options, affinity):
     uses_external_chain = has_any and sp.external
     if uses_external_chain:
         table.chain(external_chain)
+
+    if has_internal and options.mark_chain:  # before v1.36: off-cluster traffic to the ClusterIP
+        if options.masquerade_all:
+            table.rule(internal_chain, f"{ip} daddr {sp.cluster_ip} {options.masquerade}")
+        elif options.cluster_cidr is not None:
+            table.rule(internal_chain, f"{ip} daddr {sp.cluster_ip} {ip} saddr != {options.cluster_cidr} "
+                                       f"{options.masquerade}")
 
     if not has_any:
         internal_verdict = external_verdict = f"goto {REJECT_CHAIN}"
@@ -389,7 +416,8 @@ def sync_service_port(table, sp, options, affinity):
     if uses_external_chain:
         if not external_local:
             # cluster-wide endpoints may be on other nodes
-            table.rule(external_chain, f'{options.masquerade} comment "masquerade"')
+            table.rule(external_chain, options.masquerade if options.mark_chain
+                       else f'{options.masquerade} comment "masquerade"')
         else:
             if options.cluster_cidr is not None:
                 table.rule(external_chain, f'{ip} saddr {options.cluster_cidr} goto {cluster_chain} '
@@ -407,13 +435,13 @@ def sync_service_port(table, sp, options, affinity):
             sources.extend(sp.lb_ips)  # a node reaching its own LB VIP loops back with the VIP as source
         table.rule(firewall_chain, f"{ip} saddr != {{ {', '.join(sources)} }} drop")
 
-    if not sp.affinity:
+    if not endpoint_chains:
         if uses_cluster_chain:
-            write_service_to_endpoint_dnats(table, sp, cluster_chain, cluster)
+            write_service_to_endpoint_dnats(table, sp, cluster_chain, cluster, options.version)
         if uses_local_chain:
-            write_service_to_endpoint_dnats(table, sp, local_chain, local)
+            write_service_to_endpoint_dnats(table, sp, local_chain, local, options.version)
         return
-    for endpoint in reachable:
+    for endpoint in reachable if sp.affinity else ():
         affinity[f"affinity-{endpoint_chain_base(sp, endpoint)}"] = sp.affinity
     if uses_cluster_chain:
         write_service_to_endpoint_jumps(table, sp, cluster_chain, cluster)
@@ -422,7 +450,10 @@ def sync_service_port(table, sp, options, affinity):
     for endpoint in reachable:
         chain_base = endpoint_chain_base(sp, endpoint)
         chain = f"endpoint-{chain_base}"
-        table.rule(chain, f"update @affinity-{chain_base} {{ {ip} saddr }}")
+        if options.mark_chain:  # before v1.36: an endpoint reaching its own Service is masqueraded
+            table.rule(chain, f"{ip} saddr {endpoint.address} {options.masquerade}")
+        if sp.affinity:
+            table.rule(chain, f"update @affinity-{chain_base} {{ {ip} saddr }}")
         table.rule(chain, f"meta l4proto {protocol} dnat to {endpoint_text(endpoint)}")
 
 
@@ -448,6 +479,8 @@ def render(table, options, affinity):
     for name, kind, type_template, comment in SET_DECLARATIONS:
         if name == NODEPORT_IPS_SET and options.nodeport_all:
             continue  # upstream adds and deletes it: the set does not exist when NodePorts listen everywhere
+        if name == HAIRPIN_SET and options.mark_chain:
+            continue  # since v1.36
         type_text = type_template.format(addr=table.addr_type)
         bucket = table.elements.get(name, {})
         elements = [element_text(key, value, note) for key, (value, note) in sorted(
@@ -472,7 +505,7 @@ def render(table, options, affinity):
 
 
 def nftables_table(service_ports, family, node_ips, cluster_cidr=None, masquerade_bit=14, masquerade_all=False,
-                   nodeport_addresses="primary", service_cidrs=None):
+                   nodeport_addresses="primary", service_cidrs=None, version=RENDERED_VERSIONS[-1]):
     """The ``kube-proxy`` table of one family: {"family": "ip"|"ip6", "name": "kube-proxy", "content": body}.
 
     ``service_ports`` come from _kube_proxy_state.cluster_service_ports for the same ``family``.
@@ -485,11 +518,13 @@ def nftables_table(service_ports, family, node_ips, cluster_cidr=None, masquerad
     if family not in FAMILY:
         raise ValueError(f"family: {family!r} is not {' or '.join(FAMILY)}")
     options = build_options(family, list(node_ips), cluster_cidr, masquerade_bit, masquerade_all,
-                            nodeport_addresses, service_cidrs)
+                            nodeport_addresses, service_cidrs, version)
     table = Table(family)
     for name in (SERVICES_CHAIN, CLUSTER_IPS_CHECK_CHAIN, MASQUERADING_CHAIN, REJECT_CHAIN,
                  SERVICE_ENDPOINTS_CHECK_CHAIN, NODEPORT_ENDPOINTS_CHECK_CHAIN, FIREWALL_CHECK_CHAIN):
         table.chain(name)
+    if options.mark_chain:
+        table.chain(MARK_MASQ_CHAIN)
     setup_rules(table, options)
     affinity = {}
     for sp in service_ports:

@@ -330,3 +330,68 @@ def test_bad_options(options, message):
 def test_bad_node_ip():
     with pytest.raises(ValueError, match="node_ips"):
         nftables_state([WEB], [], NODE, ["192.0.2.300"])
+
+
+# --- releases: what v1.34-v1.36 write differently (each proven against its binary in
+# tests/integration/test_parity_netns.py) ----------------------------------------------------------
+
+def test_a_single_endpoint_is_a_plain_dnat_only_since_v1_37():
+    one = [ep("10.244.2.6", "node2")]
+    base = f"{chain_hash('default/web/tcp/http')}-default/web/tcp/http"
+    latest = parse(table([WEB], [web_slice(one)]))["chains"][f"service-{base}"]
+    assert latest == ["meta l4proto tcp dnat to 10.244.2.6:8080"]
+    older = parse(table([WEB], [web_slice(one)], version=(1, 36)))["chains"][f"service-{base}"]
+    assert older == ["meta l4proto tcp dnat ip addr . port to numgen random mod 1 map { 0 : 10.244.2.6 . 8080 }"]
+    six = service("six", ["fd00:10:96::10"], [port(80, name="http")], ipFamilies=["IPv6"])
+    six_slice = web_slice([ep("fd00:10:244:2::6", "node2")], name="six", address_type="IPv6")
+    six_chain = f"service-{chain_hash('default/six/tcp/http')}-default/six/tcp/http"
+    assert parse(table([six], [six_slice], family=IPV6, node_ips=["fd00::11"]))["chains"][six_chain] == [
+        "meta l4proto tcp dnat to [fd00:10:244:2::6]:8080"]
+
+
+def test_before_v1_36_every_endpoint_has_a_chain_and_traffic_is_marked_by_a_jump():
+    content = table([WEB], [web_slice(TWO)], cluster_cidr="10.244.0.0/16", version=(1, 35))
+    parsed = parse(content)
+    chains = parsed["chains"]
+    assert chains["mark-for-masquerade"] == ["mark set mark or 0x4000"]
+    assert chains["masquerading"] == ["mark and 0x4000 == 0 return", "mark set mark xor 0x4000",
+                                      "masquerade fully-random"]
+    assert "hairpin-connections" not in parsed["sets"]
+    # no masquerade rule in services: the Service's own chain marks off-cluster traffic first
+    assert chains["services"] == ["ip daddr . meta l4proto . th dport vmap @service-ips",
+                                  "ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports"]
+    base = f"{chain_hash('default/web/tcp/http')}-default/web/tcp/http"
+    endpoints = [f"{chain_hash(f'default/web/tcp/http__{address}/8080')}-default/web/tcp/http__{address}/8080"
+                 for address in ("10.244.1.5", "10.244.2.6")]
+    assert chains[f"service-{base}"] == [
+        "ip daddr 10.96.0.10 ip saddr != 10.244.0.0/16 jump mark-for-masquerade",
+        f"numgen random mod 2 vmap {{ 0 : goto endpoint-{endpoints[0]}, 1 : goto endpoint-{endpoints[1]} }}"]
+    # every endpoint (local or not) masquerades traffic from itself: the hairpin case
+    assert chains[f"endpoint-{endpoints[1]}"] == ["ip saddr 10.244.2.6 jump mark-for-masquerade",
+                                                  "meta l4proto tcp dnat to 10.244.2.6:8080"]
+    everything = parse(table([WEB], [web_slice(TWO)], masquerade_all=True, version=(1, 34)))["chains"]
+    assert everything[f"service-{base}"][0] == "ip daddr 10.96.0.10 jump mark-for-masquerade"
+    assert everything["services"][0] == "ip daddr . meta l4proto . th dport vmap @service-ips"
+
+
+def test_before_v1_36_external_chains_and_affinity_jump_to_the_mark_chain():
+    svc = service("web", ["10.96.0.10"], [port(80, name="http", node_port=30080)], service_type="NodePort",
+                  sessionAffinity="ClientIP", sessionAffinityConfig={"clientIP": {"timeoutSeconds": 600}})
+    local = service("local", ["10.96.0.11"], [port(80, name="http", node_port=30081)], service_type="NodePort",
+                    externalTrafficPolicy="Local")
+    content = table([svc, local], [web_slice(TWO), web_slice(TWO, name="local")], version=(1, 35))
+    chains = parse(content)["chains"]
+    assert chains[f"external-{chain_hash('default/web/tcp/http')}-default/web/tcp/http"][0] == (
+        "jump mark-for-masquerade")
+    assert 'fib saddr type local jump mark-for-masquerade comment "masquerade local traffic"' in chains[
+        f"external-{chain_hash('default/local/tcp/http')}-default/local/tcp/http"]
+    endpoint = f"{chain_hash('default/web/tcp/http__10.244.1.5/8080')}-default/web/tcp/http__10.244.1.5/8080"
+    assert chains[f"endpoint-{endpoint}"] == ["ip saddr 10.244.1.5 jump mark-for-masquerade",
+                                              f"update @affinity-{endpoint} {{ ip saddr }}",
+                                              "meta l4proto tcp dnat to 10.244.1.5:8080"]
+
+
+@pytest.mark.parametrize("version", [(1, 33), (1, 38), "1.37", None])
+def test_only_the_rendered_releases_are_accepted(version):
+    with pytest.raises(ValueError, match="version"):
+        nftables_state([WEB], [], NODE, NODE_IPS, version=version)
