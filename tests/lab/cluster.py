@@ -138,10 +138,15 @@ def recipe_digest(kubernetes: str, components: tuple[str, ...] = COMPONENTS, etc
     return hashlib.sha256(recipe.encode()).hexdigest()[:16]
 
 
+def release_key(release: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in release.split("."))
+
+
 def kube_proxy_versions() -> tuple[str, ...]:
-    """Every kube-proxy version the lab proves: the cluster's own, then the older ones (newest first)."""
-    return (version(), *sorted((v for v in OLDER_KUBE_PROXIES if v != version()),
-                               key=lambda v: tuple(int(part) for part in v.split(".")), reverse=True))
+    """Every kube-proxy version the lab proves: the cluster's own, then those of OLDER_KUBE_PROXIES
+    older than it (newest first; a kube-proxy newer than the API server is not supported)."""
+    older = (release for release in OLDER_KUBE_PROXIES if release_key(release) < release_key(version()))
+    return (version(), *sorted(older, key=release_key, reverse=True))
 
 
 def build_all() -> list[Path]:

@@ -61,3 +61,14 @@ def test_node_addresses_and_images(monkeypatch, tmp_path):
     assert sorted(images) == ["registry.k8s.io/kube-proxy:v1.34.4", "registry.k8s.io/kube-proxy:v1.37.2"]
     assert images["registry.k8s.io/kube-proxy:v1.34.4"]["files"] == {
         "/usr/local/bin/kube-proxy": "/var/lib/kubeipvs-lab/k8s/v1.34.4/kube-proxy"}
+
+
+def test_the_older_kube_proxies_proven_are_those_older_than_the_cluster(monkeypatch):
+    monkeypatch.setenv("KUBEIPVS_K8S_VERSION", "1.37.2")
+    assert cluster.kube_proxy_versions() == ("1.37.2", "1.36.3", "1.35.4", "1.34.4")
+    monkeypatch.setenv("KUBEIPVS_K8S_VERSION", "v1.35.4")
+    assert cluster.kube_proxy_versions() == ("1.35.4", "1.34.4")  # never one newer than the API server
+
+
+def test_a_kube_proxy_alone_is_another_recipe_than_the_whole_release():
+    assert cluster.recipe_digest("1.36.3", ("kube-proxy",), etcd=False) != cluster.recipe_digest("1.36.3")
