@@ -205,12 +205,27 @@ def differences(real, ours):
             if line[:1] in "+-" and not line.startswith(("---", "+++"))]
 
 
+def first_sync_done(cluster, tries=90):
+    """Until node1's kube-proxy says it is healthy (every family's proxier has synced) and its sync
+    metric counts a sync: its pod is Ready as soon as it runs (kubeadm's DaemonSet has no readiness
+    probe), and on a loaded machine the first sync may come seconds later."""
+    probe = ("curl -fsS -m 2 http://127.0.0.1:10256/healthz >/dev/null && curl -fsS -m 2 "
+             "http://127.0.0.1:10249/metrics | grep -E '^kubeproxy_sync_proxy_rules_duration_seconds_count' || true")
+    for _attempt in range(tries):
+        counts = [float(line.split()[-1]) for line in in_node(cluster, probe).splitlines() if line.strip()]
+        if counts and min(counts) >= 1:
+            return
+        time.sleep(1)
+    raise AssertionError("kube-proxy did not finish its first sync")
+
+
 def start_kube_proxy(cluster, mode, dump, version):
-    """kubeadm's kube-proxy ``version`` in ``mode`` on every node, waited for until Ready (its first
-    sync done); node1's ``dump`` once it stops changing."""
+    """kubeadm's kube-proxy ``version`` in ``mode`` on every node, waited for until Ready and its
+    first sync done; node1's ``dump`` once it stops changing."""
     config = KUBEADM_CONFIG_IN_A_NAMESPACE.replace('mode: ""', f"mode: {mode}")
     assert f"mode: {mode}" in config
     seed_kubeadm_kube_proxy(cluster, config_text=config, image=KUBE_PROXY_IMAGES[version])
+    first_sync_done(cluster)
     return steady(lambda: dump(lambda command: in_node(cluster, command)))
 
 
