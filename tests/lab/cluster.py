@@ -475,13 +475,17 @@ class ControlPlane:
             return status, text
 
     def apply(self, objects: list[dict]) -> None:
-        """Server-side apply of ``objects`` as the lab's administrator (field manager kubeipvs-lab)."""
+        """Server-side apply of ``objects`` as the lab's administrator (field manager kubeipvs-lab);
+        a ``status`` given (a LoadBalancer's ingress IPs, as its controller would write them) is
+        applied to the status subresource after the object."""
         for obj in objects:
-            status, body = self.request(object_path(obj) + "?fieldManager=kubeipvs-lab&force=true", "PATCH", obj,
-                                        "application/apply-patch+yaml")
-            if status >= 300:
-                raise LabError(f"applying {obj['kind']} {obj['metadata'].get('namespace', '')}/"
-                               f"{obj['metadata']['name']} failed ({status}): {body}")
+            paths = [object_path(obj)] + ([object_path(obj) + "/status"] if obj.get("status") else [])
+            for path in paths:
+                status, body = self.request(path + "?fieldManager=kubeipvs-lab&force=true", "PATCH", obj,
+                                            "application/apply-patch+yaml")
+                if status >= 300:
+                    raise LabError(f"applying {obj['kind']} {obj['metadata'].get('namespace', '')}/"
+                                   f"{obj['metadata']['name']} ({path}) failed ({status}): {body}")
 
     def delete(self, objects: list[dict]) -> None:
         for obj in objects:
