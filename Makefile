@@ -28,7 +28,7 @@ export ANSIBLE_FORCE_COLOR := False
 export ANSIBLE_NOCOLOR := True
 export PY_COLORS := 0
 
-.PHONY: help setup apt venv collection k8s test unit pytest sanity lint docs-check molecule build-collection \
+.PHONY: help setup apt venv collection k8s test unit pytest sanity lint docs-check molecule build-collection bench-switch \
 	lab-up lab-down lab-ssh lab-status demo bench-ipvs clean
 
 help: ## list the targets
@@ -152,6 +152,15 @@ demo: setup k8s ## the main job on the lab cluster: site.yml to IPVS mode, traff
 	$(BIN)/ansible-playbook -i .lab/inventory.yml tests/lab/demo/site.yml -e @tests/lab/demo/vars.yml \
 		-e kube_proxy_kubeconfig=$(CURDIR)/.lab/k8s/admin.kubeconfig -e lab_demo_state=$(CURDIR)/.lab
 	@echo "demo: the lab is still up; 'make lab-ssh' to look around, 'make lab-down' to stop it"
+
+BENCH_SWITCH_ARGS ?= --services 2000 --endpoints 5
+bench-switch: setup k8s ## the rolling switch at scale on a 3-node lab (BENCH_SWITCH_ARGS=...): ipvs -> nftables -> ipvs, ~40 min
+	$(LAB) up --nodes 3
+	$(CLUSTER) up
+	$(CLUSTER) join
+	@mkdir -p $(BUILD)
+	$(BIN)/python bench/switch_bench.py $(BENCH_SWITCH_ARGS) | tee $(BUILD)/switch-bench.json \
+		&& status=0 || status=$$?; $(CLUSTER) down; $(LAB) down; exit $$status
 
 # The IPVS benchmark needs a kernel with IPVS: it runs in a lab VM of its own (more memory than the
 # test lab, so 50k services fit), with the collection and pyroute2 (its naive reference) copied in.
