@@ -255,7 +255,7 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_cat
     IPVS_SCHEDULERS,
     PROXY_MODES,
     RENDERED_VERSIONS,
-    image_version,
+    image_tag,
     parse_version,
     rendered_version,
 )
@@ -292,29 +292,36 @@ def service_cidrs_from_api(client):
     return sorted({str(cidr) for obj in objects for cidr in ((obj.get("spec") or {}).get("cidrs") or [])})
 
 
-def kube_proxy_version(client, given, namespace, name):
-    """``(version text, source)`` of the kube-proxy to render for: the option, else the image tag of
-    the DaemonSet ``namespace``/``name``, else the API server's version."""
-    if given:
-        if parse_version(given) is None:
-            raise KubeIpvsError(f"kube_proxy_version {given!r} is not a Kubernetes version; give it as v1.34.4 or 1.34")
-        return given.strip().lstrip("v"), "option"
+def daemonset_tag(client, namespace, name):
+    """The image tag of the DaemonSet's ``kube-proxy`` container (else of its first container whose
+    tag is a version); None without such a DaemonSet, or one the credentials may not read."""
     try:
         daemonset = client.get("DaemonSet", name, namespace) or {}
     except KubeApiError as error:
         if error.status not in (401, 403):
             raise
-        daemonset = {}
+        return None
     containers = ((((daemonset.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or [])
-    for container in containers:
-        if isinstance(container, dict) and image_version(container.get("image")):
-            return str(container["image"]).split("@", 1)[0].rpartition(":")[2].lstrip("v"), "daemonset"
-    server = str((client.version() or {}).get("gitVersion") or "")
-    if parse_version(server) is None:
+    containers = sorted((c for c in containers if isinstance(c, dict)), key=lambda c: c.get("name") != "kube-proxy")
+    tags = [image_tag(container.get("image")) for container in containers]
+    return next((tag for tag in tags if parse_version(tag)), None)
+
+
+def kube_proxy_version(client, given, namespace, name, server):
+    """``(version text, (major, minor, patch), source)`` of the kube-proxy to render for: ``given``
+    (already checked), else the image tag of the DaemonSet ``namespace``/``name``, else ``server``
+    (the API server's gitVersion)."""
+    found, source = given, "option"
+    if not given:
+        found, source = daemonset_tag(client, namespace, name), "daemonset"
+        if parse_version(found) is None:
+            found, source = server, "server"
+    parsed = parse_version(found)
+    if parsed is None:
         raise KubeIpvsError(f"cannot tell which kube-proxy the cluster runs (the API server reports version {server!r} "
                             f"and there is no {namespace}/{name} DaemonSet with a versioned image); "
                             "pass kube_proxy_version")
-    return server.lstrip("v"), "server"
+    return found.strip().lstrip("v"), parsed, source
 
 
 def render(params, services, slices, node_ips, service_cidrs=(), version=RENDERED_VERSIONS[-1]):
@@ -360,17 +367,21 @@ def compute(module):
     DNS1123_SUBDOMAIN.check(params["node_name"], "node_name")
     DNS1123_SUBDOMAIN.check(params["daemonset_name"], "daemonset_name")
     DNS1123_LABEL.check(params["daemonset_namespace"], "daemonset_namespace")
+    given = params["kube_proxy_version"]
+    if given and parse_version(given) is None:
+        raise KubeIpvsError(f"kube_proxy_version {given!r} is not a Kubernetes version; give it as v1.34.4 or 1.34")
     client = client_from_module(module)
-    version, source = kube_proxy_version(client, params["kube_proxy_version"], params["daemonset_namespace"],
-                                         params["daemonset_name"])
+    server = str((client.version() or {}).get("gitVersion") or "")
+    version, parsed, source = kube_proxy_version(client, given, params["daemonset_namespace"],
+                                                 params["daemonset_name"], server)
     node_ips = params["node_ips"] or node_ips_from_api(client, params["node_name"])
     services = client.list("Service")
     slices = client.list("EndpointSlice")
     service_cidrs = params["service_cidrs"]
     if service_cidrs is None and params["mode"] == "nftables":
         service_cidrs = service_cidrs_from_api(client)
-    rendered = rendered_version(parse_version(version))
-    if rendered != parse_version(version)[:2]:
+    rendered = rendered_version(parsed)
+    if rendered != parsed[:2]:
         module.warn(f"kube-proxy v{version} ({source}) is outside the releases rendered exactly "
                     f"(v{'.'.join(map(str, RENDERED_VERSIONS[0]))} to v{'.'.join(map(str, RENDERED_VERSIONS[-1]))}); "
                     f"rendering it as v{'.'.join(map(str, rendered))}")
@@ -378,8 +389,7 @@ def compute(module):
         state = render(params, services, slices, node_ips, service_cidrs or (), rendered)
     except ValueError as error:
         raise KubeIpvsError(str(error)) from None
-    server = client.version() or {}
-    state.update(changed=False, node_ips=node_ips, kubernetes_version=server.get("gitVersion", ""),
+    state.update(changed=False, node_ips=node_ips, kubernetes_version=server,
                  kube_proxy_version=version, kube_proxy_version_source=source)
     return state
 

@@ -174,14 +174,12 @@ def parse_version(text):
     return int(match.group(1)), int(match.group(2)), int(match.group(3) or 0)
 
 
-def image_version(image):
-    """The version in a container image's tag (``registry/kube-proxy:v1.34.4[@sha256:...]``), None
-    when the tag is no version (a digest alone, ``latest``, a custom tag)."""
+def image_tag(image):
+    """The tag of a container image reference (``registry:5000/kube-proxy:v1.34.4[@sha256:...]``
+    -> ``v1.34.4``), None when it has none (a digest alone, or the colon is a registry's port)."""
     reference = str(image or "").split("@", 1)[0]
     name, _sep, tag = reference.rpartition(":")
-    if not name or "/" in tag:  # no tag: the colon was a registry port
-        return None
-    return parse_version(tag)
+    return tag if name and "/" not in tag else None
 
 
 def rendered_version(version):

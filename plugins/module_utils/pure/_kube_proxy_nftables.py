@@ -63,6 +63,8 @@ HAIRPIN_SET = "hairpin-connections"
 # mark inline and masquerades hairpin traffic through HAIRPIN_SET.
 MARK_MASQ_CHAIN = "mark-for-masquerade"
 MARK_CHAIN_RELEASE = (1, 36)
+# Since v1.37 a Service port with one endpoint (and no affinity) is a plain DNAT, not a numgen map.
+SINGLE_DNAT_RELEASE = (1, 37)
 
 # Base chains: (name, type, hook, priority), in upstream's order. kube-proxy asks for "dstnat-10"
 # and friends; nft accepts the names dstnat/srcnat only on some hooks and lists the others as
@@ -312,7 +314,7 @@ def write_service_to_endpoint_dnats(table, sp, chain, endpoints, version):
     """writeServiceToEndpointDNATs: a ``numgen`` map of the endpoints; since v1.37 one endpoint is a
     plain DNAT."""
     protocol = sp.protocol.lower()
-    if len(endpoints) == 1 and version >= (1, 37):
+    if len(endpoints) == 1 and version >= SINGLE_DNAT_RELEASE:
         table.rule(chain, f"meta l4proto {protocol} dnat to {endpoint_text(endpoints[0])}")
         return
     targets = ", ".join(f"{index} : {endpoint.address} . {endpoint.port}" for index, endpoint in enumerate(endpoints))

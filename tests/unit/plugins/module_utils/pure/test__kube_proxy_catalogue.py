@@ -10,7 +10,7 @@ import pytest
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_catalogue import (
     RENDERED_VERSIONS,
     check_version,
-    image_version,
+    image_tag,
     parse_version,
     rendered_version,
 )
@@ -35,7 +35,7 @@ def test_parse_version(text, expected):
     ("", None), (None, None),
 ])
 def test_image_version(image, expected):
-    assert image_version(image) == expected
+    assert parse_version(image_tag(image)) == expected
 
 
 def test_rendered_version_is_the_release_itself_or_the_nearest_proven_one():
