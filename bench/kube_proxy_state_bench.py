@@ -6,7 +6,8 @@
 A synthetic cluster of N Services (10% NodePort) x E ready endpoints spread over 3 nodes, written as
 the API's list responses (JSON). For each mode, in a fresh Python process each: the floor - decoding
 those two lists, which every run pays - and the module's ``render`` of node1 from the decoded
-lists (CPU seconds, and the process's peak RSS). Prints CPU ratios render / floor.
+lists (CPU seconds, and the process's peak RSS). Prints CPU ratios render / floor, and the size of
+the task's result inline against its size with state files (``dest``) and the files' own size.
 No API server, no node: this is the controller-side work of one node's kube_proxy_state task
 before Ansible handles its result."""
 
@@ -44,8 +45,20 @@ if what != "floor":
     state = render(params, services, slices, ["192.168.0.1"], ["10.96.0.0/12"])
     render_cpu = cpu() - started
     assert state["cluster_ip_ports"], state["counts"]
-print(json.dumps({"floor_cpu": floor, "render_cpu": render_cpu,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+sizes = {}
+if what != "floor":
+    # what the task's result carries inline, against state files (kube_proxy_state's dest)
+    import os, tempfile
+    from ansible_collections.kubeipvs.node.plugins.modules.kube_proxy_state import to_state_files
+    sizes["result_inline_mb"] = len(json.dumps(state)) / 1e6
+    with tempfile.TemporaryDirectory() as dest:
+        started = cpu()
+        with_files = to_state_files(state, dest)
+        sizes["files_cpu"] = cpu() - started
+        sizes["result_with_files_mb"] = len(json.dumps(with_files)) / 1e6
+        sizes["files_mb"] = sum(os.path.getsize(os.path.join(dest, name)) for name in os.listdir(dest)) / 1e6
+print(json.dumps(dict(sizes, floor_cpu=floor, render_cpu=render_cpu, peak_rss_mb=peak_rss_mb)))
 """
 
 
@@ -105,6 +118,9 @@ def main():
             report["modes"][mode] = median
             print(f"  {'render, ' + mode:34} {median['render_cpu']:7.2f} s  {median['render_cpu'] / floor:5.1f}x floor"
                   f"  peak RSS {median['peak_rss_mb']:6.0f} MB")
+            print(f"  {'':34} result {median['result_inline_mb']:6.1f} MB inline; with dest "
+                  f"{median['result_with_files_mb']:5.2f} MB + files {median['files_mb']:5.2f} MB gzip, "
+                  f"written in {median['files_cpu']:.2f} s")
         print(json.dumps(report))
 
 

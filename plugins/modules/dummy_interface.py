@@ -19,6 +19,7 @@ description:
   - Refuses to touch an existing link of another type.
   - Talks to the kernel through hand-packed rtnetlink messages; needs no Python library on the node.
 extends_documentation_fragment:
+  - kubeipvs.node.state_src
   - kubeipvs.node.attributes
 options:
   name:
@@ -47,6 +48,8 @@ options:
     default: present
 seealso:
   - module: kubeipvs.node.ipvs_sync
+notes:
+  - O(state_src) may hold O(addresses).
 """
 
 EXAMPLES = r"""
@@ -95,8 +98,9 @@ address_count:
 import contextlib
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, ansible_module, run_module
+from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._links import IFF_BROADCAST, LinkKernel
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._state_files import state_module
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import HOST_PREFIX
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._links import (
     IFF_NOARP,
@@ -172,8 +176,9 @@ def converge(module, links, name, wanted):
 
 
 def main():
-    module = ansible_module(
+    module = state_module(
         AnsibleModule,
+        state_options=("addresses",),
         argument_spec=dict(
             name=dict(type="str", default="kube-ipvs0"),
             addresses=dict(type="list", elements="str", default=[]),

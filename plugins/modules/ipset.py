@@ -31,6 +31,7 @@ description:
   - Every member and option is whitelisted first (no control characters, interface names for
     C(hash:net,iface), marks 0-0xffffffff, O(hashsize) and O(maxelem) at least 1, ascending ranges).
 extends_documentation_fragment:
+  - kubeipvs.node.state_src
   - kubeipvs.node.attributes
 options:
   name:
@@ -169,6 +170,7 @@ options:
     choices: [present, absent]
     default: present
 notes:
+  - O(state_src) may hold O(sets).
   - Requires the C(ipset) tool on the node. Sets live in the network namespace the module runs in.
 """
 
@@ -268,10 +270,11 @@ changed_sets:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kubeipvs.node.plugins.module_utils._errors import ansible_module, run_module
+from ansible_collections.kubeipvs.node.plugins.module_utils._errors import run_module
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._commands import Commands
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._files import read_text
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._ipset import Ipsets
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._state_files import state_module
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure import _ipset as ipset_lib
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._results import many_diff
 
@@ -337,8 +340,9 @@ SET_OPTIONS = {
 
 
 def build_module():
-    return ansible_module(
+    return state_module(
         AnsibleModule,
+        state_options=("sets",),
         argument_spec={
             "name": {"type": "str"},
             "sets": {

@@ -30,6 +30,7 @@ description:
   - Uses the node's iptables backend (nf_tables or legacy) - the one that already holds C(KUBE-)
     chains, else the one C(iptables) points to.
 extends_documentation_fragment:
+  - kubeipvs.node.state_src
   - kubeipvs.node.attributes
 options:
   table:
@@ -146,6 +147,7 @@ options:
     choices: [present, absent]
     default: present
 notes:
+  - O(state_src) may hold O(chains).
   - Requires iptables (1.8 or later) and C(unshare) from util-linux (the validating round trip).
 """
 
@@ -227,9 +229,10 @@ commands:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, ansible_module, run_module
+from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._commands import Commands
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._iptables import Iptables
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._state_files import state_module
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure import _iptables as iptables_lib
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._results import many_diff
 
@@ -295,8 +298,9 @@ JUMP_OPTIONS = {
 
 
 def build_module():
-    return ansible_module(
+    return state_module(
         AnsibleModule,
+        state_options=("chains",),
         argument_spec={
             "table": {"type": "str", "choices": list(iptables_lib.BUILTIN_CHAINS), "default": "filter"},
             "chain": {"type": "str"},

@@ -23,6 +23,7 @@ description:
   - Everything is validated before anything changes.
   - Talks to the kernel through hand-packed generic netlink messages; needs no Python library on the node.
 extends_documentation_fragment:
+  - kubeipvs.node.state_src
   - kubeipvs.node.attributes
   - kubeipvs.node.ipvs_drain
 options:
@@ -98,6 +99,8 @@ options:
 seealso:
   - module: kubeipvs.node.ipvs_service
   - module: kubeipvs.node.dummy_interface
+notes:
+  - O(state_src) may hold O(services).
 """
 
 EXAMPLES = r"""
@@ -169,10 +172,11 @@ import contextlib
 import json
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, ansible_module, run_module
+from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._ipvs_reconcile import collector_paused, reconcile
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._kmod import modprobe_for
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._links import LinkKernel
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._state_files import state_module
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipvs_input import normalize_services
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipvs_plan import (
     Scope,
@@ -293,8 +297,9 @@ def sync_paused(module):
 
 
 def main():
-    module = ansible_module(
+    module = state_module(
         AnsibleModule,
+        state_options=("services",),
         argument_spec=dict(
             services=dict(type="list", elements="dict"),
             services_file=dict(type="path"),

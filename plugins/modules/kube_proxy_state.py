@@ -112,6 +112,17 @@ options:
         reads them (none on a cluster without that API, and then no such rule).
     type: list
     elements: str
+  dest:
+    description:
+      - A directory (created when missing) to write the node modules' inputs to instead of returning them -
+        one gzip-compressed JSON file per module call, each the options that module takes from its
+        O(kubeipvs.node.ipvs_sync#module:state_src).
+        The result then holds RV(state_files), their paths, in place of RV(dummy_interface), RV(ipvs_sync), RV(ipset),
+        RV(ipsets), RV(ipset_types), RV(iptables_chain), RV(iptables_chain_unshared) and RV(nftables_tables).
+      - For a large cluster (megabytes of state per node) this keeps the state out of task arguments, results and
+        host variables - the way the mode_switch role uses it. Files of the same names are replaced; the files are
+        written in check mode too (they change nothing on a node).
+    type: path
 seealso:
   - module: kubeipvs.node.ipvs_sync
   - module: kubeipvs.node.dummy_interface
@@ -136,14 +147,14 @@ EXAMPLES = r"""
 RETURN = r"""
 dummy_interface:
   description: Input of M(kubeipvs.node.dummy_interface) - C(addresses) to bind to C(kube-ipvs0).
-  returned: when O(mode=ipvs)
+  returned: when O(mode=ipvs) and O(dest) is not given
   type: dict
   sample: {addresses: [10.96.0.1, 10.96.0.10]}
 ipset:
   description:
     - Input of M(kubeipvs.node.ipset) - C(sets), every kube-proxy ipset of every family as kube-proxy
       creates it, with exactly its members (use it with O(kubeipvs.node.ipset#module:exclusive=true)).
-  returned: when O(mode=ipvs)
+  returned: when O(mode=ipvs) and O(dest) is not given
   type: dict
   sample:
     sets:
@@ -151,7 +162,7 @@ ipset:
          members: ["10.96.0.1,tcp:443"]}
 ipvs_sync:
   description: Input of M(kubeipvs.node.ipvs_sync) - C(services), each with its C(real_servers).
-  returned: when O(mode=ipvs)
+  returned: when O(mode=ipvs) and O(dest) is not given
   type: dict
   sample:
     services:
@@ -165,7 +176,7 @@ iptables_chain:
     - With O(mode=ipvs) - the same for IPVS mode's eleven chains (KUBE-SERVICES, KUBE-NODE-PORT,
       KUBE-LOAD-BALANCER, KUBE-POSTROUTING, KUBE-MARK-MASQ, filter KUBE-FORWARD, KUBE-IPVS-FILTER, ...),
       whose rules match its ipsets; a rule whose set is empty is left out, as kube-proxy does.
-  returned: when O(mode=iptables) or O(mode=ipvs)
+  returned: when O(mode=iptables) or O(mode=ipvs), and O(dest) is not given
   type: dict
   sample: {ipv4: [{table: nat, chain: KUBE-MARK-MASQ, rules: ["-j MARK --or-mark 0x4000"], jumps: []}]}
 iptables_chain_unshared:
@@ -174,7 +185,7 @@ iptables_chain_unshared:
       KUBE-POSTROUTING, KUBE-MARK-MASQ, filter KUBE-FORWARD, KUBE-PROXY-FIREWALL) - what can be programmed
       while a kube-proxy in iptables mode still runs on the node, which rewrites those and needs its own
       KUBE-SERVICES to translate.
-  returned: when O(mode=ipvs)
+  returned: when O(mode=ipvs) and O(dest) is not given
   type: dict
   sample: {ipv4: [{table: filter, chain: KUBE-IPVS-FILTER, rules: ["-m set --match-set KUBE-CLUSTER-IP dst,dst -j RETURN"],
                    jumps: [{chain: INPUT, position: first, args: "", comment: kubernetes ipvs access filter}]}]}
@@ -182,10 +193,23 @@ nftables_tables:
   description:
     - With O(mode=nftables) - per family the table kube-proxy's nftables mode writes, as input of
       M(kubeipvs.node.nftables_table) (C(family), C(name), C(content)).
-  returned: when O(mode=nftables)
+  returned: when O(mode=nftables) and O(dest) is not given
   type: list
   elements: dict
   sample: [{family: ip, name: kube-proxy, content: "chain services { ... }"}]
+state_files:
+  description:
+    - With O(dest) - the paths of the files written, by the result key each replaces; each is the
+      O(kubeipvs.node.ipvs_sync#module:state_src) of one node-module call (C(nftables_tables) lists each table's
+      C(family) and C(name) with its C(state_src)).
+  returned: when O(dest) is given
+  type: dict
+  sample:
+    dummy_interface: /tmp/state/dummy_interface.json.gz
+    ipset: /tmp/state/ipset.json.gz
+    ipvs_sync: /tmp/state/ipvs_sync.json.gz
+    iptables_chain: {ipv4: /tmp/state/iptables_chain-ipv4.json.gz}
+    iptables_chain_unshared: {ipv4: /tmp/state/iptables_chain_unshared-ipv4.json.gz}
 mode:
   description: The mode the state was computed for.
   returned: success
@@ -198,13 +222,13 @@ kubernetes_version:
   sample: v1.34.1
 ipsets:
   description: Set name -> members as C(ipset list) prints them, for every kube-proxy set of each IP family.
-  returned: when O(mode=ipvs)
+  returned: when O(mode=ipvs) and O(dest) is not given
   type: dict
   sample: {KUBE-CLUSTER-IP: ["10.96.0.10,tcp:53"], KUBE-LOOP-BACK: ["10.244.1.5,tcp:53,10.244.1.5"],
            KUBE-NODE-PORT-TCP: ["30080"]}
 ipset_types:
   description: Set name -> ipset type, for creating the sets with M(kubeipvs.node.ipset).
-  returned: when O(mode=ipvs)
+  returned: when O(mode=ipvs) and O(dest) is not given
   type: dict
   sample: {KUBE-CLUSTER-IP: "hash:ip,port", KUBE-NODE-PORT-TCP: "bitmap:port"}
 cluster_ip_ports:
@@ -244,6 +268,8 @@ counts:
   sample: {services_read: 12, endpoint_slices_read: 14, virtual_servers: 20, real_servers: 31, addresses: 12}
 """
 
+import os
+
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, ansible_module, run_module
 from ansible_collections.kubeipvs.node.plugins.module_utils.k8s._client import (
@@ -251,6 +277,7 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.k8s._client import (
     KubeApiError,
     client_from_module,
 )
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._state_files import write_state_file
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_catalogue import (
     IPVS_SCHEDULERS,
     PROXY_MODES,
@@ -370,6 +397,8 @@ def compute(module):
     given = params["kube_proxy_version"]
     if given and parse_version(given) is None:
         raise KubeIpvsError(f"kube_proxy_version {given!r} is not a Kubernetes version; give it as v1.34.4 or 1.34")
+    if params["dest"] is not None and os.path.exists(params["dest"]) and not os.path.isdir(params["dest"]):
+        raise KubeIpvsError(f"dest {params['dest']} exists and is not a directory; name a directory for the state files")
     client = client_from_module(module)
     server = str((client.version() or {}).get("gitVersion") or "")
     version, parsed, source = kube_proxy_version(client, given, params["daemonset_namespace"],
@@ -391,7 +420,41 @@ def compute(module):
         raise KubeIpvsError(str(error)) from None
     state.update(changed=False, node_ips=node_ips, kubernetes_version=server,
                  kube_proxy_version=version, kube_proxy_version_source=source)
+    if params["dest"] is not None:
+        state = to_state_files(state, params["dest"])
     return state
+
+
+# What a task passes to each node module, by result key: (file name, the module's option).
+STATE_FILE_PARTS = {
+    "dummy_interface": ("dummy_interface", "addresses"),
+    "ipset": ("ipset", "sets"),
+    "ipvs_sync": ("ipvs_sync", "services"),
+}
+# Large results that the state files replace.
+STATE_FILE_REPLACED = ("dummy_interface", "ipset", "ipvs_sync", "ipsets", "ipset_types", "iptables_chain",
+                       "iptables_chain_unshared", "nftables_tables")
+
+
+def to_state_files(state, directory):
+    """``state`` with its module inputs written to files in ``directory`` and replaced by their paths."""
+    files = {}
+    for key, (name, option) in STATE_FILE_PARTS.items():
+        if key in state:
+            files[key] = write_state_file(directory, f"{name}.json.gz", {option: state[key][option]})
+    for key in ("iptables_chain", "iptables_chain_unshared"):
+        if key in state:
+            files[key] = {family: write_state_file(directory, f"{key}-{family}.json.gz", {"chains": chains})
+                          for family, chains in state[key].items()}
+    if "nftables_tables" in state:
+        files["nftables_tables"] = [
+            {"family": table["family"], "name": table["name"],
+             "state_src": write_state_file(directory, f"nftables_table-{table['family']}-{table['name']}.json.gz",
+                                           {"content": table["content"]})}
+            for table in state["nftables_tables"]]
+    result = {key: value for key, value in state.items() if key not in STATE_FILE_REPLACED}
+    result["state_files"] = files
+    return result
 
 
 def main():
@@ -409,6 +472,7 @@ def main():
         kube_proxy_version=dict(type="str"),
         daemonset_name=dict(type="str", default="kube-proxy"),
         daemonset_namespace=dict(type="str", default="kube-system"),
+        dest=dict(type="path"),
     )
     module = ansible_module(AnsibleModule, argument_spec=argument_spec, supports_check_mode=True)
     run_module(module, compute)

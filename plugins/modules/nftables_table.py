@@ -31,6 +31,7 @@ description:
   - Use interface names (C(iifname)), not C(iif)/C(oif) indexes, in the content - the scratch
     namespace has no interfaces but C(lo).
 extends_documentation_fragment:
+  - kubeipvs.node.state_src
   - kubeipvs.node.attributes
 options:
   family:
@@ -52,6 +53,8 @@ options:
     type: str
     choices: [present, absent]
     default: present
+notes:
+  - O(state_src) may hold O(content).
 """
 
 EXAMPLES = r"""
@@ -113,9 +116,10 @@ diff:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, ansible_module, run_module
+from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._commands import Commands
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._nftables import TableEditor
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._state_files import state_module
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._nftables import (
     TABLE_FAMILIES,
     check_content,
@@ -164,8 +168,9 @@ def nftables_table(module):
 
 
 def build_module():
-    return ansible_module(
+    return state_module(
         AnsibleModule,
+        state_options=("content",),
         argument_spec={
             "family": {"type": "str", "choices": list(TABLE_FAMILIES), "default": "ip"},
             "name": {"type": "str", "required": True},

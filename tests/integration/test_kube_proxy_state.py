@@ -11,8 +11,14 @@ counts like any other."""
 
 from __future__ import annotations
 
+import gzip
+import json
+import secrets
+import sys
+
+import pytest
 from kube_cluster import READER_TOKEN
-from kube_fixtures import lab_cluster, seed_kubeadm_kube_proxy
+from kube_fixtures import ANSIBLE_PLAYBOOK, lab_cluster, run_ansible, seed_kubeadm_kube_proxy
 
 SERVICES = 620  # more than one page of the client's list (500), so pagination is exercised
 KUBERNETES = "10.96.0.1"  # the default/kubernetes Service
@@ -261,3 +267,91 @@ def test_which_kube_proxy_is_rendered_for(cluster):
     assert not from_daemonset.get("warnings"), from_daemonset
     assert bad["failed"] and "kube_proxy_version 'latest' is not a Kubernetes version" in bad["msg"], bad
     assert not cluster.writes()
+
+
+def gzip_json(path):
+    with gzip.open(path) as handle:
+        return json.load(handle)
+
+
+def paths_in(value):
+    if isinstance(value, dict):
+        return [path for key, item in value.items() if key not in ("family", "name") for path in paths_in(item)]
+    if isinstance(value, list):
+        return [path for item in value for path in paths_in(item)]
+    return [value]
+
+
+def netns_playbook(netns, tmp_path, tasks, *options):
+    """``tasks`` run by ansible-playbook inside ``netns`` (no API there: only state files); their results."""
+    playbook = tmp_path / f"netns-play-{secrets.token_hex(4)}.yml"
+    playbook.write_text(json.dumps([{"hosts": "localhost", "gather_facts": False, "tasks": tasks}]))
+    command = ["ip", "netns", "exec", netns.name, str(ANSIBLE_PLAYBOOK), "-i", "localhost,", "-c", "local",
+               str(playbook), "-e", json.dumps({"ansible_python_interpreter": sys.executable}), *options]
+    return run_ansible(command, tmp_path)
+
+
+def programming_tasks(state, source):
+    """The node-module tasks that program ``state`` (a kube_proxy_state result), from its state files
+    (``source="files"``) or from its inline keys, as the mode_switch role did before state files."""
+    tasks = []
+    if state["mode"] == "ipvs":
+        sets = {"state_src": state["state_files"]["ipset"]} if source == "files" else {"sets": state["ipset"]["sets"]}
+        tasks.append({"kubeipvs.node.ipset": dict(sets, exclusive=True)})
+    if state["mode"] in ("ipvs", "iptables"):  # an empty node: all chains (none of iptables mode's to keep)
+        for family in ("ipv4", "ipv6"):
+            chains = ({"state_src": state["state_files"]["iptables_chain"][family]} if source == "files"
+                      else {"chains": state["iptables_chain"][family]})
+            tasks.append({"kubeipvs.node.iptables_chain": dict(chains, family=family)})
+    else:
+        for table in state["state_files"]["nftables_tables"] if source == "files" else state["nftables_tables"]:
+            content = {"state_src": table["state_src"]} if source == "files" else {"content": table["content"]}
+            tasks.append({"kubeipvs.node.nftables_table": dict(content, family=table["family"], name=table["name"])})
+    return tasks
+
+
+@pytest.mark.parametrize("mode", ["ipvs", "iptables", "nftables"])
+def test_state_files_program_a_node_as_the_inline_state_does(cluster, netns, tmp_path, mode):
+    """kube_proxy_state with ``dest`` writes each node module's input as a compressed file and returns
+    only their paths; the node modules given those files (shipped by their action plugins) program a
+    real kernel exactly as the inline state does, check mode first, and echo only the path back."""
+    varied_services(cluster)
+    common = {"node_name": "node1", "node_ips": ["192.0.2.11", "2001:db8::11"], "mode": mode,
+              "cluster_cidr": "10.244.0.0/16", "ip_families": ["ipv4", "ipv6"]}
+    dest = tmp_path / "state" / mode
+    inline, files = cluster.modules([("kube_proxy_state", common), ("kube_proxy_state", dict(common, dest=str(dest)))])
+    assert not inline.get("failed") and not files.get("failed"), (inline, files)
+    replaced = {"dummy_interface", "ipvs_sync", "ipset", "ipsets", "ipset_types", "iptables_chain",
+                "iptables_chain_unshared", "nftables_tables"}
+    assert not replaced & set(files), sorted(files)
+    assert {key: value for key, value in inline.items() if key not in replaced | {"invocation"}} == {
+        key: value for key, value in files.items() if key not in ("state_files", "invocation")}
+    written = files["state_files"]
+    if mode == "ipvs":
+        assert gzip_json(written["ipvs_sync"]) == {"services": inline["ipvs_sync"]["services"]}
+        assert gzip_json(written["dummy_interface"]) == {"addresses": inline["dummy_interface"]["addresses"]}
+        assert gzip_json(written["ipset"]) == {"sets": inline["ipset"]["sets"]}
+    for key in ("iptables_chain", "iptables_chain_unshared"):
+        if key in inline:
+            assert {family: gzip_json(path)["chains"] for family, path in written[key].items()} == inline[key]
+    if mode == "nftables":
+        assert [{"family": table["family"], "name": table["name"], "content": gzip_json(table["state_src"])["content"]}
+                for table in written["nftables_tables"]] == inline["nftables_tables"]
+    assert sorted(str(path) for path in dest.iterdir()) == sorted(paths_in(written))  # no scratch file left
+
+    from_files, from_inline = programming_tasks(files, "files"), programming_tasks(inline, "inline")
+    checked = netns_playbook(netns, tmp_path, from_files, "--check")
+    outcomes = [(result["changed"], bool(result.get("failed"))) for result in checked]
+    assert outcomes == [(True, False)] * len(from_files), [
+        {key: result.get(key) for key in ("changed", "failed", "msg", "invocation")} for result in checked]
+    assert netns.sh("nft list ruleset") == "" or mode != "nftables"  # check mode wrote nothing
+    applied = netns_playbook(netns, tmp_path, from_files)
+    assert all(result["changed"] and not result.get("failed") for result in applied), applied
+    for task, result in zip(from_files, applied, strict=True):
+        (args,) = task.values()
+        echoed = result["invocation"]["module_args"]
+        assert echoed["state_src"] == args["state_src"]  # the path the task gave, not the state it holds
+        assert not any(echoed.get(option) for option in ("sets", "chains", "content")), echoed
+    # the inline state and the files again: nothing left to change either way
+    again = netns_playbook(netns, tmp_path, from_inline + from_files)
+    assert not any(result["changed"] or result.get("failed") for result in again), again
