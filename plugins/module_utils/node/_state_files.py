@@ -30,7 +30,11 @@ STATE_SRC_SPEC = {"type": "path"}
 
 
 def write_state_file(directory, name, options):
-    """Write ``options`` to ``directory/name`` atomically (readable by the owner only); its path."""
+    """Write ``options`` to ``directory/name`` atomically; its path.
+
+    A missing directory is made for the owner alone (0700); the file itself is readable by anyone who
+    may enter the directory (0644), so an action plugin that runs as the controller's user reads what
+    the module wrote as root (``become`` on a task delegated to the controller)."""
     path = os.path.join(directory, name)
     data = gzip.compress(json.dumps(options, separators=(",", ":")).encode(), compresslevel=COMPRESS_LEVEL, mtime=0)
     try:
@@ -39,6 +43,7 @@ def write_state_file(directory, name, options):
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
+                os.fchmod(handle.fileno(), 0o644)
             os.replace(scratch, path)
         except BaseException:
             os.unlink(scratch)

@@ -30,6 +30,9 @@ def failure(capsys, module_file, **args):
 def test_options_come_from_a_gzip_or_plain_file_with_the_spec_s_defaults(tmp_path):
     compressed = write_state_file(str(tmp_path / "state"), "ipset.json.gz", {"sets": SETS})
     assert gzip.decompress((tmp_path / "state" / "ipset.json.gz").read_bytes()).startswith(b'{"sets":')
+    assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700  # made for the owner alone
+    assert (tmp_path / "state" / "ipset.json.gz").stat().st_mode & 0o777 == 0o644  # the controller's user reads it
+    assert [path.name for path in (tmp_path / "state").iterdir()] == ["ipset.json.gz"]  # no scratch file left
     plain = tmp_path / "ipset.json"
     plain.write_text(json.dumps({"sets": SETS}))
     for path in (compressed, str(plain)):
