@@ -93,13 +93,19 @@ def switch(env, target):
 
 
 def kube_proxy_state(env, mode):
-    """The controller's computation for one node alone, as the switch runs it (localhost)."""
-    args = [str(ROOT / ".venv" / "bin" / "ansible"), "localhost", "-c", "local", "-m", "kubeipvs.node.kube_proxy_state",
-            "-a", json.dumps({"kubeconfig": str(STATE / "k8s" / "admin.kubeconfig"), "node_name": "node1",
-                              "mode": mode, "cluster_cidr": "10.244.0.0/16"})]
-    measured, output = timed(args, env)
-    counts = output[output.index("{"):] if "{" in output else "{}"
-    measured["counts"] = json.loads(counts).get("counts")
+    """The controller's computation for one node alone, as the switch runs it (localhost, state files)."""
+    with tempfile.TemporaryDirectory(prefix="kubeipvs-bench-state-") as dest:
+        args = [str(ROOT / ".venv" / "bin" / "ansible"), "localhost", "-c", "local", "-m",
+                "kubeipvs.node.kube_proxy_state",
+                "-a", json.dumps({"kubeconfig": str(STATE / "k8s" / "admin.kubeconfig"), "node_name": "node1",
+                                  "mode": mode, "cluster_cidr": "10.244.0.0/16", "dest": dest})]
+        measured, output = timed(args, env)
+    # the one-line form: "localhost | SUCCESS => {...}"
+    _host, _arrow, document = output.partition("=>")
+    try:
+        measured["counts"] = json.JSONDecoder().raw_decode(document.strip())[0].get("counts")
+    except ValueError:
+        measured["counts"] = None
     return measured
 
 

@@ -120,8 +120,9 @@ options:
         The result then holds RV(state_files), their paths, in place of RV(dummy_interface), RV(ipvs_sync), RV(ipset),
         RV(ipsets), RV(ipset_types), RV(iptables_chain), RV(iptables_chain_unshared) and RV(nftables_tables).
       - For a large cluster (megabytes of state per node) this keeps the state out of task arguments, results and
-        host variables - the way the mode_switch role uses it. Files of the same names are replaced; the files are
-        written in check mode too (they change nothing on a node).
+        host variables - the way the mode_switch role uses it. Files of the same names are replaced.
+      - The only write of this module - on the controller, in check mode too (the files change nothing on a
+        node, and a check run of the node modules needs them); the result is still C(changed=false).
     type: path
 seealso:
   - module: kubeipvs.node.ipvs_sync

@@ -17,10 +17,14 @@ import os
 
 from ansible.errors import AnsibleError
 from ansible.plugins.action import ActionBase
+from ansible.utils.vars import merge_hash
 
 
 class StateSrcAction(ActionBase):
     """Action plugin of a node module that takes some of its options from a ``state_src`` file."""
+
+    _supports_check_mode = True
+    _supports_async = True
 
     def _early_needs_tmp_path(self):
         return self._task.args.get("state_src") is not None
@@ -28,28 +32,32 @@ class StateSrcAction(ActionBase):
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         del tmp  # not used since ansible-core 2.5
+        wrap_async = self._task.async_val and not self._connection.has_native_async
         module_args = dict(self._task.args)
         source = module_args.get("state_src")
-        if source is None:
-            result.update(self._execute_module(module_args=module_args, task_vars=task_vars))
-            return result
-        try:
-            if not isinstance(source, str):
-                raise AnsibleError(f"state_src must be a path on the controller, not {type(source).__name__}")
-            local = self._find_needle("files", os.path.expanduser(source))
+        if source is not None:
+            try:
+                if not isinstance(source, str):
+                    raise AnsibleError(f"state_src must be a path on the controller, not {type(source).__name__}")
+                local = self._find_needle("files", os.path.expanduser(source))
+            except AnsibleError as error:
+                self._remove_tmp_path(self._connection._shell.tmpdir)
+                return merge_hash(result, {"failed": True, "msg": f"state_src {source}: {error.message}"})
             if not self._connection._shell.tmpdir:
                 self._make_tmp_path()
             remote = self._connection._shell.join_path(self._connection._shell.tmpdir, "state_src.json.gz")
             self._transfer_file(local, remote)
             self._fixup_perms2((self._connection._shell.tmpdir, remote))
             module_args["state_src"] = remote
-            result.update(self._execute_module(module_args=module_args, task_vars=task_vars))
-            # the result names the file the task gave, not the temporary copy that is gone
-            module_args_echo = result.get("invocation", {}).get("module_args")
-            if isinstance(module_args_echo, dict) and "state_src" in module_args_echo:
-                module_args_echo["state_src"] = source
-        except AnsibleError as error:
-            result.update(failed=True, msg=f"state_src {source}: {error.message}")
-        finally:
+        result = merge_hash(result, self._execute_module(module_args=module_args, task_vars=task_vars,
+                                                         wrap_async=wrap_async))
+        if source is not None:
+            # the result names the file the task gave, not the temporary copy that goes with the task
+            echoed = result.get("invocation", {}).get("module_args")
+            if isinstance(echoed, dict) and "state_src" in echoed:
+                echoed["state_src"] = source
+            if isinstance(result.get("msg"), str):
+                result["msg"] = result["msg"].replace(remote, source)
+        if not wrap_async:
             self._remove_tmp_path(self._connection._shell.tmpdir)
         return result

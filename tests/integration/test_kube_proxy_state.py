@@ -355,3 +355,9 @@ def test_state_files_program_a_node_as_the_inline_state_does(cluster, netns, tmp
     # the inline state and the files again: nothing left to change either way
     again = netns_playbook(netns, tmp_path, from_inline + from_files)
     assert not any(result["changed"] or result.get("failed") for result in again), again
+    # as an async task; and a file that is not there fails the task, naming it
+    first_async = dict(from_files[0], **{"async": 60, "poll": 1})
+    missing = {key: dict(args, state_src=str(tmp_path / "absent.json.gz")) for key, args in from_files[0].items()}
+    in_background, not_there = netns_playbook(netns, tmp_path, [first_async, dict(missing, ignore_errors=True)])
+    assert not in_background["changed"] and not in_background.get("failed"), in_background
+    assert not_there["failed"] and f"state_src {tmp_path / 'absent.json.gz'}" in not_there["msg"], not_there

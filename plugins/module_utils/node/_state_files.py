@@ -83,12 +83,17 @@ def _no_constant(name):
 def state_options_from(path, state_options, argument_spec):
     """The options ``path`` holds, validated by their part of ``argument_spec``; ValueError otherwise."""
     data = read_state_file(path)
+    if not data:
+        raise ValueError(f"state_src {path} holds no option; it should hold {', '.join(state_options)}")
     unknown = sorted(set(data) - set(state_options))
     if unknown:
         raise ValueError(f"state_src {path} holds option(s) {', '.join(unknown)}; it may hold only "
                          f"{', '.join(state_options)}")
     validator = ArgumentSpecValidator({name: argument_spec[name] for name in data})
-    result = validator.validate(data)
+    try:
+        result = validator.validate(data)
+    except (OverflowError, ArithmeticError) as error:  # int() of a number too large for a float, as for task args
+        raise ValueError(f"state_src {path}: a value cannot be converted ({error}); numbers must be finite") from None
     if result.error_messages:
         raise ValueError(f"state_src {path}: {'; '.join(result.error_messages)}")
     return {name: result.validated_parameters[name] for name in data}

@@ -51,6 +51,8 @@ def test_options_come_from_a_gzip_or_plain_file_with_the_spec_s_defaults(tmp_pat
     (b'{"sets": [{"type": "hash:ip"}]}', "missing required arguments: name"),
     (b'{"sets": [{"name": "A", "maxelem": NaN}]}', "NaN is not a number"),
     (b'{"sets": "KUBE-CLUSTER-IP"}', "sets"),
+    (b"{}", "holds no option; it should hold sets"),
+    (b'{"sets": [{"name": "A", "hashsize": 1e400}]}', "numbers must be finite"),
     (b"[" * 100000 + b"]" * 100000, "nested too deeply"),
 ])
 def test_a_bad_file_fails_before_anything_is_read_from_the_node(capsys, tmp_path, content, message):
