@@ -59,8 +59,9 @@ KUBELET_FIREWALL = ("filter", "KUBE-FIREWALL")
 
 
 def _hash16(text):
-    """First 16 characters of base32(sha256(text)), as kube-proxy's portProtoHash."""
-    return base64.b32encode(hashlib.sha256(text.encode()).digest()).decode()[:16]
+    """First 16 characters of base32(sha256(text)), as kube-proxy's portProtoHash (base32 turns each
+    5 bytes into 8 characters: the first 10 bytes of the digest give the 16 characters)."""
+    return base64.b32encode(hashlib.sha256(text.encode()).digest()[:10]).decode()
 
 
 def port_proto_hash(service_port_name, protocol):
@@ -124,13 +125,15 @@ class Categorized:
 # Rendering
 
 
-def _quote(token):
-    return f'"{token}"' if (not token or " " in token) else token
-
-
 def rule(*parts):
     """One rule from tokens and token lists, quoted as iptables-restore reads it."""
-    return " ".join(_quote(str(token)) for token in _flatten(parts))
+    tokens = []
+    for part in parts:  # most parts are a token or a flat list of tokens
+        if isinstance(part, (list, tuple)):
+            tokens.extend(_flatten(part))
+        else:
+            tokens.append(part)
+    return " ".join([token if token and " " not in token else f'"{token}"' for token in map(str, tokens)])
 
 
 def _flatten(parts):

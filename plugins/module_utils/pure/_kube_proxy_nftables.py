@@ -99,8 +99,8 @@ NODEPORT_ADDRESSES = ("primary", "all")
 
 def hash_and_truncate(name):
     """kube-proxy's hashAndTruncate: the first 8 base32 characters of sha256(name), a dash, the name."""
-    digest = base64.b32encode(hashlib.sha256(name.encode()).digest()).decode()
-    name = digest[:8] + "-" + name
+    digest = base64.b32encode(hashlib.sha256(name.encode()).digest()[:5]).decode()  # 5 bytes: 8 characters
+    name = digest + "-" + name
     if len(name) > CHAIN_NAME_BASE_LENGTH_MAX:
         name = name[:CHAIN_NAME_BASE_LENGTH_MAX - 3] + "..."
     return name

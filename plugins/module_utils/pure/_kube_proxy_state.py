@@ -16,6 +16,7 @@ interfaces); IPVS mode's iptables rules are ``_kube_proxy_ipvs_iptables``'s, fro
 from __future__ import annotations
 
 import ipaddress
+import socket
 
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._dataplane import port_label
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import INET, IPV4, IPV6, KUBERNETES, family_of
@@ -39,6 +40,12 @@ def parse_ip(text):
     """A plain IP address, or None: an IPv6 scope ("fe80::1%eth0", which Python's ipaddress takes
     with any text after the '%') and control characters are never an address here."""
     text = str(text)
+    try:  # the common case, an IPv4 address as printed: from its 4 bytes, without parsing it in Python
+        packed = socket.inet_pton(socket.AF_INET, text)
+        if socket.inet_ntop(socket.AF_INET, packed) == text:
+            return ipaddress.IPv4Address(packed)
+    except (OSError, ValueError):  # ValueError: a NUL character
+        pass
     if "%" in text or control_character(text) is not None:
         return None
     try:
