@@ -5,8 +5,8 @@
 plus SERVICES Services of ENDPOINTS endpoints each (10% NodePort), site.yml to IPVS mode, canary
 requests to a ClusterIP on every node, then playbooks/switch_mode.yml to nftables mode and back to
 IPVS mode. Per switch: each node's seconds from restart to Ready and to "only the target mode
-left" (the switch's own report), the playbook's wall time and its largest process's peak RSS on
-the controller; kube_proxy_state alone per mode (wall, CPU, peak RSS); the canary requests per
+left" (the switch's own report) and its slowest tasks, the playbook's wall time and its largest
+process's peak RSS on the controller; kube_proxy_state alone per mode (wall, CPU, peak RSS); the canary requests per
 node and step. Prints one JSON document."""
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 STATE = Path(os.environ.get("KUBEIPVS_LAB_STATE", ROOT / ".lab"))
 SETUP, CANARIES = ROOT / "bench" / "switch_bench_setup.yml", ROOT / "bench" / "switch_bench_canaries.yml"
 NODES = ("node1", "node2", "node3")
+TASKS_SHOWN = 10  # per node and switch, the slowest tasks (bench/callbacks/kubeipvs_task_times.py)
 
 
 def scale_objects(services, endpoints):
@@ -85,10 +86,17 @@ def switch(env, target):
             "-e", f"kube_proxy_target_mode={target}", "-e", "mode_switch_cluster_cidr=10.244.0.0/16",
             "-e", '{"mode_switch_canary_urls": ["http://10.96.0.10/"]}',
             "-e", f"mode_switch_report_file={report_file}"]
+    task_times = STATE / f"bench-task-times-{target}.json"
+    env = dict(env, ANSIBLE_CALLBACK_PLUGINS=str(ROOT / "bench" / "callbacks"),
+               ANSIBLE_CALLBACKS_ENABLED="kubeipvs_task_times", KUBEIPVS_TASK_TIMES=str(task_times))
     measured, _output = timed(args, env)
     report = json.loads(report_file.read_text())
     keys = ("node", "status", "from", "seconds_to_ready", "seconds_to_target_only", "cluster_ip_ports")
     measured["nodes"] = [{key: node.get(key) for key in keys} for node in report["nodes"]]
+    seconds = json.loads(task_times.read_text()) if task_times.exists() else {}
+    for node in measured["nodes"]:  # where each node's time went: its slowest tasks
+        slowest = sorted(seconds.get(node["node"], {}).items(), key=lambda item: -item[1])[:TASKS_SHOWN]
+        node["slowest_tasks"] = dict(slowest)
     return measured
 
 
