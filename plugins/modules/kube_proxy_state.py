@@ -426,12 +426,8 @@ def compute(module):
     return state
 
 
-# What a task passes to each node module, by result key: (file name, the module's option).
-STATE_FILE_PARTS = {
-    "dummy_interface": ("dummy_interface", "addresses"),
-    "ipset": ("ipset", "sets"),
-    "ipvs_sync": ("ipvs_sync", "services"),
-}
+# The node module each result key is the input of (and its state file's name) -> the module's option.
+STATE_FILE_OPTIONS = {"dummy_interface": "addresses", "ipset": "sets", "ipvs_sync": "services"}
 # Large results that the state files replace.
 STATE_FILE_REPLACED = ("dummy_interface", "ipset", "ipvs_sync", "ipsets", "ipset_types", "iptables_chain",
                        "iptables_chain_unshared", "nftables_tables")
@@ -440,9 +436,9 @@ STATE_FILE_REPLACED = ("dummy_interface", "ipset", "ipvs_sync", "ipsets", "ipset
 def to_state_files(state, directory):
     """``state`` with its module inputs written to files in ``directory`` and replaced by their paths."""
     files = {}
-    for key, (name, option) in STATE_FILE_PARTS.items():
+    for key, option in STATE_FILE_OPTIONS.items():
         if key in state:
-            files[key] = write_state_file(directory, f"{name}.json.gz", {option: state[key][option]})
+            files[key] = write_state_file(directory, f"{key}.json.gz", {option: state[key][option]})
     for key in ("iptables_chain", "iptables_chain_unshared"):
         if key in state:
             files[key] = {family: write_state_file(directory, f"{key}-{family}.json.gz", {"chains": chains})
