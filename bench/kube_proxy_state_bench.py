@@ -61,6 +61,38 @@ if what != "floor":
 print(json.dumps(dict(sizes, floor_cpu=floor, render_cpu=render_cpu, peak_rss_mb=peak_rss_mb)))
 """
 
+# kube_proxy_state with ``nodes``: the cluster built once, then each node rendered and written to its files.
+MEASURE_NODES = r"""
+import json, os, resource, sys, tempfile
+def cpu():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+services_file, slices_file, mode, nodes = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+with open(services_file) as f:
+    services = json.load(f)["items"]
+with open(slices_file) as f:
+    slices = json.load(f)["items"]
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_state import Cluster
+from ansible_collections.kubeipvs.node.plugins.modules.kube_proxy_state import render, to_state_files
+started = cpu()
+cluster = Cluster(services, slices)
+del services, slices
+cluster_cpu = cpu() - started
+per_node = []
+with tempfile.TemporaryDirectory() as dest:
+    for index in range(nodes):
+        name = f"node{index % 3 + 1}" if index < 3 else f"node{index + 1}"  # the bench's endpoints are on node1-3
+        params = {"mode": mode, "node_name": name, "scheduler": "rr", "ip_families": [], "node_port_addresses": None,
+                  "cluster_cidr": "10.244.0.0/16", "masquerade_bit": 14}
+        started = cpu()
+        state = render(params, cluster, None, [f"192.168.{index // 250}.{index % 250 + 1}"], ["10.96.0.0/12"])
+        to_state_files(state, os.path.join(dest, name))
+        per_node.append(cpu() - started)
+        del state
+print(json.dumps({"cluster_cpu": cluster_cpu, "per_node_cpu": sorted(per_node)[len(per_node) // 2],
+                  "nodes_cpu": sum(per_node), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
 
 def cluster(services, endpoints):
     """The API's list responses for Services and EndpointSlices (one slice per Service)."""
@@ -85,9 +117,10 @@ def cluster(services, endpoints):
     return {"kind": "ServiceList", "items": service_items}, {"kind": "EndpointSliceList", "items": slice_items}
 
 
-def measure(services_file, slices_file, what):
+def measure(services_file, slices_file, what, nodes=None):
     env = dict(os.environ, PYTHONPATH=str(COLLECTIONS))
-    completed = subprocess.run([sys.executable, "-c", MEASURE, str(services_file), str(slices_file), what],
+    script, extra = (MEASURE, []) if nodes is None else (MEASURE_NODES, [str(nodes)])
+    completed = subprocess.run([sys.executable, "-c", script, str(services_file), str(slices_file), what, *extra],
                                capture_output=True, text=True, env=env, check=False)
     if completed.returncode != 0:
         raise SystemExit(f"{what}: {completed.stderr}")
@@ -99,6 +132,7 @@ def main():
     parser.add_argument("--services", type=int, default=20000)
     parser.add_argument("--endpoints", type=int, default=10)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--nodes", type=int, default=10, help="nodes rendered by one call (kube_proxy_state's nodes)")
     options = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="kubeipvs-bench-") as folder:
         services, slices = cluster(options.services, options.endpoints)
@@ -121,6 +155,14 @@ def main():
             print(f"  {'':34} result {median['result_inline_mb']:6.1f} MB inline; with dest "
                   f"{median['result_with_files_mb']:5.2f} MB + files {median['files_mb']:5.2f} MB gzip, "
                   f"written in {median['files_cpu']:.2f} s")
+            one_node = median["render_cpu"] + median["files_cpu"]
+            runs = sorted((measure(services_file, slices_file, mode, options.nodes) for _run in range(options.repeat)),
+                          key=lambda run: run["nodes_cpu"])
+            many = runs[len(runs) // 2]
+            report["modes"][mode]["nodes"] = dict(many, count=options.nodes)
+            print(f"  {'':34} {options.nodes} nodes in one call: cluster {many['cluster_cpu']:.2f} s once, then "
+                  f"{many['per_node_cpu']:.2f} s per node with its files ({many['per_node_cpu'] / one_node:.2f}x "
+                  f"one node alone, {many['per_node_cpu'] / floor:.1f}x floor), peak RSS {many['peak_rss_mb']:.0f} MB")
         print(json.dumps(report))
 
 

@@ -34,9 +34,37 @@ extends_documentation_fragment:
   - kubeipvs.node.k8s_auth
 options:
   node_name:
-    description: The node, as in the EndpointSlices' C(nodeName) (and the Node object's name).
+    description:
+      - The node, as in the EndpointSlices' C(nodeName) (and the Node object's name).
+      - One of O(node_name) and O(nodes) is required.
     type: str
-    required: true
+  nodes:
+    description:
+      - Several nodes in one call, instead of O(node_name) - the cluster is read, checked and parsed
+        once, and only what differs between nodes (their endpoints' locality and so the traffic
+        policies, their addresses) is worked out per node. Each node's files go to its own folder (its
+        O(nodes[].dest), else a folder of O(dest) named after it); the result is RV(nodes).
+      - Each entry is checked before the cluster is read - a bad name, a name listed twice or a bad
+        address fails the call with nothing written.
+    type: list
+    elements: dict
+    suboptions:
+      name:
+        description: The node's name, as O(node_name).
+        type: str
+        required: true
+      node_ips:
+        description: As O(node_ips), for this node. Not given - read from the Node objects (one list for all).
+        type: list
+        elements: str
+        default: []
+      node_port_addresses:
+        description: As O(node_port_addresses), for this node.
+        type: list
+        elements: str
+      dest:
+        description: The folder for this node's files (created when missing). Not given - O(dest)/O(nodes[].name).
+        type: path
   node_ips:
     description:
       - The node's IPs - the first of each family is kube-proxy's node IP (its load-balancer source
@@ -121,6 +149,8 @@ options:
         RV(ipsets), RV(ipset_types), RV(iptables_chain), RV(iptables_chain_unshared) and RV(nftables_tables).
       - For a large cluster (megabytes of state per node) this keeps the state out of task arguments, results and
         host variables - the way the mode_switch role uses it. Files of the same names are replaced.
+      - With O(nodes), one folder per node in it, named after the node - for the nodes without their own
+        O(nodes[].dest).
       - The only write of this module - on the controller, in check mode too (the files change nothing on a
         node, and a check run of the node modules needs them); the result is still C(changed=false).
     type: path
@@ -131,6 +161,17 @@ seealso:
 """
 
 EXAMPLES = r"""
+- name: The state of every node of the play, from one read of the cluster, as files
+  kubeipvs.node.kube_proxy_state:
+    nodes:
+      - name: node1
+      - name: node2
+        node_ips: [192.0.2.12]
+    mode: nftables
+    dest: /var/tmp/kube-proxy-state
+  delegate_to: localhost
+  run_once: true
+  register: kube_proxy_state
 - name: What kube-proxy would program on this node
   kubeipvs.node.kube_proxy_state:
     kubeconfig: /etc/kubernetes/admin.conf
@@ -203,7 +244,7 @@ state_files:
     - With O(dest) - the paths of the files written, by the result key each replaces; each is the
       O(kubeipvs.node.ipvs_sync#module:state_src) of one node-module call (C(nftables_tables) lists each table's
       C(family) and C(name) with its C(state_src)).
-  returned: when O(dest) is given
+  returned: when O(dest) is given without O(nodes)
   type: dict
   sample:
     dummy_interface: /tmp/state/dummy_interface.json.gz
@@ -211,6 +252,18 @@ state_files:
     ipvs_sync: /tmp/state/ipvs_sync.json.gz
     iptables_chain: {ipv4: /tmp/state/iptables_chain-ipv4.json.gz}
     iptables_chain_unshared: {ipv4: /tmp/state/iptables_chain_unshared-ipv4.json.gz}
+nodes:
+  description:
+    - With O(nodes) - per node name its RV(state_files) (in its own folder of O(dest)), RV(cluster_ip_ports),
+      RV(counts) and RV(node_ips). The other node-specific keys are not returned.
+  returned: when O(nodes) is given
+  type: dict
+  sample:
+    node1:
+      state_files: {nftables_tables: [{family: ip, name: kube-proxy, state_src: /tmp/state/node1/nftables_table-ip-kube-proxy.json.gz}]}
+      cluster_ip_ports: ["tcp/10.96.0.1:443"]
+      counts: {services_read: 12, endpoint_slices_read: 14, table_lines: 210}
+      node_ips: [192.0.2.11]
 mode:
   description: The mode the state was computed for.
   returned: success
@@ -237,7 +290,7 @@ cluster_ip_ports:
     - Every ClusterIP port of the node's Services as C(protocol/address:port) (IPv6 in brackets) - the
       spelling of RV(kubeipvs.node.dataplane_facts#module:dataplane.service_ports), so a mode switch can
       check that the node's new dataplane answers on all of them.
-  returned: success
+  returned: when O(nodes) is not given
   type: list
   elements: str
   sample: ["tcp/10.96.0.1:443", "udp/10.96.0.10:53"]
@@ -255,7 +308,7 @@ kube_proxy_version_source:
   sample: daemonset
 node_ips:
   description: The node IPs used for NodePorts.
-  returned: success
+  returned: when O(nodes) is not given
   type: list
   elements: str
   sample: [192.0.2.11]
@@ -264,7 +317,7 @@ counts:
     - Numbers of Services and EndpointSlices read, and of what the mode's state holds - in V(ipvs) mode
       virtual servers, real servers and addresses; in V(iptables) mode chains and rules (both
       families); in V(nftables) mode lines of table content.
-  returned: success
+  returned: when O(nodes) is not given
   type: dict
   sample: {services_read: 12, endpoint_slices_read: 14, virtual_servers: 20, real_servers: 31, addresses: 12}
 """
@@ -293,7 +346,12 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_ipv
     without_shared_chains,
 )
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_nftables import nftables_state
-from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_state import cluster_ip_ports, node_state
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_state import (
+    Cluster,
+    as_cluster,
+    check_node_ips,
+    node_state,
+)
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._text import DNS1123_LABEL, DNS1123_SUBDOMAIN
 
 
@@ -301,8 +359,7 @@ def node_ips_from_api(client, node_name):
     node = client.get("Node", node_name)
     if node is None:
         raise KubeIpvsError(f"node {node_name} not found in the cluster; check node_name")
-    addresses = [a.get("address") for a in (node.get("status") or {}).get("addresses") or []
-                 if a.get("type") == "InternalIP" and a.get("address")]
+    addresses = internal_ips(node)
     if not addresses:
         raise KubeIpvsError(f"node {node_name} reports no InternalIP address; pass node_ips")
     return addresses
@@ -355,14 +412,16 @@ def kube_proxy_version(client, given, namespace, name, server):
 def render(params, services, slices, node_ips, service_cidrs=(), version=RENDERED_VERSIONS[-1]):
     """The node's state in the requested mode's terms (as kube-proxy ``version``, a proven
     ``(major, minor)``, writes it - only nftables mode differs between them), plus the
-    mode-independent facts. Only the requested mode's state is computed."""
+    mode-independent facts. Only the requested mode's state is computed. ``services`` may be a
+    ``Cluster`` built once for many nodes (``slices`` is then ignored)."""
+    cluster = as_cluster(services, slices)
     mode, node_name = params["mode"], params["node_name"]
-    counts = {"services_read": len(services), "endpoint_slices_read": len(slices)}
+    counts = {"services_read": len(cluster.services), "endpoint_slices_read": len(cluster.endpoint_slices)}
     options = {"cluster_cidr": params["cluster_cidr"] or None, "masquerade_bit": params["masquerade_bit"],
                "families": params["ip_families"]}
     result = {"mode": mode, "counts": counts}
     if mode == "ipvs":
-        ipvs = node_state(services, slices, node_name, node_ips, params["scheduler"], params["ip_families"],
+        ipvs = node_state(cluster, None, node_name, node_ips, params["scheduler"], params["ip_families"],
                           params["node_port_addresses"])
         virtual_servers = ipvs["ipvs_sync"]["services"]
         counts.update(virtual_servers=len(virtual_servers),
@@ -376,15 +435,60 @@ def render(params, services, slices, node_ips, service_cidrs=(), version=RENDERE
                                              for family, chains in result["iptables_chain"].items()}
         return result
     if mode == "iptables":
-        result["iptables_chain"] = iptables_state(services, slices, node_name, node_ips, **options)
+        result["iptables_chain"] = iptables_state(cluster, None, node_name, node_ips, **options)
         chains = [chain for family_chains in result["iptables_chain"].values() for chain in family_chains]
         counts.update(chains=len(chains), rules=sum(len(chain.get("rules") or []) for chain in chains))
     else:
-        result["nftables_tables"] = list(nftables_state(services, slices, node_name, node_ips, service_cidrs=service_cidrs,
+        result["nftables_tables"] = list(nftables_state(cluster, None, node_name, node_ips, service_cidrs=service_cidrs,
                                                         version=version, **options).values())
         counts["table_lines"] = sum(table["content"].count("\n") for table in result["nftables_tables"])
-    # after the mode's state, whose validation names every bad Service and EndpointSlice at once
-    result["cluster_ip_ports"] = cluster_ip_ports(services, node_ips, params["ip_families"])
+    result["cluster_ip_ports"] = cluster.cluster_ip_ports(node_ips, params["ip_families"])
+    return result
+
+
+def internal_ips(node):
+    return [a.get("address") for a in (node.get("status") or {}).get("addresses") or []
+            if a.get("type") == "InternalIP" and a.get("address")]
+
+
+def check_nodes(nodes, dest):
+    """Every entry of ``nodes`` usable, before the cluster is read: named, each name once, good addresses,
+    a folder of its own for its files."""
+    names, folders = set(), set()
+    for index, node in enumerate(nodes):
+        DNS1123_SUBDOMAIN.check(node["name"], f"nodes[{index}].name")
+        if node["name"] in names:
+            raise KubeIpvsError(f"nodes[{index}].name: {node['name']} is listed twice; list each node once")
+        names.add(node["name"])
+        try:
+            check_node_ips(node["node_ips"], f"nodes[{index}].node_ips")
+            if node["node_port_addresses"] is not None:
+                check_node_ips(node["node_port_addresses"], f"nodes[{index}].node_port_addresses")
+        except ValueError as error:
+            raise KubeIpvsError(str(error)) from None
+        folder = node["dest"] or (os.path.join(dest, node["name"]) if dest is not None else None)
+        if folder is None:
+            raise KubeIpvsError(f"nodes[{index}]: no folder for its state files; give dest or nodes[{index}].dest")
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise KubeIpvsError(f"nodes[{index}]: {folder} exists and is not a directory; name a directory for "
+                                "the state files")
+        if os.path.realpath(folder) in folders:
+            raise KubeIpvsError(f"nodes[{index}]: {folder} is another node's folder too; give each node its own")
+        folders.add(os.path.realpath(folder))
+
+
+def nodes_ips_from_api(client, nodes):
+    """name -> node IPs: as given, or the Node objects' InternalIP addresses (one list for all the nodes)."""
+    result = {node["name"]: node["node_ips"] for node in nodes}
+    missing = [name for name, ips in result.items() if not ips]
+    if missing:
+        listed = {(n.get("metadata") or {}).get("name"): n for n in client.list("Node")}
+        for name in missing:
+            if name not in listed:
+                raise KubeIpvsError(f"node {name} not found in the cluster; check nodes")
+            result[name] = internal_ips(listed[name])
+            if not result[name]:
+                raise KubeIpvsError(f"node {name} reports no InternalIP address; give its node_ips")
     return result
 
 
@@ -392,7 +496,10 @@ def compute(module):
     params = module.params
     if not 0 <= params["masquerade_bit"] <= 31:
         raise KubeIpvsError(f"masquerade_bit must be 0-31, got {params['masquerade_bit']}")
-    DNS1123_SUBDOMAIN.check(params["node_name"], "node_name")
+    if params["node_name"] is not None:
+        DNS1123_SUBDOMAIN.check(params["node_name"], "node_name")
+    else:
+        check_nodes(params["nodes"], params["dest"])
     DNS1123_SUBDOMAIN.check(params["daemonset_name"], "daemonset_name")
     DNS1123_LABEL.check(params["daemonset_namespace"], "daemonset_namespace")
     given = params["kube_proxy_version"]
@@ -404,7 +511,10 @@ def compute(module):
     server = str((client.version() or {}).get("gitVersion") or "")
     version, parsed, source = kube_proxy_version(client, given, params["daemonset_namespace"],
                                                  params["daemonset_name"], server)
-    node_ips = params["node_ips"] or node_ips_from_api(client, params["node_name"])
+    if params["nodes"] is None:
+        node_ips = {params["node_name"]: params["node_ips"] or node_ips_from_api(client, params["node_name"])}
+    else:
+        node_ips = nodes_ips_from_api(client, params["nodes"])
     services = client.list("Service")
     slices = client.list("EndpointSlice")
     service_cidrs = params["service_cidrs"]
@@ -415,15 +525,25 @@ def compute(module):
         module.warn(f"kube-proxy v{version} ({source}) is outside the releases rendered exactly "
                     f"(v{'.'.join(map(str, RENDERED_VERSIONS[0]))} to v{'.'.join(map(str, RENDERED_VERSIONS[-1]))}); "
                     f"rendering it as v{'.'.join(map(str, rendered))}")
+    versions = dict(kubernetes_version=server, kube_proxy_version=version, kube_proxy_version_source=source)
     try:
-        state = render(params, services, slices, node_ips, service_cidrs or (), rendered)
+        cluster = Cluster(services, slices)
+        del services, slices  # the cluster holds them; one node's state at a time beside them
+        if params["nodes"] is None:
+            state = render(params, cluster, None, node_ips[params["node_name"]], service_cidrs or (), rendered)
+            state.update(versions, changed=False, node_ips=node_ips[params["node_name"]])
+            return state if params["dest"] is None else to_state_files(state, params["dest"])
+        result = dict(versions, changed=False, mode=params["mode"], nodes={})
+        for node in params["nodes"]:
+            name = node["name"]
+            node_params = dict(params, node_name=name, node_port_addresses=node["node_port_addresses"])
+            state = render(node_params, cluster, None, node_ips[name], service_cidrs or (), rendered)
+            state = to_state_files(state, node["dest"] or os.path.join(params["dest"], name))
+            result["nodes"][name] = {key: state[key] for key in ("cluster_ip_ports", "counts", "state_files")}
+            result["nodes"][name]["node_ips"] = node_ips[name]
+        return result
     except ValueError as error:
         raise KubeIpvsError(str(error)) from None
-    state.update(changed=False, node_ips=node_ips, kubernetes_version=server,
-                 kube_proxy_version=version, kube_proxy_version_source=source)
-    if params["dest"] is not None:
-        state = to_state_files(state, params["dest"])
-    return state
 
 
 # The node module each result key is the input of (and its state file's name) -> the module's option.
@@ -457,8 +577,14 @@ def to_state_files(state, directory):
 def main():
     argument_spec = dict(
         AUTH_ARG_SPEC,
-        node_name=dict(type="str", required=True),
+        node_name=dict(type="str"),
         node_ips=dict(type="list", elements="str", default=[]),
+        nodes=dict(type="list", elements="dict", options=dict(
+            name=dict(type="str", required=True),
+            node_ips=dict(type="list", elements="str", default=[]),
+            node_port_addresses=dict(type="list", elements="str"),
+            dest=dict(type="path"),
+        )),
         scheduler=dict(type="str", default="rr", choices=list(IPVS_SCHEDULERS)),
         mode=dict(type="str", default="ipvs", choices=list(PROXY_MODES)),
         cluster_cidr=dict(type="str", default=""),
@@ -471,7 +597,10 @@ def main():
         daemonset_namespace=dict(type="str", default="kube-system"),
         dest=dict(type="path"),
     )
-    module = ansible_module(AnsibleModule, argument_spec=argument_spec, supports_check_mode=True)
+    module = ansible_module(AnsibleModule, argument_spec=argument_spec, supports_check_mode=True,
+                            required_one_of=[("node_name", "nodes")],
+                            mutually_exclusive=[("node_name", "nodes"), ("node_ips", "nodes"),
+                                                ("node_port_addresses", "nodes")])
     run_module(module, compute)
 
 

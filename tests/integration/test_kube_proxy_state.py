@@ -361,3 +361,62 @@ def test_state_files_program_a_node_as_the_inline_state_does(cluster, netns, tmp
     in_background, not_there = netns_playbook(netns, tmp_path, [first_async, dict(missing, ignore_errors=True)])
     assert not in_background["changed"] and not in_background.get("failed"), in_background
     assert not_there["failed"] and f"state_src {tmp_path / 'absent.json.gz'}" in not_there["msg"], not_there
+
+
+@pytest.mark.parametrize("mode", ["ipvs", "iptables", "nftables"])
+def test_several_nodes_from_one_read_of_the_cluster(cluster, tmp_path, mode):
+    """``nodes``: one call reads the cluster once and writes each node's files to its own folder (a
+    folder of ``dest`` or the node's own ``dest``), the same files a call per node writes; node IPs not
+    given come from one list of the Node objects."""
+    varied_services(cluster)
+    common = {"mode": mode, "cluster_cidr": "10.244.0.0/16", "ip_families": ["ipv4", "ipv6"]}
+    own = {"node1": {"node_ips": cluster.node_ips("node1")},
+           "node2": {"node_ips": ["192.0.2.12"], "node_port_addresses": ["192.0.2.12", "198.51.100.20"]}}
+    cluster.mark()
+    nodes = [{"name": "node1"}, {"name": "node2", **own["node2"], "dest": str(tmp_path / "node2-own")}]
+    (together,) = cluster.modules([("kube_proxy_state", dict(common, dest=str(tmp_path / "all"), nodes=nodes))])
+    assert not together.get("failed") and not together["changed"], together
+    requests = cluster.requests()
+    # one list of each kind - the Nodes for node1's IPs, the Services, the EndpointSlices - and no Node read alone
+    assert [r.uri.split("?")[0] for r in requests if r.verb == "list" and "continue=" not in r.uri].count(
+        "/api/v1/nodes") == 1, requests
+    assert not [r for r in requests if r.verb == "get" and "/nodes/" in r.uri], requests
+    alone = cluster.modules([("kube_proxy_state", dict(common, node_name=name, dest=str(tmp_path / name), **own[name]))
+                             for name in ("node1", "node2")])
+    assert together["mode"] == mode and together["kube_proxy_version"] == alone[0]["kube_proxy_version"]
+    assert sorted(together["nodes"]) == ["node1", "node2"]
+    for name, single in zip(("node1", "node2"), alone, strict=True):
+        mine = together["nodes"][name]
+        assert {key: mine[key] for key in ("cluster_ip_ports", "counts", "node_ips")} == \
+            {key: single[key] for key in ("cluster_ip_ports", "counts", "node_ips")}
+        ours, theirs = paths_in(mine["state_files"]), paths_in(single["state_files"])
+        folder = tmp_path / "all" / name if name == "node1" else tmp_path / "node2-own"  # node2 has a dest of its own
+        assert [path.replace(str(folder), "") for path in ours] == \
+            [path.replace(str(tmp_path / name), "") for path in theirs]
+        assert [gzip_json(path) for path in ours] == [gzip_json(path) for path in theirs]
+    # the two nodes differ (their own endpoints, addresses), so the comparison can tell them apart
+    assert [gzip_json(p) for p in paths_in(together["nodes"]["node1"]["state_files"])] != \
+        [gzip_json(p) for p in paths_in(together["nodes"]["node2"]["state_files"])]
+
+
+def test_bad_nodes_fail_before_the_cluster_is_read_and_nothing_is_written(cluster, tmp_path):
+    dest = tmp_path / "state"
+    twice, bad_ip, bad_name, unknown, no_dest, both, shared = cluster.modules([
+        ("kube_proxy_state", {"nodes": [{"name": "node1"}, {"name": "node1"}], "dest": str(dest)}),
+        ("kube_proxy_state", {"nodes": [{"name": "node1"}, {"name": "node2", "node_ips": ["192.0.2.300"]}],
+                              "dest": str(dest)}),
+        ("kube_proxy_state", {"nodes": [{"name": "../node1"}], "dest": str(dest)}),
+        ("kube_proxy_state", {"nodes": [{"name": "node1"}, {"name": "node9"}], "dest": str(dest)}),
+        ("kube_proxy_state", {"nodes": [{"name": "node1"}]}),
+        ("kube_proxy_state", {"nodes": [{"name": "node1"}], "node_name": "node1", "dest": str(dest)}),
+        ("kube_proxy_state", {"nodes": [{"name": "node1", "dest": str(dest / "node2")}, {"name": "node2"}],
+                              "dest": str(dest)}),
+    ])
+    assert twice["failed"] and "nodes[1].name: node1 is listed twice" in twice["msg"], twice
+    assert bad_ip["failed"] and "nodes[1].node_ips: 192.0.2.300 is not an IP address" in bad_ip["msg"], bad_ip
+    assert bad_name["failed"] and "nodes[0].name" in bad_name["msg"], bad_name
+    assert unknown["failed"] and "node node9 not found" in unknown["msg"], unknown
+    assert no_dest["failed"] and "nodes[0]: no folder for its state files" in no_dest["msg"], no_dest
+    assert shared["failed"] and f"nodes[1]: {dest / 'node2'} is another node's folder too" in shared["msg"], shared
+    assert both["failed"] and "mutually exclusive" in both["msg"], both
+    assert not dest.exists() and not cluster.writes()

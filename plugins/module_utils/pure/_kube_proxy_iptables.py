@@ -36,10 +36,9 @@ import hashlib
 
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import FAMILIES, IPV4, IPV6, VERSION, family_of
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_state import (
+    as_cluster,
     categorize,
-    check_cluster_objects,
     check_node_ips,
-    cluster_service_ports,
     ip_families,
     parse_ip,
     parse_network,
@@ -157,6 +156,40 @@ class Tables:
         self.chains.setdefault((table, chain), []).append(rule(*parts))
 
 
+class Recording:
+    """Tables that also keep what one service port wrote, to write it again for another node:
+    ``steps`` are ((table, chain), rules) in the order written, a chain's consecutive rules together."""
+
+    def __init__(self, tables):
+        self.tables, self.steps = tables, []
+
+    def _rules(self, key):
+        if not self.steps or self.steps[-1][0] != key:
+            self.steps.append((key, []))
+        return self.steps[-1][1]
+
+    def declare(self, table, chain):
+        self._rules((table, chain))
+        self.tables.declare(table, chain)
+
+    def add(self, table, chain, *parts):
+        text = rule(*parts)
+        self._rules((table, chain)).append(text)
+        self.tables.chains.setdefault((table, chain), []).append(text)
+
+
+def replay(tables, steps):
+    chains = tables.chains
+    for key, rules in steps:
+        chains.setdefault(key, []).extend(rules)
+
+
+def same_on_every_node(sp):
+    """Whether a service port's rules are the same on every node (with the same options): without a Local
+    traffic policy no rule depends on where its endpoints run, and without source ranges none names the node IP."""
+    return not (sp.internal_local or sp.external_local or sp.source_ranges)
+
+
 class Options:
     def __init__(self, family, node_ips, cluster_cidr, masquerade_bit, random_fully, masquerade_all,
                  nodeport_addresses, localhost_nodeports, conntrack_tcp_be_liberal):
@@ -184,6 +217,10 @@ class Options:
         # kube-proxy accepts NodePorts on 127.0.0.0/8 only for IPv4 (it sets route_localnet for that).
         self.localhost_nodeports = bool(localhost_nodeports) and family == IPV4
         self.conntrack_tcp_be_liberal = conntrack_tcp_be_liberal
+        # every option but the node IPs: the rules of a port that is the same on every node depend on these only
+        self.fingerprint = (family, str(self.cluster_cidr), self.mark, bool(random_fully), bool(masquerade_all),
+                            None if self.nodeport_addresses is None else tuple(map(str, self.nodeport_addresses)),
+                            self.localhost_nodeports, bool(conntrack_tcp_be_liberal))
 
     @property
     def local_detector(self):
@@ -353,7 +390,7 @@ def write_service_port(tables, sp, options, large):
 
 def iptables_chains(service_ports, family, node_ips, cluster_cidr=None, masquerade_bit=14, random_fully=True,
                     masquerade_all=False, nodeport_addresses=None, localhost_nodeports=True,
-                    conntrack_tcp_be_liberal=False):
+                    conntrack_tcp_be_liberal=False, memo=None):
     """The nat and filter chains kube-proxy's iptables mode writes for one IP family, as
     ``kubeipvs.node.iptables_chain`` ``chains`` entries ({table, chain, rules, jumps}).
 
@@ -364,6 +401,8 @@ def iptables_chains(service_ports, family, node_ips, cluster_cidr=None, masquera
     as kube-proxy without a detector. ``nodeport_addresses``: None accepts NodePorts on every
     local address (kube-proxy's default), else the IPs to accept them on.
     ``conntrack_tcp_be_liberal``: the node's sysctl; when set kube-proxy writes no INVALID drop.
+    ``memo``: a dict kept between the nodes of one cluster (``Cluster.memo``) - the rules of a port that
+    are the same on every node are written once and copied for the next nodes.
     """
     options = Options(family, node_ips, cluster_cidr, masquerade_bit, random_fully, masquerade_all,
                       nodeport_addresses, localhost_nodeports, conntrack_tcp_be_liberal)
@@ -386,7 +425,16 @@ def iptables_chains(service_ports, family, node_ips, cluster_cidr=None, masquera
 
     large = sum(len(sp.endpoints) for sp in service_ports) > LARGE_CLUSTER_ENDPOINTS
     for sp in service_ports:
-        write_service_port(tables, sp, options, large)
+        if memo is None or not same_on_every_node(sp):
+            write_service_port(tables, sp, options, large)
+            continue
+        key = (options.fingerprint, large, sp.service_port_name, sp.protocol)
+        if key in memo:
+            replay(tables, memo[key])
+        else:
+            recording = Recording(tables)
+            write_service_port(recording, sp, options, large)
+            memo[key] = recording.steps
 
     last = ["-m", "comment", "--comment",
             "kubernetes service nodeports; NOTE: this must be the last rule in this chain"]
@@ -452,11 +500,11 @@ def iptables_state(services, endpoint_slices, node_name, node_ips, cluster_cidr=
     finds (``families`` added), each with its own node IPs and the ``cluster_cidr`` entry of that family (a
     comma-separated string or list, as kube-proxy's ``--cluster-cidr``)."""
     check_node_ips(node_ips)
-    check_cluster_objects(services, endpoint_slices)
+    cluster = as_cluster(services, endpoint_slices)
     result = {}
-    for family in ip_families(services, node_ips, families):
+    for family in ip_families(cluster.services, node_ips, families):
         family_ips = [str(ip) for ip in map(parse_ip, node_ips) if family_of(ip) == family]
-        service_ports = cluster_service_ports(services, endpoint_slices, node_name, family)
-        result[family] = iptables_chains(service_ports, family, family_ips,
+        service_ports = cluster.service_ports(node_name, family)
+        result[family] = iptables_chains(service_ports, family, family_ips, memo=cluster.memo.setdefault("iptables", {}),
                                          cluster_cidr=family_value(cluster_cidr, family), **options)
     return result

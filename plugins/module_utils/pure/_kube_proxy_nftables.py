@@ -28,10 +28,9 @@ import ipaddress
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import IPV4, IPV6, NFT, VERSION, family_of
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_catalogue import RENDERED_VERSIONS, check_version
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_state import (
+    as_cluster,
     categorize,
-    check_cluster_objects,
     check_node_ips,
-    cluster_service_ports,
     ip_families,
     parse_ip,
     parse_network,
@@ -541,9 +540,9 @@ def nftables_state(services, endpoint_slices, node_name, node_ips, families=(), 
     """The kube-proxy tables of one node: {"ipv4": table, "ipv6": table} for the families it has
     (as _kube_proxy_state.ip_families decides, ``families`` added). ``options`` are nftables_table's keyword options."""
     check_node_ips(node_ips)
-    check_cluster_objects(services, endpoint_slices)
+    cluster = as_cluster(services, endpoint_slices)
     result = {}
-    for family in ip_families(services, node_ips, families):
-        service_ports = cluster_service_ports(services, endpoint_slices, node_name, family)
+    for family in ip_families(cluster.services, node_ips, families):
+        service_ports = cluster.service_ports(node_name, family)
         result[family] = nftables_table(service_ports, family, node_ips, **options)
     return result

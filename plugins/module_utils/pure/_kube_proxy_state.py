@@ -62,8 +62,9 @@ class Endpoint:
         self.ready, self.serving, self.terminating, self.local = ready, serving, terminating, local
 
 
-def endpoints_by_port(slices, node_name, family):
-    """(namespace, service, port name, protocol) -> {"ip:port": Endpoint} from the slices of one family.
+def endpoint_rows(slices, family):
+    """(namespace, service, port name, protocol) -> [(address, port, ready, serving, terminating, node name)]
+    from the slices of one family: what every node's endpoints are made of (``endpoints_for_node``).
 
     As kube-proxy's endpoint slice cache: only the first address of an endpoint counts; a
     missing ready or serving condition means true, a missing terminating one false; every
@@ -79,7 +80,7 @@ def endpoints_by_port(slices, node_name, family):
         for port in endpoint_slice.get("ports") or []:
             if port.get("port") is None:
                 continue
-            key = (metadata.get("namespace"), service, port.get("name") or "", port.get("protocol") or "TCP")
+            key = (metadata.get("namespace") or "", service, port.get("name") or "", port.get("protocol") or "TCP")
             bucket = result.setdefault(key, {})
             for endpoint in endpoint_slice.get("endpoints") or []:
                 addresses = endpoint.get("addresses") or []
@@ -91,10 +92,22 @@ def endpoints_by_port(slices, node_name, family):
                 key = f"{address}:{port['port']}"
                 # The same IP in two slices (a reused pod IP): the endpoint that is not terminating wins.
                 if key not in bucket or not terminating:
-                    bucket[key] = Endpoint(str(address), port["port"], conditions.get("ready") is not False,
-                                           conditions.get("serving") is not False, terminating,
-                                           bool(node_name) and endpoint.get("nodeName") == node_name)
-    return result
+                    bucket[key] = (str(address), port["port"], conditions.get("ready") is not False,
+                                   conditions.get("serving") is not False, terminating, endpoint.get("nodeName"))
+    return {key: list(bucket.values()) for key, bucket in result.items()}
+
+
+def endpoints_for_node(rows, node_name):
+    """``endpoint_rows``' rows as one node sees them: (namespace, service, port name, protocol) -> [Endpoint],
+    local when on ``node_name``."""
+    return {key: [Endpoint(address, port, ready, serving, terminating, bool(node_name) and node == node_name)
+                  for address, port, ready, serving, terminating, node in bucket]
+            for key, bucket in rows.items()}
+
+
+def endpoints_by_port(slices, node_name, family):
+    """(namespace, service, port name, protocol) -> [Endpoint] of one node, from the slices of one family."""
+    return endpoints_for_node(endpoint_rows(slices, family), node_name)
 
 
 def categorize(endpoints, uses_cluster, uses_local):
@@ -212,16 +225,27 @@ class ServicePort:
         return bool(self.node_port or self.lb_ips or self.external_ips)
 
 
-def service_ports(service, endpoint_map, family):
-    """The ServicePorts of one Service for one family; none for ExternalName, headless, another
+class ServiceShape:
+    """What one Service is for one IP family, before any endpoint: parsed once, whatever the node."""
+
+    __slots__ = ("affinity", "cluster_ip", "external_ips", "external_local", "health_check_node_port",
+                 "internal_local", "lb_ips", "name", "namespace", "ports", "source_ranges")
+
+    def __init__(self, **fields):
+        for name in self.__slots__:
+            setattr(self, name, fields[name])
+
+
+def service_shape(service, family):
+    """The ServiceShape of one Service for one family; None for ExternalName, headless, another
     proxy's Services or a Service without a ClusterIP of the family."""
     metadata, spec = service.get("metadata") or {}, service.get("spec") or {}
     if (spec.get("type") == "ExternalName" or SERVICE_PROXY_NAME_LABEL in (metadata.get("labels") or {})):
-        return []
+        return None
     cluster_ips = [parse_ip(ip) for ip in (spec.get("clusterIPs") or [spec.get("clusterIP")])]
     cluster_ip = next((ip for ip in cluster_ips if ip is not None and family_of(ip) == family), None)
     if cluster_ip is None:  # headless, or no ClusterIP of this family
-        return []
+        return None
     external_ips = [ip for ip in map(parse_ip, spec.get("externalIPs") or []) if ip and family_of(ip) == family]
     ingress = ((service.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
     # ipMode Proxy: the load balancer proxies, the node must not capture the VIP.
@@ -236,27 +260,40 @@ def service_ports(service, endpoint_map, family):
         affinity = (((spec.get("sessionAffinityConfig") or {}).get("clientIP") or {}).get("timeoutSeconds")
                     or DEFAULT_AFFINITY_TIMEOUT)
     external_local = externally_accessible(spec) and spec.get("externalTrafficPolicy") == "Local"
-    internal_local = spec.get("internalTrafficPolicy") == "Local"
     health_check = spec.get("healthCheckNodePort") if external_local and spec.get("type") == "LoadBalancer" else 0
+    return ServiceShape(
+        namespace=metadata.get("namespace") or "", name=metadata.get("name") or "", cluster_ip=str(cluster_ip),
+        external_ips=[str(ip) for ip in external_ips], lb_ips=[str(ip) for ip in lb_ips],
+        source_ranges=source_ranges, affinity=affinity, external_local=external_local,
+        internal_local=spec.get("internalTrafficPolicy") == "Local", health_check_node_port=health_check or 0,
+        ports=[(port.get("name") or "", port.get("protocol") or "TCP", port["port"], port.get("nodePort") or 0)
+               for port in spec.get("ports") or []])
 
+
+def shape_ports(shape, endpoint_map):
+    """The ServicePorts of one ServiceShape on one node, ``endpoint_map`` being that node's endpoints."""
     result = []
-    for port in spec.get("ports") or []:
-        protocol = port.get("protocol") or "TCP"
-        key = (metadata.get("namespace"), metadata.get("name"), port.get("name") or "", protocol)
-        endpoints = list(endpoint_map.get(key, {}).values())
-        node_port = port.get("nodePort") or 0
-        port_accessible = bool(node_port or lb_ips or external_ips)
-        cluster, local = categorize(endpoints, not internal_local or port_accessible,
-                                    internal_local or (external_local and port_accessible))
+    for port_name, protocol, port, node_port in shape.ports:
+        endpoints = endpoint_map.get((shape.namespace, shape.name, port_name, protocol), [])
+        port_accessible = bool(node_port or shape.lb_ips or shape.external_ips)
+        cluster, local = categorize(endpoints, not shape.internal_local or port_accessible,
+                                    shape.internal_local or (shape.external_local and port_accessible))
         result.append(ServicePort(
-            namespace=metadata.get("namespace") or "", name=metadata.get("name") or "",
-            port_name=port.get("name") or "", protocol=protocol, cluster_ip=str(cluster_ip), port=port["port"],
-            node_port=node_port, external_ips=[str(ip) for ip in external_ips], lb_ips=[str(ip) for ip in lb_ips],
-            source_ranges=source_ranges, affinity=affinity, internal_local=internal_local,
-            external_local=external_local, health_check_node_port=health_check or 0, endpoints=endpoints,
-            internal_endpoints=choose(internal_local, cluster, local),
-            external_endpoints=choose(external_local, cluster, local)))
+            namespace=shape.namespace, name=shape.name, port_name=port_name, protocol=protocol,
+            cluster_ip=shape.cluster_ip, port=port, node_port=node_port, external_ips=shape.external_ips,
+            lb_ips=shape.lb_ips, source_ranges=shape.source_ranges, affinity=shape.affinity,
+            internal_local=shape.internal_local, external_local=shape.external_local,
+            health_check_node_port=shape.health_check_node_port, endpoints=endpoints,
+            internal_endpoints=choose(shape.internal_local, cluster, local),
+            external_endpoints=choose(shape.external_local, cluster, local)))
     return result
+
+
+def service_ports(service, endpoint_map, family):
+    """The ServicePorts of one Service for one family on the node ``endpoint_map`` (``endpoints_by_port``)
+    is of; none for the Services ``service_shape`` skips."""
+    shape = service_shape(service, family)
+    return shape_ports(shape, endpoint_map) if shape else []
 
 
 # --- what the API returned, checked before it becomes rules -----------------------------------------
@@ -403,13 +440,62 @@ def cluster_service_ports(services, endpoint_slices, node_name, family):
     return [sp for service in sorted(services, key=service_key) for sp in service_ports(service, endpoint_map, family)]
 
 
-def cluster_ip_ports(services, node_ips, families=()):
-    """Every ``protocol/ClusterIP:port`` a node serves (the ``port_label`` spelling), from the
-    Services alone: what the switch checks a mode serves, without computing any mode's state.
-    ``services`` must have passed ``check_cluster_objects`` (every mode's renderer checks them)."""
-    return sorted({port_label(sp.protocol, sp.cluster_ip, sp.port)
-                   for family in ip_families(services, node_ips, families)
-                   for service in services for sp in service_ports(service, {}, family)})
+class Cluster:
+    """A cluster's Services and EndpointSlices, checked and parsed once, to render any number of nodes.
+
+    Every mode's renderer takes one in place of its ``services`` (see ``as_cluster``): what depends
+    on the node - its endpoints' locality and so the traffic policies, its addresses - is worked out
+    per node; checking the objects, parsing addresses and sorting Services happen here, once.
+    """
+
+    def __init__(self, services, endpoint_slices):
+        check_cluster_objects(services, endpoint_slices)
+        self.services = sorted(services, key=service_key)
+        self.endpoint_slices = endpoint_slices
+        self._families = {}
+        self.memo = {}  # a renderer's parts that are the same on every node, by renderer
+
+    def __len__(self):
+        return len(self.services)
+
+    def __iter__(self):
+        return iter(self.services)
+
+    def _parsed(self, family):
+        """(ServiceShapes, every endpoint as seen from no node, per node the endpoints local to it) of a family.
+        Endpoints are shared between nodes; a node's own are the only ones it sees differently."""
+        if family not in self._families:
+            shapes = [shape for shape in (service_shape(service, family) for service in self.services) if shape]
+            remote, local = {}, {}
+            for key, rows in endpoint_rows(self.endpoint_slices, family).items():
+                remote[key] = [Endpoint(*row[:5], False) for row in rows]
+                for index, row in enumerate(rows):
+                    if row[5]:
+                        local.setdefault(row[5], {}).setdefault(key, []).append((index, Endpoint(*row[:5], True)))
+            self._families[family] = (shapes, remote, local)
+        return self._families[family]
+
+    def service_ports(self, node_name, family):
+        """``cluster_service_ports`` of one node and family."""
+        shapes, remote, local = self._parsed(family)
+        endpoint_map = dict(remote)
+        for key, own in local.get(node_name, {}).items() if node_name else ():
+            endpoints = endpoint_map[key] = list(remote[key])
+            for index, endpoint in own:
+                endpoints[index] = endpoint
+        return [sp for shape in shapes for sp in shape_ports(shape, endpoint_map)]
+
+    def cluster_ip_ports(self, node_ips, families=()):
+        """Every ``protocol/ClusterIP:port`` a node serves (the ``port_label`` spelling), from the
+        Services alone: what the switch checks a mode serves, without computing any mode's state."""
+        return sorted({port_label(protocol, shape.cluster_ip, port)
+                       for family in ip_families(self.services, node_ips, families)
+                       for shape in self._parsed(family)[0] for _name, protocol, port, _node_port in shape.ports})
+
+
+def as_cluster(services, endpoint_slices):
+    """``services`` when it is a Cluster already (built once for many nodes), else a Cluster of both lists."""
+    return services if isinstance(services, Cluster) else Cluster(services, endpoint_slices)
 
 
 def ip_families(services, node_ips, families=()):
@@ -496,18 +582,18 @@ def node_state(services, endpoint_slices, node_name, node_ips, scheduler="rr", f
     check_node_ips(node_ips)
     if node_port_addresses is not None:
         check_node_ips(node_port_addresses, "node_port_addresses")
-    check_cluster_objects(services, endpoint_slices)
+    cluster = as_cluster(services, endpoint_slices)
     parsed_node_ips = [parse_ip(ip) for ip in node_ips]
     parsed_port_ips = parsed_node_ips if node_port_addresses is None else [parse_ip(ip) for ip in node_port_addresses]
     node_addresses = {str(ip) for ip in parsed_node_ips + parsed_port_ips}
 
     addresses, ipvs_services, ipsets, ipset_types, cluster_ports = [], [], {}, {}, set()
-    families = ip_families(services, node_ips, families)
+    families = ip_families(cluster.services, node_ips, families)
     for family in families:
         port_ips = sorted({ip for ip in parsed_port_ips if family_of(ip) == family}, key=int)
         primary = next((str(ip) for ip in parsed_node_ips if family_of(ip) == family), None)
         state = NodeState(family, [str(ip) for ip in port_ips], scheduler, primary)
-        for sp in cluster_service_ports(services, endpoint_slices, node_name, family):
+        for sp in cluster.service_ports(node_name, family):
             sync_service_port(state, sp, node_addresses)
             cluster_ports.add(port_label(sp.protocol, sp.cluster_ip, sp.port))
         state.sets["KUBE-IPVS-IPS"] = set(state.bound)

@@ -1,0 +1,126 @@
+# Copyright (c) kubeipvs.node contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""One Cluster rendered for many nodes is, node by node, what each node's own render of the lists is.
+
+The cluster mixes every shape whose rendering depends on the node - Local traffic policies, endpoints
+on this and other nodes, ready / serving-terminating / not-ready endpoints, NodePorts, LoadBalancer
+IPs with source ranges, external IPs, session affinity, dual-stack - so state that leaked from one
+node's render into the next, or a node-independent part computed for the wrong node, shows as a
+difference."""
+
+from __future__ import annotations
+
+import copy
+import random
+
+import pytest
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_state import (
+    Cluster,
+    cluster_service_ports,
+)
+from ansible_collections.kubeipvs.node.plugins.modules.kube_proxy_state import render
+
+NODES = {"node1": ["192.0.2.11", "2001:db8::11"], "node2": ["192.0.2.12", "2001:db8::12"], "node3": ["192.0.2.13"]}
+
+
+def random_cluster(seed, count=60):
+    rng = random.Random(seed)
+    services, slices = [], []
+    for index in range(count):
+        name = f"svc{index}"
+        dual = rng.random() < 0.3
+        cluster_ips = [f"10.96.{index // 250}.{index % 250 + 1}"] + ([f"fd00::{index + 1:x}"] if dual else [])
+        kind = rng.choice(["ClusterIP", "ClusterIP", "NodePort", "LoadBalancer"])
+        ports = [{"name": f"p{n}", "port": 80 + n, "protocol": rng.choice(["TCP", "TCP", "UDP", "SCTP"]),
+                  "targetPort": 8080 + n,
+                  **({"nodePort": 30000 + index * 3 + n} if kind != "ClusterIP" else {})}
+                 for n in range(rng.randint(1, 3))]
+        spec = {"type": kind, "clusterIP": cluster_ips[0], "clusterIPs": cluster_ips, "ports": ports}
+        if kind != "ClusterIP" or rng.random() < 0.2:
+            spec["externalTrafficPolicy"] = rng.choice(["Cluster", "Local"])
+        if kind == "LoadBalancer" and spec.get("externalTrafficPolicy") == "Local":
+            spec["healthCheckNodePort"] = 32000 + index
+        if rng.random() < 0.3:
+            spec["internalTrafficPolicy"] = "Local"
+        if rng.random() < 0.2:
+            spec["externalIPs"] = [f"198.51.100.{index % 250 + 1}"]
+        if rng.random() < 0.2:
+            spec["sessionAffinity"] = "ClientIP"
+            spec["sessionAffinityConfig"] = {"clientIP": {"timeoutSeconds": rng.randint(1, 86400)}}
+        service = {"metadata": {"name": name, "namespace": rng.choice(["default", "apps"])}, "spec": spec}
+        if kind == "LoadBalancer":
+            service["status"] = {"loadBalancer": {"ingress": [{"ip": f"203.0.113.{index % 250 + 1}"}]}}
+            if rng.random() < 0.5:
+                spec["loadBalancerSourceRanges"] = ["192.0.2.0/24", "198.18.0.0/15"]
+        services.append(service)
+        for family, address_type in ([("v4", "IPv4")] + ([("v6", "IPv6")] if dual else [])):
+            endpoints = []
+            for e in range(rng.randint(0, 5)):
+                address = (f"10.244.{index % 250}.{e + 1}" if family == "v4" else f"fd01::{index:x}:{e + 1:x}")
+                state = rng.choice([{"ready": True}, {"ready": True}, {"ready": False},
+                                    {"ready": False, "serving": True, "terminating": True},
+                                    {"ready": False, "serving": False, "terminating": True}])
+                endpoints.append({"addresses": [address], "conditions": state,
+                                  "nodeName": rng.choice(sorted(NODES))})
+            slices.append({"metadata": {"name": f"{name}-{family}", "namespace": service["metadata"]["namespace"],
+                                        "labels": {"kubernetes.io/service-name": name}},
+                           "addressType": address_type, "endpoints": endpoints,
+                           "ports": [{"name": p["name"], "port": p["targetPort"], "protocol": p["protocol"]}
+                                     for p in ports]})
+    return services, slices
+
+
+def params(mode, node_name):
+    return {"mode": mode, "node_name": node_name, "scheduler": "rr", "ip_families": [], "node_port_addresses": None,
+            "cluster_cidr": "10.244.0.0/16,fd01::/48", "masquerade_bit": 14}
+
+
+@pytest.mark.parametrize("mode", ["ipvs", "iptables", "nftables"])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_one_cluster_renders_every_node_as_its_own_lists_do(mode, seed):
+    services, slices = random_cluster(seed)
+    pristine = copy.deepcopy((services, slices))
+    alone = {node: render(params(mode, node), services, slices, ips, ["10.96.0.0/12"]) for node, ips in NODES.items()}
+    cluster = Cluster(services, slices)
+    # every node, twice, in both orders: nothing of one node's render reaches another's
+    for node in [*NODES, *reversed(NODES)]:
+        assert render(params(mode, node), cluster, None, NODES[node], ["10.96.0.0/12"]) == alone[node], node
+    # the nodes do differ, so the comparison above can tell them apart
+    assert len({repr(state) for state in alone.values()}) == len(NODES)
+    assert (services, slices) == pristine  # the API's objects are read, never changed
+
+
+def test_the_cluster_parses_each_family_once_and_gives_each_node_its_own_endpoints():
+    services, slices = random_cluster(4)
+    cluster = Cluster(services, slices)
+    for family in ("ipv4", "ipv6"):
+        for node in NODES:
+            shared = cluster.service_ports(node, family)
+            own = cluster_service_ports(services, slices, node, family)
+            assert [(sp.service_port_name, sp.protocol, [(e.address, e.port, e.local) for e in sp.endpoints],
+                     [e.address for e in sp.internal_endpoints], [e.address for e in sp.external_endpoints])
+                    for sp in shared] == \
+                   [(sp.service_port_name, sp.protocol, [(e.address, e.port, e.local) for e in sp.endpoints],
+                     [e.address for e in sp.internal_endpoints], [e.address for e in sp.external_endpoints])
+                    for sp in own]
+    assert sorted(cluster._families) == ["ipv4", "ipv6"]  # pylint: disable=protected-access
+
+
+def test_a_bad_object_fails_when_the_cluster_is_built():
+    services, slices = random_cluster(5, count=3)
+    services[1]["spec"]["clusterIP"] = services[1]["spec"]["clusterIPs"][0] = "10.96.0.999"
+    with pytest.raises(ValueError, match="svc1"):
+        Cluster(services, slices)
+
+
+@pytest.mark.parametrize("mode", ["ipvs", "iptables", "nftables"])
+def test_one_cluster_renders_each_node_for_its_own_options(mode):
+    services, slices = random_cluster(6)
+    cluster = Cluster(services, slices)
+    variants = [{}, {"cluster_cidr": ""}, {"masquerade_bit": 3}, {"node_port_addresses": ["192.0.2.11", "127.0.0.1"]},
+                {"ip_families": ["ipv4", "ipv6"]}]
+    for variant in variants + variants[::-1]:
+        node_params = dict(params(mode, "node1"), **variant)
+        assert render(node_params, cluster, None, NODES["node1"], ["10.96.0.0/12"]) == \
+            render(node_params, services, slices, NODES["node1"], ["10.96.0.0/12"]), variant
