@@ -32,6 +32,7 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_sta
     categorize,
     check_node_ips,
     ip_families,
+    ip_key,
     parse_ip,
     parse_network,
 )
@@ -125,7 +126,7 @@ def endpoint_chain_base(sp, endpoint):
 
 
 def endpoint_sort_key(endpoint):
-    return (parse_ip(endpoint.address), endpoint.port)
+    return endpoint.sort_key
 
 
 def categorize_endpoints(sp):
@@ -219,9 +220,8 @@ def element_text(key, value, comment):
 
 
 def ip_sort_key(text):
-    head = text.split(" ", 1)[0]
-    ip = parse_ip(head)
-    return (0, int(ip), text) if ip is not None else (1, 0, text)
+    key = ip_key(text.split(" ", 1)[0])
+    return (0, key[1], text) if key is not None else (1, 0, text)
 
 
 class Options:

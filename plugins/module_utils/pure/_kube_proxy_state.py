@@ -54,16 +54,33 @@ def parse_ip(text):
         return None
 
 
-class Endpoint:
-    __slots__ = ("address", "local", "port", "ready", "serving", "terminating")
+def ip_key(text):
+    """``parse_ip(text)`` as (version, number) for ordering, None when it is no address - an IPv4
+    address as printed read from its bytes, without building an address object."""
+    try:
+        packed = socket.inet_pton(socket.AF_INET, text)
+        if socket.inet_ntop(socket.AF_INET, packed) == text:
+            return (4, int.from_bytes(packed, "big"))
+    except (OSError, ValueError, TypeError):
+        pass
+    ip = parse_ip(text)
+    return None if ip is None else (ip.version, int(ip))
 
-    def __init__(self, address, port, ready, serving, terminating, local):
+
+class Endpoint:
+    """One endpoint of a service port as a node sees it; ``sort_key`` orders endpoints by address, then port."""
+
+    __slots__ = ("address", "local", "port", "ready", "serving", "sort_key", "terminating")
+
+    def __init__(self, address, port, ready, serving, terminating, local, number=None):
         self.address, self.port = address, port
         self.ready, self.serving, self.terminating, self.local = ready, serving, terminating, local
+        self.sort_key = (int(parse_ip(address)) if number is None else number, port)
 
 
 def endpoint_rows(slices, family):
-    """(namespace, service, port name, protocol) -> [(address, port, ready, serving, terminating, node name)]
+    """(namespace, service, port name, protocol) -> [(address, port, ready, serving, terminating, node name,
+    address as a number)]
     from the slices of one family: what every node's endpoints are made of (``endpoints_for_node``).
 
     As kube-proxy's endpoint slice cache: only the first address of an endpoint counts; a
@@ -93,15 +110,16 @@ def endpoint_rows(slices, family):
                 # The same IP in two slices (a reused pod IP): the endpoint that is not terminating wins.
                 if key not in bucket or not terminating:
                     bucket[key] = (str(address), port["port"], conditions.get("ready") is not False,
-                                   conditions.get("serving") is not False, terminating, endpoint.get("nodeName"))
+                                   conditions.get("serving") is not False, terminating, endpoint.get("nodeName"),
+                                   int(address))
     return {key: list(bucket.values()) for key, bucket in result.items()}
 
 
 def endpoints_for_node(rows, node_name):
     """``endpoint_rows``' rows as one node sees them: (namespace, service, port name, protocol) -> [Endpoint],
     local when on ``node_name``."""
-    return {key: [Endpoint(address, port, ready, serving, terminating, bool(node_name) and node == node_name)
-                  for address, port, ready, serving, terminating, node in bucket]
+    return {key: [Endpoint(address, port, ready, serving, terminating, bool(node_name) and node == node_name, number)
+                  for address, port, ready, serving, terminating, node, number in bucket]
             for key, bucket in rows.items()}
 
 
@@ -127,6 +145,10 @@ def categorize(endpoints, uses_cluster, uses_local):
         if not local:
             local = [e for e in endpoints if e.local and e.serving and e.terminating]
     return cluster, local
+
+
+def endpoint_order(endpoint):
+    return endpoint.sort_key
 
 
 class NodeState:
@@ -158,7 +180,7 @@ class NodeState:
         if affinity_timeout:
             service["persistence_timeout"] = affinity_timeout
         service["real_servers"] = [{"address": e.address, "port": e.port, "weight": 1, "forwarding": "nat"}
-                                   for e in sorted(endpoints, key=lambda e: (parse_ip(e.address), e.port))]
+                                   for e in sorted(endpoints, key=endpoint_order)]
         self.services[key] = service
         if bind:
             self.bound.add(address)
@@ -468,10 +490,10 @@ class Cluster:
             shapes = [shape for shape in (service_shape(service, family) for service in self.services) if shape]
             remote, local = {}, {}
             for key, rows in endpoint_rows(self.endpoint_slices, family).items():
-                remote[key] = [Endpoint(*row[:5], False) for row in rows]
+                remote[key] = [Endpoint(*row[:5], False, row[6]) for row in rows]
                 for index, row in enumerate(rows):
                     if row[5]:
-                        local.setdefault(row[5], {}).setdefault(key, []).append((index, Endpoint(*row[:5], True)))
+                        local.setdefault(row[5], {}).setdefault(key, []).append((index, Endpoint(*row[:5], True, row[6])))
             self._families[family] = (shapes, remote, local)
         return self._families[family]
 
@@ -598,7 +620,7 @@ def node_state(services, endpoint_slices, node_name, node_ips, scheduler="rr", f
             cluster_ports.add(port_label(sp.protocol, sp.cluster_ip, sp.port))
         state.sets["KUBE-IPVS-IPS"] = set(state.bound)
         addresses.extend(sorted(state.bound, key=parse_ip))
-        order = sorted(state.services, key=lambda key: (parse_ip(key[1]), key[0], key[2]))
+        order = sorted(state.services, key=lambda key: (ip_key(key[1]), key[0], key[2]))
         ipvs_services.extend(state.services[key] for key in order)
         for name, members in state.sets.items():
             family_name = ipset_name(name, family)
@@ -622,7 +644,7 @@ def service_key(service):
 
 def member_sort_key(member):
     head = member.split(",", 1)[0]
-    ip = parse_ip(head)
-    if ip is None:  # a bitmap:port member
+    key = ip_key(head)
+    if key is None:  # a bitmap:port member
         return (0, int(head) if head.isdigit() else 0, 0, member)
-    return (1, ip.version, int(ip), member)
+    return (1, *key, member)
