@@ -28,7 +28,7 @@ export ANSIBLE_FORCE_COLOR := False
 export ANSIBLE_NOCOLOR := True
 export PY_COLORS := 0
 
-.PHONY: help setup apt venv collection k8s test unit pytest sanity lint docs-check molecule build-collection bench-switch \
+.PHONY: help setup apt venv collection k8s test unit pytest sanity lint docs-check molecule build-collection bench-switch bench-fleet \
 	lab-up lab-down lab-ssh lab-status demo bench-ipvs clean
 
 help: ## list the targets
@@ -161,6 +161,9 @@ bench-switch: setup k8s ## the rolling switch at scale on a 3-node lab (BENCH_SW
 	@mkdir -p $(BUILD)
 	$(BIN)/python bench/switch_bench.py $(BENCH_SWITCH_ARGS) | tee $(BUILD)/switch-bench.json \
 		&& status=0 || status=$$?; $(CLUSTER) down; $(LAB) down; exit $$status
+
+bench-fleet: setup k8s ## the controller's cost of 100 nodes of a 20,000-Service cluster (BENCH_FLEET_ARGS=...), ~20 min
+	$(BIN)/python bench/fleet_bench.py $(BENCH_FLEET_ARGS)
 
 # The IPVS benchmark needs a kernel with IPVS: it runs in a lab VM of its own (more memory than the
 # test lab, so 50k services fit), with the collection and pyroute2 (its naive reference) copied in.

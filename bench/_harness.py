@@ -16,6 +16,7 @@ import secrets
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,6 +37,21 @@ def measured(samples):
     wall, cpu = time.perf_counter(), cpu_seconds()
     yield
     samples.append((time.perf_counter() - wall, cpu_seconds() - cpu))
+
+
+def timed(argv, env=None):
+    """Run ``argv`` under GNU time: (seconds, peak RSS of its largest process in MiB, stdout)."""
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as report:
+        started = time.monotonic()
+        completed = subprocess.run(["/usr/bin/time", "-f", "%M %U %S", "-o", report.name, *argv],
+                                   capture_output=True, text=True, env=env, check=False)
+        seconds = time.monotonic() - started
+        rss_kib, user, system = report.read().split()[-3:]
+    if completed.returncode != 0:
+        sys.stderr.write(completed.stdout[-6000:] + completed.stderr[-3000:])
+        raise SystemExit(f"{' '.join(argv[:3])} ... failed ({completed.returncode})")
+    return {"seconds": round(seconds, 1), "cpu_seconds": round(float(user) + float(system), 1),
+            "peak_rss_mib": round(int(rss_kib) / 1024)}, completed.stdout
 
 
 def sh(argv, stdin_text=None):

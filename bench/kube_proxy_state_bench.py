@@ -89,8 +89,9 @@ with tempfile.TemporaryDirectory() as dest:
         to_state_files(state, os.path.join(dest, name))
         per_node.append(cpu() - started)
         del state
+peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({"cluster_cpu": cluster_cpu, "per_node_cpu": sorted(per_node)[len(per_node) // 2],
-                  "nodes_cpu": sum(per_node), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "nodes_cpu": sum(per_node), "peak_rss_mb": peak_rss_mb}))
 """
 
 

@@ -14,11 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
+
+from _harness import timed
 
 ROOT = Path(__file__).resolve().parents[1]
 STATE = Path(os.environ.get("KUBEIPVS_LAB_STATE", ROOT / ".lab"))
@@ -27,12 +26,13 @@ NODES = ("node1", "node2", "node3")
 TASKS_SHOWN = 10  # per node and switch, the slowest tasks (bench/callbacks/kubeipvs_task_times.py)
 
 
-def scale_objects(services, endpoints):
+def scale_objects(services, endpoints, nodes=NODES, prefix="scale"):
     """``services`` Services (ClusterIPs from 10.100.0.0/14, every tenth a NodePort from 30100) with
-    one EndpointSlice of ``endpoints`` endpoints each, spread over the nodes' pod ranges."""
+    one EndpointSlice of ``endpoints`` endpoints each, spread over ``nodes`` (at most 254), each
+    endpoint in its node's pod range 10.244.<node's number>.0/24."""
     objects = []
     for index in range(services):
-        name = f"scale-{index:05d}"
+        name = f"{prefix}-{index:05d}"
         spec = {"type": "NodePort" if index % 10 == 0 else "ClusterIP",
                 "clusterIP": f"10.{100 + index // 65024}.{index // 254 % 256}.{index % 254 + 1}",
                 "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}]}
@@ -42,9 +42,9 @@ def scale_objects(services, endpoints):
                         "metadata": {"name": name, "namespace": "default"}, "spec": spec})
         members = []
         for number in range(endpoints):
-            node = (index + number) % len(NODES) + 1
-            members.append({"addresses": [f"10.244.{node}.{20 + (index * endpoints + number) % 230}"],
-                            "nodeName": f"node{node}", "conditions": {"ready": True}})
+            node = (index + number) % len(nodes)
+            members.append({"addresses": [f"10.244.{node + 1}.{20 + (index * endpoints + number) % 230}"],
+                            "nodeName": nodes[node], "conditions": {"ready": True}})
         objects.append({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
                         "metadata": {"name": f"{name}-bench", "namespace": "default",
                                      "labels": {"kubernetes.io/service-name": name,
@@ -52,21 +52,6 @@ def scale_objects(services, endpoints):
                         "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
                         "endpoints": members})
     return objects
-
-
-def timed(argv, env=None):
-    """Run ``argv`` under GNU time: (seconds, peak RSS of its largest process in MiB, stdout)."""
-    with tempfile.NamedTemporaryFile("r", suffix=".time") as report:
-        started = time.monotonic()
-        completed = subprocess.run(["/usr/bin/time", "-f", "%M %U %S", "-o", report.name, *argv],
-                                   capture_output=True, text=True, env=env, check=False)
-        seconds = time.monotonic() - started
-        rss_kib, user, system = report.read().split()[-3:]
-    if completed.returncode != 0:
-        sys.stderr.write(completed.stdout[-6000:] + completed.stderr[-3000:])
-        raise SystemExit(f"{' '.join(argv[:3])} ... failed ({completed.returncode})")
-    return {"seconds": round(seconds, 1), "cpu_seconds": round(float(user) + float(system), 1),
-            "peak_rss_mib": round(int(rss_kib) / 1024)}, completed.stdout
 
 
 def playbook(path, env, **extra):
