@@ -394,7 +394,7 @@ def iptables_chains(service_ports, family, node_ips, cluster_cidr=None, masquera
     """The nat and filter chains kube-proxy's iptables mode writes for one IP family, as
     ``kubeipvs.node.iptables_chain`` ``chains`` entries ({table, chain, rules, jumps}).
 
-    ``service_ports`` comes from ``_kube_proxy_state.cluster_service_ports`` for the same
+    ``service_ports`` comes from ``_kube_proxy_state.Cluster.service_ports`` for the same
     ``family`` ("ipv4" or "ipv6"). ``node_ips``: the node's addresses (the primary one of the family decides
     whether loadBalancerSourceRanges admit the node itself). ``cluster_cidr``: the pod CIDR of the
     family (kube-proxy's ``--cluster-cidr`` detector); None writes no off-cluster masquerade rule,

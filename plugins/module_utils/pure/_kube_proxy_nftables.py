@@ -8,7 +8,7 @@ Pure functions (no Ansible, no API). The facts follow kube-proxy v1.37's pkg/pro
 servicePortChainNameBase, servicePortEndpointChainNameBase) and pkg/proxy/topology.go
 (CategorizeEndpoints), and tests/integration/test_parity_netns.py holds the output to what the real
 kube-proxy writes; the Services
-come from _kube_proxy_state.cluster_service_ports, shared with the IPVS renderer. The output is the
+come from _kube_proxy_state.Cluster.service_ports, shared with the IPVS renderer. The output is the
 body of ``table <family> kube-proxy { ... }`` in nft syntax, the input of the nftables_table module.
 
 Unlike IPVS mode, a Service whose traffic policy is Local and that has no local endpoint gets no
@@ -509,7 +509,7 @@ def nftables_table(service_ports, family, node_ips, cluster_cidr=None, masquerad
                    nodeport_addresses="primary", service_cidrs=None, version=RENDERED_VERSIONS[-1]):
     """The ``kube-proxy`` table of one family: {"family": "ip"|"ip6", "name": "kube-proxy", "content": body}.
 
-    ``service_ports`` come from _kube_proxy_state.cluster_service_ports for the same ``family``.
+    ``service_ports`` come from _kube_proxy_state.Cluster.service_ports for the same ``family``.
     ``node_ips`` are the node's addresses (NodePorts listen on those of this family when
     ``nodeport_addresses`` is "primary", kube-proxy's default in nftables mode; "all" listens on every
     local address). ``cluster_cidr`` (str, comma-separated str or list) enables the ClusterCIDR

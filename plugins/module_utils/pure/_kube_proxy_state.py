@@ -81,7 +81,7 @@ class Endpoint:
 def endpoint_rows(slices, family):
     """(namespace, service, port name, protocol) -> [(address, port, ready, serving, terminating, node name,
     address as a number)]
-    from the slices of one family: what every node's endpoints are made of (``endpoints_for_node``).
+    from the slices of one family: what every node's endpoints are made of (``Cluster``).
 
     As kube-proxy's endpoint slice cache: only the first address of an endpoint counts; a
     missing ready or serving condition means true, a missing terminating one false; every
@@ -113,19 +113,6 @@ def endpoint_rows(slices, family):
                                    conditions.get("serving") is not False, terminating, endpoint.get("nodeName"),
                                    int(address))
     return {key: list(bucket.values()) for key, bucket in result.items()}
-
-
-def endpoints_for_node(rows, node_name):
-    """``endpoint_rows``' rows as one node sees them: (namespace, service, port name, protocol) -> [Endpoint],
-    local when on ``node_name``."""
-    return {key: [Endpoint(address, port, ready, serving, terminating, bool(node_name) and node == node_name, number)
-                  for address, port, ready, serving, terminating, node, number in bucket]
-            for key, bucket in rows.items()}
-
-
-def endpoints_by_port(slices, node_name, family):
-    """(namespace, service, port name, protocol) -> [Endpoint] of one node, from the slices of one family."""
-    return endpoints_for_node(endpoint_rows(slices, family), node_name)
 
 
 def categorize(endpoints, uses_cluster, uses_local):
@@ -311,13 +298,6 @@ def shape_ports(shape, endpoint_map):
     return result
 
 
-def service_ports(service, endpoint_map, family):
-    """The ServicePorts of one Service for one family on the node ``endpoint_map`` (``endpoints_by_port``)
-    is of; none for the Services ``service_shape`` skips."""
-    shape = service_shape(service, family)
-    return shape_ports(shape, endpoint_map) if shape else []
-
-
 # --- what the API returned, checked before it becomes rules -----------------------------------------
 # The API server validates these fields; this collection checks them again, because they end up in
 # rules, ipset members and nft content, and a server (or a proxy in front of it) may answer anything.
@@ -456,12 +436,6 @@ def check_cluster_objects(services, endpoint_slices):
         raise ValueError(f"the Kubernetes API returned values that cannot become dataplane rules: {shown}")
 
 
-def cluster_service_ports(services, endpoint_slices, node_name, family):
-    """Every ServicePort of one family on one node, Services in (namespace, name) order."""
-    endpoint_map = endpoints_by_port(endpoint_slices, node_name, family)
-    return [sp for service in sorted(services, key=service_key) for sp in service_ports(service, endpoint_map, family)]
-
-
 class Cluster:
     """A cluster's Services and EndpointSlices, checked and parsed once, to render any number of nodes.
 
@@ -498,7 +472,7 @@ class Cluster:
         return self._families[family]
 
     def service_ports(self, node_name, family):
-        """``cluster_service_ports`` of one node and family."""
+        """Every ServicePort of one family on one node, Services in (namespace, name) order."""
         shapes, remote, local = self._parsed(family)
         endpoint_map = dict(remote)
         for key, own in local.get(node_name, {}).items() if node_name else ():

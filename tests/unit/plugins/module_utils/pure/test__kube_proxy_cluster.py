@@ -17,7 +17,6 @@ import random
 import pytest
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_state import (
     Cluster,
-    cluster_service_ports,
 )
 from ansible_collections.kubeipvs.node.plugins.modules.kube_proxy_state import render
 
@@ -97,7 +96,7 @@ def test_the_cluster_parses_each_family_once_and_gives_each_node_its_own_endpoin
     for family in ("ipv4", "ipv6"):
         for node in NODES:
             shared = cluster.service_ports(node, family)
-            own = cluster_service_ports(services, slices, node, family)
+            own = Cluster(services, slices).service_ports(node, family)  # a cluster for this node alone
             assert [(sp.service_port_name, sp.protocol, [(e.address, e.port, e.local) for e in sp.endpoints],
                      [e.address for e in sp.internal_endpoints], [e.address for e in sp.external_endpoints])
                     for sp in shared] == \

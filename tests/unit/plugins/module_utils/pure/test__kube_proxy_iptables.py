@@ -18,7 +18,7 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_ipt
     probability,
     service_chain_name,
 )
-from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_state import cluster_service_ports
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_state import Cluster
 
 NODE = "node1"
 
@@ -55,7 +55,7 @@ def chains_of(entries):
 
 
 def render(services, slices, family=IPV4, node_ips=("192.0.2.11",), **options):
-    ports = cluster_service_ports(services, slices, NODE, family)
+    ports = Cluster(services, slices).service_ports(NODE, family)
     return chains_of(iptables_chains(ports, family, list(node_ips), **options))
 
 

@@ -20,7 +20,7 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_nft
     nftables_state,
     nftables_table,
 )
-from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_state import cluster_service_ports
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_state import Cluster
 from ansible_collections.kubeipvs.node.tests.unit.plugins.module_utils.pure.test__kube_proxy_state import (
     endpoint_slice,
     ep,
@@ -65,7 +65,7 @@ def elements(content, name):
 
 def table(services, slices, family=IPV4, node_ips=None, **options):
     node_ips = NODE_IPS if node_ips is None else node_ips
-    ports = cluster_service_ports(services, slices, NODE, family)
+    ports = Cluster(services, slices).service_ports(NODE, family)
     return nftables_table(ports, family, node_ips, **options)["content"]
 
 
