@@ -30,6 +30,10 @@ def cpu():
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 services_file, slices_file, what = sys.argv[1:4]
+# As the module runs: the lists, the model and the render with the cyclic collector paused.
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._collector import collector_paused
+PAUSED = collector_paused()
+PAUSED.__enter__()
 started = cpu()
 with open(services_file) as f:
     services = json.load(f)["items"]
@@ -68,6 +72,9 @@ def cpu():
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 services_file, slices_file, mode, nodes = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._collector import collector_paused
+PAUSED = collector_paused()
+PAUSED.__enter__()  # as the module runs
 with open(services_file) as f:
     services = json.load(f)["items"]
 with open(slices_file) as f:

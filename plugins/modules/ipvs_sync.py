@@ -173,7 +173,8 @@ import json
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
-from ansible_collections.kubeipvs.node.plugins.module_utils.node._ipvs_reconcile import collector_paused, reconcile
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._collector import collector_paused
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._ipvs_reconcile import reconcile
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._kmod import modprobe_for
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._links import LinkKernel
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._state_files import state_module

@@ -331,6 +331,7 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.k8s._client import (
     KubeApiError,
     client_from_module,
 )
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._collector import collector_paused
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._state_files import write_state_file
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_catalogue import (
     IPVS_SCHEDULERS,
@@ -546,6 +547,13 @@ def compute(module):
         raise KubeIpvsError(str(error)) from None
 
 
+def compute_paused(module):
+    """The whole run - the lists, the cluster's model, every node's state - with the cyclic garbage
+    collector paused (see ``node/_collector.py``): half of a further node's CPU in iptables mode is its passes."""
+    with collector_paused():
+        return compute(module)
+
+
 # The node module each result key is the input of (and its state file's name) -> the module's option.
 STATE_FILE_OPTIONS = {"dummy_interface": "addresses", "ipset": "sets", "ipvs_sync": "services"}
 # Large results that the state files replace.
@@ -601,7 +609,7 @@ def main():
                             required_one_of=[("node_name", "nodes")],
                             mutually_exclusive=[("node_name", "nodes"), ("node_ips", "nodes"),
                                                 ("node_port_addresses", "nodes")])
-    run_module(module, compute)
+    run_module(module, compute_paused)
 
 
 if __name__ == "__main__":

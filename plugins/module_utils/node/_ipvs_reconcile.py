@@ -12,7 +12,6 @@ node/_files.py.
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import time
 
@@ -37,26 +36,6 @@ def load_drain_state(path=None):
 def save_drain_state(state, path=None):
     """Write the drain state atomically (temp file + rename); /run keeps it until reboot."""
     write_atomic(path or DRAIN_STATE_PATH, json.dumps(state, sort_keys=True))
-
-
-@contextlib.contextmanager
-def collector_paused():
-    """Pause Python's cyclic garbage collector for a whole-table run.
-
-    A table of 10k services x 10 real servers is over 200k container objects (the input and the
-    validated services), none of them in a reference cycle; with the collector on, every 700 new
-    containers start a pass and every few thousand a pass over all of them. Measured in the lab
-    VM, a no-op at 10k x 10 in a fresh process: 9.5-10.1 s CPU paused against 11.3-12.5 s not
-    (four pairs). Reference counting still frees everything as usual; only cycles wait until the
-    collector is back on.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 class Reconciled:

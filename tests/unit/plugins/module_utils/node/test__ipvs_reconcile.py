@@ -1,19 +1,11 @@
 # Copyright (c) kubeipvs.node contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""One IPVS run: the drain clocks' file and the paused collector."""
+"""One IPVS run: the drain clocks' file."""
 
 from __future__ import annotations
 
-import gc
-
-import pytest
-from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError
-from ansible_collections.kubeipvs.node.plugins.module_utils.node._ipvs_reconcile import (
-    collector_paused,
-    load_drain_state,
-    save_drain_state,
-)
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._ipvs_reconcile import load_drain_state, save_drain_state
 
 
 def test_drain_state_round_trip(tmp_path):
@@ -23,23 +15,3 @@ def test_drain_state_round_trip(tmp_path):
     assert load_drain_state(path) == {"tcp/10.96.0.1:80": {"10.0.0.2:8080": 12.5}}
     (tmp_path / "run/kubeipvs/ipvs-drain.json").write_text("{broken")
     assert load_drain_state(path) == {}
-
-
-def test_collector_paused_turns_the_collector_back_on_even_after_an_error():
-    assert gc.isenabled()
-    with collector_paused():
-        assert not gc.isenabled()
-    assert gc.isenabled()
-    with pytest.raises(KubeIpvsError), collector_paused():
-        raise KubeIpvsError("failed mid-run")
-    assert gc.isenabled()
-
-
-def test_collector_paused_leaves_a_collector_that_was_off_off():
-    gc.disable()
-    try:
-        with collector_paused():
-            assert not gc.isenabled()
-        assert not gc.isenabled()
-    finally:
-        gc.enable()
