@@ -30,10 +30,8 @@ def cpu():
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 services_file, slices_file, what = sys.argv[1:4]
-# As the module runs: the lists, the model and the render with the cyclic collector paused.
-from ansible_collections.kubeipvs.node.plugins.module_utils.node._collector import collector_paused
-PAUSED = collector_paused()
-PAUSED.__enter__()
+import gc
+gc.disable()  # as the module runs: the lists, the model and the render with the collector paused
 started = cpu()
 with open(services_file) as f:
     services = json.load(f)["items"]
@@ -72,9 +70,8 @@ def cpu():
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 services_file, slices_file, mode, nodes = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-from ansible_collections.kubeipvs.node.plugins.module_utils.node._collector import collector_paused
-PAUSED = collector_paused()
-PAUSED.__enter__()  # as the module runs
+import gc
+gc.disable()  # as the module runs (node/_collector.py)
 with open(services_file) as f:
     services = json.load(f)["items"]
 with open(slices_file) as f:

@@ -17,8 +17,8 @@ def collector_paused():
     in a reference cycle. With the collector on, every 700 new containers start a pass, and every few
     thousand a pass over all of them: work that frees nothing here. Measured: an IPVS no-op at
     10k x 10 in the lab VM took 9.5-10.1 s CPU paused against 11.3-12.5 s not (four pairs), and
-    kube_proxy_state in iptables mode rendered each further node of a 10,000 x 10 cluster in 0.6 s
-    paused against 1.2-2.1 s not (docs/performance.md). Reference counting still frees everything as
+    kube_proxy_state in iptables mode rendered each further node of a 20,000 x 10 cluster in 1.27 s
+    paused against 2.95 s not (docs/performance.md). Reference counting still frees everything as
     usual; only cycles wait until the collector is back on.
     """
     enabled = gc.isenabled()
