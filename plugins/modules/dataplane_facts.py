@@ -26,6 +26,7 @@ description:
     cannot be read the IPVS part is reported as unknown with a warning and the rest still works.
   - Also sets the fact C(kubeipvs_dataplane).
 extends_documentation_fragment:
+  - kubeipvs.node.state_src
   - kubeipvs.node.attributes.read_only
   - kubeipvs.node.attributes
 options:
@@ -62,7 +63,18 @@ options:
     type: str
     choices: [ipv4, ipv6, both]
     default: both
+  expect_service_ports:
+    description:
+      - The VIP ports the node should answer on, spelled as RV(dataplane.service_ports) spells them
+        (C(protocol/address:port), IPv6 in brackets) - what M(kubeipvs.node.kube_proxy_state)'s
+        RV(kubeipvs.node.kube_proxy_state#module:cluster_ip_ports) lists, or its C(dataplane_facts) state
+        file holds.
+      - When given, RV(missing_service_ports) says which of them each mode that shows on the node does
+        not serve. A mode switch checks its target mode this way, with the list shipped as a file.
+    type: list
+    elements: str
 notes:
+  - O(state_src) may hold O(expect_service_ports).
   - Needs root. Reads C(iptables-save)/C(ip6tables-save) (nft backend, and the legacy backend
     only for tables the kernel already has), C(ipset list -n), C(nft -j list tables), /proc/modules
     and the conntrack sysctls.
@@ -81,6 +93,18 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+missing_service_ports:
+  description:
+    - With O(expect_service_ports) - per mode that shows on the node (RV(dataplane.modes)), the expected
+      ports that mode does not serve, sorted. Empty lists when every mode serves them all.
+  returned: when O(expect_service_ports) is given (directly or in O(state_src))
+  type: dict
+  sample: {ipvs: [], nftables: ["udp/10.96.0.10:53"]}
+expected_service_ports:
+  description: With O(expect_service_ports) - how many ports were expected.
+  returned: when O(expect_service_ports) is given (directly or in O(state_src))
+  type: int
+  sample: 2003
 dataplane:
   description: The node's kube-proxy dataplane (also returned as the fact C(kubeipvs_dataplane)).
   returned: always
@@ -142,8 +166,10 @@ dataplane:
     service_ports:
       description:
         - Per mode, the VIP ports the node answers on, as C(protocol/address:port) - iptables mode's
-          nat C(KUBE-SERVICES) rules that jump to a per-service chain, the owned IPVS services
-          (fwmark services left out), and the keys of nftables mode's C(service-ips) map.
+          nat C(KUBE-SERVICES) rules that jump to a per-service chain and filter C(KUBE-SERVICES) rules
+          that reject a Service without endpoints, the owned IPVS services (fwmark services left out;
+          one without real servers too), and the keys of nftables mode's C(service-ips) and
+          C(no-endpoint-services) maps - a port a mode rejects for want of endpoints is one it handles.
         - A mode switch compares the target mode's list with the ClusterIP ports the cluster has.
       type: dict
       sample: {iptables: [], ipvs: ["tcp/10.96.0.1:443", "udp/10.96.0.10:53"], nftables: []}
@@ -169,11 +195,12 @@ dataplane:
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kubeipvs.node.plugins.module_utils._errors import ansible_module, run_module
+from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, run_module
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._commands import Commands
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._dataplane import SCOPE_AND_FAMILY_ARGS, NodeReader
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._ipvs import IpvsKernel
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._links import LinkKernel
+from ansible_collections.kubeipvs.node.plugins.module_utils.node._state_files import state_module
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure import _dataplane as dp
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._dataplane import validate_scope
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import FAMILIES, IPV4, IPV6, NFT
@@ -204,6 +231,12 @@ def iptables_report(node, families):
 
 def gather(module):
     scope = validate_scope(module.params["scope"] or {})
+    expected = module.params["expect_service_ports"]
+    if expected is not None:
+        try:
+            expected = dp.check_port_labels(expected, "expect_service_ports")
+        except ValueError as error:
+            raise KubeIpvsError(str(error)) from None
     link = scope["dummy_interface"]
     families = FAMILY_CHOICES[module.params["family"]]
     reader = make_reader(module, families)
@@ -240,13 +273,18 @@ def gather(module):
     }
     for warning in reader.warnings:
         module.warn(warning)
-    return {"changed": False, "dataplane": dataplane, "ansible_facts": {"kubeipvs_dataplane": dataplane}}
+    result = {"changed": False, "dataplane": dataplane, "ansible_facts": {"kubeipvs_dataplane": dataplane}}
+    if expected is not None:
+        result["expected_service_ports"] = len(expected)
+        result["missing_service_ports"] = dp.missing_service_ports(expected, dataplane["service_ports"], modes)
+    return result
 
 
 def build_module():
-    return ansible_module(
+    return state_module(
         AnsibleModule,
-        argument_spec=SCOPE_AND_FAMILY_ARGS,
+        state_options=("expect_service_ports",),
+        argument_spec=dict(SCOPE_AND_FAMILY_ARGS, expect_service_ports={"type": "list", "elements": "str"}),
         supports_check_mode=True,
     )
 

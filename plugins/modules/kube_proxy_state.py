@@ -146,7 +146,9 @@ options:
         one gzip-compressed JSON file per module call, each the options that module takes from its
         O(kubeipvs.node.ipvs_sync#module:state_src).
         The result then holds RV(state_files), their paths, in place of RV(dummy_interface), RV(ipvs_sync), RV(ipset),
-        RV(ipsets), RV(ipset_types), RV(iptables_chain), RV(iptables_chain_unshared) and RV(nftables_tables).
+        RV(ipsets), RV(ipset_types), RV(iptables_chain), RV(iptables_chain_unshared), RV(nftables_tables) and
+        RV(cluster_ip_ports) (written as the O(kubeipvs.node.dataplane_facts#module:expect_service_ports) of
+        M(kubeipvs.node.dataplane_facts), its count staying in RV(counts)).
       - For a large cluster (megabytes of state per node) this keeps the state out of task arguments, results and
         host variables - the way the mode_switch role uses it. Files of the same names are replaced.
       - With O(nodes), one folder per node in it, named after the node - for the nodes without their own
@@ -158,6 +160,7 @@ seealso:
   - module: kubeipvs.node.ipvs_sync
   - module: kubeipvs.node.dummy_interface
   - module: kubeipvs.node.ipset
+  - module: kubeipvs.node.dataplane_facts
 """
 
 EXAMPLES = r"""
@@ -250,19 +253,21 @@ state_files:
     dummy_interface: /tmp/state/dummy_interface.json.gz
     ipset: /tmp/state/ipset.json.gz
     ipvs_sync: /tmp/state/ipvs_sync.json.gz
+    dataplane_facts: /tmp/state/dataplane_facts.json.gz
     iptables_chain: {ipv4: /tmp/state/iptables_chain-ipv4.json.gz}
     iptables_chain_unshared: {ipv4: /tmp/state/iptables_chain_unshared-ipv4.json.gz}
 nodes:
   description:
-    - With O(nodes) - per node name its RV(state_files) (in its own folder of O(dest)), RV(cluster_ip_ports),
-      RV(counts) and RV(node_ips). The other node-specific keys are not returned.
+    - With O(nodes) - per node name its RV(state_files) (in its own folder of O(dest)), RV(counts) and
+      RV(node_ips). The other node-specific keys are not returned; the node's ClusterIP ports are in its
+      C(dataplane_facts) state file, so the result does not grow with the Services times the nodes.
   returned: when O(nodes) is given
   type: dict
   sample:
     node1:
-      state_files: {nftables_tables: [{family: ip, name: kube-proxy, state_src: /tmp/state/node1/nftables_table-ip-kube-proxy.json.gz}]}
-      cluster_ip_ports: ["tcp/10.96.0.1:443"]
-      counts: {services_read: 12, endpoint_slices_read: 14, table_lines: 210}
+      state_files: {nftables_tables: [{family: ip, name: kube-proxy, state_src: /tmp/state/node1/nftables_table-ip-kube-proxy.json.gz}],
+                    dataplane_facts: /tmp/state/node1/dataplane_facts.json.gz}
+      counts: {services_read: 12, endpoint_slices_read: 14, table_lines: 210, cluster_ip_ports: 12}
       node_ips: [192.0.2.11]
 mode:
   description: The mode the state was computed for.
@@ -289,8 +294,9 @@ cluster_ip_ports:
   description:
     - Every ClusterIP port of the node's Services as C(protocol/address:port) (IPv6 in brackets) - the
       spelling of RV(kubeipvs.node.dataplane_facts#module:dataplane.service_ports), so a mode switch can
-      check that the node's new dataplane answers on all of them.
-  returned: when O(nodes) is not given
+      check that the node's new dataplane answers on all of them (give them to
+      O(kubeipvs.node.dataplane_facts#module:expect_service_ports)).
+  returned: when neither O(nodes) nor O(dest) is given
   type: list
   elements: str
   sample: ["tcp/10.96.0.1:443", "udp/10.96.0.10:53"]
@@ -316,10 +322,12 @@ counts:
   description:
     - Numbers of Services and EndpointSlices read, and of what the mode's state holds - in V(ipvs) mode
       virtual servers, real servers and addresses; in V(iptables) mode chains and rules (both
-      families); in V(nftables) mode lines of table content.
+      families); in V(nftables) mode lines of table content; in every mode the ClusterIP ports
+      (C(cluster_ip_ports)).
   returned: when O(nodes) is not given
   type: dict
-  sample: {services_read: 12, endpoint_slices_read: 14, virtual_servers: 20, real_servers: 31, addresses: 12}
+  sample: {services_read: 12, endpoint_slices_read: 14, virtual_servers: 20, real_servers: 31, addresses: 12,
+           cluster_ip_ports: 12}
 """
 
 import os
@@ -429,6 +437,7 @@ def render(params, services, slices, node_ips, service_cidrs=(), version=RENDERE
                       real_servers=sum(len(s["real_servers"]) for s in virtual_servers),
                       addresses=len(ipvs["dummy_interface"]["addresses"]))
         result["cluster_ip_ports"] = ipvs["cluster_ip_ports"]
+        counts["cluster_ip_ports"] = len(result["cluster_ip_ports"])
         result.update((key, ipvs[key]) for key in ("dummy_interface", "ipvs_sync", "ipset", "ipsets", "ipset_types"))
         result["iptables_chain"] = ipvs_iptables_state(ipvs["ipsets"], options["cluster_cidr"],
                                                        options["masquerade_bit"])
@@ -444,6 +453,7 @@ def render(params, services, slices, node_ips, service_cidrs=(), version=RENDERE
                                                         version=version, **options).values())
         counts["table_lines"] = sum(table["content"].count("\n") for table in result["nftables_tables"])
     result["cluster_ip_ports"] = cluster.cluster_ip_ports(node_ips, params["ip_families"])
+    counts["cluster_ip_ports"] = len(result["cluster_ip_ports"])
     return result
 
 
@@ -540,7 +550,7 @@ def compute(module):
             node_params = dict(params, node_name=name, node_port_addresses=node["node_port_addresses"])
             state = render(node_params, cluster, None, node_ips[name], service_cidrs or (), rendered)
             state = to_state_files(state, node["dest"] or os.path.join(params["dest"], name))
-            result["nodes"][name] = {key: state[key] for key in ("cluster_ip_ports", "counts", "state_files")}
+            result["nodes"][name] = {key: state[key] for key in ("counts", "state_files")}
             result["nodes"][name]["node_ips"] = node_ips[name]
         return result
     except ValueError as error:
@@ -556,9 +566,11 @@ def compute_paused(module):
 
 # The node module each result key is the input of (and its state file's name) -> the module's option.
 STATE_FILE_OPTIONS = {"dummy_interface": "addresses", "ipset": "sets", "ipvs_sync": "services"}
+# Result keys written whole as one option of another node module: key -> (module, option).
+STATE_FILE_AS = {"cluster_ip_ports": ("dataplane_facts", "expect_service_ports")}
 # Large results that the state files replace.
 STATE_FILE_REPLACED = ("dummy_interface", "ipset", "ipvs_sync", "ipsets", "ipset_types", "iptables_chain",
-                       "iptables_chain_unshared", "nftables_tables")
+                       "iptables_chain_unshared", "nftables_tables", "cluster_ip_ports")
 
 
 def to_state_files(state, directory):
@@ -567,6 +579,9 @@ def to_state_files(state, directory):
     for key, option in STATE_FILE_OPTIONS.items():
         if key in state:
             files[key] = write_state_file(directory, f"{key}.json.gz", {option: state[key][option]})
+    for key, (module, option) in STATE_FILE_AS.items():
+        if key in state:
+            files[module] = write_state_file(directory, f"{module}.json.gz", {option: state[key]})
     for key in ("iptables_chain", "iptables_chain_unshared"):
         if key in state:
             files[key] = {family: write_state_file(directory, f"{key}-{family}.json.gz", {"chains": chains})

@@ -59,7 +59,8 @@ def test_state_of_a_node_from_the_api(cluster):
     assert not default_ips["changed"] and default_ips["node_ips"] == cluster.node_ips("node1"), default_ips
     assert default_ips["counts"] == {"services_read": SERVICES + 1, "endpoint_slices_read": SERVICES + 1,
                                      "virtual_servers": SERVICES + 2, "real_servers": SERVICES + 2,
-                                     "addresses": SERVICES + 1}
+                                     "addresses": SERVICES + 1, "cluster_ip_ports": SERVICES + 1}
+    assert len(default_ips["cluster_ip_ports"]) == SERVICES + 1
     services = default_ips["ipvs_sync"]["services"]
     assert {"protocol": "tcp", "address": node_ip, "port": 30080, "family": "inet", "scheduler": "rr",
             "real_servers": [{"address": "10.244.1.1", "port": 8080, "weight": 1, "forwarding": "nat"}]} in services
@@ -322,11 +323,13 @@ def test_state_files_program_a_node_as_the_inline_state_does(cluster, netns, tmp
     inline, files = cluster.modules([("kube_proxy_state", common), ("kube_proxy_state", dict(common, dest=str(dest)))])
     assert not inline.get("failed") and not files.get("failed"), (inline, files)
     replaced = {"dummy_interface", "ipvs_sync", "ipset", "ipsets", "ipset_types", "iptables_chain",
-                "iptables_chain_unshared", "nftables_tables"}
+                "iptables_chain_unshared", "nftables_tables", "cluster_ip_ports"}
     assert not replaced & set(files), sorted(files)
     assert {key: value for key, value in inline.items() if key not in replaced | {"invocation"}} == {
         key: value for key, value in files.items() if key not in ("state_files", "invocation")}
     written = files["state_files"]
+    assert gzip_json(written["dataplane_facts"]) == {"expect_service_ports": inline["cluster_ip_ports"]}
+    assert files["counts"]["cluster_ip_ports"] == len(inline["cluster_ip_ports"]) > 0
     if mode == "ipvs":
         assert gzip_json(written["ipvs_sync"]) == {"services": inline["ipvs_sync"]["services"]}
         assert gzip_json(written["dummy_interface"]) == {"addresses": inline["dummy_interface"]["addresses"]}
@@ -352,6 +355,16 @@ def test_state_files_program_a_node_as_the_inline_state_does(cluster, netns, tmp
         echoed = result["invocation"]["module_args"]
         assert echoed["state_src"] == args["state_src"]  # the path the task gave, not the state it holds
         assert not any(echoed.get(option) for option in ("sets", "chains", "content")), echoed
+    # the node, checked against the ClusterIP ports in its file: served by the mode programmed (IPVS
+    # mode's are not - this kernel has no IPVS, so all of them are missing), and only the path echoed
+    scope = {"cidrs": ["10.96.0.0/12", "fd00:10:96::/108"]}
+    (facts,) = netns_playbook(netns, tmp_path, [{"kubeipvs.node.dataplane_facts": {
+        "scope": scope, "state_src": written["dataplane_facts"]}}])
+    assert facts["expected_service_ports"] == len(inline["cluster_ip_ports"]), facts
+    assert mode in facts["dataplane"]["modes"], facts["dataplane"]["modes"]
+    assert facts["missing_service_ports"][mode] == ([] if mode != "ipvs" else inline["cluster_ip_ports"])
+    assert facts["invocation"]["module_args"]["state_src"] == written["dataplane_facts"]
+    assert not facts["invocation"]["module_args"].get("expect_service_ports")
     # the inline state and the files again: nothing left to change either way
     again = netns_playbook(netns, tmp_path, from_inline + from_files)
     assert not any(result["changed"] or result.get("failed") for result in again), again
@@ -387,8 +400,8 @@ def test_several_nodes_from_one_read_of_the_cluster(cluster, tmp_path, mode):
     assert sorted(together["nodes"]) == ["node1", "node2"]
     for name, single in zip(("node1", "node2"), alone, strict=True):
         mine = together["nodes"][name]
-        assert {key: mine[key] for key in ("cluster_ip_ports", "counts", "node_ips")} == \
-            {key: single[key] for key in ("cluster_ip_ports", "counts", "node_ips")}
+        assert sorted(mine) == ["counts", "node_ips", "state_files"]  # no list that grows with the Services
+        assert {key: mine[key] for key in ("counts", "node_ips")} == {key: single[key] for key in ("counts", "node_ips")}
         ours, theirs = paths_in(mine["state_files"]), paths_in(single["state_files"])
         folder = tmp_path / "all" / name if name == "node1" else tmp_path / "node2-own"  # node2 has a dest of its own
         assert [path.replace(str(folder), "") for path in ours] == \

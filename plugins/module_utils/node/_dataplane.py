@@ -21,7 +21,7 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.node._iptables impor
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._nftables import Nftables
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure import _dataplane as dp
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import FAMILIES, INET, IPV4, NFT
-from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_catalogue import NFT_SERVICE_MAP
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_catalogue import NFT_NO_ENDPOINT_MAP, NFT_SERVICE_MAP
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._iptables import parse_save
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipvs_input import service_entry
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipvs_plan import (
@@ -196,14 +196,18 @@ class NodeReader:
         return node, extra
 
     def read_nft_service_ports(self, nft_family):
-        """The keys of the kube-proxy table's service map; none when the table has no such map."""
-        out = self.nftables.list_map(nft_family, dp.NFT_TABLE, NFT_SERVICE_MAP)
-        if out is None:
-            return []
-        try:
-            return dp.nftables_service_ports(json.loads(out or "{}"))
-        except ValueError as error:
-            raise KubeIpvsError(f"nft -j list map printed something that is not JSON: {error}") from None
+        """The keys of the kube-proxy table's service map and of its map of Services without endpoints
+        (which it rejects); none of a map the table does not have."""
+        ports = set()
+        for name in (NFT_SERVICE_MAP, NFT_NO_ENDPOINT_MAP):
+            out = self.nftables.list_map(nft_family, dp.NFT_TABLE, name)
+            if out is None:
+                continue
+            try:
+                ports.update(dp.nftables_service_ports(json.loads(out or "{}")))
+            except ValueError as error:
+                raise KubeIpvsError(f"nft -j list map printed something that is not JSON: {error}") from None
+        return sorted(ports)
 
     def ipvs_loaded(self):
         return os.path.exists(self._proc(PROC_IP_VS))

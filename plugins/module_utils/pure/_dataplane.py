@@ -11,6 +11,8 @@ pkg/proxy/ipvs/proxier.go); see docs/mode-switch.md for the lists.
 
 from __future__ import annotations
 
+import ipaddress
+
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure import _iptables as iptables_lib
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import FAMILIES, IPV4, IPV6, NFT
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipvs_plan import scope_settings
@@ -340,6 +342,36 @@ def port_label(protocol, address, port):
     return f"{str(protocol).lower()}/{host}:{port}"
 
 
+PORT_LABEL_PROTOCOLS = ("tcp", "udp", "sctp")
+
+
+def check_port_labels(labels, what):
+    """``labels`` as a set, each checked to be spelled as ``port_label`` spells it; ValueError naming
+    the first that is not (its index in ``what``) and how to write it."""
+    checked = set()
+    for index, label in enumerate(labels):
+        protocol, _slash, rest = str(label).partition("/")
+        host, _colon, port = rest.rpartition(":")
+        address = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        try:
+            canonical = (protocol in PORT_LABEL_PROTOCOLS and port.isdigit() and 0 < int(port) < 65536
+                         and (":" in address) == host.startswith("[")
+                         and port_label(protocol, ipaddress.ip_address(address), int(port)))
+        except ValueError:
+            canonical = None
+        if canonical != label:
+            raise ValueError(f"{what}[{index}]: {label!r} is not a service port; write it as protocol/address:port "
+                             "(tcp, udp or sctp; an IPv6 address in brackets), e.g. tcp/10.96.0.1:443 or "
+                             "udp/[fd00::a]:53" + (f" - here {canonical}" if canonical else ""))
+        checked.add(label)
+    return checked
+
+
+def missing_service_ports(expected, served, modes):
+    """Per mode of ``modes`` (the modes a node shows), the ``expected`` ports its ``served`` list lacks, sorted."""
+    return {mode: sorted(expected.difference(served[mode])) for mode in modes if mode in served}
+
+
 def _option(tokens, *names):
     for index, token in enumerate(tokens[:-1]):
         if token in names:
@@ -348,23 +380,26 @@ def _option(tokens, *names):
 
 
 def iptables_service_ports(family_state):
-    """The VIP ports iptables mode serves: nat KUBE-SERVICES rules that match a destination
-    address, protocol and port and jump to a per-service chain."""
+    """The VIP ports iptables mode handles: nat KUBE-SERVICES rules that match a destination
+    address, protocol and port and jump to a per-service chain, and filter KUBE-SERVICES rules
+    that reject such a port (a Service without endpoints)."""
     ports = set()
     for (_backend, table), state in family_state.tables.items():
-        if table != "nat":
+        if table not in ("nat", "filter"):
             continue
         for tokens in state.rules_of("KUBE-SERVICES"):
             target, address = _option(tokens, "-j"), _option(tokens, "-d")
             protocol, port = _option(tokens, "-p"), _option(tokens, "--dport")
-            if not (target and address and protocol and port) or not is_service_chain(target):
+            if not (target and address and protocol and port):
                 continue
-            ports.add(port_label(protocol, address.split("/", 1)[0], port))
+            if is_service_chain(target) if table == "nat" else target == "REJECT":
+                ports.add(port_label(protocol, address.split("/", 1)[0], port))
     return sorted(ports)
 
 
 def nftables_service_ports(document):
-    """The keys of nftables mode's ``service-ips`` map from ``nft -j list map`` output (parsed JSON)."""
+    """The keys of one of nftables mode's ``service-ips`` and ``no-endpoint-services`` maps from
+    ``nft -j list map`` output (parsed JSON)."""
     ports = set()
     for item in document.get("nftables", []):
         nft_map = item.get("map") if isinstance(item, dict) else None

@@ -154,6 +154,8 @@ KUBELET_CHAINS = {"filter": ("KUBE-FIREWALL", "KUBE-KUBELET-CANARY"), "nat": ("K
 NFT_TABLE = "kube-proxy"
 # nftables mode's verdict map of ClusterIP, external IP and load-balancer IP . protocol . port.
 NFT_SERVICE_MAP = "service-ips"
+# ... and of the same keys for Services without endpoints (rejected or dropped).
+NFT_NO_ENDPOINT_MAP = "no-endpoint-services"
 DEFAULT_DUMMY_INTERFACE = "kube-ipvs0"
 
 # --- versions -----------------------------------------------------------------------------------

@@ -26,6 +26,12 @@ import hashlib
 import ipaddress
 
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import IPV4, IPV6, NFT, VERSION, family_of
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_catalogue import (
+    NFT_NO_ENDPOINT_MAP as NO_ENDPOINT_SERVICES_MAP,
+)
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_catalogue import (
+    NFT_SERVICE_MAP as SERVICE_IPS_MAP,
+)
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_catalogue import RENDERED_VERSIONS, check_version
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_state import (
     as_cluster,
@@ -44,13 +50,11 @@ CHAIN_NAME_BASE_LENGTH_MAX = NAME_LENGTH_MAX - CHAIN_NAME_PREFIX_LENGTH_MAX
 
 # Stock chains, sets and maps (proxier.go constants).
 SERVICES_CHAIN = "services"
-SERVICE_IPS_MAP = "service-ips"
 SERVICE_NODEPORTS_MAP = "service-nodeports"
 NODEPORT_IPS_SET = "nodeport-ips"
 CLUSTER_IPS_SET = "cluster-ips"
 SERVICE_ENDPOINTS_CHECK_CHAIN = "service-endpoints-check"
 NODEPORT_ENDPOINTS_CHECK_CHAIN = "nodeport-endpoints-check"
-NO_ENDPOINT_SERVICES_MAP = "no-endpoint-services"
 NO_ENDPOINT_NODEPORTS_MAP = "no-endpoint-nodeports"
 REJECT_CHAIN = "reject-chain"
 CLUSTER_IPS_CHECK_CHAIN = "cluster-ips-check"

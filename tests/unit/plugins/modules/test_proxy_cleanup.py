@@ -8,6 +8,7 @@ tests/unit/fakes."""
 from __future__ import annotations
 
 import functools
+import gzip
 import json
 import os
 
@@ -219,6 +220,41 @@ def test_facts_report_mixed_mode_and_owned_vips(kernel):
     assert result["ansible_facts"]["kubeipvs_dataplane"] == dataplane
     assert dataplane["kernel"] == os.uname().release
     assert writes(module) == []
+
+
+EXPECTED = ["tcp/10.96.0.1:443", "udp/10.97.0.10:53"]
+MISSING = {"iptables": ["udp/10.97.0.10:53"], "ipvs": [], "nftables": EXPECTED}  # nft answers with no map
+
+
+def test_facts_check_the_expected_service_ports_per_mode(kernel):
+    result = dataplane_facts.gather(facts_task(expect_service_ports=EXPECTED))
+    assert result["dataplane"]["modes"] == ["iptables", "ipvs", "nftables"]
+    assert (result["expected_service_ports"], result["missing_service_ports"]) == (2, MISSING)
+    assert "missing_service_ports" not in result["ansible_facts"]["kubeipvs_dataplane"]
+    plain = dataplane_facts.gather(facts_task())
+    assert "missing_service_ports" not in plain and "expected_service_ports" not in plain
+
+
+def test_facts_take_the_expected_service_ports_from_a_state_file(kernel, tmp_path):
+    path = tmp_path / "dataplane_facts.json.gz"
+    path.write_bytes(gzip.compress(json.dumps({"expect_service_ports": EXPECTED}).encode()))
+    module = facts_task(state_src=str(path))
+    assert module.params["expect_service_ports"] == EXPECTED
+    assert dataplane_facts.gather(module)["missing_service_ports"] == MISSING
+
+
+@pytest.mark.parametrize(("label", "hint"), [
+    ("TCP/10.96.0.1:443", None), ("tcp/10.96.0.1", None), ("tcp/fd00::1:53", None), ("tcp/[10.96.0.1]:53", None),
+    ("tcp/10.96.0.1:0", None), ("tcp/10.96.0.1:65536", None), ("icmp/10.96.0.1:1", None),
+    ("tcp/010.96.0.1:53", None), ("tcp/10.96.0.1:0443", "tcp/10.96.0.1:443"),
+    ("udp/[FD00::A]:53", "udp/[fd00::a]:53"), ("tcp/10.96.0.1:443\n", None), ("", None)])
+def test_facts_refuse_a_badly_spelled_expected_port_before_reading_anything(kernel, label, hint):
+    module = facts_task(expect_service_ports=[EXPECTED[0], label])
+    with pytest.raises(KubeIpvsError) as error:
+        dataplane_facts.gather(module)
+    assert str(error.value).startswith("expect_service_ports[1]: ") and "protocol/address:port" in str(error.value)
+    assert (f"here {hint}" in str(error.value)) if hint else "here" not in str(error.value)
+    assert module.commands == []
 
 
 def test_facts_report_which_tools_are_installed(kernel):

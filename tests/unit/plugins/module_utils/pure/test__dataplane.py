@@ -303,6 +303,27 @@ def test_iptables_service_ports_reads_the_dispatch_rules_only():
     assert dp.iptables_service_ports(family_state) == ["tcp/10.96.0.50:80", "udp/10.96.0.10:53"]
 
 
+FILTER_SERVICES = """*filter
+:KUBE-SERVICES - [0:0]
+:KUBE-EXTERNAL-SERVICES - [0:0]
+-A KUBE-SERVICES -d 10.96.0.90/32 -p sctp -m comment --comment "default/sctp has no endpoints" -m sctp --dport 9000 \
+-j REJECT --reject-with icmp-port-unreachable
+-A KUBE-SERVICES -d 10.96.0.91/32 -p tcp -m comment --comment "not a reject" -m tcp --dport 80 -j ACCEPT
+-A KUBE-EXTERNAL-SERVICES -d 198.51.100.20/32 -p tcp -m tcp --dport 80 -j REJECT
+COMMIT
+"""
+
+
+def test_iptables_service_ports_count_the_rejects_of_services_without_endpoints():
+    """A Service without endpoints has no nat dispatch rule; iptables mode rejects its ClusterIP
+    ports in filter KUBE-SERVICES - handled, as kube-proxy handles them (external IPs are not ClusterIPs)."""
+    family_state = dp.FamilyState("ipv4")
+    family_state.tables[("nft", "nat")] = iptables_lib.parse_save(NAT_SERVICES, "nat")
+    family_state.tables[("nft", "filter")] = iptables_lib.parse_save(FILTER_SERVICES, "filter")
+    assert dp.iptables_service_ports(family_state) == ["sctp/10.96.0.90:9000", "tcp/10.96.0.50:80",
+                                                       "udp/10.96.0.10:53"]
+
+
 def test_iptables_service_ports_ipv6_labels_bracket_the_address():
     text = ("*nat\n:KUBE-SERVICES - [0:0]\n-A KUBE-SERVICES -d fd00::10/128 -p tcp -m tcp --dport 443 "
             "-j KUBE-SVC-BBBBBBBBBBBBBBBB\nCOMMIT\n")
