@@ -182,6 +182,14 @@ dataplane:
       description: Conntrack entries in use and the limit (null when nf_conntrack is not loaded).
       type: dict
       sample: {count: 112, max: 131072}
+    ipv6:
+      description:
+        - Whether the kernel has IPv6 (C(kernel), C(/proc/net/if_inet6) present) and whether
+          C(net.ipv6.conf.all.disable_ipv6) switches it off (C(disabled), null when unknown). kube-proxy
+          runs its IPv6 proxier - the IPv6 chains, C(KUBE-6-*) sets and C(ip6) table - wherever IPv6 is
+          on, also in an IPv4-only cluster; a mode switch pre-programs those too.
+      type: dict
+      sample: {kernel: true, disabled: false}
     kernel:
       description: The running kernel's release (what decides whether nftables mode is possible).
       type: str
@@ -268,6 +276,7 @@ def gather(module):
         "service_ports": dp.service_ports(node, families),
         "modules": reader.loaded_modules(),
         "conntrack": reader.conntrack(),
+        "ipv6": reader.ipv6(),
         "kernel": os.uname().release,
         "tools": {name: bool(module.get_bin_path(name)) for name in TOOLS},
     }

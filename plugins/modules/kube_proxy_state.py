@@ -62,6 +62,13 @@ options:
         description: As O(node_port_addresses), for this node.
         type: list
         elements: str
+      ip_families:
+        description:
+          - As O(ip_families), for this node - the families its kernel runs kube-proxy for (see
+            RV(kubeipvs.node.dataplane_facts#module:dataplane.ipv6)). Not given - O(ip_families).
+        type: list
+        elements: str
+        choices: [ipv4, ipv6]
       dest:
         description: The folder for this node's files (created when missing). Not given - O(dest)/O(nodes[].name).
         type: path
@@ -548,6 +555,8 @@ def compute(module):
         for node in params["nodes"]:
             name = node["name"]
             node_params = dict(params, node_name=name, node_port_addresses=node["node_port_addresses"])
+            if node["ip_families"] is not None:
+                node_params["ip_families"] = node["ip_families"]
             state = render(node_params, cluster, None, node_ips[name], service_cidrs or (), rendered)
             state = to_state_files(state, node["dest"] or os.path.join(params["dest"], name))
             result["nodes"][name] = {key: state[key] for key in ("counts", "state_files")}
@@ -606,6 +615,7 @@ def main():
             name=dict(type="str", required=True),
             node_ips=dict(type="list", elements="str", default=[]),
             node_port_addresses=dict(type="list", elements="str"),
+            ip_families=dict(type="list", elements="str", choices=["ipv4", "ipv6"]),
             dest=dict(type="path"),
         )),
         scheduler=dict(type="str", default="rr", choices=list(IPVS_SCHEDULERS)),

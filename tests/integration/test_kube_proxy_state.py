@@ -433,3 +433,24 @@ def test_bad_nodes_fail_before_the_cluster_is_read_and_nothing_is_written(cluste
     assert shared["failed"] and f"nodes[1]: {dest / 'node2'} is another node's folder too" in shared["msg"], shared
     assert both["failed"] and "mutually exclusive" in both["msg"], both
     assert not dest.exists() and not cluster.writes()
+
+
+def test_each_node_rendered_for_its_own_families_and_none_for_an_empty_list(cluster, tmp_path):
+    """``nodes[].ip_families``: a node whose kernel runs IPv6 gets kube-proxy's (empty) IPv6 objects
+    in an IPv4-only cluster, the other node only IPv4 ones; ``nodes: []`` reads the cluster's
+    versions and renders no node (the switch's preflight)."""
+    seed(cluster)
+    dest = tmp_path / "state"
+    nodes = [{"name": "node1", "node_ips": ["192.0.2.11"], "ip_families": ["ipv4", "ipv6"]},
+             {"name": "node2", "node_ips": ["192.0.2.12"]}]
+    together, none = cluster.modules([("kube_proxy_state", {"nodes": nodes, "dest": str(dest)}),
+                                      ("kube_proxy_state", {"nodes": [], "mode": "nftables"})])
+    assert not together.get("failed") and not none.get("failed"), (together, none)
+    sets = {name: {entry["name"] for entry in gzip_json(together["nodes"][name]["state_files"]["ipset"])["sets"]}
+            for name in ("node1", "node2")}
+    assert "KUBE-6-CLUSTER-IP" in sets["node1"] and "KUBE-CLUSTER-IP" in sets["node1"], sorted(sets["node1"])
+    assert "KUBE-CLUSTER-IP" in sets["node2"] and not [name for name in sets["node2"] if name.startswith("KUBE-6-")]
+    assert sorted(together["nodes"]["node1"]["state_files"]["iptables_chain"]) == ["ipv4", "ipv6"]
+    assert sorted(together["nodes"]["node2"]["state_files"]["iptables_chain"]) == ["ipv4"]
+    assert none["nodes"] == {} and none["kubernetes_version"] == f"v{lab_cluster.version()}", none
+    assert none["kube_proxy_version"] and none["mode"] == "nftables"

@@ -217,6 +217,13 @@ class NodeReader:
         names = [line.split(" ", 1)[0] for line in text.splitlines() if line]
         return sorted(name for name in names if name.startswith(MODULE_PREFIXES))
 
+    def ipv6(self):
+        """Whether the kernel has IPv6 (``/proc/net/if_inet6``) and whether it is switched off
+        (``net.ipv6.conf.all.disable_ipv6``; None when unknown) - where kube-proxy runs its IPv6 proxier."""
+        disabled = _read_file(self._proc("/proc/sys/net/ipv6/conf/all/disable_ipv6"))
+        return {"kernel": os.path.exists(self._proc("/proc/net/if_inet6")),
+                "disabled": None if disabled is None or disabled.strip() not in ("0", "1") else disabled.strip() == "1"}
+
     def conntrack(self):
         values = {}
         for key in ("count", "max"):

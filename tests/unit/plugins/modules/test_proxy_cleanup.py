@@ -257,6 +257,16 @@ def test_facts_refuse_a_badly_spelled_expected_port_before_reading_anything(kern
     assert module.commands == []
 
 
+def test_facts_report_whether_the_kernel_runs_ipv6(kernel, tmp_path):
+    assert dataplane_facts.gather(facts_task())["dataplane"]["ipv6"] == {"kernel": False, "disabled": None}
+    (tmp_path / "proc" / "net" / "if_inet6").write_text("")
+    switch = tmp_path / "proc" / "sys" / "net" / "ipv6" / "conf" / "all" / "disable_ipv6"
+    switch.parent.mkdir(parents=True)
+    for value, disabled in (("0\n", False), ("1\n", True), ("x\n", None)):
+        switch.write_text(value)
+        assert dataplane_facts.gather(facts_task())["dataplane"]["ipv6"] == {"kernel": True, "disabled": disabled}
+
+
 def test_facts_report_which_tools_are_installed(kernel):
     node = NodeCommands(missing={"nft"})
     node.outputs["nft"] = (1, "", "should not run")
