@@ -56,9 +56,20 @@ options:
     type: bool
     default: false
   update_strategy:
-    description: Set the DaemonSet's C(spec.updateStrategy.type) before restarting anything.
+    description:
+      - Set the DaemonSet's C(spec.updateStrategy.type) before restarting anything.
+      - V(restore) sets the strategy O(remember_update_strategy) kept and removes the annotation; without
+        the annotation nothing changes. V(RollingUpdate) removes it too.
     type: str
-    choices: [OnDelete, RollingUpdate]
+    choices: [OnDelete, RollingUpdate, restore]
+  remember_update_strategy:
+    description:
+      - With O(update_strategy=OnDelete), when that changes the strategy, record the strategy found (its
+        C(rollingUpdate) settings too) in the DaemonSet's annotation C(kubeipvs.node/update-strategy-before),
+        unless one is there already - kept in the cluster, so it survives a run that stops half-way however
+        it stops, for a later O(update_strategy=restore). The mode_switch role uses it.
+    type: bool
+    default: false
   node_kernel_modules:
     description:
       - Whether kube-proxy's containers see the node's kernel modules.
@@ -108,10 +119,12 @@ restarted:
   elements: dict
   sample: [{node: node1, old_pods: [kube-proxy-7xk2p], new_pod: kube-proxy-q9z4d, seconds: 4.2}]
 update_strategy:
-  description: The DaemonSet's update strategy type before and after.
+  description:
+    - The DaemonSet's update strategy type before and after, and the strategy the annotation
+      C(kubeipvs.node/update-strategy-before) holds after the call (C(remembered), null when none).
   returned: success
   type: dict
-  sample: {before: RollingUpdate, after: OnDelete}
+  sample: {before: RollingUpdate, after: OnDelete, remembered: {type: RollingUpdate, rollingUpdate: {maxUnavailable: 1}}}
 node_kernel_modules:
   description:
     - Whether kube-proxy's containers see the node's kernel modules, before and after, and the
@@ -121,6 +134,7 @@ node_kernel_modules:
   sample: {before: true, after: false, mounts_before: ["kube-proxy:/lib/modules"]}
 """
 
+import json
 import time
 
 from ansible.module_utils.basic import AnsibleModule
@@ -137,6 +151,10 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._text import (
 )
 
 EVENTS_SHOWN = 10
+# Where the strategy a change to OnDelete found is kept, for ``update_strategy: restore``.
+STRATEGY_ANNOTATION = "kubeipvs.node/update-strategy-before"
+STRATEGY_TYPES = ("OnDelete", "RollingUpdate")
+ROLLING_UPDATE_KEYS = ("maxUnavailable", "maxSurge")
 
 
 def pod_ready(pod):
@@ -262,8 +280,13 @@ def run(module):
         raise KubeIpvsError(f"no pod matching {params['label_selector']} in {namespace} on node(s) "
                             f"{', '.join(missing)}; nodes running one: {', '.join(running) or 'none'}")
 
-    strategy_before = ((daemonset.get("spec") or {}).get("updateStrategy") or {}).get("type", "RollingUpdate")
-    strategy_after = params["update_strategy"] or strategy_before
+    strategy = (daemonset.get("spec") or {}).get("updateStrategy") or {}
+    strategy_before = strategy.get("type", "RollingUpdate")
+    annotations = (daemonset.get("metadata") or {}).get("annotations") or {}
+    remembered = remembered_strategy(annotations, f"DaemonSet {namespace}/{name}")
+    strategy_update, annotation = strategy_change(params["update_strategy"], strategy, strategy_before, remembered,
+                                                  params["remember_update_strategy"])
+    strategy_after = strategy_update["type"] if strategy_update else strategy_before
     pod_spec = ((daemonset.get("spec") or {}).get("template") or {}).get("spec") or {}
     modules_before = node_kernel_modules(pod_spec)
     new_pod_spec = pod_spec
@@ -273,24 +296,24 @@ def run(module):
         except ValueError as error:
             raise KubeIpvsError(f"DaemonSet {namespace}/{name}: {error}") from None
     patch = {}
-    if strategy_after != strategy_before:
-        update = {"type": strategy_after}
-        if strategy_after == "OnDelete":
-            update["rollingUpdate"] = None  # only meaningful with RollingUpdate
-        patch["updateStrategy"] = update
+    if strategy_update:
+        patch["updateStrategy"] = strategy_update
     if new_pod_spec != pod_spec:
         # Lists replace whole in a merge patch; the resourceVersion makes the write fail, not
         # clobber, when someone changed the DaemonSet since it was read.
         patch["template"] = {"spec": {key: new_pod_spec.get(key) or None
                                       for key in ("initContainers", "containers", "volumes")
                                       if new_pod_spec.get(key) != pod_spec.get(key)}}
-    if patch:
-        client.patch("DaemonSet", name, {"metadata": {"resourceVersion": daemonset["metadata"]["resourceVersion"]},
-                                         "spec": patch}, namespace, dry_run=module.check_mode)
+    metadata = {"resourceVersion": daemonset["metadata"]["resourceVersion"]}
+    if annotation is not False:
+        metadata["annotations"] = {STRATEGY_ANNOTATION: annotation}  # None removes it (merge patch)
+    if patch or annotation is not False:
+        client.patch("DaemonSet", name, {"metadata": metadata, "spec": patch}, namespace, dry_run=module.check_mode)
     modules_after = node_kernel_modules(new_pod_spec)
+    remembered_after = remembered if annotation is False else (None if annotation is None else json.loads(annotation))
 
-    output = dict(changed=bool(patch) or bool(nodes),
-                  update_strategy={"before": strategy_before, "after": strategy_after},
+    output = dict(changed=bool(patch) or annotation is not False or bool(nodes),
+                  update_strategy={"before": strategy_before, "after": strategy_after, "remembered": remembered_after},
                   node_kernel_modules={"before": bool(modules_before), "after": bool(modules_after),
                                        "mounts_before": modules_before})
     if module._diff:
@@ -319,6 +342,46 @@ def run(module):
     return output
 
 
+def remembered_strategy(annotations, owner):
+    """The update strategy the annotation holds (None without one), checked: anyone may write an
+    annotation, and what it holds is written back into the DaemonSet's spec."""
+    text = annotations.get(STRATEGY_ANNOTATION)
+    if text is None:
+        return None
+    fix = f"; set {owner}'s spec.updateStrategy yourself and remove the annotation {STRATEGY_ANNOTATION}"
+    try:
+        value = json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        value = None
+    if not isinstance(value, dict) or value.get("type") not in STRATEGY_TYPES or set(value) - {"type", "rollingUpdate"}:
+        raise KubeIpvsError(f"{owner}: annotation {STRATEGY_ANNOTATION} holds {str(text)[:200]!r}, not an update "
+                            f"strategy (a JSON object with type {' or '.join(STRATEGY_TYPES)}){fix}")
+    rolling = value.get("rollingUpdate")
+    if rolling is not None and (value["type"] != "RollingUpdate" or not isinstance(rolling, dict)
+                                or set(rolling) - set(ROLLING_UPDATE_KEYS)
+                                or not all(isinstance(v, (int, str)) and not isinstance(v, bool) for v in rolling.values())):
+        raise KubeIpvsError(f"{owner}: annotation {STRATEGY_ANNOTATION} holds rollingUpdate {rolling!r}; it may only "
+                            f"hold {' and '.join(ROLLING_UPDATE_KEYS)} as numbers or percentages, with type RollingUpdate{fix}")
+    return value
+
+
+def strategy_change(requested, strategy, strategy_before, remembered, remember):
+    """(the ``spec.updateStrategy`` to write or None, the annotation's new text - None to remove it,
+    False to leave it as it is) for ``update_strategy: requested``."""
+    if requested == "restore":
+        if remembered is None:
+            return None, False
+        return (dict(remembered, rollingUpdate=remembered.get("rollingUpdate")) if remembered != strategy else None), None
+    if requested is None or requested == strategy_before:
+        return None, (None if requested == "RollingUpdate" and remembered is not None else False)
+    if requested == "OnDelete":  # rollingUpdate only means something with RollingUpdate
+        found = {key: value for key, value in strategy.items() if key in ("type", "rollingUpdate") and value is not None}
+        return ({"type": "OnDelete", "rollingUpdate": None},
+                json.dumps(dict(found, type=strategy_before), sort_keys=True) if remember and remembered is None
+                else False)
+    return {"type": requested}, (None if remembered is not None else False)
+
+
 def main():
     argument_spec = dict(
         AUTH_ARG_SPEC,
@@ -327,7 +390,8 @@ def main():
         label_selector=dict(type="str", default="k8s-app=kube-proxy"),
         nodes=dict(type="list", elements="str", default=[]),
         all_nodes=dict(type="bool", default=False),
-        update_strategy=dict(type="str", choices=["OnDelete", "RollingUpdate"]),
+        update_strategy=dict(type="str", choices=["OnDelete", "RollingUpdate", "restore"]),
+        remember_update_strategy=dict(type="bool", default=False),
         node_kernel_modules=dict(type="bool"),
         timeout=dict(type="int", default=300),
         poll_interval=dict(type="float", default=2.0),

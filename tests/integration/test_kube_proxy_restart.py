@@ -7,6 +7,7 @@ scheduler binds it, the node's pod runner starts it and reports it Ready."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 from kube_fixtures import NODES, pod_ready, seed_kubeadm_kube_proxy
@@ -35,7 +36,7 @@ def test_check_mode_then_node_by_node_with_on_delete(cluster):
     checked = cluster.module("kube_proxy_restart", check=True, diff=True, nodes=["node1", "node2"],
                              update_strategy="OnDelete", **WAIT)
     assert checked["changed"] and [r["node"] for r in checked["restarted"]] == ["node1", "node2"]
-    assert checked["update_strategy"] == {"before": "RollingUpdate", "after": "OnDelete"}
+    assert checked["update_strategy"] == {"before": "RollingUpdate", "after": "OnDelete", "remembered": None}
     assert uids(cluster) == before, "check mode deleted a pod"
     assert cluster.get("DaemonSet", "kube-proxy")["spec"]["updateStrategy"]["type"] == "RollingUpdate"
     assert cluster.writes() == [("patch", DAEMONSET + "?dryRun=All", 200)]
@@ -64,7 +65,7 @@ def test_check_mode_then_node_by_node_with_on_delete(cluster):
     template_env = cluster.get("DaemonSet", "kube-proxy")["spec"]["template"]["spec"]["containers"][0]["env"]
     assert [e["name"] for e in template_env] == ["KUBEIPVS_TEST_REVISION", "NODE_NAME"]
     again = cluster.module("kube_proxy_restart", nodes=["node3"], update_strategy="OnDelete", **WAIT)
-    assert again["changed"] and again["update_strategy"] == {"before": "OnDelete", "after": "OnDelete"}
+    assert again["changed"] and again["update_strategy"] == {"before": "OnDelete", "after": "OnDelete", "remembered": None}
     assert env_on(cluster, "node3") == [template_env]
     assert all(e["name"] == "NODE_NAME" for e in env_on(cluster, "node1")[0])
     assert uids(cluster)["node1"] == after["node1"] and uids(cluster)["node2"] == after["node2"]
@@ -173,3 +174,54 @@ def test_node_kernel_modules_leave_and_come_back_with_the_strategy_change(cluste
     spec = cluster.get("DaemonSet", "kube-proxy")["spec"]["template"]["spec"]
     assert {"mountPath": "/lib/modules", "name": "lib-modules", "readOnly": True} in spec["containers"][0]["volumeMounts"]
     assert [v["hostPath"]["path"] for v in spec["volumes"] if v["name"] == "lib-modules"] == ["/lib/modules"]
+
+
+def test_the_strategy_found_is_kept_in_the_daemonset_and_given_back(cluster):
+    """``remember_update_strategy``: the strategy a change to OnDelete found - its rollingUpdate
+    settings too - is kept in an annotation of the DaemonSet, so a later run (the switch that
+    resumes after one that stopped half-way) gives it back with ``update_strategy: restore``; an
+    annotation that does not hold a strategy fails before anything is written."""
+    seed_kubeadm_kube_proxy(cluster)
+    rolling = {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": 0}}
+    cluster.patch("DaemonSet", "kube-proxy", {"spec": {"updateStrategy": rolling}})
+    found = cluster.get("DaemonSet", "kube-proxy")["spec"]["updateStrategy"]
+    assert found["rollingUpdate"]["maxUnavailable"] == "25%", found
+
+    def annotation():
+        return (cluster.get("DaemonSet", "kube-proxy")["metadata"].get("annotations") or {}).get(
+            "kubeipvs.node/update-strategy-before")
+
+    cluster.mark()
+    kept = cluster.module("kube_proxy_restart", update_strategy="OnDelete", remember_update_strategy=True)
+    assert kept["changed"] and kept["update_strategy"] == {"before": "RollingUpdate", "after": "OnDelete",
+                                                           "remembered": found}, kept
+    assert json.loads(annotation()) == found and len(cluster.writes()) == 1
+    assert cluster.get("DaemonSet", "kube-proxy")["spec"]["updateStrategy"] == {"type": "OnDelete"}
+    # a run that resumes: nothing to change, the first strategy still kept
+    cluster.mark()
+    again = cluster.module("kube_proxy_restart", update_strategy="OnDelete", remember_update_strategy=True)
+    assert not again["changed"] and again["update_strategy"]["remembered"] == found and not cluster.writes()
+
+    checked = cluster.module("kube_proxy_restart", check=True, update_strategy="restore")
+    assert checked["changed"] and checked["update_strategy"] == {"before": "OnDelete", "after": "RollingUpdate",
+                                                                 "remembered": None}
+    assert json.loads(annotation()) == found and cluster.writes() == [("patch", DAEMONSET + "?dryRun=All", 200)]
+    cluster.mark()
+    restored = cluster.module("kube_proxy_restart", update_strategy="restore")
+    assert restored["changed"] and restored["update_strategy"]["after"] == "RollingUpdate"
+    assert cluster.get("DaemonSet", "kube-proxy")["spec"]["updateStrategy"] == found and annotation() is None
+    cluster.mark()
+    nothing = cluster.module("kube_proxy_restart", update_strategy="restore")
+    assert not nothing["changed"] and not cluster.writes()
+    # without remember_update_strategy (the kube_proxy role's choice of OnDelete): nothing kept
+    plain = cluster.module("kube_proxy_restart", update_strategy="OnDelete")
+    assert plain["changed"] and plain["update_strategy"]["remembered"] is None and annotation() is None
+
+    for text in ('{"type": "Sometimes"}', "not json", '{"type": "OnDelete", "rollingUpdate": {"maxSurge": 1}}',
+                 '{"type": "RollingUpdate", "rollingUpdate": {"maxSurge": [1]}}', '{"type": "OnDelete", "x": 1}'):
+        cluster.patch("DaemonSet", "kube-proxy", {"metadata": {"annotations": {
+            "kubeipvs.node/update-strategy-before": text}}})
+        cluster.mark()
+        refused = cluster.module("kube_proxy_restart", update_strategy="restore")
+        assert refused["failed"] and "kubeipvs.node/update-strategy-before" in refused["msg"], refused
+        assert "remove the annotation" in refused["msg"] and not cluster.writes()
