@@ -66,7 +66,7 @@ options:
     description:
       - With O(update_strategy=OnDelete), when that changes the strategy, record the strategy found (its
         C(rollingUpdate) settings too) in the DaemonSet's annotation C(kubeipvs.node/update-strategy-before),
-        unless one is there already - kept in the cluster, so it survives a run that stops half-way however
+        replacing one left from an earlier change (the strategy was set back since) - kept in the cluster, so it survives a run that stops half-way however
         it stops, for a later O(update_strategy=restore). The mode_switch role uses it.
     type: bool
     default: false
@@ -376,9 +376,10 @@ def strategy_change(requested, strategy, strategy_before, remembered, remember):
         return None, (None if requested == "RollingUpdate" and remembered is not None else False)
     if requested == "OnDelete":  # rollingUpdate only means something with RollingUpdate
         found = {key: value for key, value in strategy.items() if key in ("type", "rollingUpdate") and value is not None}
+        # An annotation left while the strategy is not OnDelete is stale (set back by hand since):
+        # the strategy found now is the one to keep.
         return ({"type": "OnDelete", "rollingUpdate": None},
-                json.dumps(dict(found, type=strategy_before), sort_keys=True) if remember and remembered is None
-                else False)
+                json.dumps(dict(found, type=strategy_before), sort_keys=True) if remember else False)
     return {"type": requested}, (None if remembered is not None else False)
 
 

@@ -46,6 +46,8 @@ options:
         O(nodes[].dest), else a folder of O(dest) named after it); the result is RV(nodes).
       - Each entry is checked before the cluster is read - a bad name, a name listed twice or a bad
         address fails the call with nothing written.
+      - An empty list reads only the versions (RV(kubernetes_version), RV(kube_proxy_version)) and
+        renders no node - what a mode switch's preflight needs.
     type: list
     elements: dict
     suboptions:
@@ -64,7 +66,8 @@ options:
         elements: str
       ip_families:
         description:
-          - As O(ip_families), for this node - the families its kernel runs kube-proxy for (see
+          - As O(ip_families), for this node - families to render beside those of its node IPs and
+            the Services' ClusterIPs, such as IPv6 where its kernel runs it (see
             RV(kubeipvs.node.dataplane_facts#module:dataplane.ipv6)). Not given - O(ip_families).
         type: list
         elements: str
@@ -529,6 +532,14 @@ def compute(module):
     server = str((client.version() or {}).get("gitVersion") or "")
     version, parsed, source = kube_proxy_version(client, given, params["daemonset_namespace"],
                                                  params["daemonset_name"], server)
+    versions = dict(kubernetes_version=server, kube_proxy_version=version, kube_proxy_version_source=source)
+    rendered = rendered_version(parsed)
+    if rendered != parsed[:2]:
+        module.warn(f"kube-proxy v{version} ({source}) is outside the releases rendered exactly "
+                    f"(v{'.'.join(map(str, RENDERED_VERSIONS[0]))} to v{'.'.join(map(str, RENDERED_VERSIONS[-1]))}); "
+                    f"rendering it as v{'.'.join(map(str, rendered))}")
+    if params["nodes"] == []:  # the versions alone (a switch's preflight): no list to read
+        return dict(versions, changed=False, mode=params["mode"], nodes={})
     if params["nodes"] is None:
         node_ips = {params["node_name"]: params["node_ips"] or node_ips_from_api(client, params["node_name"])}
     else:
@@ -538,12 +549,6 @@ def compute(module):
     service_cidrs = params["service_cidrs"]
     if service_cidrs is None and params["mode"] == "nftables":
         service_cidrs = service_cidrs_from_api(client)
-    rendered = rendered_version(parsed)
-    if rendered != parsed[:2]:
-        module.warn(f"kube-proxy v{version} ({source}) is outside the releases rendered exactly "
-                    f"(v{'.'.join(map(str, RENDERED_VERSIONS[0]))} to v{'.'.join(map(str, RENDERED_VERSIONS[-1]))}); "
-                    f"rendering it as v{'.'.join(map(str, rendered))}")
-    versions = dict(kubernetes_version=server, kube_proxy_version=version, kube_proxy_version_source=source)
     try:
         cluster = Cluster(services, slices)
         del services, slices  # the cluster holds them; one node's state at a time beside them

@@ -217,6 +217,14 @@ def test_the_strategy_found_is_kept_in_the_daemonset_and_given_back(cluster):
     plain = cluster.module("kube_proxy_restart", update_strategy="OnDelete")
     assert plain["changed"] and plain["update_strategy"]["remembered"] is None and annotation() is None
 
+    # an annotation left while the strategy was set back by hand since: the strategy found now is kept
+    by_hand = {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 3, "maxSurge": 0}}
+    cluster.patch("DaemonSet", "kube-proxy", {"metadata": {"annotations": {
+        "kubeipvs.node/update-strategy-before": json.dumps(rolling)}}, "spec": {"updateStrategy": by_hand}})
+    renewed = cluster.module("kube_proxy_restart", update_strategy="OnDelete", remember_update_strategy=True)
+    assert renewed["update_strategy"]["remembered"]["rollingUpdate"]["maxUnavailable"] == 3, renewed
+    assert json.loads(annotation()) == renewed["update_strategy"]["remembered"]
+
     for text in ('{"type": "Sometimes"}', "not json", '{"type": "OnDelete", "rollingUpdate": {"maxSurge": 1}}',
                  '{"type": "RollingUpdate", "rollingUpdate": {"maxSurge": [1]}}', '{"type": "OnDelete", "x": 1}'):
         cluster.patch("DaemonSet", "kube-proxy", {"metadata": {"annotations": {

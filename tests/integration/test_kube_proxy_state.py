@@ -443,9 +443,12 @@ def test_each_node_rendered_for_its_own_families_and_none_for_an_empty_list(clus
     dest = tmp_path / "state"
     nodes = [{"name": "node1", "node_ips": ["192.0.2.11"], "ip_families": ["ipv4", "ipv6"]},
              {"name": "node2", "node_ips": ["192.0.2.12"]}]
-    together, none = cluster.modules([("kube_proxy_state", {"nodes": nodes, "dest": str(dest)}),
-                                      ("kube_proxy_state", {"nodes": [], "mode": "nftables"})])
+    (together,) = cluster.modules([("kube_proxy_state", {"nodes": nodes, "dest": str(dest)})])
+    cluster.mark()
+    (none,) = cluster.modules([("kube_proxy_state", {"nodes": [], "mode": "nftables"})])
     assert not together.get("failed") and not none.get("failed"), (together, none)
+    listed = [r.uri for r in cluster.requests() if r.verb == "list"]
+    assert not [uri for uri in listed if "services" in uri or "endpointslices" in uri], listed
     sets = {name: {entry["name"] for entry in gzip_json(together["nodes"][name]["state_files"]["ipset"])["sets"]}
             for name in ("node1", "node2")}
     assert "KUBE-6-CLUSTER-IP" in sets["node1"] and "KUBE-CLUSTER-IP" in sets["node1"], sorted(sets["node1"])

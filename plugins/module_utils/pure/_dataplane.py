@@ -382,7 +382,8 @@ def _option(tokens, *names):
 def iptables_service_ports(family_state):
     """The VIP ports iptables mode handles: nat KUBE-SERVICES rules that match a destination
     address, protocol and port and jump to a per-service chain, and filter KUBE-SERVICES rules
-    that reject such a port (a Service without endpoints)."""
+    that reject or drop such a port (a Service without endpoints; DROP for internalTrafficPolicy
+    Local without a local one)."""
     ports = set()
     for (_backend, table), state in family_state.tables.items():
         if table not in ("nat", "filter"):
@@ -392,7 +393,7 @@ def iptables_service_ports(family_state):
             protocol, port = _option(tokens, "-p"), _option(tokens, "--dport")
             if not (target and address and protocol and port):
                 continue
-            if is_service_chain(target) if table == "nat" else target == "REJECT":
+            if is_service_chain(target) if table == "nat" else target in ("REJECT", "DROP"):
                 ports.add(port_label(protocol, address.split("/", 1)[0], port))
     return sorted(ports)
 

@@ -309,6 +309,7 @@ FILTER_SERVICES = """*filter
 -A KUBE-SERVICES -d 10.96.0.90/32 -p sctp -m comment --comment "default/sctp has no endpoints" -m sctp --dport 9000 \
 -j REJECT --reject-with icmp-port-unreachable
 -A KUBE-SERVICES -d 10.96.0.91/32 -p tcp -m comment --comment "not a reject" -m tcp --dport 80 -j ACCEPT
+-A KUBE-SERVICES -d 10.96.0.92/32 -p udp -m comment --comment "default/local has no local endpoints" -m udp --dport 53 -j DROP
 -A KUBE-EXTERNAL-SERVICES -d 198.51.100.20/32 -p tcp -m tcp --dport 80 -j REJECT
 COMMIT
 """
@@ -321,7 +322,7 @@ def test_iptables_service_ports_count_the_rejects_of_services_without_endpoints(
     family_state.tables[("nft", "nat")] = iptables_lib.parse_save(NAT_SERVICES, "nat")
     family_state.tables[("nft", "filter")] = iptables_lib.parse_save(FILTER_SERVICES, "filter")
     assert dp.iptables_service_ports(family_state) == ["sctp/10.96.0.90:9000", "tcp/10.96.0.50:80",
-                                                       "udp/10.96.0.10:53"]
+                                                       "udp/10.96.0.10:53", "udp/10.96.0.92:53"]
 
 
 def test_iptables_service_ports_ipv6_labels_bracket_the_address():
