@@ -187,13 +187,16 @@ def per_service(rule):
     return rule.split()[2] in SERVICE_ORDER_CHAINS and ' --comment "' in rule
 
 
-def steady(dump, tries=30):
-    """A dump that no longer changes: kube-proxy is Ready after its first sync, and may sync again."""
-    last = dump()
+def steady(dump, tries=40, quiet=3):
+    """A dump that no longer changes for ``quiet`` looks 2 s apart: kube-proxy is Ready after its
+    first sync and syncs again as more of the cluster arrives (its ServiceCIDRs, which a loaded host
+    delivers seconds later - one quiet look was once too few)."""
+    last, same = dump(), 0
     for _attempt in range(tries):
         time.sleep(2)
         current = dump()
-        if current == last:
+        same = same + 1 if current == last else 0
+        if same >= quiet:
             return current
         last = current
     raise AssertionError("kube-proxy kept rewriting the node's rules")
