@@ -74,7 +74,7 @@ collection: ## link the checkout into .build/collections so Ansible resolves kub
 # they run beside molecule; their output is printed after molecule's, pytest's summary line last.
 # Any failure fails the run.
 test: setup ## everything: molecule on lab VMs, beside it sanity, ansible-lint, docs-check and pytest (its summary closes the run)
-	@mkdir -p $(BUILD)
+	@mkdir -p $(BUILD) && rm -f $(BUILD)/molecule.log
 	@( status=0; \
 	  $(MAKE) --no-print-directory sanity lint docs-check >$(BUILD)/static-checks.log 2>&1 || status=1; \
 	  $(MAKE) --no-print-directory pytest >$(BUILD)/pytest.log 2>&1 || status=1; \
@@ -84,7 +84,14 @@ test: setup ## everything: molecule on lab VMs, beside it sanity, ansible-lint, 
 	wait $$host_checks; \
 	echo "=== sanity, ansible-lint and docs-check"; cat $(BUILD)/static-checks.log; \
 	echo "=== molecule: $$([ $$molecule = 0 ] && echo passed || echo FAILED, see above)"; \
-	echo "=== pytest"; cat $(BUILD)/pytest.log; \
+	echo "=== pytest"; head -n -1 $(BUILD)/pytest.log; \
+	if [ $$molecule != 0 ]; then \
+		echo "=== molecule FAILED: the failed steps and tasks (the whole output is above and in .build/molecule.log)"; \
+		grep -E 'Executed: Failed|^(fatal|failed): |UNREACHABLE!|CRITICAL|^ERROR' $(BUILD)/molecule.log 2>/dev/null \
+			| cut -c1-400 | tail -n 12 || echo "(no failed task in .build/molecule.log)"; \
+	fi; \
+	[ "$$(cat $(BUILD)/host-checks.status)" = 0 ] || echo "=== sanity, ansible-lint, docs-check or pytest FAILED, see above"; \
+	tail -n 1 $(BUILD)/pytest.log; \
 	[ $$molecule = 0 ] && [ "$$(cat $(BUILD)/host-checks.status)" = 0 ]
 
 unit: setup ## unit tests only (pure diff logic, fakes; seconds)
@@ -119,10 +126,12 @@ molecule: setup k8s ## every molecule scenario on lab VMs (SCENARIO=name for one
 	@# Molecule's state of this checkout, fresh each run: its default place is keyed by the
 	@# directory's name only, so an interrupted run (or another checkout of the same name) would
 	@# leave the scenarios believing the lab was created and prepared.
-	rm -rf $(BUILD)/molecule
-	@# Each step's start time before molecule's own line: where a run's time goes.
+	rm -rf $(BUILD)/molecule && mkdir -p $(BUILD)
+	@# Each step's start time before molecule's own line: where a run's time goes. Kept in
+	@# .build/molecule.log too, for `make test`'s closing lines.
 	PYTHONUNBUFFERED=1 MOLECULE_EPHEMERAL_DIRECTORY=$(BUILD)/molecule $(BIN)/molecule test $(if $(SCENARIO),--scenario-name $(SCENARIO),--all) 2>&1 \
 		| while IFS= read -r line; do [[ $$line != INFO* ]] || printf '%(%H:%M:%S)T ' -1; printf '%s\n' "$$line"; done \
+		| tee $(BUILD)/molecule.log \
 		|| { $(CLUSTER) down; $(LAB) down; exit 1; }
 
 build-collection: setup ## ansible-galaxy collection build into .build/
