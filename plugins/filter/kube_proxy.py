@@ -18,6 +18,7 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_cat
     IPSET_TYPES,
     ipset_name,
     ipset_spec,
+    ipvs_sysctls,
 )
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_ipvs_iptables import baseline_chains
 
@@ -77,6 +78,18 @@ def ipvs_mode_chains(family, masquerade_bit=14, ipsets=()):
         raise AnsibleFilterError(f"ipvs_mode_chains: {exc}") from exc
 
 
+def ipvs_mode_sysctls(kernel_release, strict_arp=False):
+    """The sysctls kube-proxy's IPVS mode sets on a node with this kernel, as
+    ``kubeipvs.node.sysctl`` ``settings``."""
+    if not isinstance(strict_arp, bool):
+        raise AnsibleFilterError(f"ipvs_mode_sysctls: strict_arp must be true or false, got {strict_arp!r}")
+    try:
+        return ipvs_sysctls(str(kernel_release), strict_arp)
+    except ValueError as error:
+        raise AnsibleFilterError(f"ipvs_mode_sysctls: {error}") from error
+
+
 class FilterModule:
     def filters(self):
-        return {"ipvs_mode_ipsets": ipvs_mode_ipsets, "ipvs_mode_chains": ipvs_mode_chains}
+        return {"ipvs_mode_ipsets": ipvs_mode_ipsets, "ipvs_mode_chains": ipvs_mode_chains,
+                "ipvs_mode_sysctls": ipvs_mode_sysctls}

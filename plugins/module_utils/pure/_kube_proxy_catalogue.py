@@ -1,11 +1,11 @@
 # Copyright (c) kubeipvs.node contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""kube-proxy's object lists, in one place: its ipsets and their types and create options, the
-IPv6 naming rule, the fixed chains each mode declares and the jumps into them, kubelet's chains,
-the nftables table.
+"""kube-proxy's object lists, in one place: its IPVS-mode sysctls, its ipsets and their types and
+create options, the IPv6 naming rule, the fixed chains each mode declares and the jumps into them,
+kubelet's chains, the nftables table.
 
-Pure data and two naming functions (no Ansible, no I/O, no import of the collection's other
+Pure data and a few small functions (no Ansible, no I/O, no import of the collection's other
 modules, so everything can import this). The renderers (``_kube_proxy_state``,
 ``_kube_proxy_iptables``, ``_kube_proxy_ipvs_iptables``), the ownership rules of ``_dataplane``
 (dataplane_facts, proxy_cleanup) and the roles (through the ``kubeipvs.node`` filters) read it.
@@ -25,8 +25,38 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import 
 
 # The Linux proxy modes this collection renders and switches between.
 PROXY_MODES = ("iptables", "ipvs", "nftables")
-# The IPVS schedulers kube-proxy accepts (pkg/proxy/apis/config/validation); '' is its default (rr).
+# The IPVS schedulers the collection configures kube-proxy with, in every role and module: the ones
+# Kubernetes' IPVS documentation names. kube-proxy passes the name to the kernel unchecked ('' is
+# rr); the kernel's other schedulers (fo, ovf, twos) are the ipvs_service module's, not kube-proxy's.
 IPVS_SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "sh", "dh", "sed", "nq", "mh")
+
+# --- IPVS mode's sysctls ------------------------------------------------------------------------
+
+# What the IPVS proxier of each family sets at its start, in its order (pkg/proxy/ipvs NewProxier).
+IPVS_SYSCTLS = {
+    "net.ipv4.vs.conntrack": 1,
+    "net.ipv4.vs.expire_nodest_conn": 1,
+    "net.ipv4.vs.expire_quiescent_template": 1,
+    "net.ipv4.ip_forward": 1,
+}
+# ... with ipvs.strictARP,
+IPVS_STRICT_ARP_SYSCTLS = {"net.ipv4.conf.all.arp_ignore": 1, "net.ipv4.conf.all.arp_announce": 2}
+# ... and on a kernel from the first with the sysctl up to the one that fixed connection reuse
+# (kubernetes issue 93297), where it is left as it is.
+IPVS_CONN_REUSE_SYSCTLS = {"net.ipv4.vs.conn_reuse_mode": 0}
+IPVS_CONN_REUSE_KERNELS = ((4, 1), (5, 9))
+
+
+def ipvs_sysctls(kernel_release: str, strict_arp: bool) -> dict[str, int]:
+    """The sysctls kube-proxy's IPVS mode sets on a kernel of this release (``uname -r``)."""
+    found = re.match(r"(\d+)\.(\d+)", kernel_release or "")
+    if not found:
+        raise ValueError(f"kernel release {kernel_release!r}: expected MAJOR.MINOR..., as uname -r prints it")
+    release = (int(found.group(1)), int(found.group(2)))
+    low, high = IPVS_CONN_REUSE_KERNELS
+    return {**IPVS_SYSCTLS,
+            **(IPVS_CONN_REUSE_SYSCTLS if low <= release < high else {}),
+            **(IPVS_STRICT_ARP_SYSCTLS if strict_arp else {})}
 
 # --- IPVS mode's ipsets ------------------------------------------------------------------------
 

@@ -26,7 +26,8 @@ def option(role, name):
 
 
 @pytest.mark.parametrize(("role", "name"), [("kube_proxy", "kube_proxy_ipvs_scheduler"),
-                                            ("mode_switch", "mode_switch_ipvs_scheduler")])
+                                            ("mode_switch", "mode_switch_ipvs_scheduler"),
+                                            ("ipvs_node", "ipvs_node_scheduler")])
 def test_scheduler_choices_are_kube_proxy_s(role, name):
     for spec in option(role, name):
         assert sorted(spec["choices"]) == sorted(IPVS_SCHEDULERS)

@@ -12,6 +12,7 @@ from ansible_collections.kubeipvs.node.plugins.filter.kube_proxy import (
     FilterModule,
     ipvs_mode_chains,
     ipvs_mode_ipsets,
+    ipvs_mode_sysctls,
 )
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_catalogue import (
     IPSET_TYPES,
@@ -30,7 +31,7 @@ def by_chain(entries):
 
 
 def test_the_filters_are_registered():
-    assert set(FilterModule().filters()) == {"ipvs_mode_ipsets", "ipvs_mode_chains"}
+    assert set(FilterModule().filters()) == {"ipvs_mode_ipsets", "ipvs_mode_chains", "ipvs_mode_sysctls"}
 
 
 def test_ipsets_of_both_families_in_kube_proxy_order_without_members():
@@ -136,3 +137,28 @@ def test_chains_read_the_member_counts_from_ipset_list_terse():
 def test_chains_refuse_a_count_ipset_did_not_print():
     with pytest.raises(AnsibleFilterError, match="set KUBE-LOOP-BACK: 'Number of entries' is not a count"):
         ipvs_mode_chains("ipv4", ipsets="Name: KUBE-LOOP-BACK\nNumber of entries: 1\n2\n".replace("1\n2", "1;2"))
+
+
+IPVS_ALWAYS = {"net.ipv4.vs.conntrack": 1, "net.ipv4.vs.expire_nodest_conn": 1,
+               "net.ipv4.vs.expire_quiescent_template": 1, "net.ipv4.ip_forward": 1}
+
+
+@pytest.mark.parametrize(("release", "conn_reuse"), [
+    ("6.1.0-28-amd64", False), ("5.9.0", False), ("5.8.18-100.fc31.x86_64", True), ("4.1.0", True),
+    ("4.19.0-27-cloud-amd64", True), ("4.0.9", False), ("3.10.0-1160.el7.x86_64", False), ("10.2.0", False)])
+def test_sysctls_of_ipvs_mode_follow_the_kernel_as_kube_proxy_does(release, conn_reuse):
+    assert ipvs_mode_sysctls(release) == {**IPVS_ALWAYS, **({"net.ipv4.vs.conn_reuse_mode": 0} if conn_reuse else {})}
+
+
+def test_sysctls_of_ipvs_mode_with_strict_arp_in_kube_proxy_order():
+    settings = ipvs_mode_sysctls("6.1.0", strict_arp=True)
+    assert list(settings) == [*IPVS_ALWAYS, "net.ipv4.conf.all.arp_ignore", "net.ipv4.conf.all.arp_announce"]
+    assert settings["net.ipv4.conf.all.arp_announce"] == 2
+
+
+@pytest.mark.parametrize(("release", "strict_arp", "message"), [
+    ("", False, "kernel release ''"), ("linux-6.1", False, "expected MAJOR.MINOR"),
+    (None, False, "kernel release 'None'"), ("6.1.0", "yes", "strict_arp must be true or false")])
+def test_sysctls_of_ipvs_mode_refuse_what_is_not_a_kernel_release(release, strict_arp, message):
+    with pytest.raises(AnsibleFilterError, match=f"ipvs_mode_sysctls: .*{message}"):
+        ipvs_mode_sysctls(release, strict_arp=strict_arp)
