@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The ipvs_node scenario's handover steps (tasks/handover.yml), sourced on a lab node.
+# What a node in IPVS mode holds, normalised: ipset's random initval dropped; the rules of the
+# built-in chains compared as a set (kube-proxy only checks that its jumps exist, so their
+# order is the node's history); iptables mode's KUBE-PROXY-FIREWALL, which kube-proxy leaves
+# behind when a node moves from iptables mode and proxy_cleanup removes, left out.
+dump() {
+  ipvsadm -Sn | LC_ALL=C sort | sed 's/^/ipvs /'
+  ipset save | grep -E '^(create|add) KUBE-' | sed -E 's/ initval 0x[0-9a-f]+//' \
+    | LC_ALL=C sort | sed 's/^/ipset /'
+  for tool in iptables-save ip6tables-save; do
+    $tool | grep -v KUBE-PROXY-FIREWALL | awk -v tool="$tool" '
+      /^\*/ { table = substr($0, 2); next }
+      /^(#|COMMIT)/ { next }
+      /^:/ { sub(/ \[[0-9]+:[0-9]+\]$/, ""); print tool, table, ":", 0, $0; next }
+      { builtin = $2 ~ /^(INPUT|OUTPUT|FORWARD|PREROUTING|POSTROUTING)$/
+        print tool, table, $2, (builtin ? 0 : NR), $0 }' \
+      | LC_ALL=C sort -k1,3 -k4,4n -k5 | cut -d' ' -f1,2,5-
+  done
+  # the link's index and random MAC address dropped; its addresses with their scope and flags
+  ip -d -o link show dev kube-ipvs0 | sed -E 's/^[0-9]+: /link /; s/link\/ether [0-9a-f:]+/link\/ether/'
+  ip -o addr show dev kube-ipvs0 | sed -E 's/^[0-9]+: +/addr /; s/\\? +valid_lft.*//' | LC_ALL=C sort
+  for key in net/ipv4/vs/conntrack net/ipv4/vs/expire_nodest_conn net/ipv4/vs/expire_quiescent_template \
+             net/ipv4/vs/conn_reuse_mode net/ipv4/ip_forward net/ipv4/conf/all/arp_ignore \
+             net/ipv4/conf/all/arp_announce net/ipv4/conf/all/route_localnet net/bridge/bridge-nf-call-iptables; do
+    echo "sysctl ${key//\//.}=$(cat "/proc/sys/$key")"
+  done
+  for module in ip_vs ip_vs_rr nf_conntrack br_netfilter; do
+    echo "module $module $([[ -d /sys/module/$module ]] && echo loaded || echo absent)"
+  done
+}
+# What kube-proxy's IPVS mode sets (pkg/proxy/ipvs: vs/conntrack, expire_nodest_conn,
+# expire_quiescent_template, ip_forward), what its iptables mode set before (route_localnet)
+# and what only the collection sets (bridge-nf-call-iptables), back to the kernel's defaults.
+reset_sysctls() {
+  for key in net/ipv4/vs/conntrack net/ipv4/vs/expire_nodest_conn net/ipv4/vs/expire_quiescent_template \
+             net/ipv4/ip_forward net/ipv4/conf/all/route_localnet net/bridge/bridge-nf-call-iptables; do
+    echo 0 > "/proc/sys/$key"
+  done
+}
+stop_kube_proxy() {
+  systemctl stop kubeipvs-podrunner
+  for _ in $(seq 60); do pgrep -x kube-proxy >/dev/null || return 0; sleep 1; done
+  echo "kube-proxy still runs after its runner stopped" >&2; return 1
+}
+# Its first sync done: /healthz answers 200 and the sync counter of the new process moved.
+start_kube_proxy() {
+  systemctl start kubeipvs-podrunner
+  for _ in $(seq 150); do
+    counts=$(curl -fsS -m 2 http://127.0.0.1:10249/metrics 2>/dev/null \
+      | awk '/^kubeproxy_sync_proxy_rules_duration_seconds_count[ {]/ {print $NF}' || true)
+    # one count per family's proxier, none of them still 0
+    if [[ -n $counts ]] && ! grep -qx 0 <<< "$counts" \
+       && curl -fsS -m 2 -o /dev/null http://127.0.0.1:10256/healthz; then
+      sleep 5  # time for two more syncs, should its first one have left anything to do
+      return 0
+    fi
+    sleep 2
+  done
+  echo "kube-proxy did not finish a sync within 5 minutes of its start" >&2; return 1
+}
