@@ -30,6 +30,7 @@ extends_documentation_fragment:
   - kubeipvs.node.attributes.api
   - kubeipvs.node.attributes
   - kubeipvs.node.k8s_auth
+  - kubeipvs.node.kube_proxy_settings
 options:
   state:
     description: V(present) creates or updates the objects; V(absent) deletes the ones this collection created.
@@ -72,7 +73,10 @@ options:
   config:
     description:
       - "KubeProxyConfiguration fields merged into the configuration (kubeadm's defaults when the
-        ConfigMap is created), for example C({mode: ipvs, ipvs: {scheduler: rr}})."
+        ConfigMap is created), for example C({featureGates: {...}}), as O(kubeipvs.node.kube_proxy_config#module:merge)."
+      - The named options (O(mode), O(ipvs_scheduler) and the rest) set their fields over these, as
+        M(kubeipvs.node.kube_proxy_config) does; a field set here and through its named option to
+        different values is an error.
     type: dict
     default: {}
   config_key:
@@ -136,7 +140,9 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_con
     default_config,
     merge_config,
     parse_config,
+    patch_from_options,
     render_config,
+    settings_arg_spec,
     validate_config,
 )
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_manifests import (
@@ -244,8 +250,9 @@ def present(module, deployer):
     if p["api_server"] is not None and (control_character(p["api_server"]) is not None
                                         or not re.fullmatch(r"https?://[^/\s]+(/\S*)?", p["api_server"])):
         raise KubeIpvsError(f"api_server {p['api_server']!r} must be a URL such as https://10.0.0.10:6443")
-    fresh_config = merge_config(default_config(), p["config"])
-    validate_config(fresh_config, p["config"])
+    patch = patch_from_options(p, p["config"], merge_name="config")
+    fresh_config = merge_config(default_config(), patch)
+    validate_config(fresh_config, patch)
     client = deployer.client
     existing_configmap = client.get("ConfigMap", name, namespace)
     if existing_configmap is None and not p["api_server"]:
@@ -259,8 +266,8 @@ def present(module, deployer):
         if key not in data:
             raise KubeIpvsError(f"{where} is missing; the ConfigMap carries the kubeipvs.node label but no config")
         stored = parse_config(data[key], where)
-        merged = merge_config(stored, p["config"])
-        validate_config(merged, p["config"])
+        merged = merge_config(stored, patch)
+        validate_config(merged, patch)
         results["config"] = merged
         wanted = {"metadata": {"labels": desired_cm["metadata"]["labels"]},
                   "data": {key: data[key] if merged == stored else render_config(merged)}}
@@ -330,6 +337,7 @@ def main():
         config=dict(type="dict", default={}),
         config_key=dict(type="str", default="config.conf", no_log=False),
         node_selector=dict(type="dict", default={"kubernetes.io/os": "linux"}),
+        **settings_arg_spec(),
     )
     module = ansible_module(AnsibleModule, argument_spec=argument_spec, supports_check_mode=True)
     require_yaml(module, HAS_YAML, YAML_IMPORT_ERROR)

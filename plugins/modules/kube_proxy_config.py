@@ -30,6 +30,7 @@ extends_documentation_fragment:
   - kubeipvs.node.attributes.api
   - kubeipvs.node.attributes
   - kubeipvs.node.k8s_auth
+  - kubeipvs.node.kube_proxy_settings
 options:
   namespace:
     description: Namespace of the ConfigMap.
@@ -43,49 +44,6 @@ options:
     description: Key of the ConfigMap that holds the KubeProxyConfiguration YAML.
     type: str
     default: config.conf
-  mode:
-    description:
-      - The proxy mode. V('') is the platform default; V(kernelspace) exists only on Windows and is refused.
-    type: str
-  ipvs_scheduler:
-    description: C(ipvs.scheduler), for example V(rr), V(wrr), V(lc), V(sh), V(mh).
-    type: str
-  ipvs_strict_arp:
-    description: C(ipvs.strictARP) - kube-proxy sets C(arp_ignore=1) and C(arp_announce=2) (needed by MetalLB L2).
-    type: bool
-  ipvs_exclude_cidrs:
-    description: C(ipvs.excludeCIDRs) - IPVS services in these networks are left alone by kube-proxy's cleanup.
-    type: list
-    elements: str
-  ipvs_sync_period:
-    description: C(ipvs.syncPeriod), a duration such as V(30s).
-    type: str
-  ipvs_min_sync_period:
-    description: C(ipvs.minSyncPeriod), a duration such as V(1s).
-    type: str
-  ipvs_tcp_timeout:
-    description: C(ipvs.tcpTimeout) - idle timeout of established TCP IPVS connections; V(0s) leaves the kernel's.
-    type: str
-  ipvs_tcp_fin_timeout:
-    description: C(ipvs.tcpFinTimeout) - timeout of IPVS TCP connections after a FIN.
-    type: str
-  ipvs_udp_timeout:
-    description: C(ipvs.udpTimeout) - timeout of IPVS UDP flows.
-    type: str
-  conntrack_max_per_core:
-    description:
-      - C(conntrack.maxPerCore). V(0) makes kube-proxy leave C(nf_conntrack_max) and the hash size alone
-        (use it when the node role sizes conntrack).
-    type: int
-  conntrack_min:
-    description: C(conntrack.min).
-    type: int
-  conntrack_tcp_established_timeout:
-    description: C(conntrack.tcpEstablishedTimeout), a duration such as V(24h0m0s).
-    type: str
-  conntrack_tcp_close_wait_timeout:
-    description: C(conntrack.tcpCloseWaitTimeout), a duration such as V(1h0m0s).
-    type: str
   merge:
     description:
       - Any other KubeProxyConfiguration fields, as a nested mapping merged into the current
@@ -182,12 +140,12 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.k8s._client import (
 )
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_config import (
     HAS_YAML,
-    OPTION_PATHS,
     YAML_IMPORT_ERROR,
     merge_config,
     parse_config,
     patch_from_options,
     render_config,
+    settings_arg_spec,
     settings_of,
     validate_config,
 )
@@ -262,12 +220,7 @@ def main():
         max_attempts=dict(type="int", default=5),
         missing_ok=dict(type="bool", default=False),
     )
-    for option in OPTION_PATHS:
-        argument_spec[option] = dict(type="str")
-    argument_spec["ipvs_strict_arp"] = dict(type="bool")
-    argument_spec["ipvs_exclude_cidrs"] = dict(type="list", elements="str")
-    argument_spec["conntrack_max_per_core"] = dict(type="int")
-    argument_spec["conntrack_min"] = dict(type="int")
+    argument_spec.update(settings_arg_spec())
     module = ansible_module(AnsibleModule, argument_spec=argument_spec, supports_check_mode=True)
     require_yaml(module, HAS_YAML, YAML_IMPORT_ERROR)
     run_module(module, configure)

@@ -161,3 +161,22 @@ def test_bad_input_writes_nothing(cluster):
     for (args, text), result in zip(cases, results, strict=True):
         assert result.get("failed") and text in result["msg"], (args, result)
     assert not cluster.writes()
+
+
+def test_named_options_set_their_fields_as_kube_proxy_config_s_do(cluster):
+    base = deploy(cluster, config={"conntrack": {"maxPerCore": 0}, "ipvs": {"strictARP": True}})
+    checked, clash, bad = cluster.modules([
+        ("kube_proxy", dict(base, mode="iptables", ipvs_scheduler="wrr", ipvs_exclude_cidrs=["192.0.2.0/24"],
+                            cluster_cidr="10.244.0.0/16", conntrack_tcp_close_wait_timeout="1h0m0s", _check=True)),
+        ("kube_proxy", dict(base, ipvs_strict_arp=False, _check=True)),
+        ("kube_proxy", dict(base, ipvs_scheduler="twos", _check=True)),
+    ])
+    config = checked["config"]
+    assert (config["mode"], config["clusterCIDR"], config["ipvs"]["scheduler"], config["ipvs"]["excludeCIDRs"],
+            config["ipvs"]["strictARP"], config["conntrack"]["maxPerCore"],
+            config["conntrack"]["tcpCloseWaitTimeout"]) == (
+        "iptables", "10.244.0.0/16", "wrr", ["192.0.2.0/24"], True, 0, "1h0m0s"), checked
+    assert clash.get("failed") and "option ipvs_strict_arp (False) and config.ipvs.strictARP (True) disagree" \
+        in clash["msg"], clash
+    assert bad.get("failed") and "twos" in bad["msg"], bad
+    assert all(w.dry_run for w in cluster.writes())

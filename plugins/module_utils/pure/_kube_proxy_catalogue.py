@@ -58,6 +58,7 @@ def ipvs_sysctls(kernel_release: str, strict_arp: bool) -> dict[str, int]:
             **(IPVS_CONN_REUSE_SYSCTLS if low <= release < high else {}),
             **(IPVS_STRICT_ARP_SYSCTLS if strict_arp else {})}
 
+
 # --- IPVS mode's ipsets ------------------------------------------------------------------------
 
 IPSET_NAME_MAX = 31

@@ -49,7 +49,22 @@ OPTION_PATHS = {
     "conntrack_min": ("conntrack", "min"),
     "conntrack_tcp_established_timeout": ("conntrack", "tcpEstablishedTimeout"),
     "conntrack_tcp_close_wait_timeout": ("conntrack", "tcpCloseWaitTimeout"),
+    "cluster_cidr": ("clusterCIDR",),
 }
+# Their Ansible types, shared by kube_proxy_config and kube_proxy (doc fragment kube_proxy_settings).
+_NON_STRING_OPTIONS = {
+    "ipvs_strict_arp": {"type": "bool"},
+    "ipvs_exclude_cidrs": {"type": "list", "elements": "str"},
+    "conntrack_max_per_core": {"type": "int"},
+    "conntrack_min": {"type": "int"},
+}
+
+
+def settings_arg_spec():
+    """A fresh argument spec of the named KubeProxyConfiguration options (OPTION_PATHS)."""
+    return {option: dict(_NON_STRING_OPTIONS.get(option, {"type": "str"})) for option in OPTION_PATHS}
+
+
 DURATION_FIELDS = {
     ("ipvs", "syncPeriod"), ("ipvs", "minSyncPeriod"), ("ipvs", "tcpTimeout"), ("ipvs", "tcpFinTimeout"),
     ("ipvs", "udpTimeout"), ("conntrack", "tcpEstablishedTimeout"), ("conntrack", "tcpCloseWaitTimeout"),
@@ -111,14 +126,15 @@ def render_config(config):
     return yaml.safe_dump(config, sort_keys=False, default_flow_style=False, allow_unicode=True)
 
 
-def patch_from_options(options, merge=None):
+def patch_from_options(options, merge=None, merge_name="merge"):
     """Nested dict of the fields to set: ``merge`` first, then the named options (None = not given).
 
-    A named option and ``merge`` that set the same field to different values is an error.
+    A named option and ``merge`` (the option called ``merge_name``) that set the same field to
+    different values is an error.
     """
     patch = copy.deepcopy(merge or {})
     if not isinstance(patch, dict):
-        raise KubeIpvsError("merge must be a mapping of KubeProxyConfiguration fields")
+        raise KubeIpvsError(f"{merge_name} must be a mapping of KubeProxyConfiguration fields")
     for option, path in OPTION_PATHS.items():
         value = options.get(option)
         if value is None:
@@ -127,10 +143,11 @@ def patch_from_options(options, merge=None):
         for key in path[:-1]:
             child = node.setdefault(key, {})
             if not isinstance(child, dict):
-                raise KubeIpvsError(f"merge sets {key!r} to a non-mapping, but option {option} needs {'.'.join(path)}")
+                raise KubeIpvsError(f"{merge_name} sets {key!r} to a non-mapping, but option {option} needs "
+                                    f"{'.'.join(path)}")
             node = child
         if path[-1] in node and node[path[-1]] != value:
-            raise KubeIpvsError(f"option {option} ({value!r}) and merge.{'.'.join(path)} "
+            raise KubeIpvsError(f"option {option} ({value!r}) and {merge_name}.{'.'.join(path)} "
                                 f"({node[path[-1]]!r}) disagree; set it in one place")
         node[path[-1]] = value
     return patch
