@@ -18,7 +18,6 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.node import _netlink
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import (
     ADDRESS_FAMILY,
     HOST_PREFIX,
-    IPV6,
     OF_ADDRESS_FAMILY,
 )
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._links import Link
@@ -31,6 +30,7 @@ RTM_DELADDR = 21
 RTM_GETADDR = 22
 
 IFLA_IFNAME = 3
+IFLA_TXQLEN = 13
 IFLA_LINKINFO = 18
 IFLA_INFO_KIND = 1
 
@@ -38,7 +38,6 @@ IFA_ADDRESS = 1
 IFA_LOCAL = 2
 
 IFF_BROADCAST = 0x2
-IFA_F_NODAD = 0x02
 
 IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
 IFADDRMSG = struct.Struct("=BBBBI")  # family, prefix length, flags, scope, index
@@ -83,9 +82,12 @@ class LinkKernel:
             raise nl.NetlinkError(failures[0][1], what=f"rtnetlink request on link {name}")
 
     def add_dummy(self, name):
-        """Create ``name`` as kube-proxy does: type dummy, left down (the kernel sets BROADCAST,NOARP)."""
+        """Create ``name`` as kube-proxy does: type dummy, left down (the kernel sets BROADCAST,NOARP),
+        with a transmit queue length of 0 (kube-proxy's netlink library sends it; the kernel's
+        default would be 1000)."""
         linkinfo = nl.attr_nested(IFLA_LINKINFO, nl.attr_str(IFLA_INFO_KIND, "dummy"))
-        body = IFINFOMSG.pack(0, 0, 0, 0, 0) + nl.attr_str(IFLA_IFNAME, name) + linkinfo
+        body = (IFINFOMSG.pack(0, 0, 0, 0, 0) + nl.attr_str(IFLA_IFNAME, name) + nl.attr_u32(IFLA_TXQLEN, 0)
+                + linkinfo)
         self._ack(RTM_NEWLINK, nl.NLM_F_CREATE | nl.NLM_F_EXCL, body, name)
 
     def delete_link(self, link):
@@ -161,7 +163,7 @@ class LinkKernel:
 def _address_body(index, family, text, prefix):
     number = ADDRESS_FAMILY[family]
     packed = socket.inet_pton(number, text)
-    # NODAD: the link stays down, an IPv6 VIP must not wait for duplicate address detection.
-    ifa_flags = IFA_F_NODAD if family == IPV6 else 0
-    header = IFADDRMSG.pack(number, prefix, ifa_flags, 0, index)
+    # No flags, as kube-proxy adds them: the kernel runs no duplicate address detection on a NOARP
+    # link, so an IPv6 VIP is usable at once (no IFA_F_NODAD needed, which `ip addr` would show).
+    header = IFADDRMSG.pack(number, prefix, 0, 0, index)
     return header + nl.attr(IFA_LOCAL, packed) + nl.attr(IFA_ADDRESS, packed)

@@ -26,7 +26,7 @@ def test_address_message_bytes():
     body = _links._address_body(7, V4, "10.96.0.1", 32)
     assert body == bytes.fromhex("02 20 00 00 07000000 0800 0200 0a600001 0800 0100 0a600001".replace(" ", ""))
     body6 = _links._address_body(7, V6, "fd00::1", 128)
-    assert body6[:8] == bytes.fromhex("0a 80 02 00 07000000".replace(" ", ""))  # IFA_F_NODAD for IPv6
+    assert body6[:8] == bytes.fromhex("0a 80 00 00 07000000".replace(" ", ""))  # no flags, as kube-proxy's
 
 
 class ScriptedRoute:
