@@ -2,14 +2,15 @@
 # The ipvs_node scenario's handover steps (tasks/handover.yml), sourced on a lab node.
 # What a node in IPVS mode holds, normalised: ipset's random initval dropped; the rules of the
 # built-in chains compared as a set (kube-proxy only checks that its jumps exist, so their
-# order is the node's history); iptables mode's KUBE-PROXY-FIREWALL, which kube-proxy leaves
-# behind when a node moves from iptables mode and proxy_cleanup removes, left out.
+# order is the node's history); iptables mode's jumps into KUBE-PROXY-FIREWALL ("kubernetes load
+# balancer firewall"), which kube-proxy leaves behind when a node moves from iptables mode and
+# proxy_cleanup removes, left out (IPVS mode's own jumps into it, "kube-proxy firewall rules", stay).
 dump() {
   ipvsadm -Sn | LC_ALL=C sort | sed 's/^/ipvs /'
   ipset save | grep -E '^(create|add) KUBE-' | sed -E 's/ initval 0x[0-9a-f]+//' \
     | LC_ALL=C sort | sed 's/^/ipset /'
   for tool in iptables-save ip6tables-save; do
-    $tool | grep -v KUBE-PROXY-FIREWALL | awk -v tool="$tool" '
+    $tool | grep -v -- '--comment "kubernetes load balancer firewall" -j KUBE-PROXY-FIREWALL' | awk -v tool="$tool" '
       /^\*/ { table = substr($0, 2); next }
       /^(#|COMMIT)/ { next }
       /^:/ { sub(/ \[[0-9]+:[0-9]+\]$/, ""); print tool, table, ":", 0, $0; next }
