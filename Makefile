@@ -87,8 +87,8 @@ test: setup ## everything: molecule on lab VMs, beside it sanity, ansible-lint, 
 	echo "=== pytest"; head -n -1 $(BUILD)/pytest.log; \
 	if [ $$molecule != 0 ]; then \
 		echo "=== molecule FAILED: the failed steps and tasks (the whole output is above and in .build/molecule.log)"; \
-		grep -E 'Executed: Failed|^(fatal|failed): |UNREACHABLE!|CRITICAL|^ERROR' $(BUILD)/molecule.log 2>/dev/null \
-			| cut -c1-400 | tail -n 12 || echo "(no failed task in .build/molecule.log)"; \
+		awk -f tests/molecule-failures.awk $(BUILD)/molecule.log 2>/dev/null | tail -n 16 \
+			|| echo "(no .build/molecule.log: molecule stopped before its scenarios)"; \
 	fi; \
 	[ "$$(cat $(BUILD)/host-checks.status)" = 0 ] || echo "=== sanity, ansible-lint, docs-check or pytest FAILED, see above"; \
 	tail -n 1 $(BUILD)/pytest.log; \
