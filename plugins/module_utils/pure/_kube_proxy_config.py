@@ -408,8 +408,25 @@ def validate_config(config, patch=None):
                 ip_network(cidr, "ipvs.excludeCIDRs")
             except KubeIpvsError:
                 problems.append(f"ipvs.excludeCIDRs: {cidr!r} is not a CIDR")
+    cluster_cidr = config.get("clusterCIDR")
+    if isinstance(cluster_cidr, str) and cluster_cidr:
+        problems.extend(_cluster_cidr_problems(cluster_cidr))
     if problems:
         raise KubeIpvsError("invalid KubeProxyConfiguration: " + "; ".join(problems), problems=problems)
+
+
+def _cluster_cidr_problems(text):
+    """What kube-proxy's validation refuses in clusterCIDR: one CIDR, or two of different families."""
+    parts = text.split(",")
+    networks = []
+    for part in parts:
+        try:
+            networks.append(ip_network(part, "clusterCIDR"))
+        except KubeIpvsError:
+            return [f"clusterCIDR: {part!r} is not a CIDR"]
+    if len(networks) > 2 or (len(networks) == 2 and networks[0].version == networks[1].version):
+        return [f"clusterCIDR {text!r}: one CIDR, or one IPv4 and one IPv6 CIDR separated by a comma"]
+    return []
 
 
 def default_config(cluster_cidr=None):

@@ -85,6 +85,9 @@ def test_option_and_merge_must_agree():
     ({"conntrack": {"tcpCloseWaitTimeout": "-1h"}}, "must not be negative"),
     ({"conntrack": {"maxPerCore": -1}}, "conntrack.maxPerCore: -1"),
     ({"conntrack": {"min": True}}, "conntrack.min: True"),
+    ({"clusterCIDR": "not-a-cidr"}, "clusterCIDR: 'not-a-cidr' is not a CIDR"),
+    ({"clusterCIDR": "10.244.0.0/16,10.245.0.0/16"}, "one IPv4 and one IPv6 CIDR"),
+    ({"clusterCIDR": "10.244.0.0/16,fd00::/64,10.1.0.0/16"}, "one IPv4 and one IPv6 CIDR"),
 ])
 def test_validate_rejects(config, message):
     with pytest.raises(KubeIpvsError, match=message.replace("(", r"\(").replace(".", r"\.")):
@@ -211,3 +214,8 @@ def test_settings_of_something_else_are_the_defaults(config):
     settings = settings_of(config)
     assert settings["mode"] == "iptables" and settings["masquerade_bit"]["ipvs"] == 14
     assert settings["ipvs_exclude_cidrs"] == [] and settings["node_port_addresses"] == []
+
+
+@pytest.mark.parametrize("cidr", ["", "10.244.0.0/16", "10.244.0.0/16,fd00:10:244::/56", "fd00:10:244::/56"])
+def test_validate_accepts_kube_proxy_s_cluster_cidrs(cidr):
+    validate_config(merge_config(default_config(), {"clusterCIDR": cidr}))
