@@ -56,10 +56,10 @@ def node(tmp_path):
     rules = tmp_path / "foreign-ipvs.rules"
     env = dict(os.environ, PATH=f"{tools}:{os.environ['PATH']}", IPVSADM_TABLE=str(table))
 
-    def run(*args, wait=True):
+    def run(*args, wait=True, stdin=None):
         command = ["sh", str(PROGRAM), *args, str(rules)]
         if wait:
-            return subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+            return subprocess.run(command, env=env, input=stdin, capture_output=True, text=True, check=False)
         return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     return table, rules, run
@@ -131,3 +131,21 @@ def test_without_a_record_there_is_nothing_to_do(node):
     done = run("--once")
     assert done.returncode == 0 and lines(table) == KUBE and not rules.exists()
     assert run(wait=True).returncode == 0
+
+
+def test_record_only_keeps_the_named_services_with_their_real_servers_and_no_sysctl(node):
+    table, rules, run = node
+    table.write_text("\n".join(KUBE + KEEPALIVED) + "\n")
+    done = run("--record-only", stdin="-t 192.0.2.50:80\n-u [2001:db8::5]:53\n")
+    assert done.returncode == 0, done.stderr
+    assert lines(rules) == KEEPALIVED[:4] and "watching 2 foreign IPVS service(s)" in done.stdout
+    assert not Path(f"{rules}.expire_nodest_conn").exists(), "the caller holds the sysctl itself"
+    assert lines(table) == KUBE + KEEPALIVED
+
+
+def test_record_only_of_services_no_longer_there_records_nothing(node):
+    table, rules, run = node
+    table.write_text("\n".join(KUBE) + "\n")
+    done = run("--record-only", stdin="-t 192.0.2.50:80\n")
+    assert done.returncode == 1 and "none of the services named" in done.stderr
+    assert not rules.exists()
