@@ -66,9 +66,9 @@ options:
         elements: str
       ip_families:
         description:
-          - As O(ip_families), for this node - families to render beside those of its node IPs and
-            the Services' ClusterIPs, such as IPv6 where its kernel runs it (see
-            RV(kubeipvs.node.dataplane_facts#module:dataplane.ipv6)). Not given - O(ip_families).
+          - As O(ip_families), for this node - the families its kernel runs kube-proxy for (see
+            RV(kubeipvs.node.dataplane_facts#module:dataplane.ipv6)), such as V(ipv4) alone for a node
+            of a dual-stack cluster whose IPv6 is off. Not given - O(ip_families).
         type: list
         elements: str
         choices: [ipv4, ipv6]
@@ -109,10 +109,14 @@ options:
     choices: [rr, wrr, lc, wlc, lblc, lblcr, sh, dh, sed, nq, mh]
   ip_families:
     description:
-      - IP families to render beside those of the node IPs and the Services' ClusterIPs.
-      - kube-proxy runs for every family the node's kernel supports, so on a kernel with IPv6 it also
-        creates its (empty) IPv6 objects in an IPv4-only cluster - the C(ip6 kube-proxy) table, the
-        C(KUBE-6-*) ipsets, the ip6tables chains. List V(ipv6) to render them too.
+      - The IP families the node's kernel runs kube-proxy for, as kube-proxy decides it at its start
+        (IPv6 where C(/proc/net/if_inet6) exists and C(net.ipv6.conf.all.disable_ipv6) is not 1;
+        M(kubeipvs.node.dataplane_facts) returns both as RV(kubeipvs.node.dataplane_facts#module:dataplane.ipv6)).
+      - Both - kube-proxy runs dual-stack, and both are rendered, also in an IPv4-only cluster - its
+        (empty) IPv6 objects, the C(ip6 kube-proxy) table, the C(KUBE-6-*) ipsets, the ip6tables chains.
+      - One - kube-proxy runs single-stack in that family, and Services of the other family are not
+        rendered; the node IPs must all be of that family.
+      - Empty - the kernel is not known; the families of the node IPs and of the Services' ClusterIPs.
     type: list
     elements: str
     choices: [ipv4, ipv6]

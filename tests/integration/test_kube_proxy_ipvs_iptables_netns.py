@@ -51,7 +51,7 @@ def kube_lines(netns, command, table):
 
 
 def test_ipvs_mode_rules_apply_idempotently_as_kube_proxy_prints_them(netns):
-    state = node_state(SERVICES, SLICES, "node1", [NODE_IP], families=["ipv6"])
+    state = node_state(SERVICES, SLICES, "node1", [NODE_IP], families=["ipv4", "ipv6"])
     chains = ipvs_iptables_state(state["ipsets"], cluster_cidr="10.244.0.0/16")
     assert sorted(chains) == ["ipv4", "ipv6"]
 

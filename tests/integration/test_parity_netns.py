@@ -325,8 +325,8 @@ def split_top_level(text):
 
 @pytest.mark.parametrize("version", KUBE_PROXY_VERSIONS)
 def test_an_nftables_node_the_collection_programs_is_the_node_kube_proxy_programs(cluster, netns, version):
-    # kube-proxy runs an IPv6 proxier too (the namespace's kernel has IPv6): ip_families adds it
-    real, state = real_and_rendered(cluster, "nftables", nft_dump, version, ip_families=["ipv6"])
+    # kube-proxy runs an IPv6 proxier too (the namespace's kernel has IPv6): ip_families lists both
+    real, state = real_and_rendered(cluster, "nftables", nft_dump, version, ip_families=["ipv4", "ipv6"])
     assert [table["family"] for table in state["nftables_tables"]] == ["ip", "ip6"], state["nftables_tables"]
     program(netns, "nftables", state)
     ours = nft_dump(netns.sh)
@@ -357,7 +357,7 @@ def test_kube_proxy_started_on_a_node_the_collection_programmed_changes_nothing(
     seed_cluster(cluster)
     node.sh("nft flush ruleset")  # what earlier tests' kube-proxies left on this lab node
     seed_kubeadm_kube_proxy(cluster, run=False, image=KUBE_PROXY_IMAGES[version])  # the version to render for
-    program(node, mode, rendered(cluster, mode, ip_families=["ipv6"]))
+    program(node, mode, rendered(cluster, mode, ip_families=["ipv4", "ipv6"]))
     before = DUMPS[mode](node.sh)
 
     events_file = tmp_path / "nft-monitor"

@@ -497,7 +497,7 @@ def family_value(value, family):
 
 def iptables_state(services, endpoint_slices, node_name, node_ips, cluster_cidr=None, families=(), **options):
     """{"ipv4": chains, "ipv6": chains} of a node: the families ``_kube_proxy_state.ip_families``
-    finds (``families`` added), each with its own node IPs and the ``cluster_cidr`` entry of that family (a
+    picks from ``families``, each with its own node IPs and the ``cluster_cidr`` entry of that family (a
     comma-separated string or list, as kube-proxy's ``--cluster-cidr``)."""
     check_node_ips(node_ips)
     cluster = as_cluster(services, endpoint_slices)

@@ -542,7 +542,7 @@ def nftables_table(service_ports, family, node_ips, cluster_cidr=None, masquerad
 
 def nftables_state(services, endpoint_slices, node_name, node_ips, families=(), **options):
     """The kube-proxy tables of one node: {"ipv4": table, "ipv6": table} for the families it has
-    (as _kube_proxy_state.ip_families decides, ``families`` added). ``options`` are nftables_table's keyword options."""
+    (as _kube_proxy_state.ip_families picks from ``families``). ``options`` are nftables_table's keyword options."""
     check_node_ips(node_ips)
     cluster = as_cluster(services, endpoint_slices)
     result = {}

@@ -495,12 +495,25 @@ def as_cluster(services, endpoint_slices):
 
 
 def ip_families(services, node_ips, families=()):
-    """The IP families to render for a node: ``families`` (those its kernel runs kube-proxy for, when
-    the caller knows them), its node IPs' and its Services' ClusterIPs' (IPv4 when none)."""
+    """The IP families to render for a node, as kube-proxy picks its proxiers.
+
+    ``families``: those the node's kernel runs kube-proxy for, when the caller knows them (kube-proxy
+    tests IPv6 only: /proc/net/if_inet6 there, net.ipv6.conf.all.disable_ipv6 not 1). Both - it runs
+    dual-stack, and both are rendered whatever the cluster has. One - it runs single-stack in the
+    node's family (its node IPs must be of that family), and Services of the other are not rendered.
+    None (the kernel unknown): its node IPs' and its Services' ClusterIPs' families (IPv4 when none)."""
     unknown = [family for family in families if family not in (IPV4, IPV6)]
     if unknown:
         raise ValueError(f"ip_families: {', '.join(map(str, unknown))} is not {IPV4} or {IPV6}")
-    families = set(families) | {family_of(ip) for ip in map(parse_ip, node_ips) if ip}
+    node_families = {family_of(ip) for ip in map(parse_ip, node_ips) if ip}
+    if families:
+        others = node_families - set(families)
+        if others:
+            raise ValueError(f"ip_families: the node runs kube-proxy for {', '.join(sorted(set(families)))} "
+                             f"only, but its node IPs are {', '.join(sorted(node_families))}: list every "
+                             "family its kernel runs (both where IPv6 is on)")
+        return sorted(set(families))
+    families = node_families
     for service in services:
         spec = service.get("spec") or {}
         families.update(family_of(ip) for ip in map(parse_ip, spec.get("clusterIPs") or [spec.get("clusterIP")]) if ip)
@@ -572,8 +585,8 @@ def node_state(services, endpoint_slices, node_name, node_ips, scheduler="rr", f
     external or load-balancer IP among either is not bound to the dummy link.
 
     Returns ``dummy_interface`` (``addresses``), ``ipvs_sync`` (``services``), ``ipsets`` (set name
-    -> sorted members as ``ipset`` prints them) and ``ipset_types``, for IPv4 and - when the node
-    or any Service has IPv6, or ``families`` lists it - IPv6 (sets named KUBE-6-*).
+    -> sorted members as ``ipset`` prints them) and ``ipset_types``, for the families
+    ``ip_families`` picks (IPv6 sets named KUBE-6-*).
     """
     check_node_ips(node_ips)
     if node_port_addresses is not None:

@@ -123,3 +123,33 @@ def test_one_cluster_renders_each_node_for_its_own_options(mode):
         node_params = dict(params(mode, "node1"), **variant)
         assert render(node_params, cluster, None, NODES["node1"], ["10.96.0.0/12"]) == \
             render(node_params, services, slices, NODES["node1"], ["10.96.0.0/12"]), variant
+
+
+def ipv6_in(state):
+    """Whether anything of IPv6 is in a rendered state: an IPv6 address, set, table or chain family."""
+    text = repr(state)
+    return any(mark in text for mark in ("fd00::", "2001:db8::", "KUBE-6-", "'ipv6'", "'ip6'"))
+
+
+@pytest.mark.parametrize("mode", ["ipvs", "iptables", "nftables"])
+def test_a_node_whose_kernel_runs_ipv4_alone_gets_nothing_of_the_cluster_s_ipv6(mode):
+    services, slices = random_cluster(7)
+    assert any(len(s["spec"]["clusterIPs"]) == 2 for s in services)  # a dual-stack cluster
+    node_ips = NODES["node3"]  # IPv4 only: its IPv6 is off
+    unknown = render(dict(params(mode, "node3"), cluster_cidr="10.244.0.0/16"), services, slices, node_ips)
+    assert ipv6_in(unknown), "the kernel not known: the Services' IPv6 ClusterIPs are rendered"
+    single = render(dict(params(mode, "node3"), cluster_cidr="10.244.0.0/16", ip_families=["ipv4"]),
+                    services, slices, node_ips)
+    assert not ipv6_in(single), "kube-proxy runs single-stack IPv4 there"
+    assert single["counts"]["services_read"] == len(services)
+    both = render(dict(params(mode, "node3"), cluster_cidr="10.244.0.0/16", ip_families=["ipv6", "ipv4"]),
+                  services, slices, node_ips)
+    assert both == unknown
+
+
+@pytest.mark.parametrize("mode", ["ipvs", "iptables", "nftables"])
+def test_a_node_ip_of_a_family_its_kernel_does_not_run_fails(mode):
+    services, slices = random_cluster(8, count=5)
+    with pytest.raises(ValueError, match="ip_families: the node runs kube-proxy for ipv4 only, but its node IPs "
+                                         "are ipv4, ipv6"):
+        render(dict(params(mode, "node1"), ip_families=["ipv4"]), services, slices, NODES["node1"])

@@ -300,8 +300,8 @@ def test_dual_stack_state_renders_both_families():
     assert "dnat to [fd00:10:244::5]:8080" in v6 and "type ipv6_addr . inet_proto . inet_service : verdict" in v6
     assert "10.96.0.10" not in v6 and "fd00" not in state["ipv4"]["content"]
     assert list(nftables_state([WEB], [], NODE, NODE_IPS)) == ["ipv4"]
-    # kube-proxy on a kernel with IPv6 also runs an IPv6 proxier: families adds its (empty) table
-    both = nftables_state([WEB], [], NODE, NODE_IPS, families=["ipv6"])
+    # kube-proxy on a kernel with IPv6 also runs an IPv6 proxier: families lists both, its table is empty
+    both = nftables_state([WEB], [], NODE, NODE_IPS, families=["ipv4", "ipv6"])
     assert list(both) == ["ipv4", "ipv6"] and not elements(both["ipv6"]["content"], "cluster-ips")
     assert "nodeport-ips" not in parse(both["ipv6"]["content"])["sets"]  # no IPv6 node address: every address
     with pytest.raises(ValueError, match="ip_families"):
