@@ -62,14 +62,17 @@ $(SANITY_VENV)/.installed: tests/requirements.txt
 	cp tests/sanity/bootstrap_pip.py $(HOME)/.ansible/test/cache/get_pip_$${version//./_}.py
 	touch $@
 
+# Kubernetes' programs are built from their Go modules: say so before anything starts without Go.
+NEED_GO = @command -v go >/dev/null || { echo "$@: Go is needed to build Kubernetes (see README)"; exit 1; }
+
 k8s: ## build the pinned Kubernetes programs (KUBEIPVS_K8S_VERSION) from their Go modules, once per machine
-	@command -v go >/dev/null || { echo "k8s: Go is needed to build Kubernetes (see README)"; exit 1; }
+	$(NEED_GO)
 	$(CLUSTER) build
 
 # The guest image and the Kubernetes programs, each cached, side by side: the image mostly waits on
 # the package archive, the programs on the CPU (a cold machine saves the image's few minutes).
 lab-build: setup
-	@command -v go >/dev/null || { echo "k8s: Go is needed to build Kubernetes (see README)"; exit 1; }
+	$(NEED_GO)
 	@mkdir -p $(BUILD); status=0; \
 	$(LAB) build >$(BUILD)/lab-build.log 2>&1 & image=$$!; \
 	$(CLUSTER) build || status=$$?; \
