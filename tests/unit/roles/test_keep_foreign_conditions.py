@@ -19,8 +19,12 @@ ROLE = pathlib.Path(__file__).resolve().parents[3] / "roles" / "mode_switch"
 UNDEFINED = object()
 
 
+class AnsibleUndefined(jinja2.ChainableUndefined, jinja2.StrictUndefined):
+    """As ansible-core's: `a.b.c | default(x)` works, anything else done with an undefined variable fails."""
+
+
 def environment():
-    env = jinja2.Environment(undefined=jinja2.ChainableUndefined)  # as Ansible: a.b.c | default(x)
+    env = jinja2.Environment(undefined=AnsibleUndefined)
     # ansible-core's own filters (bool); Jinja's builtins stay: ansible-core's versions of those need its templar
     env.filters.update({name: f for name, f in FilterModule().filters().items() if name not in env.filters})
     return env
@@ -30,10 +34,13 @@ def role_vars():
     return yaml.safe_load((ROLE / "vars" / "main.yml").read_text())
 
 
+def keep_foreign():
+    return yaml.safe_load((ROLE / "tasks" / "keep_foreign.yml").read_text())
+
+
 def block_condition(name):
-    tasks = yaml.safe_load((ROLE / "tasks" / "keep_foreign.yml").read_text())
-    (block,) = [task for task in tasks if task["name"] == name]
-    return block["when"]
+    (block,) = [task for task in keep_foreign() if task["name"] == name]
+    return block["when"] if isinstance(block["when"], list) else [block["when"]]
 
 
 def evaluate(conditions, variables):
@@ -80,3 +87,19 @@ def test_nothing_is_held_twice_nor_without_foreign_services():
     assert not evaluate(hold, case("nftables", True, "hold", mode_switch_expire_nodest_conn_held=True))
     assert not evaluate(hold, {**case("nftables", True, "hold"), "mode_switch_foreign": []})
     assert not evaluate(hold, case("nftables", True, "restore"))
+
+
+def test_the_end_phase_ends_the_watch_alone_before_the_foreign_services_are_read():
+    """node.yml ends an earlier run's watch first thing, when mode_switch_foreign is not set yet."""
+    first_thing = {"mode_switch_keep_phase": "end", "mode_switch_strategy": {}}
+    run = [task["name"] for task in keep_foreign() if evaluate(block_condition(task["name"]), first_thing)]
+    assert run == ["End the watch on the node's foreign IPVS services"]
+
+
+def test_the_restore_ends_the_hold_s_watch_first():
+    restore = case("nftables", True, "restore", mode_switch_expire_nodest_conn_held=True)
+    run = [task["name"] for task in keep_foreign() if evaluate(block_condition(task["name"]), restore)]
+    assert run == ["End the watch on the node's foreign IPVS services", "Put the foreign IPVS services back"]
+    nothing_held = case("iptables", True, "restore", mode_switch_expire_nodest_conn_held=False)
+    run = [task["name"] for task in keep_foreign() if evaluate(block_condition(task["name"]), nothing_held)]
+    assert run == ["Put the foreign IPVS services back"]
