@@ -109,8 +109,8 @@ test: setup ## everything: molecule on lab VMs, beside it sanity, ansible-lint, 
 unit: setup ## unit tests only (pure diff logic, fakes; seconds)
 	PYTHONPATH=$(COLLECTIONS) $(BIN)/pytest tests/unit -p no:cacheprovider
 
-pytest: setup k8s ## unit tests and host-kernel integration tests (network namespaces, a real Kubernetes cluster, galaxy build)
-	PYTHONPATH=$(COLLECTIONS) $(BIN)/pytest tests/unit tests/integration -p no:cacheprovider
+pytest: setup k8s ## unit tests and host-kernel integration tests (network namespaces, a real Kubernetes cluster, galaxy build); the 20 slowest listed
+	PYTHONPATH=$(COLLECTIONS) $(BIN)/pytest tests/unit tests/integration -p no:cacheprovider --durations=20
 
 sanity: setup $(SANITY_VENV)/.installed ## ansible-test sanity on an assembled ansible_collections tree
 	@rm -rf $(SANITY_TREE) && mkdir -p $(SANITY_TREE)
