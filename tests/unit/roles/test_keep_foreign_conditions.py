@@ -72,34 +72,38 @@ TABLE = [
 ]
 
 
+START = "Start the watch that holds the foreign IPVS services' connections and undoes a flush"
+STOP = "Stop the watch on the node's foreign IPVS services, the sysctl still held"
+RESTORE = "Put the foreign IPVS services back"
+GIVE_BACK = "Give back the expire_nodest_conn the watch held, and remove its record"
+OVER = "The hold is over"
+
+
+def run_in(variables):
+    """The names of keep_foreign.yml's tasks and blocks whose condition holds for ``variables``, in order."""
+    return [task["name"] for task in keep_foreign()
+            if "when" not in task or evaluate(block_condition(task["name"]), variables)]
+
+
 @pytest.mark.parametrize(("mode", "modules_seen", "held", "watched"), TABLE)
 def test_hold_and_watch_only_where_kube_proxy_s_start_can_remove_foreign_services(mode, modules_seen, held, watched):
-    hold = block_condition("Hold the open connections of foreign IPVS services")
-    watch = block_condition("Leave a watch for kube-proxy's later start, which flushes the foreign IPVS services")
-    assert evaluate(hold, case(mode, modules_seen, "hold")) is held
-    assert evaluate(watch, case(mode, modules_seen, "watch")) is watched
-    # the hold's own watch follows the hold, whatever the mode
-    assert evaluate(watch, case(mode, modules_seen, "hold", mode_switch_hold_began=held)) is held
+    assert (START in run_in(case(mode, modules_seen, "hold"))) is held
+    assert (START in run_in(case(mode, modules_seen, "watch"))) is watched
 
 
 def test_nothing_is_held_twice_nor_without_foreign_services():
-    hold = block_condition("Hold the open connections of foreign IPVS services")
-    assert not evaluate(hold, case("nftables", True, "hold", mode_switch_expire_nodest_conn_held=True))
-    assert not evaluate(hold, {**case("nftables", True, "hold"), "mode_switch_foreign": []})
-    assert not evaluate(hold, case("nftables", True, "restore"))
+    assert run_in(case("nftables", True, "hold", mode_switch_expire_nodest_conn_held=True)) == []
+    assert run_in({**case("nftables", True, "hold"), "mode_switch_foreign": []}) == []
+    assert run_in({**case("nftables", True, "watch"), "mode_switch_foreign": []}) == []
 
 
 def test_the_end_phase_ends_the_watch_alone_before_the_foreign_services_are_read():
     """node.yml ends an earlier run's watch first thing, when mode_switch_foreign is not set yet."""
-    first_thing = {"mode_switch_keep_phase": "end", "mode_switch_strategy": {}}
-    run = [task["name"] for task in keep_foreign() if evaluate(block_condition(task["name"]), first_thing)]
-    assert run == ["End the watch on the node's foreign IPVS services"]
+    assert run_in({"mode_switch_keep_phase": "end", "mode_switch_strategy": {}}) == [STOP, GIVE_BACK]
 
 
-def test_the_restore_ends_the_hold_s_watch_first():
-    restore = case("nftables", True, "restore", mode_switch_expire_nodest_conn_held=True)
-    run = [task["name"] for task in keep_foreign() if evaluate(block_condition(task["name"]), restore)]
-    assert run == ["End the watch on the node's foreign IPVS services", "Put the foreign IPVS services back"]
+def test_the_restore_stops_the_watch_then_restores_then_gives_the_sysctl_back():
+    held = case("nftables", True, "restore", mode_switch_expire_nodest_conn_held=True)
+    assert run_in(held) == [STOP, RESTORE, GIVE_BACK, OVER]
     nothing_held = case("iptables", True, "restore", mode_switch_expire_nodest_conn_held=False)
-    run = [task["name"] for task in keep_foreign() if evaluate(block_condition(task["name"]), nothing_held)]
-    assert run == ["Put the foreign IPVS services back"]
+    assert run_in(nothing_held) == [RESTORE, OVER]

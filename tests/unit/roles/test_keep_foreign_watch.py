@@ -5,6 +5,7 @@ a real kernel is proven by the mode_switch scenario.)"""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -54,7 +55,9 @@ def node(tmp_path):
     (tools / "ipvsadm").chmod(0o755)
     table = tmp_path / "table"
     rules = tmp_path / "foreign-ipvs.rules"
-    env = dict(os.environ, PATH=f"{tools}:{os.environ['PATH']}", IPVSADM_TABLE=str(table))
+    (tmp_path / "expire_nodest_conn").write_text("1\n")  # net.ipv4.vs.expire_nodest_conn as kube-proxy sets it
+    env = dict(os.environ, PATH=f"{tools}:{os.environ['PATH']}", IPVSADM_TABLE=str(table),
+               KUBEIPVS_EXPIRE_NODEST_CONN=str(tmp_path / "expire_nodest_conn"))
 
     def run(*args, wait=True, stdin=None):
         command = ["sh", str(PROGRAM), *args, str(rules)]
@@ -133,19 +136,65 @@ def test_without_a_record_there_is_nothing_to_do(node):
     assert run(wait=True).returncode == 0
 
 
-def test_record_only_keeps_the_named_services_with_their_real_servers_and_no_sysctl(node):
+def sysctl(rules):
+    return (rules.parent / "expire_nodest_conn").read_text().strip()
+
+
+def test_record_keeps_the_named_services_with_their_real_servers_and_holds_the_sysctl(node):
     table, rules, run = node
     table.write_text("\n".join(KUBE + KEEPALIVED) + "\n")
-    done = run("--record-only", stdin="-t 192.0.2.50:80\n-u [2001:db8::5]:53\n")
+    done = run("--record", stdin="-t 192.0.2.50:80\n-u [2001:db8::5]:53\n")
     assert done.returncode == 0, done.stderr
     assert lines(rules) == KEEPALIVED[:4] and "watching 2 foreign IPVS service(s)" in done.stdout
-    assert not Path(f"{rules}.expire_nodest_conn").exists(), "the caller holds the sysctl itself"
+    assert sysctl(rules) == "0" and Path(f"{rules}.expire_nodest_conn").read_text().strip() == "1"
     assert lines(table) == KUBE + KEEPALIVED
 
 
-def test_record_only_of_services_no_longer_there_records_nothing(node):
+def test_a_second_record_keeps_the_value_read_first_not_the_0_held(node):
+    table, rules, run = node
+    table.write_text("\n".join(KEEPALIVED) + "\n")
+    assert run("--record", stdin="-t 192.0.2.50:80\n").returncode == 0
+    assert run("--record", stdin="-t 192.0.2.50:80\n").returncode == 0
+    assert sysctl(rules) == "0" and Path(f"{rules}.expire_nodest_conn").read_text().strip() == "1"
+    done = run("--once")  # the services are there: nothing restored, the sysctl given back
+    assert done.returncode == 0 and sysctl(rules) == "1" and not Path(f"{rules}.expire_nodest_conn").exists()
+    assert lines(table) == KEEPALIVED and rules.exists(), "the record stays until the caller removes it"
+
+
+def test_record_of_services_no_longer_there_records_nothing_and_holds_nothing(node):
     table, rules, run = node
     table.write_text("\n".join(KUBE) + "\n")
-    done = run("--record-only", stdin="-t 192.0.2.50:80\n")
+    done = run("--record", stdin="-t 192.0.2.50:80\n")
     assert done.returncode == 1 and "none of the services named" in done.stderr
-    assert not rules.exists()
+    assert not rules.exists() and sysctl(rules) == "1"
+
+
+@pytest.mark.parametrize(("sent", "given_back"), [(signal.SIGTERM, True), (signal.SIGKILL, False)])
+def test_a_stopped_watch_gives_the_sysctl_back_a_killed_one_leaves_it_held(node, sent, given_back):
+    """The role kills the watch before its restore, so that the sysctl goes back only after the services
+    (its last task, --once); systemd's stop at RuntimeMaxSec gives it back."""
+    table, rules, run = node
+    table.write_text("\n".join(KEEPALIVED) + "\n")
+    assert run("--record", stdin="-t 192.0.2.50:80\n").returncode == 0
+    watch = run(wait=False)
+    try:
+        time.sleep(1.5)
+        assert watch.poll() is None
+        watch.send_signal(sent)
+        watch.wait(timeout=30)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait()
+    assert sysctl(rules) == ("1" if given_back else "0")
+    assert Path(f"{rules}.expire_nodest_conn").exists() is not given_back
+
+
+def test_the_watch_restores_the_services_before_it_gives_the_sysctl_back(node):
+    table, rules, run = node
+    table.write_text("\n".join(KEEPALIVED) + "\n")
+    assert run("--record", stdin="-t 192.0.2.50:80\n-f 7\n").returncode == 0
+    table.write_text("")  # kube-proxy's flush
+    done = run("--once")
+    assert done.returncode == 0 and "restored" in done.stdout
+    assert lines(table) == KEEPALIVED[:2] + KEEPALIVED[4:] and sysctl(rules) == "1" and not rules.exists()
