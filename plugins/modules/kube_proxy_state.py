@@ -231,7 +231,9 @@ iptables_chain:
   description:
     - With O(mode=iptables) - per family (V(ipv4), V(ipv6)) the O(kubeipvs.node.iptables_chain#module:chains)
       input that writes the chains and jumps kube-proxy's iptables mode writes (KUBE-SERVICES,
-      KUBE-SVC-*, KUBE-SEP-*, KUBE-EXT-*, KUBE-NODEPORTS, filter KUBE-SERVICES, ...).
+      KUBE-SVC-*, KUBE-SEP-*, KUBE-EXT-*, KUBE-NODEPORTS, filter KUBE-SERVICES, ...). The chains with
+      jumps come first, then the others in the order kube-proxy declares them, the per-Service chains
+      of Services that are the same on every node (no Local traffic policy, no source ranges) last.
     - With O(mode=ipvs) - the same for IPVS mode's eleven chains (KUBE-SERVICES, KUBE-NODE-PORT,
       KUBE-LOAD-BALANCER, KUBE-POSTROUTING, KUBE-MARK-MASQ, filter KUBE-FORWARD, KUBE-IPVS-FILTER, ...),
       whose rules match its ipsets; a rule whose set is empty is left out, as kube-proxy does.

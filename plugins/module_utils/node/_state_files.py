@@ -22,6 +22,7 @@ import tempfile
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.module_utils.common.validation import check_mutually_exclusive
 from ansible_collections.kubeipvs.node.plugins.module_utils._errors import KubeIpvsError, ansible_module
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._shared_run import SharedTail
 
 # JSON of a large state compresses 10-20 times at the fastest level; higher levels gain little and cost seconds.
 COMPRESS_LEVEL = 1
@@ -36,7 +37,7 @@ def write_state_file(directory, name, options):
     may enter the directory (0644), so an action plugin that runs as the controller's user reads what
     the module wrote as root (``become`` on a task delegated to the controller)."""
     path = os.path.join(directory, name)
-    data = gzip.compress(json.dumps(options, separators=(",", ":")).encode(), compresslevel=COMPRESS_LEVEL, mtime=0)
+    data = state_bytes(options)
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)
         fd, scratch = tempfile.mkstemp(dir=directory, prefix=f".{name}.")
@@ -51,6 +52,41 @@ def write_state_file(directory, name, options):
     except OSError as error:
         raise KubeIpvsError(f"cannot write the state file {path}: {error.strerror}", path=path) from None
     return path
+
+
+def _compress(text):
+    return gzip.compress(text.encode(), compresslevel=COMPRESS_LEVEL, mtime=0)
+
+
+def _json(value):
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _shared_member(run):
+    """The run's items as JSON without brackets, one gzip member, compressed the first time only."""
+    if run.encoded is None or run.encoded[0] != COMPRESS_LEVEL:
+        run.encoded = (COMPRESS_LEVEL, _compress(_json(run.items)[1:-1]))
+    return run.encoded[1]
+
+
+def state_bytes(options):
+    """The gzip file of ``options`` as JSON. An option that is a ``SharedTail`` still ending in its run
+    gets the run's member as compressed once for every file that shares it: the file is then several
+    gzip members in a row, which every gzip reader decompresses as one stream."""
+    members, text = [], []
+    for index, (option, value) in enumerate(options.items()):
+        text.append(("{" if index == 0 else ",") + _json(option) + ":")
+        run = value.shared() if isinstance(value, SharedTail) else None
+        if run is None:
+            text.append(_json(value))
+            continue
+        head = _json(value[:value.head])
+        text.append(head[:-1] + ("," if value.head else ""))
+        members += [_compress("".join(text)), _shared_member(run)]
+        text = ["]"]
+    text.append("}" if options else "{}")
+    members.append(_compress("".join(text)))
+    return b"".join(members)
 
 
 def read_state_file(path):

@@ -43,7 +43,12 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_sta
     parse_ip,
     parse_network,
 )
-from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_catalogue import IPTABLES_DECLARED, IPTABLES_JUMPS
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_catalogue import (
+    IPTABLES_DECLARED,
+    IPTABLES_JUMPS,
+    SERVICE_CHAIN_PREFIXES,
+)
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._shared_run import SharedRun, SharedTail
 
 LARGE_CLUSTER_ENDPOINTS = 1000  # kube-proxy's largeClusterEndpointsThreshold
 LOOPBACK = {IPV4: "127.0.0.0/8", IPV6: "::1/128"}
@@ -158,24 +163,30 @@ class Tables:
 
 class Recording:
     """Tables that also keep what one service port wrote, to write it again for another node:
-    ``steps`` are ((table, chain), rules) in the order written, a chain's consecutive rules together."""
+    ``steps`` are ((table, chain), rules) of the chains every port writes into (KUBE-SERVICES and the
+    like) in the order written, a chain's consecutive rules together. The port's own chains (its
+    KUBE-SVC-, KUBE-SEP-... chains, which no other port writes) go to ``own`` instead of the tables."""
 
-    def __init__(self, tables):
-        self.tables, self.steps = tables, []
+    def __init__(self, tables, own):
+        self.tables, self.own, self.steps = tables, own, []
 
     def _rules(self, key):
+        if key[1].startswith(SERVICE_CHAIN_PREFIXES):
+            return self.own.setdefault(key, [])
         if not self.steps or self.steps[-1][0] != key:
             self.steps.append((key, []))
         return self.steps[-1][1]
 
     def declare(self, table, chain):
         self._rules((table, chain))
-        self.tables.declare(table, chain)
+        if not chain.startswith(SERVICE_CHAIN_PREFIXES):
+            self.tables.declare(table, chain)
 
     def add(self, table, chain, *parts):
         text = rule(*parts)
         self._rules((table, chain)).append(text)
-        self.tables.chains.setdefault((table, chain), []).append(text)
+        if not chain.startswith(SERVICE_CHAIN_PREFIXES):
+            self.tables.chains.setdefault((table, chain), []).append(text)
 
 
 def replay(tables, steps):
@@ -401,8 +412,11 @@ def iptables_chains(service_ports, family, node_ips, cluster_cidr=None, masquera
     as kube-proxy without a detector. ``nodeport_addresses``: None accepts NodePorts on every
     local address (kube-proxy's default), else the IPs to accept them on.
     ``conntrack_tcp_be_liberal``: the node's sysctl; when set kube-proxy writes no INVALID drop.
-    ``memo``: a dict kept between the nodes of one cluster (``Cluster.memo``) - the rules of a port that
-    are the same on every node are written once and copied for the next nodes.
+    ``memo``: a dict kept between the nodes of one cluster (``Cluster.memo``, given the same ports) - the
+    rules of a port that are the same on every node are written once: its rules in the chains all ports
+    share are copied for the next nodes, and its own chains are one ``SharedRun`` at the end of every
+    node's list (after the chains with jumps and the rest in declaration order), the same items for all.
+    The result is a ``SharedTail`` (a list).
     """
     options = Options(family, node_ips, cluster_cidr, masquerade_bit, random_fully, masquerade_all,
                       nodeport_addresses, localhost_nodeports, conntrack_tcp_be_liberal)
@@ -424,17 +438,23 @@ def iptables_chains(service_ports, family, node_ips, cluster_cidr=None, masquera
                    "RELATED,ESTABLISHED,DNAT", "-j", "DROP")
 
     large = sum(len(sp.endpoints) for sp in service_ports) > LARGE_CLUSTER_ENDPOINTS
+    # With a memo, the first node records each port the same on every node: its rules in the shared
+    # chains to replay for the next nodes, its own chains into one run that every node's list ends in.
+    run_key = (options.fingerprint, large)
+    run = None if memo is None else memo.get(run_key)
+    own = {} if memo is not None and run is None else None
     for sp in service_ports:
         if memo is None or not same_on_every_node(sp):
             write_service_port(tables, sp, options, large)
-            continue
-        key = (options.fingerprint, large, sp.service_port_name, sp.protocol)
-        if key in memo:
-            replay(tables, memo[key])
+        elif own is None:
+            replay(tables, memo[(run_key, sp.service_port_name, sp.protocol)])
         else:
-            recording = Recording(tables)
+            recording = Recording(tables, own)
             write_service_port(recording, sp, options, large)
-            memo[key] = recording.steps
+            memo[(run_key, sp.service_port_name, sp.protocol)] = recording.steps
+    if own is not None:
+        run = memo[run_key] = SharedRun([{"table": table, "chain": chain, "jumps": [], "rules": rules}
+                                         for (table, chain), rules in own.items()])
 
     last = ["-m", "comment", "--comment",
             "kubernetes service nodeports; NOTE: this must be the last rule in this chain"]
@@ -456,7 +476,7 @@ def iptables_chains(service_ports, family, node_ips, cluster_cidr=None, masquera
                "-m", "mark", "--mark", f"{options.mark}/{options.mark}", "-j", "ACCEPT")
     tables.add("filter", "KUBE-FORWARD", "-m", "comment", "--comment", "kubernetes forwarding conntrack rule",
                "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT")
-    return chain_entries(tables)
+    return SharedTail(chain_entries(tables), run)
 
 
 def chain_entries(tables, jump_table=IPTABLES_JUMPS, kubelet_firewall=True):

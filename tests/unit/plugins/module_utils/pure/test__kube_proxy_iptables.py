@@ -437,3 +437,41 @@ def test_invalid_options_are_refused(kwargs, message):
     args = dict({"node_ips": ["192.0.2.11"]}, **kwargs)
     with pytest.raises(ValueError, match=message):
         iptables_chains([], IPV4, **args)
+
+
+def test_many_nodes_share_the_chains_that_are_the_same_on_every_node():
+    """With a cluster's memo, each node's list equals the list rendered without one (as a set of chains,
+    each with its rules in order, and every shared chain's rules in the same order); the chains of ports
+    the same on every node come last and are the very same items for every node, so they are built,
+    encoded and compressed once."""
+    services, slices = upstream_services()
+    cluster = Cluster(services, slices)
+    memo = {}
+    nodes = {"node1": ["192.168.0.2"], "node2": ["192.168.0.3"], "node3": ["192.168.0.4"]}
+    rendered = {}
+    for name, node_ips in nodes.items():
+        ports = cluster.service_ports(name, IPV4)
+        alone = iptables_chains(ports, IPV4, node_ips, cluster_cidr="10.0.0.0/8")
+        shared = iptables_chains(ports, IPV4, node_ips, cluster_cidr="10.0.0.0/8", memo=memo)
+        assert chains_of(shared) == chains_of(alone), name
+        assert [(e["table"], e["chain"], e["jumps"]) for e in shared if e["jumps"]] == \
+            [(e["table"], e["chain"], e["jumps"]) for e in alone if e["jumps"]]
+        rendered[name] = shared
+    first, *others = rendered.values()
+    tail = first[first.head:]
+    # svc1, svc3, svc4 and svc6 are the same everywhere (svc6 has no chain of its own); svc2 (Local) and svc5
+    # (source ranges) are not
+    assert sorted(entry["chain"] for entry in tail) == sorted(
+        [service_chain_name("KUBE-SVC-", f"ns{n}/svc{n}:p80", "tcp") for n in (1, 3, 4)]
+        + [service_chain_name("KUBE-EXT-", "ns3/svc3:p80", "tcp"), service_chain_name("KUBE-EXT-", "ns4/svc4:p80", "tcp")]
+        + [endpoint_chain_name(f"ns{n}/svc{n}:p80", "tcp", f"10.180.0.{n}:80") for n in (1, 3, 4)]
+        + [endpoint_chain_name("ns4/svc4:p80", "tcp", "10.180.0.5:80")])
+    assert not any(entry["chain"].endswith(service_chain_name("", "ns2/svc2:p80", "tcp")) for entry in tail)
+    assert first.shared() is first.run and first.run.items == tail
+    for other in others:
+        assert other.run is first.run and all(mine is theirs for mine, theirs in zip(other[other.head:], tail))
+    # other options make other rules: not the first run
+    elsewhere = iptables_chains(cluster.service_ports("node1", IPV4), IPV4, ["192.168.0.2"], memo=memo)
+    assert elsewhere.run is not first.run
+    assert chains_of(elsewhere) == chains_of(iptables_chains(cluster.service_ports("node1", IPV4), IPV4,
+                                                             ["192.168.0.2"]))
