@@ -37,6 +37,12 @@ case "$1" in
 esac
 """
 
+# systemd-run logs its arguments and fails when SYSTEMD_RUN_FAILS is set, starting nothing.
+SYSTEMD_RUN = r"""#!/bin/sh
+echo "$*" >> "$SYSTEMD_RUN_LOG"
+[ -z "${SYSTEMD_RUN_FAILS:-}" ]
+"""
+
 KEEPALIVED = [
     "-A -t 192.0.2.50:80 -s wlc",
     "-a -t 192.0.2.50:80 -r 10.244.1.10:8080 -m -w 1",
@@ -51,18 +57,22 @@ KUBE = ["-A -t 10.96.0.1:443 -s rr", "-a -t 10.96.0.1:443 -r 192.168.200.1:6443 
 def node(tmp_path):
     tools = tmp_path / "bin"
     tools.mkdir()
-    (tools / "ipvsadm").write_text(IPVSADM)
-    (tools / "ipvsadm").chmod(0o755)
+    for name, text in (("ipvsadm", IPVSADM), ("systemd-run", SYSTEMD_RUN), ("systemctl", "#!/bin/sh\nexit 0\n")):
+        (tools / name).write_text(text)
+        (tools / name).chmod(0o755)
     table = tmp_path / "table"
     rules = tmp_path / "foreign-ipvs.rules"
     (tmp_path / "expire_nodest_conn").write_text("1\n")  # net.ipv4.vs.expire_nodest_conn as kube-proxy sets it
     env = dict(os.environ, PATH=f"{tools}:{os.environ['PATH']}", IPVSADM_TABLE=str(table),
-               KUBEIPVS_EXPIRE_NODEST_CONN=str(tmp_path / "expire_nodest_conn"))
+               KUBEIPVS_EXPIRE_NODEST_CONN=str(tmp_path / "expire_nodest_conn"),
+               SYSTEMD_RUN_LOG=str(tmp_path / "systemd-run.log"))
 
-    def run(*args, wait=True, stdin=None):
-        command = ["sh", str(PROGRAM), *args, str(rules)]
+    def run(*args, wait=True, stdin=None, **more_env):
+        command = ["sh", str(PROGRAM), *args] + ([] if args[:1] == ("--start",) else [str(rules)])
+        more_env.setdefault("RULES", str(rules))
         if wait:
-            return subprocess.run(command, env=env, input=stdin, capture_output=True, text=True, check=False)
+            return subprocess.run(command, env=dict(env, **more_env), input=stdin, capture_output=True, text=True,
+                                  check=False)
         return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     return table, rules, run
@@ -198,3 +208,33 @@ def test_the_watch_restores_the_services_before_it_gives_the_sysctl_back(node):
     done = run("--once")
     assert done.returncode == 0 and "restored" in done.stdout
     assert lines(table) == KEEPALIVED[:2] + KEEPALIVED[4:] and sysctl(rules) == "1" and not rules.exists()
+
+
+def test_start_installs_the_program_records_and_runs_the_unit(node, tmp_path):
+    """--start is the role's one node task before a held restart: the program installs itself where
+    the unit runs it from, records the services in $KEYS (holding the sysctl), and starts the unit."""
+    table, rules, run = node
+    table.write_text("\n".join(KUBE + KEEPALIVED) + "\n")
+    installed = tmp_path / "sbin" / "kubeipvs-keep-foreign-ipvs"
+    done = run("--start", PROGRAM=str(installed), UNIT="keep-unit", SECONDS_MAX="86400", KEYS="-t 192.0.2.50:80\n-f 7")
+    assert done.returncode == 0, done.stderr
+    assert "watching 2 foreign IPVS service(s)" in done.stdout
+    assert installed.read_bytes() == PROGRAM.read_bytes() and os.access(installed, os.X_OK)
+    assert lines(rules) == KEEPALIVED[:2] + KEEPALIVED[4:] and sysctl(rules) == "0"
+    assert lines(tmp_path / "systemd-run.log") == [
+        f"--quiet --collect --unit keep-unit -p RuntimeMaxSec=86400 {installed} {rules}"]
+
+
+def test_start_that_cannot_run_the_unit_leaves_nothing_held(node, tmp_path):
+    table, rules, run = node
+    table.write_text("\n".join(KEEPALIVED) + "\n")
+    installed = tmp_path / "kubeipvs-keep-foreign-ipvs"
+    start = {"PROGRAM": str(installed), "UNIT": "keep-unit", "SECONDS_MAX": "60"}
+    done = run("--start", **start, KEYS="-t 192.0.2.50:80", SYSTEMD_RUN_FAILS="1")
+    assert done.returncode == 4 and "no watch: systemd-run failed" in done.stdout, done
+    assert not rules.exists() and sysctl(rules) == "1" and not Path(f"{rules}.expire_nodest_conn").exists()
+    done = run("--start", **start, KEYS="-t 192.0.2.99:80")  # not in the table
+    assert done.returncode == 4 and "no watch: recording the services failed" in done.stdout, done
+    assert not rules.exists() and sysctl(rules) == "1"
+    assert run("--start", **dict(start, UNIT="")).returncode == 2  # usage
+    assert run("--start", "extra", **start).returncode == 2
