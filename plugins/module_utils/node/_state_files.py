@@ -64,9 +64,9 @@ def _json(value):
 
 def _shared_member(run):
     """The run's items as JSON without brackets, one gzip member, compressed the first time only."""
-    if run.encoded is None or run.encoded[0] != COMPRESS_LEVEL:
-        run.encoded = (COMPRESS_LEVEL, _compress(_json(run.items)[1:-1]))
-    return run.encoded[1]
+    if run.encoded is None:
+        run.encoded = _compress(_json(run.items)[1:-1])
+    return run.encoded
 
 
 def state_bytes(options):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 
 class SharedRun:
-    """Items the same for many lists. ``encoded`` is the writer's cache: (compression level, gzip member)."""
+    """Items the same for many lists. ``encoded`` is the writer's cache: their gzip member."""
 
     __slots__ = ("items", "encoded")
 
