@@ -99,7 +99,7 @@ test: setup ## everything: molecule on lab VMs, beside it sanity, ansible-lint, 
 	echo "=== pytest"; head -n -1 $(BUILD)/pytest.log; \
 	if [ $$molecule != 0 ]; then \
 		echo "=== molecule FAILED: the failed steps and tasks (the whole output is above and in .build/molecule.log)"; \
-		awk -f tests/molecule-failures.awk $(BUILD)/molecule.log 2>/dev/null | tail -n 16 \
+		awk -f tests/molecule-failures.awk $(BUILD)/molecule.log 2>/dev/null | tail -n 24 \
 			|| echo "(no .build/molecule.log: molecule stopped before its scenarios)"; \
 	fi; \
 	[ "$$(cat $(BUILD)/host-checks.status)" = 0 ] || echo "=== sanity, ansible-lint, docs-check or pytest FAILED, see above"; \

@@ -229,7 +229,25 @@ def start_kube_proxy(cluster, mode, dump, version):
     assert f"mode: {mode}" in config
     seed_kubeadm_kube_proxy(cluster, config_text=config, image=KUBE_PROXY_IMAGES[version])
     first_sync_done(cluster)
+    if mode == "nftables":
+        service_cidrs_synced(cluster)
     return steady(lambda: dump(lambda command: in_node(cluster, command)))
+
+
+def service_cidrs_synced(cluster, tries=60):
+    """Until every kube-proxy table on node1 drops traffic to unallocated ClusterIPs. kube-proxy's
+    nftables mode learns the cluster's ServiceCIDRs from an informer it does not wait for before its
+    first sync, and their arrival starts no sync: the rule comes with the next one, at the latest
+    its periodic sync (``syncPeriod``, 30 s) later. Until then the node is a real but passing state."""
+    tables = "nft list tables | grep -E 'kube-proxy$' || true"
+    rule = "Drop traffic to unallocated ClusterIPs"
+    for _attempt in range(tries):
+        names = [" ".join(line.split()[1:3]) for line in in_node(cluster, tables).splitlines() if line.strip()]
+        if names and all(rule in in_node(cluster, f"nft list chain {name} cluster-ips-check 2>/dev/null || true")
+                          for name in names):
+            return
+        time.sleep(2)
+    raise AssertionError(f"kube-proxy's tables never dropped traffic to unallocated ClusterIPs: {names}")
 
 
 def rendered(cluster, mode, **options):

@@ -44,7 +44,22 @@ stop_kube_proxy() {
   for _ in $(seq 60); do pgrep -x kube-proxy >/dev/null || return 0; sleep 1; done
   echo "kube-proxy still runs after its runner stopped" >&2; return 1
 }
-# Its first sync done: /healthz answers 200 and the sync counter of the new process moved.
+# Until the node stops changing: three dumps 2 s apart alike (kube-proxy syncs again as more of the
+# cluster reaches it after its first sync).
+settle() {
+  local last current same=0
+  last=$(dump)
+  for _ in $(seq 60); do
+    sleep 2
+    current=$(dump)
+    if [[ $current == "$last" ]]; then same=$((same + 1)); else same=0; fi
+    [[ $same -ge 3 ]] && return 0
+    last=$current
+  done
+  echo "kube-proxy kept changing the node for 2 minutes after its first sync" >&2; return 1
+}
+# Its first sync done: /healthz answers 200 and the sync counter of the new process moved; then
+# the node settled.
 start_kube_proxy() {
   systemctl start kubeipvs-podrunner
   for _ in $(seq 150); do
@@ -53,8 +68,8 @@ start_kube_proxy() {
     # one count per family's proxier, none of them still 0
     if [[ -n $counts ]] && ! grep -qx 0 <<< "$counts" \
        && curl -fsS -m 2 -o /dev/null http://127.0.0.1:10256/healthz; then
-      sleep 5  # time for two more syncs, should its first one have left anything to do
-      return 0
+      settle
+      return
     fi
     sleep 2
   done
