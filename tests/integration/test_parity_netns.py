@@ -243,8 +243,8 @@ def service_cidrs_synced(cluster, tries=60):
     rule = "Drop traffic to unallocated ClusterIPs"
     for _attempt in range(tries):
         names = [" ".join(line.split()[1:3]) for line in in_node(cluster, tables).splitlines() if line.strip()]
-        if names and all(rule in in_node(cluster, f"nft list chain {name} cluster-ips-check 2>/dev/null || true")
-                          for name in names):
+        listings = [in_node(cluster, f"nft list chain {name} cluster-ips-check 2>/dev/null || true") for name in names]
+        if names and all(rule in listing for listing in listings):
             return
         time.sleep(2)
     raise AssertionError(f"kube-proxy's tables never dropped traffic to unallocated ClusterIPs: {names}")
