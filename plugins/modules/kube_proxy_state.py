@@ -220,7 +220,11 @@ ipset:
       - {name: KUBE-CLUSTER-IP, type: "hash:ip,port", family: inet, hashsize: 1024, maxelem: 65536, range: null,
          members: ["10.96.0.1,tcp:443"]}
 ipvs_sync:
-  description: Input of M(kubeipvs.node.ipvs_sync) - C(services), each with its C(real_servers).
+  description:
+    - Input of M(kubeipvs.node.ipvs_sync) - C(services), each with its C(real_servers).
+    - The virtual servers that depend on the node come first (its NodePorts, those of the Local traffic
+      policies), then those the same on every node (ClusterIPs, external and load-balancer IPs without
+      the Local policy); each part family by family in address order.
   returned: when O(mode=ipvs) and O(dest) is not given
   type: dict
   sample:

@@ -42,6 +42,7 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_sta
     ip_families,
     parse_ip,
     parse_network,
+    same_on_every_node,
 )
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_catalogue import (
     IPTABLES_DECLARED,
@@ -193,12 +194,6 @@ def replay(tables, steps):
     chains = tables.chains
     for key, rules in steps:
         chains.setdefault(key, []).extend(rules)
-
-
-def same_on_every_node(sp):
-    """Whether a service port's rules are the same on every node (with the same options): without a Local
-    traffic policy no rule depends on where its endpoints run, and without source ranges none names the node IP."""
-    return not (sp.internal_local or sp.external_local or sp.source_ranges)
 
 
 class Options:
@@ -522,7 +517,7 @@ def iptables_state(services, endpoint_slices, node_name, node_ips, cluster_cidr=
     check_node_ips(node_ips)
     cluster = as_cluster(services, endpoint_slices)
     result = {}
-    for family in ip_families(cluster.services, node_ips, families):
+    for family in ip_families(cluster, node_ips, families):
         family_ips = [str(ip) for ip in map(parse_ip, node_ips) if family_of(ip) == family]
         service_ports = cluster.service_ports(node_name, family)
         result[family] = iptables_chains(service_ports, family, family_ips, memo=cluster.memo.setdefault("iptables", {}),

@@ -41,6 +41,7 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_sta
     ip_key,
     parse_ip,
     parse_network,
+    same_on_every_node,
 )
 
 TABLE_NAME = "kube-proxy"
@@ -198,6 +199,44 @@ class Table:
             bucket[key] = (value, comment)
 
 
+class Recording:
+    """A Table that also keeps what one service port does to it (``steps``), to do it again on
+    another node's table: every chain, rule and element but the hairpin ones, which depend on where
+    the port's endpoints run (``replay`` adds those for the node)."""
+
+    def __init__(self, table):
+        self.table, self.ip, self.steps = table, table.ip, []
+
+    def chain(self, name):
+        self.steps.append((Table.chain, (name,)))
+        return self.table.chain(name)
+
+    def rule(self, chain, text):
+        self.steps.append((Table.rule, (chain, text)))
+        self.table.rule(chain, text)
+
+    def element(self, container, key, value=None, comment=None):
+        if container != HAIRPIN_SET:
+            self.steps.append((Table.element, (container, key, value, comment)))
+        self.table.element(container, key, value, comment)
+
+
+def replay(table, sp, steps, reachable, options):
+    """A recorded port's ``steps`` on ``table``, and the hairpin elements of those of its endpoints
+    that are ``reachable`` and on this node."""
+    for step, arguments in steps:
+        step(table, *arguments)
+    if not options.mark_chain:
+        for endpoint in sp.endpoints:
+            if endpoint.local and (endpoint.address, endpoint.port) in reachable:
+                add_hairpin(table, sp, endpoint)
+
+
+def add_hairpin(table, sp, endpoint):
+    """A local endpoint reaching its own Service is masqueraded (since v1.36)."""
+    table.element(HAIRPIN_SET, f"{endpoint.address} . {endpoint.address} . {sp.protocol.lower()} . {endpoint.port}")
+
+
 def declare(lines, name, kind, type_text, comment=None, flags=None, timeout=None, elements=None):
     lines.append(f"\t{kind} {name} {{")
     lines.append(f"\t\ttype {type_text}")
@@ -229,8 +268,8 @@ def ip_sort_key(text):
 
 
 class Options:
-    __slots__ = ("cluster_cidr", "mark", "mark_chain", "masquerade", "masquerade_all", "node_ips", "nodeport_all",
-                 "primary_ip", "service_cidrs", "version")
+    __slots__ = ("cluster_cidr", "fingerprint", "mark", "mark_chain", "masquerade", "masquerade_all", "node_ips",
+                 "nodeport_all", "primary_ip", "service_cidrs", "version")
 
 
 def build_options(family, node_ips, cluster_cidr, masquerade_bit, masquerade_all, nodeport_addresses,
@@ -261,6 +300,8 @@ def build_options(family, node_ips, cluster_cidr, masquerade_bit, masquerade_all
         if family_of(network) == family:
             cidrs.append(str(network))
     options.service_cidrs = cidrs
+    # what a port the same on every node renders from: every option but the node's addresses
+    options.fingerprint = (family, options.version, options.mark, options.masquerade_all, str(options.cluster_cidr))
     return options
 
 
@@ -337,7 +378,7 @@ def write_service_to_endpoint_jumps(table, sp, chain, endpoints):
 
 
 def sync_service_port(table, sp, options, affinity):
-    """syncProxyRules for one ServicePort."""
+    """syncProxyRules for one ServicePort; the (address, port) of the endpoints its chains reach."""
     ip, protocol, port = table.ip, sp.protocol.lower(), sp.port
     name = sp.service_port_name
     base = service_chain_base(sp)
@@ -350,8 +391,8 @@ def sync_service_port(table, sp, options, affinity):
     for endpoint in reachable:
         if endpoint_chains:  # since v1.36 only with session affinity
             table.chain(f"endpoint-{endpoint_chain_base(sp, endpoint)}")
-        if endpoint.local and not options.mark_chain:  # a local endpoint reaching its own Service is masqueraded
-            table.element(HAIRPIN_SET, f"{endpoint.address} . {endpoint.address} . {protocol} . {endpoint.port}")
+        if endpoint.local and not options.mark_chain:
+            add_hairpin(table, sp, endpoint)
     uses_cluster_chain = bool(cluster) and uses_cluster
     uses_local_chain = bool(local) and uses_local
     if uses_cluster_chain:
@@ -445,7 +486,7 @@ def sync_service_port(table, sp, options, affinity):
             write_service_to_endpoint_dnats(table, sp, cluster_chain, cluster, options.version)
         if uses_local_chain:
             write_service_to_endpoint_dnats(table, sp, local_chain, local, options.version)
-        return
+        return {(endpoint.address, endpoint.port) for endpoint in reachable}
     for endpoint in reachable if sp.affinity else ():
         affinity[f"affinity-{endpoint_chain_base(sp, endpoint)}"] = sp.affinity
     if uses_cluster_chain:
@@ -460,6 +501,7 @@ def sync_service_port(table, sp, options, affinity):
         if sp.affinity:
             table.rule(chain, f"update @affinity-{chain_base} {{ {ip} saddr }}")
         table.rule(chain, f"meta l4proto {protocol} dnat to {endpoint_text(endpoint)}")
+    return {(endpoint.address, endpoint.port) for endpoint in reachable}
 
 
 SET_DECLARATIONS = (
@@ -479,7 +521,17 @@ SET_DECLARATIONS = (
 )
 
 
-def render(table, options, affinity):
+def render(table, options, affinity, sort_keys=None):
+    """The table's body. ``sort_keys``: elements' sort keys already worked out (by element key), a
+    dict kept between the nodes of one cluster, whose elements are mostly the same."""
+    sort_keys = {} if sort_keys is None else sort_keys
+
+    def sort_key(item):
+        key = sort_keys.get(item[0])
+        if key is None:
+            key = sort_keys[item[0]] = ip_sort_key(item[0])
+        return key
+
     lines = [f"\tcomment {quote('rules for kube-proxy')}"]
     for name, kind, type_template, comment in SET_DECLARATIONS:
         if name == NODEPORT_IPS_SET and options.nodeport_all:
@@ -488,8 +540,7 @@ def render(table, options, affinity):
             continue  # since v1.36
         type_text = type_template.format(addr=table.addr_type)
         bucket = table.elements.get(name, {})
-        elements = [element_text(key, value, note) for key, (value, note) in sorted(
-            bucket.items(), key=lambda item: ip_sort_key(item[0]))]
+        elements = [element_text(key, value, note) for key, (value, note) in sorted(bucket.items(), key=sort_key)]
         declare(lines, name, kind, type_text, comment=comment, elements=elements)
     for name in sorted(affinity):
         declare(lines, name, "set", table.addr_type, flags=("dynamic", "timeout"), timeout=affinity[name])
@@ -509,19 +560,38 @@ def render(table, options, affinity):
     return "\n".join(lines) + "\n"
 
 
-def nftables_table(service_ports, family, node_ips, cluster_cidr=None, masquerade_bit=14, masquerade_all=False,
-                   nodeport_addresses="primary", service_cidrs=None, version=RENDERED_VERSIONS[-1]):
+def nftables_table(service_ports, family, node_ips, **options):
     """The ``kube-proxy`` table of one family: {"family": "ip"|"ip6", "name": "kube-proxy", "content": body}.
 
-    ``service_ports`` come from _kube_proxy_state.Cluster.service_ports for the same ``family``.
-    ``node_ips`` are the node's addresses (NodePorts listen on those of this family when
-    ``nodeport_addresses`` is "primary", kube-proxy's default in nftables mode; "all" listens on every
-    local address). ``cluster_cidr`` (str, comma-separated str or list) enables the ClusterCIDR
-    local-traffic detector; ``service_cidrs`` adds the drop rule for unallocated ClusterIPs.
+    ``service_ports`` come from _kube_proxy_state.Cluster.service_ports for the same ``family`` (each
+    one's ClusterIP is checked to be of it). ``node_ips`` are the node's addresses (NodePorts listen on
+    those of this family when ``nodeport_addresses`` is "primary", kube-proxy's default in nftables
+    mode; "all" listens on every local address). ``cluster_cidr`` (str, comma-separated str or list)
+    enables the ClusterCIDR local-traffic detector; ``service_cidrs`` adds the drop rule for
+    unallocated ClusterIPs; ``masquerade_bit``, ``masquerade_all`` and ``version`` as kube-proxy's.
     Raises ValueError on bad input.
     """
+    check_family(family)
+    service_ports = list(service_ports)
+    for sp in service_ports:
+        if parse_ip(sp.cluster_ip) is None or family_of(ipaddress.ip_address(sp.cluster_ip)) != family:
+            raise ValueError(f"{sp.service_port_name}: ClusterIP {sp.cluster_ip} is not an "
+                             f"IPv{VERSION[family]} address")
+    return family_table(service_ports, family, node_ips, **options)
+
+
+def check_family(family):
     if family not in FAMILY:
         raise ValueError(f"family: {family!r} is not {' or '.join(FAMILY)}")
+
+
+def family_table(service_ports, family, node_ips, cluster_cidr=None, masquerade_bit=14, masquerade_all=False,
+                 nodeport_addresses="primary", service_cidrs=None, version=RENDERED_VERSIONS[-1], memo=None):
+    """nftables_table for ports known to be of ``family`` (a Cluster's, which picks them by family).
+
+    ``memo``: a dict kept between the nodes of one cluster (``Cluster.memo``) - what a port the same on
+    every node does to the table is recorded on the first node and done again on the next ones."""
+    check_family(family)
     options = build_options(family, list(node_ips), cluster_cidr, masquerade_bit, masquerade_all,
                             nodeport_addresses, service_cidrs, version)
     table = Table(family)
@@ -533,11 +603,20 @@ def nftables_table(service_ports, family, node_ips, cluster_cidr=None, masquerad
     setup_rules(table, options)
     affinity = {}
     for sp in service_ports:
-        if parse_ip(sp.cluster_ip) is None or family_of(ipaddress.ip_address(sp.cluster_ip)) != family:
-            raise ValueError(f"{sp.service_port_name}: ClusterIP {sp.cluster_ip} is not an "
-                             f"IPv{VERSION[family]} address")
-        sync_service_port(table, sp, options, affinity)
-    return {"family": table.ip, "name": TABLE_NAME, "content": render(table, options, affinity)}
+        if memo is None or not same_on_every_node(sp):
+            sync_service_port(table, sp, options, affinity)
+            continue
+        key = (options.fingerprint, sp.service_port_name, sp.protocol)
+        recorded = memo.get(key)
+        if recorded is None:
+            recording, own_affinity = Recording(table), {}
+            reachable = sync_service_port(recording, sp, options, own_affinity)
+            recorded = memo[key] = (recording.steps, reachable, own_affinity)
+        else:
+            replay(table, sp, recorded[0], recorded[1], options)
+        affinity.update(recorded[2])
+    sort_keys = None if memo is None else memo.setdefault("sort_keys", {})
+    return {"family": table.ip, "name": TABLE_NAME, "content": render(table, options, affinity, sort_keys)}
 
 
 def nftables_state(services, endpoint_slices, node_name, node_ips, families=(), **options):
@@ -546,7 +625,7 @@ def nftables_state(services, endpoint_slices, node_name, node_ips, families=(), 
     check_node_ips(node_ips)
     cluster = as_cluster(services, endpoint_slices)
     result = {}
-    for family in ip_families(cluster.services, node_ips, families):
-        service_ports = cluster.service_ports(node_name, family)
-        result[family] = nftables_table(service_ports, family, node_ips, **options)
+    for family in ip_families(cluster, node_ips, families):
+        result[family] = family_table(cluster.service_ports(node_name, family), family, node_ips,
+                                      memo=cluster.memo.setdefault("nftables", {}), **options)
     return result

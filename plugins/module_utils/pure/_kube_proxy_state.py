@@ -20,6 +20,7 @@ import socket
 
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._dataplane import port_label
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import INET, IPV4, IPV6, KUBERNETES, family_of
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._shared_run import SharedRun, SharedTail
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_catalogue import (
     IPSET_TYPES,
     ipset_name,
@@ -142,24 +143,44 @@ class NodeState:
     """Accumulates the dummy addresses, IPVS services and ipset members of one family.
 
     ``node_ips``: the addresses NodePorts listen on; ``primary_ip``: kube-proxy's node IP of the
-    family (whether loadBalancerSourceRanges admit the node itself), or None."""
+    family (whether loadBalancerSourceRanges admit the node itself), or None. ``shared``: the
+    virtual servers the same on every node that earlier nodes built (by key, kept in the cluster's
+    memo), to take rather than build again; None builds every one. ``shared_keys`` lists those
+    this node has, in the order claimed."""
 
-    def __init__(self, family, node_ips, scheduler, primary_ip=None):
+    def __init__(self, family, node_ips, scheduler, primary_ip=None, shared=None):
         self.family = family
         self.node_ips = node_ips
         self.primary_ip = primary_ip
+        self.primary_address = parse_ip(primary_ip) if primary_ip else None
         self.scheduler = scheduler
         self.bound = set()
         self.services = {}
         self.sets = {name: set() for name in IPSET_TYPES}
+        self.shared = shared
+        self.shared_keys = []
 
     def add(self, set_name, member):
         self.sets[set_name].add(member)
 
-    def virtual_server(self, address, protocol, port, affinity_timeout, endpoints, bind):
+    def virtual_server(self, address, protocol, port, affinity_timeout, endpoints, bind, everywhere=False):
+        """``everywhere``: the virtual server is the same on every node (its endpoints do not depend on
+        the node's)."""
         key = (protocol, address, port)
         if key in self.services:  # the first Service to claim a VIP:port wins, as in the kernel
             return
+        if everywhere and self.shared is not None:
+            service = self.shared.get(key)
+            if service is None:
+                service = self.shared[key] = self._build(address, protocol, port, affinity_timeout, endpoints)
+            self.shared_keys.append(key)
+        else:
+            service = self._build(address, protocol, port, affinity_timeout, endpoints)
+        self.services[key] = service
+        if bind:
+            self.bound.add(address)
+
+    def _build(self, address, protocol, port, affinity_timeout, endpoints):
         service = {"protocol": protocol, "address": address, "port": port, "family": INET[self.family],
                    "scheduler": self.scheduler}
         if self.scheduler == "mh":
@@ -168,9 +189,7 @@ class NodeState:
             service["persistence_timeout"] = affinity_timeout
         service["real_servers"] = [{"address": e.address, "port": e.port, "weight": 1, "forwarding": "nat"}
                                    for e in sorted(endpoints, key=endpoint_order)]
-        self.services[key] = service
-        if bind:
-            self.bound.add(address)
+        return service
 
 
 def entry(ip, protocol, port, third=None):
@@ -277,6 +296,13 @@ def service_shape(service, family):
         internal_local=spec.get("internalTrafficPolicy") == "Local", health_check_node_port=health_check or 0,
         ports=[(port.get("name") or "", port.get("protocol") or "TCP", port["port"], port.get("nodePort") or 0)
                for port in spec.get("ports") or []])
+
+
+def same_on_every_node(sp):
+    """Whether what iptables or nftables mode writes for a service port is the same on every node
+    (with the same options; nftables' hairpin elements aside): without a Local traffic policy nothing
+    depends on where its endpoints run, and without source ranges nothing names the node's IP."""
+    return not (sp.internal_local or sp.external_local or sp.source_ranges)
 
 
 def shape_ports(shape, endpoint_map):
@@ -449,6 +475,7 @@ class Cluster:
         self.services = sorted(services, key=service_key)
         self.endpoint_slices = endpoint_slices
         self._families = {}
+        self._cluster_ip_families = None
         self.memo = {}  # a renderer's parts that are the same on every node, by renderer
 
     def __len__(self):
@@ -472,21 +499,52 @@ class Cluster:
         return self._families[family]
 
     def service_ports(self, node_name, family):
-        """Every ServicePort of one family on one node, Services in (namespace, name) order."""
+        """Every ServicePort of one family on one node, Services in (namespace, name) order.
+
+        A Service none of whose endpoints runs on the node has the same ports on every such node:
+        those are built once (as seen from no node) and are the very same objects in every node's
+        list - read-only, like everything a Cluster gives. The others are built for the node."""
         shapes, remote, local = self._parsed(family)
+        own = local.get(node_name, {}) if node_name else {}
+        if not own:
+            return [sp for ports in self._remote_ports(family) for sp in ports]
         endpoint_map = dict(remote)
-        for key, own in local.get(node_name, {}).items() if node_name else ():
+        touched = set()
+        for key, endpoints_here in own.items():
             endpoints = endpoint_map[key] = list(remote[key])
-            for index, endpoint in own:
+            for index, endpoint in endpoints_here:
                 endpoints[index] = endpoint
-        return [sp for shape in shapes for sp in shape_ports(shape, endpoint_map)]
+            touched.add(key[:2])
+        remote_ports = self._remote_ports(family)
+        return [sp for index, shape in enumerate(shapes)
+                for sp in (shape_ports(shape, endpoint_map) if (shape.namespace, shape.name) in touched
+                           else remote_ports[index])]
+
+    def _remote_ports(self, family):
+        """Per ServiceShape of the family, its ServicePorts as seen from no node (no endpoint local)."""
+        known = self.memo.setdefault("remote_ports", {})
+        if family not in known:
+            shapes, remote, _local = self._parsed(family)
+            known[family] = [shape_ports(shape, remote) for shape in shapes]
+        return known[family]
+
+    def cluster_ip_families(self):
+        """The families of the Services' ClusterIPs (see ``cluster_ip_families``), found once."""
+        if self._cluster_ip_families is None:
+            self._cluster_ip_families = cluster_ip_families(self.services)
+        return self._cluster_ip_families
 
     def cluster_ip_ports(self, node_ips, families=()):
         """Every ``protocol/ClusterIP:port`` a node serves (the ``port_label`` spelling), from the
-        Services alone: what the switch checks a mode serves, without computing any mode's state."""
-        return sorted({port_label(protocol, shape.cluster_ip, port)
-                       for family in ip_families(self.services, node_ips, families)
-                       for shape in self._parsed(family)[0] for _name, protocol, port, _node_port in shape.ports})
+        Services alone: what the switch checks a mode serves, without computing any mode's state.
+        The same for every node rendered for the same families: listed once per families, a copy each."""
+        rendered = tuple(ip_families(self, node_ips, families))
+        known = self.memo.setdefault("cluster_ip_ports", {})
+        if rendered not in known:
+            known[rendered] = sorted({port_label(protocol, shape.cluster_ip, port)
+                                      for family in rendered for shape in self._parsed(family)[0]
+                                      for _name, protocol, port, _node_port in shape.ports})
+        return list(known[rendered])
 
 
 def as_cluster(services, endpoint_slices):
@@ -497,11 +555,12 @@ def as_cluster(services, endpoint_slices):
 def ip_families(services, node_ips, families=()):
     """The IP families to render for a node, as kube-proxy picks its proxiers.
 
-    ``families``: those the node's kernel runs kube-proxy for, when the caller knows them (kube-proxy
-    tests IPv6 only: /proc/net/if_inet6 there, net.ipv6.conf.all.disable_ipv6 not 1). Both - it runs
-    dual-stack, and both are rendered whatever the cluster has. One - it runs single-stack in the
-    node's family (its node IPs must be of that family), and Services of the other are not rendered.
-    None (the kernel unknown): its node IPs' and its Services' ClusterIPs' families (IPv4 when none)."""
+    ``services``: the Services' objects, or a Cluster. ``families``: those the node's kernel runs
+    kube-proxy for, when the caller knows them (kube-proxy tests IPv6 only: /proc/net/if_inet6
+    there, net.ipv6.conf.all.disable_ipv6 not 1). Both - it runs dual-stack, and both are rendered
+    whatever the cluster has. One - it runs single-stack in the node's family (its node IPs must be
+    of that family), and Services of the other are not rendered. None (the kernel unknown): its node
+    IPs' and its Services' ClusterIPs' families (IPv4 when none)."""
     unknown = [family for family in families if family not in (IPV4, IPV6)]
     if unknown:
         raise ValueError(f"ip_families: {', '.join(map(str, unknown))} is not {IPV4} or {IPV6}")
@@ -513,11 +572,17 @@ def ip_families(services, node_ips, families=()):
                              f"only, but its node IPs are {', '.join(sorted(node_families))}: list every "
                              "family its kernel runs (both where IPv6 is on)")
         return sorted(set(families))
-    families = node_families
+    services_families = services.cluster_ip_families() if isinstance(services, Cluster) else cluster_ip_families(services)
+    return sorted(node_families | services_families or {IPV4})
+
+
+def cluster_ip_families(services):
+    """The families of the Services' ClusterIPs (a set)."""
+    families = set()
     for service in services:
         spec = service.get("spec") or {}
         families.update(family_of(ip) for ip in map(parse_ip, spec.get("clusterIPs") or [spec.get("clusterIP")]) if ip)
-    return sorted(families or {IPV4})
+    return families
 
 
 def check_node_ips(node_ips, what="node_ips"):
@@ -534,15 +599,16 @@ def sync_service_port(state, sp, node_addresses):
             state.add("KUBE-LOOP-BACK", entry(endpoint.address, protocol, endpoint.port, endpoint.address))
 
     state.add("KUBE-CLUSTER-IP", entry(sp.cluster_ip, protocol, sp.port))
-    state.virtual_server(sp.cluster_ip, protocol, sp.port, sp.affinity, sp.internal_endpoints, bind=True)
+    state.virtual_server(sp.cluster_ip, protocol, sp.port, sp.affinity, sp.internal_endpoints, bind=True,
+                         everywhere=not sp.internal_local)
 
     for external_ip in sp.external_ips:
         state.add("KUBE-EXTERNAL-IP-LOCAL" if sp.external_local else "KUBE-EXTERNAL-IP",
                   entry(external_ip, protocol, sp.port))
         state.virtual_server(external_ip, protocol, sp.port, sp.affinity, sp.external_endpoints,
-                             bind=external_ip not in node_addresses)
+                             bind=external_ip not in node_addresses, everywhere=not sp.external_local)
 
-    primary_node_ip = parse_ip(state.primary_ip) if state.primary_ip else None
+    primary_node_ip = state.primary_address
     for lb_ip in sp.lb_ips:
         state.add("KUBE-LOAD-BALANCER", entry(lb_ip, protocol, sp.port))
         if sp.external_local:
@@ -554,7 +620,7 @@ def sync_service_port(state, sp, node_addresses):
             if primary_node_ip and any(primary_node_ip in source for source in sp.source_ranges):
                 state.add("KUBE-LOAD-BALANCER-SOURCE-IP", entry(lb_ip, protocol, sp.port, lb_ip))
         state.virtual_server(lb_ip, protocol, sp.port, sp.affinity, sp.external_endpoints,
-                             bind=lb_ip not in node_addresses)
+                             bind=lb_ip not in node_addresses, everywhere=not sp.external_local)
 
     if sp.node_port and not state.node_ips:
         return  # as kube-proxy: nowhere to listen, and no health check port either
@@ -586,7 +652,10 @@ def node_state(services, endpoint_slices, node_name, node_ips, scheduler="rr", f
 
     Returns ``dummy_interface`` (``addresses``), ``ipvs_sync`` (``services``), ``ipsets`` (set name
     -> sorted members as ``ipset`` prints them) and ``ipset_types``, for the families
-    ``ip_families`` picks (IPv6 sets named KUBE-6-*).
+    ``ip_families`` picks (IPv6 sets named KUBE-6-*). ``services`` lists first the virtual servers
+    that depend on the node (its NodePorts, the Local traffic policies), then those the same on every
+    node, each part family by family in address order; the second part is one ``SharedRun`` for all
+    the nodes of one Cluster (a ``SharedTail``), built and written to state files once.
     """
     check_node_ips(node_ips)
     if node_port_addresses is not None:
@@ -596,26 +665,62 @@ def node_state(services, endpoint_slices, node_name, node_ips, scheduler="rr", f
     parsed_port_ips = parsed_node_ips if node_port_addresses is None else [parse_ip(ip) for ip in node_port_addresses]
     node_addresses = {str(ip) for ip in parsed_node_ips + parsed_port_ips}
 
-    addresses, ipvs_services, ipsets, ipset_types, cluster_ports = [], [], {}, {}, set()
-    families = ip_families(cluster.services, node_ips, families)
+    # what is the same on every node is kept in the cluster's memo: the virtual servers, their run
+    # in every node's list, and the sort keys of addresses and set members
+    memo = cluster.memo.setdefault("ipvs", {})
+    address_key = memoized(ip_key, memo.setdefault("address_keys", {}))
+    member_key = memoized(member_sort_key, memo.setdefault("member_keys", {}))
+
+    def server_key(key):
+        return (address_key(key[1]), key[0], key[2])
+
+    addresses, head, shared, ipsets, ipset_types = [], [], [], {}, {}
+    families = ip_families(cluster, node_ips, families)
     for family in families:
         port_ips = sorted({ip for ip in parsed_port_ips if family_of(ip) == family}, key=int)
         primary = next((str(ip) for ip in parsed_node_ips if family_of(ip) == family), None)
-        state = NodeState(family, [str(ip) for ip in port_ips], scheduler, primary)
+        state = NodeState(family, [str(ip) for ip in port_ips], scheduler, primary,
+                          shared=memo.setdefault(("virtual servers", family, scheduler), {}))
         for sp in cluster.service_ports(node_name, family):
             sync_service_port(state, sp, node_addresses)
-            cluster_ports.add(port_label(sp.protocol, sp.cluster_ip, sp.port))
         state.sets["KUBE-IPVS-IPS"] = set(state.bound)
-        addresses.extend(sorted(state.bound, key=parse_ip))
-        order = sorted(state.services, key=lambda key: (ip_key(key[1]), key[0], key[2]))
-        ipvs_services.extend(state.services[key] for key in order)
+        addresses.extend(sorted(state.bound, key=address_key))
+        everywhere = set(state.shared_keys)
+        head.extend(state.services[key] for key in sorted(set(state.services) - everywhere, key=server_key))
+        shared.append((state.services, state.shared_keys))
         for name, members in state.sets.items():
             family_name = ipset_name(name, family)
             ipset_types[family_name] = IPSET_TYPES[name]
-            ipsets[family_name] = sorted(members, key=member_sort_key)
-    return {"dummy_interface": {"addresses": addresses}, "ipvs_sync": {"services": ipvs_services},
+            ipsets[family_name] = sorted(members, key=member_key)
+    return {"dummy_interface": {"addresses": addresses},
+            "ipvs_sync": {"services": SharedTail(head, shared_run(memo, (tuple(families), scheduler), shared, server_key))},
             "ipsets": ipsets, "ipset_types": ipset_types, "ipset": {"sets": ipset_specs(ipsets, families)},
-            "cluster_ip_ports": sorted(cluster_ports)}
+            "cluster_ip_ports": cluster.cluster_ip_ports(node_ips, families)}
+
+
+def shared_run(memo, key, shared, server_key):
+    """The virtual servers the same on every node, family by family in address order: the run of the
+    first node rendered with these options (``key``), which the next nodes share when they claimed the
+    very same ones (they do, unless one of their own addresses is also a Service's). ``shared``: per
+    family (its services by key, the keys of those the same on every node)."""
+    claimed = frozenset(key for _services, keys in shared for key in keys)
+    known = memo.get(("run", key))
+    if known is not None and known[0] == claimed:
+        return known[1]
+    run = SharedRun([services[key] for services, keys in shared for key in sorted(keys, key=server_key)])
+    if known is None:
+        memo[("run", key)] = (claimed, run)
+    return run
+
+
+def memoized(function, known):
+    """``function`` of one argument, each result kept in ``known`` (a dict) for the next call."""
+    def cached(value):
+        found = known.get(value)
+        if found is None:
+            found = known[value] = function(value)
+        return found
+    return cached
 
 
 def ipset_specs(ipsets, families):

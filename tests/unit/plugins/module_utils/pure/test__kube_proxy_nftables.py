@@ -395,3 +395,54 @@ def test_before_v1_36_external_chains_and_affinity_jump_to_the_mark_chain():
 def test_only_the_rendered_releases_are_accepted(version):
     with pytest.raises(ValueError, match="version"):
         nftables_state([WEB], [], NODE, NODE_IPS, version=version)
+
+
+def many_shapes():
+    """Services of every shape a memo must tell apart, their endpoints on node1-3, dual-stack."""
+    affinity = {"sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 600}}}
+    services = [
+        service("web", ["10.96.0.10", "fd00:10:96::10"], [port(80, name="http", node_port=30080)],
+                service_type="NodePort"),
+        service("sticky", ["10.96.0.11"], [port(80, name="http")], **affinity),
+        service("local", ["10.96.0.12"], [port(80, name="http", node_port=30081)], service_type="NodePort",
+                externalTrafficPolicy="Local"),
+        service("inside", ["10.96.0.13"], [port(80, name="http")], internalTrafficPolicy="Local"),
+        service("guarded", ["10.96.0.14"], [port(80, name="http", node_port=30082)], service_type="LoadBalancer",
+                loadBalancerSourceRanges=["192.0.2.0/25"], status=[{"ip": "198.51.100.10"}]),
+        service("empty", ["10.96.0.15"], [port(80, name="http")], externalIPs=["198.51.100.7"]),
+        # claims the external IP:port "empty" claimed first, and is the same everywhere
+        service("second", ["10.96.0.16"], [port(80, name="http")], externalIPs=["198.51.100.7"]),
+    ]
+    spread = [ep("10.244.1.5", "node1"), ep("10.244.2.6", "node2"), ep("10.244.3.7", "node3")]
+    slices = [web_slice(spread, name=name) for name in ("web", "sticky", "local", "inside", "guarded", "second")]
+    slices.append(web_slice([ep("fd00:10:244::5", "node2")], name="web", address_type="IPv6"))
+    return services, slices
+
+
+@pytest.mark.parametrize("version", [(1, 35), (1, 37)])
+def test_many_nodes_through_one_cluster_are_each_the_node_rendered_alone(version):
+    """With a cluster's memo, each node's table is the one rendered without a memo, character for
+    character: the ports the same on every node are recorded on the first node and done again on the
+    next ones, their hairpin elements (endpoints on the node) added for each node."""
+    services, slices = many_shapes()
+    cluster = Cluster(services, slices)
+    nodes = {"node1": ["192.0.2.11", "2001:db8::11"], "node2": ["192.0.2.12", "2001:db8::12"],
+             "node3": ["192.0.2.200", "2001:db8::13"], "node4": ["192.0.2.14", "2001:db8::14"]}
+    options = {"cluster_cidr": "10.244.0.0/16,fd00:10:244::/56", "service_cidrs": ["10.96.0.0/12"],
+               "version": version}
+    for name, node_ips in list(nodes.items()) * 2:
+        through_memo = nftables_state(cluster, None, name, node_ips, **options)
+        for family, rendered in through_memo.items():
+            alone = nftables_table(Cluster(services, slices).service_ports(name, family), family, node_ips, **options)
+            assert rendered == alone, (name, family)
+    assert cluster.memo["nftables"]  # the memo was used
+    latest = nftables_state(cluster, None, "node2", nodes["node2"], **options)["ipv4"]["content"]
+    if version == (1, 37):  # node2's own endpoints reaching their Services are masqueraded, on node2 only
+        assert "10.244.2.6 . 10.244.2.6 . tcp . 8080" in elements(latest, "hairpin-connections")
+        assert "10.244.2.6" not in " ".join(elements(nftables_state(cluster, None, "node4", nodes["node4"],
+                                                                    **options)["ipv4"]["content"],
+                                                     "hairpin-connections"))
+    # other options render other rules: not the first node's recording
+    other = nftables_state(cluster, None, "node4", nodes["node4"], **dict(options, masquerade_bit=3))["ipv4"]
+    assert other == nftables_table(Cluster(services, slices).service_ports("node4", IPV4), IPV4, nodes["node4"],
+                                   **dict(options, masquerade_bit=3))

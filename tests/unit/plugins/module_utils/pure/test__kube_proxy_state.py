@@ -6,11 +6,13 @@ programs on node1 (node IP 192.0.2.11)."""
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import IPV4, IPV6
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipset import normalise_entries
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._ipvs_input import normalize_services
-from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_state import ipset_name, node_state
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_state import Cluster, ipset_name, node_state
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._links import normalize_addresses
 
 NODE = "node1"
@@ -200,11 +202,29 @@ CASES = [
 ]
 
 
+def by_key(services):
+    return sorted(services, key=lambda s: (s["protocol"], s["address"], s["port"]))
+
+
+def address_order(server):
+    address = ipaddress.ip_address(server["address"])
+    return (address.version, int(address), server["protocol"], server["port"])
+
+
+def assert_listed_in_documented_order(listed):
+    """The node's own virtual servers, then those the same on every node (the shared run), each part
+    family by family in address order."""
+    assert listed[listed.head:] == (listed.run.items if listed.run else [])
+    for part in (listed[:listed.head], listed[listed.head:]):
+        assert part == sorted(part, key=address_order)
+
+
 @pytest.mark.parametrize("services, slices, expected", CASES)
 def test_node_state(services, slices, expected):
     state = node_state(services, slices, NODE, NODE_IPS)
     assert state["dummy_interface"]["addresses"] == expected["addresses"]
-    assert state["ipvs_sync"]["services"] == expected["services"]
+    assert by_key(state["ipvs_sync"]["services"]) == by_key(expected["services"])
+    assert_listed_in_documented_order(state["ipvs_sync"]["services"])
     assert {name: members for name, members in state["ipsets"].items() if members} == expected["ipsets"]
 
 
@@ -227,7 +247,7 @@ def test_dual_stack_service_gets_ipv6_sets_and_services():
     assert state["ipsets"]["KUBE-CLUSTER-IP"] == ["10.96.0.100,tcp:80"]
     assert state["ipset_types"]["KUBE-6-LOAD-BALANCER-SOURCE-CID"] == "hash:ip,port,net"
     v4 = [s for s in state["ipvs_sync"]["services"] if s["family"] == "inet"]
-    assert [s["address"] for s in v4] == ["10.96.0.100", "192.0.2.11"]
+    assert [s["address"] for s in v4] == ["192.0.2.11", "10.96.0.100"]  # the node's own first
     # The ClusterIP ports a mode switch verifies - NodePorts are not ClusterIP ports.
     assert state["cluster_ip_ports"] == ["tcp/10.96.0.100:80", "tcp/[fd00:10:96::100]:80"]
 
@@ -372,3 +392,56 @@ def test_node_ports_open_on_the_node_port_addresses_and_the_node_ip_decides_sour
     assert state["ipsets"]["KUBE-LOAD-BALANCER-SOURCE-IP"] == []
     with pytest.raises(ValueError, match="node_port_addresses: eth0 is not an IP address"):
         node_state(services, [], NODE, NODE_IPS, node_port_addresses=["eth0"])
+
+
+def test_many_nodes_through_one_cluster_share_the_virtual_servers_the_same_on_every_node():
+    """With one Cluster for many nodes, each node's state equals the state rendered alone; the virtual
+    servers the same on every node (ClusterIPs, and external and load-balancer IPs without the Local
+    policy) are one run of the very same items on every node; NodePorts and Local-policy ones are
+    each node's own. A node whose own address is also a Service's external IP claims another set of
+    virtual servers: it gets a run of its own, and is still the node rendered alone."""
+    services = [
+        service("web", ["10.96.0.10", "fd00:10:96::10"], [port(80, node_port=30080)], "NodePort",
+                ipFamilies=["IPv4", "IPv6"], ipFamilyPolicy="RequireDualStack"),
+        service("sticky", ["10.96.0.11"], [port(80)], sessionAffinity="ClientIP"),
+        service("local", ["10.96.0.12"], [port(80, node_port=30081)], "LoadBalancer",
+                externalTrafficPolicy="Local", healthCheckNodePort=32000, status=[{"ip": "198.51.100.12"}]),
+        service("inside", ["10.96.0.13"], [port(80)], internalTrafficPolicy="Local"),
+        service("outside", ["10.96.0.14"], [port(80)], externalIPs=["192.0.2.13"]),
+    ]
+    spread = [ep("10.244.1.5", "node1"), ep("10.244.2.6", "node2"), ep("10.244.3.7", "node3")]
+    slices = [endpoint_slice(name, spread, [("", 8080, "TCP")]) for name in ("web", "sticky", "local", "inside", "outside")]
+    slices.append(endpoint_slice("web", [ep("fd00:10:244::5", "node2")], [("", 8080, "TCP")], "IPv6"))
+    cluster = Cluster(services, slices)
+    nodes = {"node1": ["192.0.2.11", "2001:db8::11"], "node2": ["192.0.2.12", "2001:db8::12"],
+             "node3": ["192.0.2.13", "2001:db8::13"], "node4": ["192.0.2.14", "2001:db8::14"]}
+    runs = {}
+    for name, node_ips in list(nodes.items()) * 2:
+        state = node_state(cluster, None, name, node_ips)
+        alone = node_state(services, slices, name, node_ips)
+        listed = state["ipvs_sync"]["services"]
+        assert by_key(listed) == by_key(alone["ipvs_sync"]["services"]), name
+        assert {key: value for key, value in state.items() if key != "ipvs_sync"} == \
+            {key: value for key, value in alone.items() if key != "ipvs_sync"}, name
+        assert_listed_in_documented_order(listed)
+        runs.setdefault(name, listed.run)
+        assert listed.shared() is listed.run is runs[name]
+        own = {(s["address"], s["port"]) for s in listed[:listed.head]}
+        expected_own = {(ip, 30080) for ip in node_ips} | {(node_ips[0], 30081), ("10.96.0.13", 80), ("198.51.100.12", 80)}
+        assert expected_own <= own, name
+    assert runs["node1"] is runs["node2"] is runs["node4"]
+    assert [(s["address"], s["port"]) for s in runs["node1"].items] == [
+        ("10.96.0.10", 80), ("10.96.0.11", 80), ("10.96.0.12", 80), ("10.96.0.14", 80), ("192.0.2.13", 80),
+        ("fd00:10:96::10", 80)]
+    # node3's address is "outside"'s external IP, on other ports than its NodePorts: the same run
+    assert runs["node3"] is runs["node1"]
+    # a NodePort on port 80 of node3's address claims "outside"'s external IP and port first (Services
+    # in name order), so node3 has other virtual servers the same on every node than node1
+    clash = [service("clash", ["10.96.0.20"], [port(80, node_port=80)], "NodePort")] + services
+    clash_slices = slices + [endpoint_slice("clash", spread, [("", 8080, "TCP")])]
+    shared_cluster = Cluster(clash, clash_slices)
+    first = node_state(shared_cluster, None, "node1", nodes["node1"])["ipvs_sync"]["services"]
+    other = node_state(shared_cluster, None, "node3", nodes["node3"])["ipvs_sync"]["services"]
+    assert other.run is not first.run
+    assert by_key(other) == by_key(node_state(clash, clash_slices, "node3", nodes["node3"])["ipvs_sync"]["services"])
+    assert_listed_in_documented_order(other)
