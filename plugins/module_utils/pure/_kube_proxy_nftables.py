@@ -39,6 +39,7 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_sta
     check_node_ips,
     ip_families,
     ip_key,
+    memoized,
     parse_ip,
     parse_network,
     same_on_every_node,
@@ -524,13 +525,10 @@ SET_DECLARATIONS = (
 def render(table, options, affinity, sort_keys=None):
     """The table's body. ``sort_keys``: elements' sort keys already worked out (by element key), a
     dict kept between the nodes of one cluster, whose elements are mostly the same."""
-    sort_keys = {} if sort_keys is None else sort_keys
+    element_key = memoized(ip_sort_key, {} if sort_keys is None else sort_keys)
 
     def sort_key(item):
-        key = sort_keys.get(item[0])
-        if key is None:
-            key = sort_keys[item[0]] = ip_sort_key(item[0])
-        return key
+        return element_key(item[0])
 
     lines = [f"\tcomment {quote('rules for kube-proxy')}"]
     for name, kind, type_template, comment in SET_DECLARATIONS:
