@@ -140,7 +140,7 @@ molecule: setup lab-build ## every molecule scenario on lab VMs (SCENARIO=name f
 	rm -rf $(BUILD)/molecule && mkdir -p $(BUILD)
 	@# Each step's start time before molecule's own line: where a run's time goes. Kept in
 	@# .build/molecule.log too, for `make test`'s closing lines.
-	PYTHONUNBUFFERED=1 MOLECULE_EPHEMERAL_DIRECTORY=$(BUILD)/molecule $(BIN)/molecule test $(if $(SCENARIO),--scenario-name $(SCENARIO),--all) 2>&1 \
+	KUBEIPVS_LAB_ZIPCACHE=1 PYTHONUNBUFFERED=1 MOLECULE_EPHEMERAL_DIRECTORY=$(BUILD)/molecule $(BIN)/molecule test $(if $(SCENARIO),--scenario-name $(SCENARIO),--all) 2>&1 \
 		| while IFS= read -r line; do [[ $$line != INFO* ]] || printf '%(%H:%M:%S)T ' -1; printf '%s\n' "$$line"; done \
 		| tee $(BUILD)/molecule.log \
 		|| { $(CLUSTER) down; $(LAB) down; exit 1; }
