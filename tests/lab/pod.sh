@@ -31,33 +31,64 @@ start() {
   ip -n "$ns" route add default via "10.244.$n.1"
   ip -n "$ns" -6 route add default via "fd00:10:244:$n::1"
   cat >"$state/server.py" <<'PY'
-import socket, socketserver, sys, threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+# One thread and one selector for every connection and datagram: a thread per connection and
+# http.server's header parsing cost each canary pod about a third of a TCG node's CPU.
+import selectors, socket, sys
 answer = sys.argv[1].encode() + b"\n"
-class Http(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive: a connection can stay open across many requests
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(answer)))
-        self.end_headers()
-        self.wfile.write(answer)
-    def log_message(self, *args):
-        pass
-class DualStack(ThreadingHTTPServer):
-    address_family = socket.AF_INET6
-    def server_bind(self):
-        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        super().server_bind()
-class Echo(socketserver.BaseRequestHandler):
-    def handle(self):  # the name, then the query itself: as DNS repeats the query's ID
-        self.request[1].sendto(answer + self.request[0], self.client_address)
-class UdpDualStack(socketserver.ThreadingUDPServer):
-    address_family = socket.AF_INET6
-    def server_bind(self):
-        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        super().server_bind()
-threading.Thread(target=UdpDualStack(("::", 5353), Echo).serve_forever, daemon=True).start()
-DualStack(("::", 8080), Http).serve_forever()
+http_port = int(sys.argv[2]) if len(sys.argv) > 2 else 8080  # the ports: for a test off the lab
+udp_port = int(sys.argv[3]) if len(sys.argv) > 3 else 5353
+response = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(answer), answer)
+def dual_stack(kind, port):
+    sock = socket.socket(socket.AF_INET6, kind)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("::", port))
+    sock.setblocking(False)
+    return sock
+listener, udp = dual_stack(socket.SOCK_STREAM, http_port), dual_stack(socket.SOCK_DGRAM, udp_port)
+listener.listen(128)
+selector = selectors.DefaultSelector()
+selector.register(listener, selectors.EVENT_READ)
+selector.register(udp, selectors.EVENT_READ)
+pending = {}  # connection: what it sent after its last complete request (keep-alive: many per connection)
+def close(connection):
+    selector.unregister(connection)
+    pending.pop(connection, None)
+    connection.close()
+while True:
+    for key, _ in selector.select():
+        sock = key.fileobj
+        if sock is listener:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                continue
+            connection.setblocking(False)
+            selector.register(connection, selectors.EVENT_READ)
+            pending[connection] = b""
+        elif sock is udp:  # the name, then the query itself: as DNS repeats the query's ID
+            try:
+                query, client = udp.recvfrom(512)
+                udp.sendto(answer + query, client)
+            except OSError:
+                pass
+        else:
+            try:
+                data = sock.recv(4096)
+            except OSError:
+                data = b""
+            if not data:
+                close(sock)
+                continue
+            data = pending[sock] + data
+            try:
+                while b"\r\n\r\n" in data:  # a GET has no body: each blank line ends one request
+                    data = data.split(b"\r\n\r\n", 1)[1]
+                    sock.sendall(response)  # a few dozen bytes: the socket's buffer takes them at once
+            except OSError:
+                close(sock)
+                continue
+            pending[sock] = data[-65536:]
 PY
   ip netns exec "$ns" setsid python3 "$state/server.py" "$node/$name" </dev/null >/dev/null 2>&1 &
   echo $! >"$pidfile"
