@@ -33,7 +33,7 @@ def pod(tmp_path):
     http_port, udp_port = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM)
     server = subprocess.Popen([sys.executable, str(tmp_path / "server.py"), "node1/canary", str(http_port), str(udp_port)])
     try:
-        for _ in range(100):
+        for _attempt in range(100):
             try:
                 socket.create_connection(("127.0.0.1", http_port), timeout=1).close()
                 break
@@ -85,8 +85,8 @@ def test_the_http_canary_fails_an_answer_that_is_not_200(tmp_path):
         env = {**os.environ, "KUBEIPVS_CANARY_DIR": str(tmp_path)}
         try:
             canary("start", "new", "http", f"http://127.0.0.1:{listener.getsockname()[1]}/", env=env)
-            for _ in range(2):
-                connection, _ = listener.accept()
+            for _answer in range(2):
+                connection, _peer = listener.accept()
                 connection.recv(4096)
                 connection.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
                 connection.close()
