@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 import zipfile
+import zipimport
 from pathlib import Path
 
 ZIPCACHE = Path(__file__).resolve().parents[2] / "lab" / "zipcache.py"
@@ -32,7 +34,8 @@ def make_zip(path: Path, value: str) -> Path:
 
 def run(zip_path: Path, cache: Path) -> list[str]:
     env = {"KUBEIPVS_LAB_ZIPCACHE_DIR": str(cache), "PATH": "/usr/bin:/bin"}
-    done = subprocess.run([sys.executable, "-c", RUN, str(zip_path)], env=env, capture_output=True, text=True, check=True)
+    done = subprocess.run([sys.executable, "-c", RUN, str(zip_path)], env=env, capture_output=True, text=True,
+                          check=True)
     return done.stdout.split()
 
 
@@ -61,3 +64,28 @@ def test_an_unwritable_cache_only_costs_the_compile(tmp_path):
     blocked.write_text("not a directory")
     zip_path = make_zip(tmp_path / "payload.zip", "works")
     assert run(zip_path, blocked / "cache") == ["works", f"{zip_path}/payload.py"]
+
+
+def test_zipimports_two_questions_about_a_module_read_the_cache_once(tmp_path, monkeypatch):
+    """zipimport compiles a module's source for its file name and again to run it: one read does both."""
+    monkeypatch.setenv("KUBEIPVS_LAB_ZIPCACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(zipimport, "_compile_source", zipimport._compile_source)  # given back after the test
+    spec = importlib.util.spec_from_file_location("kubeipvs_lab_zipcache_under_test", ZIPCACHE)
+    zipcache = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(zipcache)
+    asked = []
+    cached_or_compiled = zipcache._cached_or_compiled
+
+    def counted(path, source):
+        asked.append(path)
+        return cached_or_compiled(path, source)
+
+    monkeypatch.setattr(zipcache, "_cached_or_compiled", counted)
+
+    zip_path = make_zip(tmp_path / "payload.zip", "once")
+    importer = zipimport.zipimporter(str(zip_path))
+    assert importer.get_filename("payload") == f"{zip_path}/payload.py"
+    namespace = {}
+    exec(importer.get_code("payload"), namespace)
+    assert namespace["VALUE"] == "once"
+    assert asked == [f"{zip_path}/payload.py"], "the second question is answered from memory"
