@@ -10,8 +10,9 @@ figures are a plain node's).
 The key is the interpreter's magic number and the source text: a changed source is compiled
 again. A cached code object takes the path of the zip it is loaded from, as if compiled there.
 zipimport asks twice for each module's code (once for its file name, once to run it): the second
-answer comes from memory. The cache file is read whole and unmarshalled from bytes, which is about
-twice as fast on a TCG node as unmarshalling from the open file.
+answer comes from memory (a plain dict: functools would be one more import at every Python start).
+A cache file is read whole and unmarshalled from bytes, not from the open file in small reads.
+Together: Ansible's ping payload 2.0-2.3 s before, 1.7-2.0 s after, on an idle lab node.
 """
 
 import _frozen_importlib_external  # loaded by every interpreter: its magic number costs no import
