@@ -9,7 +9,7 @@
 #                                           "steps": [{"step": STEP, "ok": .., "slow": .., "resent": .., "failed": ..}]}
 #                                           as JSON (results before the first mark: step "start")
 # KIND:
-#   http URL          a new TCP connection and one GET every 0.2 s
+#   http URL          a new TCP connection and one GET every 0.5 s
 #   hold URL          one HTTP/1.1 keep-alive connection kept open, a GET on it every 0.5 s; a
 #                     request that fails or a connection that breaks is a failure (it reconnects)
 #   udp HOST:PORT     a DNS-like UDP query every 0.5 s from one fixed source port, sent again after
@@ -19,6 +19,9 @@
 # A request fails when it gets an error or no answer within 5 s; an answer after more than 1 s
 # counts as slow (a lost packet resent, or a TCG node starved of CPU - the log has each one's time).
 # One Python process per canary (a curl forked five times a second cost a TCG node half a CPU).
+# Every kind asks twice a second: a connection every 0.2 s made each node's five canaries and the
+# pods answering them cost the lab host 30% of a core per node, 15% at 0.5 s (measured on an
+# idle three-node lab), time the lab's Ansible tasks then waited for.
 set -euo pipefail
 dir=${KUBEIPVS_CANARY_DIR:-/run/kubeipvs-canary}
 
@@ -147,7 +150,7 @@ else:
             report(started)
         except Exception as error:
             print("failed", stamp(), type(error).__name__, flush=True)
-        time.sleep(0.2)
+        time.sleep(0.5)
 ' "$kind" "$target" >>"$dir/$name.log" 2>/dev/null </dev/null &
     echo $! >"$dir/$name.pid"
     for _ in $(seq 1 100); do [ -s "$dir/$name.log" ] && exit 0; sleep 0.1; done
