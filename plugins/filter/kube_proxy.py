@@ -19,6 +19,8 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_cat
     ipset_name,
     ipset_spec,
     ipvs_sysctls,
+    parse_version,
+    proxier_families,
 )
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_ipvs_iptables import baseline_chains
 
@@ -89,7 +91,20 @@ def ipvs_mode_sysctls(kernel_release, strict_arp=False):
         raise AnsibleFilterError(f"ipvs_mode_sysctls: {error}") from error
 
 
+def kube_proxy_ip_families(ipv6, version):
+    """The IP families kube-proxy ``version`` (v1.37.2, 1.37) runs a proxier for on a node whose
+    dataplane_facts read ``ipv6`` - the node's ``ip_families`` for ``kubeipvs.node.kube_proxy_state``."""
+    parsed = parse_version(version)
+    if parsed is None:
+        raise AnsibleFilterError(f"kube_proxy_ip_families: version {version!r} is not a Kubernetes version; "
+                                 "give kube-proxy's, as v1.37.2 or 1.37")
+    try:
+        return proxier_families(ipv6, parsed)
+    except ValueError as error:
+        raise AnsibleFilterError(f"kube_proxy_ip_families: {error}") from error
+
+
 class FilterModule:
     def filters(self):
         return {"ipvs_mode_ipsets": ipvs_mode_ipsets, "ipvs_mode_chains": ipvs_mode_chains,
-                "ipvs_mode_sysctls": ipvs_mode_sysctls}
+                "ipvs_mode_sysctls": ipvs_mode_sysctls, "kube_proxy_ip_families": kube_proxy_ip_families}

@@ -56,7 +56,9 @@ options:
         type: str
         required: true
       node_ips:
-        description: As O(node_ips), for this node. Not given - read from the Node objects (one list for all).
+        description:
+          - As O(node_ips), for this node. Not given - read from the Node objects (one list for all),
+            those of its O(nodes[].ip_families) when given.
         type: list
         elements: str
         default: []
@@ -79,7 +81,8 @@ options:
     description:
       - The node's IPs - the first of each family is kube-proxy's node IP (its load-balancer source
         ranges decide whether the node itself may connect), and NodePorts listen on them unless
-        O(node_port_addresses) is given. Not given - the Node object's C(InternalIP) addresses.
+        O(node_port_addresses) is given. Not given - the Node object's C(InternalIP) addresses, of
+        O(ip_families) only when it is given (kube-proxy on a node whose IPv6 is off takes its IPv4 one alone).
     type: list
     elements: str
     default: []
@@ -127,7 +130,10 @@ options:
         for them, every address but the C(kube-ipvs0) ones, loopback and IPv6 link-local by default
         (M(kubeipvs.node.dataplane_facts) returns them as C(node_port_addresses)). An external or
         load-balancer IP among them is not bound to C(kube-ipvs0).
-      - Not given - O(node_ips).
+      - In nftables mode the node's addresses decide whether its node IP of a family is in the
+        C(nodeport-ips) set - kube-proxy lists the node's interfaces for it, so a node IP no interface
+        holds (IPv6 switched off on a node whose Node lists an IPv6 InternalIP) is not.
+      - Not given - O(node_ips), taken as held by the node.
     type: list
     elements: str
   kube_proxy_version:
@@ -361,6 +367,7 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.k8s._client import (
 )
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._collector import collector_paused
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._state_files import write_state_file
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import family_of
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_catalogue import (
     IPVS_SCHEDULERS,
     PROXY_MODES,
@@ -380,17 +387,18 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_sta
     as_cluster,
     check_node_ips,
     node_state,
+    parse_ip,
 )
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._text import DNS1123_LABEL, DNS1123_SUBDOMAIN
 
 
-def node_ips_from_api(client, node_name):
+def node_ips_from_api(client, node_name, families):
     node = client.get("Node", node_name)
     if node is None:
         raise KubeIpvsError(f"node {node_name} not found in the cluster; check node_name")
-    addresses = internal_ips(node)
+    addresses = internal_ips(node, families)
     if not addresses:
-        raise KubeIpvsError(f"node {node_name} reports no InternalIP address; pass node_ips")
+        raise KubeIpvsError(f"node {node_name} reports no InternalIP address{of_families(families)}; pass node_ips")
     return addresses
 
 
@@ -470,16 +478,28 @@ def render(params, services, slices, node_ips, service_cidrs=(), version=RENDERE
         counts.update(chains=len(chains), rules=sum(len(chain.get("rules") or []) for chain in chains))
     else:
         result["nftables_tables"] = list(nftables_state(cluster, None, node_name, node_ips, service_cidrs=service_cidrs,
-                                                        version=version, **options).values())
+                                                        version=version, node_addresses=params["node_port_addresses"],
+                                                        **options).values())
         counts["table_lines"] = sum(table["content"].count("\n") for table in result["nftables_tables"])
     result["cluster_ip_ports"] = cluster.cluster_ip_ports(node_ips, params["ip_families"])
     counts["cluster_ip_ports"] = len(result["cluster_ip_ports"])
     return result
 
 
-def internal_ips(node):
-    return [a.get("address") for a in (node.get("status") or {}).get("addresses") or []
-            if a.get("type") == "InternalIP" and a.get("address")]
+def internal_ips(node, families=()):
+    """The Node's InternalIP addresses; with ``families`` (those its kernel runs kube-proxy for) only
+    theirs, as kube-proxy takes its node IPs: a node of a dual-stack cluster whose IPv6 is switched off
+    runs IPv4 alone, and its IPv6 InternalIP is nobody's node IP there."""
+    addresses = [a.get("address") for a in (node.get("status") or {}).get("addresses") or []
+                 if a.get("type") == "InternalIP" and a.get("address")]
+    if not families:
+        return addresses
+    return [address for address in addresses
+            if (ip := parse_ip(address)) is None or family_of(ip) in families]
+
+
+def of_families(families):
+    return f" of {' or '.join(sorted(set(families)))}" if families else ""
 
 
 def check_nodes(nodes, dest):
@@ -508,18 +528,22 @@ def check_nodes(nodes, dest):
         folders.add(os.path.realpath(folder))
 
 
-def nodes_ips_from_api(client, nodes):
-    """name -> node IPs: as given, or the Node objects' InternalIP addresses (one list for all the nodes)."""
+def nodes_ips_from_api(client, nodes, families):
+    """name -> node IPs: as given, or the Node objects' InternalIP addresses of the node's families
+    (its ``ip_families``, else ``families``; one list for all the nodes)."""
     result = {node["name"]: node["node_ips"] for node in nodes}
-    missing = [name for name, ips in result.items() if not ips]
+    missing = [node for node in nodes if not node["node_ips"]]
     if missing:
         listed = {(n.get("metadata") or {}).get("name"): n for n in client.list("Node")}
-        for name in missing:
+        for node in missing:
+            name = node["name"]
             if name not in listed:
                 raise KubeIpvsError(f"node {name} not found in the cluster; check nodes")
-            result[name] = internal_ips(listed[name])
+            node_families = families if node["ip_families"] is None else node["ip_families"]
+            result[name] = internal_ips(listed[name], node_families)
             if not result[name]:
-                raise KubeIpvsError(f"node {name} reports no InternalIP address; give its node_ips")
+                raise KubeIpvsError(f"node {name} reports no InternalIP address{of_families(node_families)}; "
+                                    "give its node_ips")
     return result
 
 
@@ -551,9 +575,10 @@ def compute(module):
     if params["nodes"] == []:  # the versions alone (a switch's preflight): no list to read
         return dict(versions, changed=False, mode=params["mode"], nodes={})
     if params["nodes"] is None:
-        node_ips = {params["node_name"]: params["node_ips"] or node_ips_from_api(client, params["node_name"])}
+        node_ips = {params["node_name"]: params["node_ips"]
+                    or node_ips_from_api(client, params["node_name"], params["ip_families"])}
     else:
-        node_ips = nodes_ips_from_api(client, params["nodes"])
+        node_ips = nodes_ips_from_api(client, params["nodes"], params["ip_families"])
     services = client.list("Service")
     slices = client.list("EndpointSlice")
     service_cidrs = params["service_cidrs"]

@@ -457,3 +457,26 @@ def test_each_node_rendered_for_its_own_families_and_none_for_an_empty_list(clus
     assert sorted(together["nodes"]["node2"]["state_files"]["iptables_chain"]) == ["ipv4"]
     assert none["nodes"] == {} and none["kubernetes_version"] == f"v{lab_cluster.version()}", none
     assert none["kube_proxy_version"] and none["mode"] == "nftables"
+
+
+def test_a_node_whose_ipv6_is_off_takes_its_ipv4_internal_ip_alone(cluster, tmp_path):
+    """The Node lists an IPv4 and an IPv6 InternalIP (a dual-stack cluster); where the node's kernel
+    runs kube-proxy for IPv4 alone (IPv6 switched off, ``ip_families: [ipv4]``), its IPv6 InternalIP is
+    nobody's node IP, as for kube-proxy: read from the API, the node IPs are those of its families.
+    Given ones of another family stay an error, naming them."""
+    seed(cluster)
+    ipv4, ipv6 = cluster.node_ips("node1")
+    one, many, given = cluster.modules([
+        ("kube_proxy_state", {"node_name": "node1", "ip_families": ["ipv4"]}),
+        ("kube_proxy_state", {"nodes": [{"name": "node1", "ip_families": ["ipv4"]}, {"name": "node2"}],
+                              "dest": str(tmp_path / "state"), "ip_families": ["ipv4", "ipv6"]}),
+        ("kube_proxy_state", {"node_name": "node1", "node_ips": [ipv4, ipv6], "ip_families": ["ipv4"]}),
+    ])
+    assert not one.get("failed") and one["node_ips"] == [ipv4], one
+    assert not [name for name in one["ipsets"] if name.startswith("KUBE-6-")], sorted(one["ipsets"])
+    assert {"protocol": "tcp", "address": ipv4, "port": 30080} in [
+        {key: s[key] for key in ("protocol", "address", "port")} for s in one["ipvs_sync"]["services"]]
+    assert not many.get("failed"), many
+    assert many["nodes"]["node1"]["node_ips"] == [ipv4]
+    assert many["nodes"]["node2"]["node_ips"] == cluster.node_ips("node2")  # both families: both InternalIPs
+    assert given["failed"] and "the node runs kube-proxy for ipv4 only, but its node IPs are ipv4, ipv6" in given["msg"]

@@ -21,6 +21,11 @@ import subprocess
 import time
 
 import pytest
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_catalogue import (
+    IPV6_OFF_TESTED_FROM,
+    parse_version,
+    proxier_families,
+)
 from conftest import NetNS
 from kube_cluster import KUBE_PROXY_IMAGES, KUBE_PROXY_VERSIONS
 from kube_fixtures import KUBEADM_CONFIG_IN_A_NAMESPACE, seed_kubeadm_kube_proxy
@@ -252,9 +257,10 @@ def service_cidrs_synced(cluster, tries=60):
 
 def rendered(cluster, mode, **options):
     """kube_proxy_state's rendering of node1, for the kube-proxy version it reads from the cluster (the
-    DaemonSet's image)."""
-    state = cluster.module("kube_proxy_state", node_name=NODE, node_ips=cluster.node_ips(NODE), mode=mode,
-                           cluster_cidr="10.244.0.0/16", masquerade_bit=14, **options)
+    DaemonSet's image); ``node_ips`` its InternalIPs unless given ([]: read from the Node by the module)."""
+    options.setdefault("node_ips", cluster.node_ips(NODE))
+    state = cluster.module("kube_proxy_state", node_name=NODE, mode=mode, cluster_cidr="10.244.0.0/16",
+                           masquerade_bit=14, **options)
     assert not state.get("failed"), state
     return state
 
@@ -359,6 +365,41 @@ def test_an_nftables_node_the_collection_programs_is_the_node_kube_proxy_program
 
 
 DUMPS = {"iptables": both_families, "nftables": nft_dump}
+
+
+@pytest.mark.parametrize("version", KUBE_PROXY_VERSIONS)
+@pytest.mark.parametrize("mode", ["iptables", "nftables"])
+def test_a_node_whose_ipv6_is_off_is_the_node_kube_proxy_programs(cluster, netns, tmp_path, mode, version):
+    """node1 with IPv6 switched off (``net.ipv6.conf.all.disable_ipv6=1`` in its namespace) in this
+    dual-stack cluster, its Node still listing an IPv4 and an IPv6 InternalIP: kube-proxy from v1.36
+    runs IPv4 alone there, older releases both families. The collection takes the families as the
+    mode_switch role does - dataplane_facts on the node, then the catalogue's rule for the release -
+    and kube_proxy_state the node IPs from the Node, the addresses the node holds from dataplane_facts;
+    the node it programs must be kube-proxy's."""
+    node = NetNS(cluster.kube.namespaces[NODE], tmp_path)
+    node.sh("sysctl -qw net.ipv6.conf.all.disable_ipv6=1")
+    try:
+        facts = node.module("dataplane_facts")
+        assert facts["dataplane"]["ipv6"] == {"kernel": True, "disabled": True}, facts["dataplane"]["ipv6"]
+        families = proxier_families(facts["dataplane"]["ipv6"], parse_version(version))
+        real, state = real_and_rendered(cluster, mode, DUMPS[mode], version, ip_families=families, node_ips=[],
+                                        node_port_addresses=facts["dataplane"]["node_port_addresses"])
+    finally:
+        node.sh("sysctl -qw net.ipv6.conf.all.disable_ipv6=0")
+        node.sh(f"ip addr replace {cluster.kube.node_ip6(NODE)}/64 dev eth0 nodad")
+    program(netns, mode, state)
+    ours = DUMPS[mode](netns.sh)
+
+    ipv6_lines = [line for line in real if line.startswith(("ip6/", "ip6 "))]
+    if parse_version(version)[:2] >= IPV6_OFF_TESTED_FROM:
+        assert families == ["ipv4"] and state["node_ips"] == [cluster.node_ip(NODE)], (families, state["node_ips"])
+        assert not ipv6_lines, ipv6_lines[:20]  # kube-proxy ran no IPv6 proxier
+    else:
+        assert families == ["ipv4", "ipv6"] and state["node_ips"] == cluster.node_ips(NODE), (families, state)
+        assert any(f"{HERE6}21" in line for line in ipv6_lines), ipv6_lines[:20]  # it still did
+    assert any(f"{HERE}.10" in line for line in real), real[:20]
+    diff = differences(real, ours)
+    assert not diff, "\n".join(diff[:80]) + "\n" + json.dumps(state["counts"])
 # What kube-proxy's first sync may delete from the sets and maps of a table it finds (nftables
 # mode): it flushes and refills ``nodeport-ips``; every other element it keeps.
 REFILLED_SETS = {"nodeport-ips"}

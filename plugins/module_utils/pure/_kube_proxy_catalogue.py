@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 
-from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import INET, IPV6
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import INET, IPV4, IPV6
 
 # --- modes and schedulers ---------------------------------------------------------------------
 
@@ -231,3 +231,26 @@ def check_version(version):
         raise ValueError(f"version: {version!r} is not a kube-proxy release rendered here "
                          f"({', '.join('.'.join(map(str, v)) for v in RENDERED_VERSIONS)})")
     return minor
+
+# The first release that runs no IPv6 proxier where the kernel has IPv6 switched off
+# (net.ipv6.conf.all.disable_ipv6 1); older ones test /proc/net/if_inet6 alone.
+IPV6_OFF_TESTED_FROM = (1, 36)
+
+
+def proxier_families(ipv6, version):
+    """The IP families kube-proxy ``version`` (``(major, minor[, patch])``) runs a proxier for on a node
+    whose kernel reads as ``ipv6`` - dataplane_facts' ``ipv6``: ``kernel`` (/proc/net/if_inet6 exists)
+    and ``disabled`` (net.ipv6.conf.all.disable_ipv6 is 1; None when unknown, taken as on). IPv6 too
+    wherever the kernel has it, in an IPv4-only cluster as well; where it is switched off, from v1.36
+    IPv4 alone, also in a dual-stack cluster."""
+    if not isinstance(ipv6, dict) or not isinstance(ipv6.get("kernel"), bool) \
+            or "disabled" not in ipv6 or ipv6["disabled"] not in (True, False, None):
+        raise ValueError(f"ipv6: expected dataplane_facts' ipv6 (kernel: bool, disabled: bool or null), got {ipv6!r}")
+    try:
+        minor = tuple(int(part) for part in version)[:2]
+    except (TypeError, ValueError):
+        minor = ()
+    if len(minor) != 2:
+        raise ValueError(f"version: expected a kube-proxy release as (major, minor[, patch]), got {version!r}")
+    off = ipv6["disabled"] is True and minor >= IPV6_OFF_TESTED_FROM
+    return [IPV4, IPV6] if ipv6["kernel"] and not off else [IPV4]

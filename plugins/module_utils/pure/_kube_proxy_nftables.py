@@ -274,12 +274,14 @@ class Options:
 
 
 def build_options(family, node_ips, cluster_cidr, masquerade_bit, masquerade_all, nodeport_addresses,
-                  service_cidrs, version):
+                  service_cidrs, version, node_addresses=None):
     if not isinstance(masquerade_bit, int) or not 0 <= masquerade_bit <= 31:
         raise ValueError(f"masquerade_bit: {masquerade_bit!r} is not a bit number 0-31")
     if nodeport_addresses not in NODEPORT_ADDRESSES:
         raise ValueError(f"nodeport_addresses: {nodeport_addresses!r} is not one of {', '.join(NODEPORT_ADDRESSES)}")
     check_node_ips(node_ips)
+    if node_addresses is not None:
+        check_node_ips(node_addresses, "node_port_addresses")
     options = Options()
     options.version = check_version(version)
     options.mark_chain = options.version < MARK_CHAIN_RELEASE
@@ -290,8 +292,12 @@ def build_options(family, node_ips, cluster_cidr, masquerade_bit, masquerade_all
     family_ips = [ip for ip in map(parse_ip, node_ips) if family_of(ip) == family]
     options.primary_ip = family_ips[0] if family_ips else None
     # "primary" is the node's first IP of the family; a family without one listens everywhere,
-    # as kube-proxy's zero CIDR does.
-    options.node_ips = [] if options.primary_ip is None or options.primary_ip.is_loopback else [str(options.primary_ip)]
+    # as kube-proxy's zero CIDR does. kube-proxy lists the node's interfaces for the addresses in
+    # that CIDR: a node IP no interface holds (IPv6 switched off, an address the cloud maps to the
+    # node) is no element - when the node's addresses are known (``node_addresses``).
+    on_node = node_addresses is None or options.primary_ip in {parse_ip(address) for address in node_addresses}
+    options.node_ips = [] if options.primary_ip is None or options.primary_ip.is_loopback or not on_node \
+        else [str(options.primary_ip)]
     options.nodeport_all = nodeport_addresses == "all" or options.primary_ip is None
     cidrs = []
     for text in split_list(service_cidrs):
@@ -564,7 +570,8 @@ def nftables_table(service_ports, family, node_ips, **options):
     ``service_ports`` come from _kube_proxy_state.Cluster.service_ports for the same ``family`` (each
     one's ClusterIP is checked to be of it). ``node_ips`` are the node's addresses (NodePorts listen on
     those of this family when ``nodeport_addresses`` is "primary", kube-proxy's default in nftables
-    mode; "all" listens on every local address). ``cluster_cidr`` (str, comma-separated str or list)
+    mode, if the node holds it: ``node_addresses``, its interfaces' addresses, when known; "all"
+    listens on every local address). ``cluster_cidr`` (str, comma-separated str or list)
     enables the ClusterCIDR local-traffic detector; ``service_cidrs`` adds the drop rule for
     unallocated ClusterIPs; ``masquerade_bit``, ``masquerade_all`` and ``version`` as kube-proxy's.
     Raises ValueError on bad input.
@@ -584,14 +591,15 @@ def check_family(family):
 
 
 def family_table(service_ports, family, node_ips, cluster_cidr=None, masquerade_bit=14, masquerade_all=False,
-                 nodeport_addresses="primary", service_cidrs=None, version=RENDERED_VERSIONS[-1], memo=None):
+                 nodeport_addresses="primary", service_cidrs=None, version=RENDERED_VERSIONS[-1], memo=None,
+                 node_addresses=None):
     """nftables_table for ports known to be of ``family`` (a Cluster's, which picks them by family).
 
     ``memo``: a dict kept between the nodes of one cluster (``Cluster.memo``) - what a port the same on
     every node does to the table is recorded on the first node and done again on the next ones."""
     check_family(family)
     options = build_options(family, list(node_ips), cluster_cidr, masquerade_bit, masquerade_all,
-                            nodeport_addresses, service_cidrs, version)
+                            nodeport_addresses, service_cidrs, version, node_addresses)
     table = Table(family)
     for name in (SERVICES_CHAIN, CLUSTER_IPS_CHECK_CHAIN, MASQUERADING_CHAIN, REJECT_CHAIN,
                  SERVICE_ENDPOINTS_CHECK_CHAIN, NODEPORT_ENDPOINTS_CHECK_CHAIN, FIREWALL_CHECK_CHAIN):

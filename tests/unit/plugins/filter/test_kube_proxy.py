@@ -13,6 +13,7 @@ from ansible_collections.kubeipvs.node.plugins.filter.kube_proxy import (
     ipvs_mode_chains,
     ipvs_mode_ipsets,
     ipvs_mode_sysctls,
+    kube_proxy_ip_families,
 )
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_catalogue import (
     IPSET_TYPES,
@@ -31,7 +32,8 @@ def by_chain(entries):
 
 
 def test_the_filters_are_registered():
-    assert set(FilterModule().filters()) == {"ipvs_mode_ipsets", "ipvs_mode_chains", "ipvs_mode_sysctls"}
+    assert set(FilterModule().filters()) == {"ipvs_mode_ipsets", "ipvs_mode_chains", "ipvs_mode_sysctls",
+                                             "kube_proxy_ip_families"}
 
 
 def test_ipsets_of_both_families_in_kube_proxy_order_without_members():
@@ -162,3 +164,30 @@ def test_sysctls_of_ipvs_mode_with_strict_arp_in_kube_proxy_order():
 def test_sysctls_of_ipvs_mode_refuse_what_is_not_a_kernel_release(release, strict_arp, message):
     with pytest.raises(AnsibleFilterError, match=f"ipvs_mode_sysctls: .*{message}"):
         ipvs_mode_sysctls(release, strict_arp=strict_arp)
+
+
+@pytest.mark.parametrize(("kernel", "disabled", "version", "expected"), [
+    (True, False, "v1.37.2", ["ipv4", "ipv6"]),   # IPv6 on: both, in an IPv4-only cluster too
+    (True, None, "1.36", ["ipv4", "ipv6"]),       # the switch not readable: taken as on
+    (True, True, "v1.36.3", ["ipv4"]),            # switched off: IPv4 alone from v1.36 ...
+    (True, True, "1.37.2-eks-1-37-20261101", ["ipv4"]),
+    (True, True, "v1.35.4", ["ipv4", "ipv6"]),    # ... older releases test /proc/net/if_inet6 alone
+    (True, True, "v1.34.0", ["ipv4", "ipv6"]),
+    (False, None, "v1.37.2", ["ipv4"]),           # no IPv6 in the kernel
+    (False, False, "v1.34.4", ["ipv4"]),
+])
+def test_ip_families_follow_the_kernel_and_the_release(kernel, disabled, version, expected):
+    assert kube_proxy_ip_families({"kernel": kernel, "disabled": disabled}, version) == expected
+
+
+@pytest.mark.parametrize(("ipv6", "version", "message"), [
+    ({"kernel": True, "disabled": False}, "latest", "version 'latest' is not a Kubernetes version"),
+    ({"kernel": True, "disabled": False}, None, "version None is not a Kubernetes version"),
+    ({"kernel": "yes", "disabled": False}, "1.37", "ipv6: expected dataplane_facts' ipv6"),
+    ({"kernel": True, "disabled": "0"}, "1.37", "ipv6: expected dataplane_facts' ipv6"),
+    ({"kernel": True}, "1.37", "ipv6: expected dataplane_facts' ipv6"),
+    ([True, False], "1.37", "ipv6: expected dataplane_facts' ipv6"),
+])
+def test_ip_families_refuse_what_is_not_facts_and_a_release(ipv6, version, message):
+    with pytest.raises(AnsibleFilterError, match=f"kube_proxy_ip_families: {message}"):
+        kube_proxy_ip_families(ipv6, version)

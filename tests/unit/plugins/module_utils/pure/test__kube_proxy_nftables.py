@@ -184,6 +184,17 @@ def test_nodeports_listen_on_the_node_ips_or_on_every_local_address():
     assert parse(table([svc], [web_slice(TWO)], node_ips=["2001:db8::1"]))["chains"]["services"][1].startswith(
         "fib daddr type local ")
 
+    # kube-proxy lists the node's interfaces for its node IP: one no interface holds (IPv6 switched off
+    # while the Node lists an IPv6 InternalIP) is no element - the set stays, empty
+    held = table([svc], [web_slice(TWO)], node_ips=["192.0.2.11"], node_addresses=["10.0.0.5", "192.0.2.11"])
+    assert elements(held, "nodeport-ips") == ["192.0.2.11"]
+    missing = table([svc], [web_slice(TWO)], node_ips=["192.0.2.11"], node_addresses=["10.0.0.5"])
+    assert "nodeport-ips" in parse(missing)["sets"] and elements(missing, "nodeport-ips") == []
+    assert parse(missing)["chains"]["services"] == chains["services"]
+    six = table([svc], [web_slice(TWO)], family=IPV6, node_ips=["192.0.2.11", "2001:db8::1"],
+                node_addresses=["192.0.2.11"])
+    assert elements(six, "nodeport-ips") == []
+
 
 def test_external_policy_local():
     svc = service("web", ["10.96.0.10"], [port(80, name="http", node_port=30080)], service_type="LoadBalancer",
@@ -330,6 +341,8 @@ def test_bad_options(options, message):
 def test_bad_node_ip():
     with pytest.raises(ValueError, match="node_ips"):
         nftables_state([WEB], [], NODE, ["192.0.2.300"])
+    with pytest.raises(ValueError, match="node_port_addresses: fe80::1%eth0 is not an IP address"):
+        nftables_state([WEB], [], NODE, NODE_IPS, node_addresses=["192.0.2.11", "fe80::1%eth0"])
 
 
 # --- releases: what v1.34-v1.36 write differently (each proven against its binary in
