@@ -400,6 +400,8 @@ def test_a_node_whose_ipv6_is_off_is_the_node_kube_proxy_programs(cluster, netns
     assert any(f"{HERE}.10" in line for line in real), real[:20]
     diff = differences(real, ours)
     assert not diff, "\n".join(diff[:80]) + "\n" + json.dumps(state["counts"])
+
+
 # What kube-proxy's first sync may delete from the sets and maps of a table it finds (nftables
 # mode): it flushes and refills ``nodeport-ips``; every other element it keeps.
 REFILLED_SETS = {"nodeport-ips"}

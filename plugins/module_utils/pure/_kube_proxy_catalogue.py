@@ -232,6 +232,7 @@ def check_version(version):
                          f"({', '.join('.'.join(map(str, v)) for v in RENDERED_VERSIONS)})")
     return minor
 
+
 # The first release that runs no IPv6 proxier where the kernel has IPv6 switched off
 # (net.ipv6.conf.all.disable_ipv6 1); older ones test /proc/net/if_inet6 alone.
 IPV6_OFF_TESTED_FROM = (1, 36)
