@@ -133,9 +133,31 @@ options:
       - In nftables mode the node's addresses decide whether its node IP of a family is in the
         C(nodeport-ips) set - kube-proxy lists the node's interfaces for it, so a node IP no interface
         holds (IPv6 switched off on a node whose Node lists an IPv6 InternalIP) is not.
+      - In iptables mode, where O(node_port_cidrs) limits a family's NodePorts, the node's addresses in
+        them are the ones kube-proxy accepts NodePorts on (with C(127.0.0.1) where a CIDR holds it).
       - Not given - O(node_ips), taken as held by the node.
     type: list
     elements: str
+  node_port_cidrs:
+    description:
+      - kube-proxy's C(nodePortAddresses) as configured - CIDRs, or its keywords (C(primary), the node IP
+        of each family, as the only entry; from v1.37 also C(localhost) and C(all), anywhere in the list).
+        Used in iptables mode - a family with CIDRs of its own, none of them C(0.0.0.0/0) or C(::/0),
+        accepts NodePorts on the node's addresses in them only (see O(node_port_addresses)) - and for
+        localhost NodePorts (see O(localhost_node_ports)).
+      - Empty - every local address, kube-proxy's default in iptables and IPVS mode.
+      - An entry that is neither a CIDR nor a keyword of the release rendered fails before anything is read.
+    type: list
+    elements: str
+    default: []
+  localhost_node_ports:
+    description:
+      - kube-proxy's C(iptables.localhostNodePorts). In iptables mode, kube-proxy accepts NodePorts on
+        C(127.0.0.0/8) when it is true and an IPv4 entry of O(node_port_cidrs) holds C(127.0.0.0) (or there
+        is none); it then sets C(net.ipv4.conf.all.route_localnet) to 1, which RV(sysctls) returns, and writes
+        the C(KUBE-FIREWALL) rule that drops other traffic to C(127.0.0.0/8).
+    type: bool
+    default: true
   kube_proxy_version:
     description:
       - The kube-proxy release to render for (C(v1.34.4), C(1.34)) - what kube-proxy writes changes
@@ -210,6 +232,15 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+sysctls:
+  description:
+    - The sysctls kube-proxy's iptables mode sets at its start, as O(kubeipvs.node.sysctl#module:settings) -
+      C(net.ipv4.conf.all.route_localnet) where it accepts NodePorts on C(127.0.0.0/8) (see
+      O(localhost_node_ports)); kube-proxy sets them live only.
+    - With O(nodes), in each node's entry.
+  returned: when O(mode=iptables)
+  type: dict
+  sample: {net.ipv4.conf.all.route_localnet: 1}
 dummy_interface:
   description: Input of M(kubeipvs.node.dummy_interface) - C(addresses) to bind to C(kube-ipvs0).
   returned: when O(mode=ipvs) and O(dest) is not given
@@ -373,6 +404,9 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_cat
     PROXY_MODES,
     RENDERED_VERSIONS,
     image_tag,
+    iptables_sysctls,
+    localhost_node_ports,
+    node_port_cidrs,
     parse_version,
     rendered_version,
 )
@@ -473,7 +507,12 @@ def render(params, services, slices, node_ips, service_cidrs=(), version=RENDERE
                                              for family, chains in result["iptables_chain"].items()}
         return result
     if mode == "iptables":
-        result["iptables_chain"] = iptables_state(cluster, None, node_name, node_ips, **options)
+        cidrs = node_port_cidrs(params["node_port_cidrs"], node_ips, version)
+        localhost = localhost_node_ports(params["localhost_node_ports"], cidrs)
+        result["iptables_chain"] = iptables_state(cluster, None, node_name, node_ips, node_port_cidrs=cidrs,
+                                                  node_addresses=params["node_port_addresses"],
+                                                  localhost_nodeports=localhost, **options)
+        result["sysctls"] = iptables_sysctls(list(result["iptables_chain"]), localhost)
         chains = [chain for family_chains in result["iptables_chain"].values() for chain in family_chains]
         counts.update(chains=len(chains), rules=sum(len(chain.get("rules") or []) for chain in chains))
     else:
@@ -572,6 +611,10 @@ def compute(module):
         module.warn(f"kube-proxy v{version} ({source}) is outside the releases rendered exactly "
                     f"(v{'.'.join(map(str, RENDERED_VERSIONS[0]))} to v{'.'.join(map(str, RENDERED_VERSIONS[-1]))}); "
                     f"rendering it as v{'.'.join(map(str, rendered))}")
+    try:
+        node_port_cidrs(params["node_port_cidrs"], [], rendered)
+    except ValueError as error:
+        raise KubeIpvsError(str(error)) from None
     if params["nodes"] == []:  # the versions alone (a switch's preflight): no list to read
         return dict(versions, changed=False, mode=params["mode"], nodes={})
     if params["nodes"] is None:
@@ -599,7 +642,7 @@ def compute(module):
                 node_params["ip_families"] = node["ip_families"]
             state = render(node_params, cluster, None, node_ips[name], service_cidrs or (), rendered)
             state = to_state_files(state, node["dest"] or os.path.join(params["dest"], name))
-            result["nodes"][name] = {key: state[key] for key in ("counts", "state_files")}
+            result["nodes"][name] = {key: state[key] for key in ("counts", "state_files", "sysctls") if key in state}
             result["nodes"][name]["node_ips"] = node_ips[name]
         return result
     except ValueError as error:
@@ -665,6 +708,8 @@ def main():
         ip_families=dict(type="list", elements="str", choices=["ipv4", "ipv6"], default=[]),
         service_cidrs=dict(type="list", elements="str"),
         node_port_addresses=dict(type="list", elements="str"),
+        node_port_cidrs=dict(type="list", elements="str", default=[]),
+        localhost_node_ports=dict(type="bool", default=True),
         kube_proxy_version=dict(type="str"),
         daemonset_name=dict(type="str", default="kube-proxy"),
         daemonset_namespace=dict(type="str", default="kube-system"),

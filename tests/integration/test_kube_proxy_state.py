@@ -162,11 +162,13 @@ def test_ipsets_load_into_the_kernel_as_computed(cluster, netns):
 
 def test_state_in_iptables_and_nftables_mode(cluster):
     seed(cluster)
-    ipvs, iptables, nftables, bad_bit = cluster.modules([
+    ipvs, iptables, nftables, bad_bit, primary, bad_cidr = cluster.modules([
         ("kube_proxy_state", {"node_name": "node1"}),
         ("kube_proxy_state", {"node_name": "node1", "mode": "iptables", "cluster_cidr": "10.244.0.0/16"}),
         ("kube_proxy_state", {"node_name": "node1", "mode": "nftables", "masquerade_bit": 15}),
         ("kube_proxy_state", {"node_name": "node1", "mode": "nftables", "masquerade_bit": 32}),
+        ("kube_proxy_state", {"node_name": "node1", "mode": "iptables", "node_port_cidrs": ["primary"]}),
+        ("kube_proxy_state", {"node_name": "node1", "mode": "iptables", "node_port_cidrs": ["10.0.0.0/8", "eth0"]}),
     ])
     # The mode-independent facts are the same whatever the mode.
     assert ipvs["mode"] == "ipvs" and iptables["mode"] == "iptables" and nftables["mode"] == "nftables"
@@ -193,6 +195,13 @@ def test_state_in_iptables_and_nftables_mode(cluster):
     assert "10.100.0.1 . tcp . 80" in table["content"] and "0x8000" in table["content"]
     assert cluster.node_ips("node1")[1] in table6["content"]  # its NodePort address
     assert bad_bit["failed"] and "masquerade_bit must be 0-31" in bad_bit["msg"]
+    # localhost NodePorts by default: kube-proxy's route_localnet; none on the node IP alone ("primary")
+    assert iptables["sysctls"] == {"net.ipv4.conf.all.route_localnet": 1} and primary["sysctls"] == {}
+    (services,) = [chain["rules"] for chain in primary["iptables_chain"]["ipv4"]
+                   if (chain["table"], chain["chain"]) == ("nat", "KUBE-SERVICES")]
+    nodeports = [rule for rule in services if "KUBE-NODEPORTS" in rule]
+    assert [rule.split(" -d ")[1] for rule in nodeports] == [f"{cluster.node_ip('node1')} -j KUBE-NODEPORTS"]
+    assert bad_cidr["failed"] and "node_port_cidrs[1]: 'eth0' is not a CIDR nor a keyword" in bad_cidr["msg"]
     assert not cluster.writes()
 
 
@@ -400,8 +409,9 @@ def test_several_nodes_from_one_read_of_the_cluster(cluster, tmp_path, mode):
     assert sorted(together["nodes"]) == ["node1", "node2"]
     for name, single in zip(("node1", "node2"), alone, strict=True):
         mine = together["nodes"][name]
-        assert sorted(mine) == ["counts", "node_ips", "state_files"]  # no list that grows with the Services
-        assert {key: mine[key] for key in ("counts", "node_ips")} == {key: single[key] for key in ("counts", "node_ips")}
+        small = ("counts", "node_ips", "sysctls") if mode == "iptables" else ("counts", "node_ips")
+        assert sorted(mine) == sorted((*small, "state_files"))  # no list that grows with the Services
+        assert {key: mine[key] for key in small} == {key: single[key] for key in small}
         ours, theirs = paths_in(mine["state_files"]), paths_in(single["state_files"])
         folder = tmp_path / "all" / name if name == "node1" else tmp_path / "node2-own"  # node2 has a dest of its own
         assert [path.replace(str(folder), "") for path in ours] == \

@@ -23,6 +23,7 @@ import time
 import pytest
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_catalogue import (
     IPV6_OFF_TESTED_FROM,
+    NODE_PORT_KEYWORDS_FROM,
     parse_version,
     proxier_families,
 )
@@ -185,7 +186,21 @@ def iptables_dump(run, save="iptables-save"):
 
 
 def both_families(run):
-    return iptables_dump(run) + iptables_dump(run, "ip6tables-save")
+    return iptables_dump(run) + iptables_dump(run, "ip6tables-save") + sysctl_lines(run)
+
+
+# The sysctls of the node's namespace kube-proxy sets in iptables or nftables mode (the namespace's
+# own; its conntrack settings are left alone in a namespace, KUBEADM_CONFIG_IN_A_NAMESPACE).
+NAMESPACE_SYSCTLS = ("net.ipv4.conf.all.route_localnet",)
+
+
+def sysctl_lines(run):
+    return [f"sysctl {line.strip()}" for line in run(f"sysctl {' '.join(NAMESPACE_SYSCTLS)}").splitlines()]
+
+
+def sysctls_reset(run):
+    """The node's NAMESPACE_SYSCTLS back at the kernel's defaults (what an earlier kube-proxy set stays)."""
+    run(f"sysctl -qw {' '.join(f'{name}=0' for name in NAMESPACE_SYSCTLS)}")
 
 
 def per_service(rule):
@@ -227,11 +242,14 @@ def first_sync_done(cluster, tries=90):
     raise AssertionError("kube-proxy did not finish its first sync")
 
 
-def start_kube_proxy(cluster, mode, dump, version):
-    """kubeadm's kube-proxy ``version`` in ``mode`` on every node, waited for until Ready and its
-    first sync done; node1's ``dump`` once it stops changing."""
+def start_kube_proxy(cluster, mode, dump, version, configure=None):
+    """kubeadm's kube-proxy ``version`` in ``mode`` on every node (its configuration passed through
+    ``configure``, a function of its text, when given), waited for until Ready and its first sync done;
+    node1's ``dump`` once it stops changing."""
     config = KUBEADM_CONFIG_IN_A_NAMESPACE.replace('mode: ""', f"mode: {mode}")
     assert f"mode: {mode}" in config
+    if configure is not None:
+        config = configure(config)
     seed_kubeadm_kube_proxy(cluster, config_text=config, image=KUBE_PROXY_IMAGES[version])
     first_sync_done(cluster)
     if mode == "nftables":
@@ -265,15 +283,17 @@ def rendered(cluster, mode, **options):
     return state
 
 
-def real_and_rendered(cluster, mode, dump, version, **options):
-    """The real kube-proxy ``version``'s node in ``mode`` (its ``dump``, once steady) and
-    kube_proxy_state's rendering of the same node from the same cluster."""
+def real_and_rendered(cluster, mode, dump, version, configure=None, **options):
+    """The real kube-proxy ``version``'s node in ``mode`` (its ``dump``, once steady; its configuration
+    passed through ``configure`` when given) and kube_proxy_state's rendering of the same node from
+    the same cluster."""
     seed_cluster(cluster)
     # a fresh node: an earlier test's kube-proxy (another release) left its tables there, and
     # kube-proxy syncing over them keeps what it does not know and, before v1.36, the endpoint
     # chains it finds
     in_node(cluster, "nft flush ruleset")
-    real = start_kube_proxy(cluster, mode, dump, version)
+    sysctls_reset(lambda command: in_node(cluster, command))
+    real = start_kube_proxy(cluster, mode, dump, version, configure)
     state = rendered(cluster, mode, **options)
     assert state["kube_proxy_version"] == version, state["kube_proxy_version"]
     return real, state
@@ -284,6 +304,8 @@ def program(node, mode, state):
     if mode == "iptables":
         results = [node.module("iptables_chain", family=family, chains=chains)
                    for family, chains in state["iptables_chain"].items()]
+        if state["sysctls"]:  # live only, as kube-proxy sets them (and the host's sysctl.d stays alone)
+            results.append(node.module("sysctl", settings=state["sysctls"], persist=False))
     else:
         results = [node.module("nftables_table", family=table["family"], name=table["name"], content=table["content"])
                    for table in state["nftables_tables"]]
@@ -300,6 +322,57 @@ def test_a_node_the_collection_programs_is_the_node_kube_proxy_programs(cluster,
 
     assert len(real) > 100 and sum(" -j KUBE-SEP-" in line for line in real) >= 20, real
     assert any(line.startswith("ip6/nat ") and f"{HERE6}21" in line for line in real), real  # the IPv6 Services
+    assert "sysctl net.ipv4.conf.all.route_localnet = 1" in real, real[-5:]  # localhost NodePorts, by default
+    diff = differences(real, ours)
+    assert not diff, "\n".join(diff[:80]) + "\n" + json.dumps(state["counts"])
+
+
+def node_port_addresses_set(value):
+    return lambda config: config.replace("nodePortAddresses: null", f"nodePortAddresses: {json.dumps(value)}")
+
+
+def localhost_node_ports_off(config):
+    return config.replace("iptables:\n", "iptables:\n  localhostNodePorts: false\n", 1)
+
+
+# kube-proxy configured otherwise than by default, each case on one release the lab built (the
+# keywords v1.37 added on the newest, when that is v1.37 or later): where iptables mode accepts
+# NodePorts, and whether on 127.0.0.0/8 (the KUBE-FIREWALL rule, route_localnet).
+CONFIG_CASES = [
+    # "primary": the node's IPv4 and IPv6 address, no loopback - route_localnet left alone
+    ("primary", lambda subnet: (["primary"], True), 0),
+    # the node's IPv4 subnet and loopback, localhost NodePorts off: 127.0.0.1 skipped, IPv6 every address
+    ("cidrs-no-localhost", lambda subnet: ([subnet, "127.0.0.0/8"], False), 1),
+    # the same with localhost NodePorts: NodePorts on 127.0.0.1, route_localnet set
+    ("cidrs-and-loopback", lambda subnet: ([subnet, "127.0.0.0/8"], True), 2),
+    # v1.37's keywords, anywhere in the list: 127.0.0.0/8 and ::1/128 (skipped), and the node IPs
+    ("keywords", lambda subnet: (["localhost", "primary"], True), -1),
+]
+
+
+@pytest.mark.parametrize("case, settings, release", CONFIG_CASES, ids=[case[0] for case in CONFIG_CASES])
+def test_kube_proxy_configured_otherwise_is_the_node_the_collection_programs(cluster, netns, case, settings, release):
+    releases = sorted(KUBE_PROXY_VERSIONS, key=parse_version)  # oldest first, -1 the newest
+    version = releases[release % len(releases)]
+    if case == "keywords" and parse_version(version)[:2] < NODE_PORT_KEYWORDS_FROM:
+        pytest.skip(f"the lab's newest kube-proxy, v{version}, predates the nodePortAddresses keywords")
+    node_ports, localhost = settings(str(cluster.kube.subnet))
+
+    def configure(config):
+        config = node_port_addresses_set(node_ports)(config)
+        return config if localhost else localhost_node_ports_off(config)
+
+    real, state = real_and_rendered(cluster, "iptables", both_families, version, configure,
+                                    node_port_cidrs=node_ports, localhost_node_ports=localhost)
+    program(netns, "iptables", state)
+    ours = both_families(netns.sh)
+
+    nodeport_rules = [line for line in real if line.endswith("-j KUBE-NODEPORTS") and "KUBE-SERVICES" in line]
+    loopback = any(" -d 127.0.0.1/32 " in line for line in nodeport_rules)
+    assert loopback == (case in ("cidrs-and-loopback", "keywords")), nodeport_rules
+    assert any(f" -d {cluster.node_ip(NODE)}/32 " in line for line in nodeport_rules), nodeport_rules
+    assert ("sysctl net.ipv4.conf.all.route_localnet = 1" in real) == loopback, real[-5:]
+    assert state["sysctls"] == ({"net.ipv4.conf.all.route_localnet": 1} if loopback else {}), state["sysctls"]
     diff = differences(real, ours)
     assert not diff, "\n".join(diff[:80]) + "\n" + json.dumps(state["counts"])
 
@@ -331,7 +404,7 @@ def nft_dump(run):
     index = {line: position for position, line in enumerate(lines)}
     # blocks in name order, each block's lines in their order (elements sorted among themselves)
     return sorted(lines, key=lambda line: (line.split(" ", 4)[:4], " element " in line,
-                                           line if " element " in line else index[line]))
+                                           line if " element " in line else index[line])) + sysctl_lines(run)
 
 
 def split_top_level(text):
@@ -417,6 +490,7 @@ def test_kube_proxy_started_on_a_node_the_collection_programmed_changes_nothing(
     node = NetNS(cluster.kube.namespaces[NODE], tmp_path)
     seed_cluster(cluster)
     node.sh("nft flush ruleset")  # what earlier tests' kube-proxies left on this lab node
+    sysctls_reset(node.sh)
     seed_kubeadm_kube_proxy(cluster, run=False, image=KUBE_PROXY_IMAGES[version])  # the version to render for
     program(node, mode, rendered(cluster, mode, ip_families=["ipv4", "ipv6"]))
     before = DUMPS[mode](node.sh)

@@ -17,6 +17,7 @@ nftables mode's rules changed, in v1.36 and v1.37, which ``_kube_proxy_nftables`
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import INET, IPV4, IPV6
@@ -255,3 +256,80 @@ def proxier_families(ipv6, version):
         raise ValueError(f"version: expected a kube-proxy release as (major, minor[, patch]), got {version!r}")
     off = ipv6["disabled"] is True and minor >= IPV6_OFF_TESTED_FROM
     return [IPV4, IPV6] if ipv6["kernel"] and not off else [IPV4]
+
+
+# --- nodePortAddresses, localhost NodePorts and iptables mode's sysctl --------------------------
+
+# kube-proxy's nodePortAddresses keywords: "primary" (the node's IP of each family, /32 and /128)
+# as the whole list in every rendered release; from v1.37 also "localhost" (127.0.0.0/8 and ::1/128)
+# and "all" (both zero CIDRs), and each of them anywhere in the list (cmd/kube-proxy server.go).
+NODE_PORT_PRIMARY = "primary"
+NODE_PORT_KEYWORDS_FROM = (1, 37)
+NODE_PORT_KEYWORDS = {"primary": None, "localhost": ("127.0.0.0/8", "::1/128"), "all": ("0.0.0.0/0", "::/0")}
+# iptables mode sets it where it accepts NodePorts on 127.0.0.0/8 (pkg/proxy/iptables NewProxier)
+ROUTE_LOCALNET = "net.ipv4.conf.all.route_localnet"
+
+
+def node_port_cidrs(configured, node_ips, version):
+    """kube-proxy ``version``'s nodePortAddresses ``configured`` with its keywords expanded, as its
+    proxiers take them: "primary" is the first of ``node_ips`` of each family that is not a loopback
+    address, as a /32 or /128. ValueError for an entry that is neither a CIDR nor a keyword of that
+    release, naming it."""
+    minor = tuple(version)[:2]
+    keywords = minor >= NODE_PORT_KEYWORDS_FROM
+    configured = list(configured or ())
+    if not keywords and configured == [NODE_PORT_PRIMARY]:
+        return primary_cidrs(node_ips)
+    expanded = []
+    for index, entry in enumerate(configured):
+        if keywords and entry in NODE_PORT_KEYWORDS:
+            expanded += primary_cidrs(node_ips) if entry == NODE_PORT_PRIMARY else list(NODE_PORT_KEYWORDS[entry])
+            continue
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except (TypeError, ValueError):
+            allowed = ", ".join(NODE_PORT_KEYWORDS) if keywords else f"{NODE_PORT_PRIMARY} (as the only entry)"
+            raise ValueError(f"node_port_cidrs[{index}]: {entry!r} is not a CIDR nor a keyword kube-proxy "
+                             f"{'.'.join(map(str, minor))} knows ({allowed})") from None
+        expanded.append(entry)
+    return expanded
+
+
+def primary_cidrs(node_ips):
+    cidrs, seen = [], set()
+    for text in node_ips or ():
+        ip = ipaddress.ip_address(str(text))
+        if ip.version not in seen:
+            seen.add(ip.version)
+            if not ip.is_loopback:
+                cidrs.append(f"{ip}/{ip.max_prefixlen}")
+    return cidrs
+
+
+def node_port_networks(cidrs, family):
+    """The networks of ``family`` in the expanded ``cidrs`` kube-proxy's proxier of that family
+    accepts NodePorts on; None when it accepts them on every local address (no CIDR of the family, or
+    a zero one among them)."""
+    version = 4 if family == IPV4 else 6
+    networks = [network for network in (ipaddress.ip_network(cidr, strict=False) for cidr in cidrs or ())
+                if network.version == version]
+    if not networks or any(network.prefixlen == 0 for network in networks):
+        return None
+    return networks
+
+
+def localhost_node_ports(enabled, cidrs):
+    """Whether iptables mode accepts NodePorts on 127.0.0.0/8: iptables.localhostNodePorts
+    (``enabled``; None is kube-proxy's default, true) and an IPv4 entry of the expanded ``cidrs``
+    holding 127.0.0.0 (every local address, when there is none)."""
+    if enabled is False:
+        return False
+    networks = node_port_networks(cidrs, IPV4)
+    loopback = ipaddress.ip_address("127.0.0.0")
+    return networks is None or any(network.network_address.is_loopback or loopback in network for network in networks)
+
+
+def iptables_sysctls(families, localhost):
+    """The sysctls kube-proxy's iptables mode sets on a node running proxiers for ``families``:
+    route_localnet, by the IPv4 proxier, where it serves localhost NodePorts (``localhost``)."""
+    return {ROUTE_LOCALNET: 1} if IPV4 in families and localhost else {}

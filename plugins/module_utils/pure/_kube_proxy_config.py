@@ -210,6 +210,7 @@ def settings_of(config):
         "masquerade_bit": {mode: bit(name) for mode, name in section.items()},
         "masquerade_all": {mode: field(config, (name, "masqueradeAll")) is True for mode, name in section.items()},
         "node_port_addresses": strings(("nodePortAddresses",)),
+        "localhost_node_ports": field(config, ("iptables", "localhostNodePorts")) is not False,
     }
 
 

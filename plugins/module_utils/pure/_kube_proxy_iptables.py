@@ -48,6 +48,7 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_cat
     IPTABLES_DECLARED,
     IPTABLES_JUMPS,
     SERVICE_CHAIN_PREFIXES,
+    node_port_networks,
 )
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._shared_run import SharedRun, SharedTail
 
@@ -510,16 +511,35 @@ def family_value(value, family):
     return None
 
 
-def iptables_state(services, endpoint_slices, node_name, node_ips, cluster_cidr=None, families=(), **options):
+def iptables_state(services, endpoint_slices, node_name, node_ips, cluster_cidr=None, families=(),
+                   node_port_cidrs=None, node_addresses=None, **options):
     """{"ipv4": chains, "ipv6": chains} of a node: the families ``_kube_proxy_state.ip_families``
     picks from ``families``, each with its own node IPs and the ``cluster_cidr`` entry of that family (a
-    comma-separated string or list, as kube-proxy's ``--cluster-cidr``)."""
+    comma-separated string or list, as kube-proxy's ``--cluster-cidr``). ``node_port_cidrs``: kube-proxy's
+    nodePortAddresses, keywords expanded (``_kube_proxy_catalogue.node_port_cidrs``; None or empty:
+    every local address); a family with CIDRs of its own, none of them a zero one, accepts NodePorts on
+    the node's addresses in them - those of ``node_addresses`` (the node's local addresses; default
+    ``node_ips``), and 127.0.0.1 where a CIDR holds it."""
     check_node_ips(node_ips)
     cluster = as_cluster(services, endpoint_slices)
     result = {}
     for family in ip_families(cluster, node_ips, families):
         family_ips = [str(ip) for ip in map(parse_ip, node_ips) if family_of(ip) == family]
         service_ports = cluster.service_ports(node_name, family)
+        if node_port_cidrs is not None:
+            options["nodeport_addresses"] = nodeport_addresses_in(
+                node_port_networks(node_port_cidrs, family), node_ips if node_addresses is None else node_addresses)
         result[family] = iptables_chains(service_ports, family, family_ips, memo=cluster.memo.setdefault("iptables", {}),
                                          cluster_cidr=family_value(cluster_cidr, family), **options)
     return result
+
+
+def nodeport_addresses_in(networks, addresses):
+    """The addresses a proxier whose nodePortAddresses are ``networks`` lists (None: every local
+    address, kube-proxy's ``--dst-type LOCAL``): the node's ``addresses`` in them, and the IPv4
+    loopback address where one holds it (kube-proxy lists the addresses of every interface, lo too)."""
+    if networks is None:
+        return None
+    candidates = [str(ip) for ip in map(parse_ip, addresses)] + ["127.0.0.1"]
+    return [address for address in dict.fromkeys(candidates)
+            if any(parse_ip(address) in network for network in networks)]

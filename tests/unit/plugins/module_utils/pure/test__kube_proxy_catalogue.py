@@ -2,7 +2,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 """The catalogue's version facts: reading a kube-proxy version from an image or a server, and the
-release the renderers reproduce for it."""
+release the renderers reproduce for it; nodePortAddresses, localhost NodePorts and route_localnet."""
 
 from __future__ import annotations
 
@@ -11,6 +11,10 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_cat
     RENDERED_VERSIONS,
     check_version,
     image_tag,
+    iptables_sysctls,
+    localhost_node_ports,
+    node_port_cidrs,
+    node_port_networks,
     parse_version,
     rendered_version,
 )
@@ -51,3 +55,64 @@ def test_check_version():
     for bad in ((1, 33), (1, 35, 1), "1.35", None, ("a", "b")):
         with pytest.raises(ValueError, match="not a kube-proxy release rendered here"):
             check_version(bad)
+
+
+NODE_IPS = ["192.0.2.10", "192.0.2.11", "2001:db8::10"]
+
+
+@pytest.mark.parametrize("configured, version, expected", [
+    ([], (1, 37), []),
+    (None, (1, 34), []),
+    (["primary"], (1, 34), ["192.0.2.10/32", "2001:db8::10/128"]),
+    (["primary"], (1, 37), ["192.0.2.10/32", "2001:db8::10/128"]),
+    (["10.0.0.0/8", "fd00::/64"], (1, 35), ["10.0.0.0/8", "fd00::/64"]),
+    (["localhost", "10.0.0.0/8"], (1, 37), ["127.0.0.0/8", "::1/128", "10.0.0.0/8"]),
+    (["primary", "localhost"], (1, 37), ["192.0.2.10/32", "2001:db8::10/128", "127.0.0.0/8", "::1/128"]),
+    (["all"], (1, 37), ["0.0.0.0/0", "::/0"]),
+])
+def test_node_port_cidrs_expands_the_keywords_of_the_release(configured, version, expected):
+    assert node_port_cidrs(configured, NODE_IPS, version) == expected
+
+
+def test_primary_skips_a_loopback_node_ip():
+    assert node_port_cidrs(["primary"], ["127.0.0.1", "2001:db8::10"], (1, 36)) == ["2001:db8::10/128"]
+
+
+@pytest.mark.parametrize("configured, version", [
+    (["primary", "10.0.0.0/8"], (1, 36)),  # before v1.37, only as the only entry
+    (["localhost"], (1, 36)),
+    (["all"], (1, 34)),
+    (["10.0.0.0/33"], (1, 37)),
+    (["eth0"], (1, 37)),
+])
+def test_node_port_cidrs_refuses_what_the_release_does_not_know(configured, version):
+    with pytest.raises(ValueError, match=r"node_port_cidrs\[\d\]: .* is not a CIDR nor a keyword kube-proxy 1\.3\d"):
+        node_port_cidrs(configured, NODE_IPS, version)
+
+
+def test_node_port_networks_is_none_where_every_address_takes_node_ports():
+    assert node_port_networks([], "ipv4") is None
+    assert node_port_networks(["fd00::/64"], "ipv4") is None  # no CIDR of the family
+    assert node_port_networks(["10.0.0.0/8", "0.0.0.0/0"], "ipv4") is None
+    assert [str(n) for n in node_port_networks(["10.0.0.0/8", "fd00::/64"], "ipv6")] == ["fd00::/64"]
+
+
+@pytest.mark.parametrize("enabled, cidrs, expected", [
+    (None, [], True),
+    (True, [], True),
+    (False, [], False),
+    (True, ["fd00::/64"], True),          # no IPv4 entry: every IPv4 address
+    (True, ["10.0.0.0/8"], False),
+    (True, ["10.0.0.0/8", "127.0.0.0/8"], True),
+    (True, ["127.0.0.1/32"], True),       # a loopback CIDR, though 127.0.0.0 is outside it
+    (True, ["0.0.0.0/0"], True),
+    (True, ["192.0.2.10/32"], False),     # primary
+])
+def test_localhost_node_ports_as_kube_proxy_decides_them(enabled, cidrs, expected):
+    assert localhost_node_ports(enabled, cidrs) is expected
+
+
+def test_route_localnet_is_set_by_the_ipv4_proxier_for_localhost_node_ports():
+    assert iptables_sysctls(["ipv4", "ipv6"], True) == {"net.ipv4.conf.all.route_localnet": 1}
+    assert iptables_sysctls(["ipv6"], True) == {}
+    assert iptables_sysctls(["ipv4"], False) == {}

@@ -193,12 +193,12 @@ def test_settings_of_a_kubeadm_config_take_kube_proxy_s_defaults():
                         "cluster_cidr": "10.244.0.0/16",
                         "masquerade_bit": {"iptables": 14, "ipvs": 14, "nftables": 14},
                         "masquerade_all": {"iptables": False, "ipvs": False, "nftables": False},
-                        "node_port_addresses": []}
+                        "node_port_addresses": [], "localhost_node_ports": True}
 
 
 def test_settings_read_each_mode_s_own_section_and_keep_a_bit_of_zero():
     config = {"mode": "nftables", "ipvs": {"scheduler": "wlc", "excludeCIDRs": ["192.0.2.50/32"]},
-              "iptables": {"masqueradeBit": 0, "masqueradeAll": True},
+              "iptables": {"masqueradeBit": 0, "masqueradeAll": True, "localhostNodePorts": False},
               "nftables": {"masqueradeBit": 15}, "nodePortAddresses": ["primary", "192.0.2.0/24"]}
     settings = settings_of(config)
     assert settings["mode"] == "nftables" and settings["ipvs_scheduler"] == "wlc"
@@ -206,6 +206,7 @@ def test_settings_read_each_mode_s_own_section_and_keep_a_bit_of_zero():
     assert settings["masquerade_bit"] == {"iptables": 0, "ipvs": 0, "nftables": 15}
     assert settings["masquerade_all"] == {"iptables": True, "ipvs": True, "nftables": False}
     assert settings["node_port_addresses"] == ["primary", "192.0.2.0/24"]
+    assert settings["localhost_node_ports"] is False
 
 
 @pytest.mark.parametrize("config", [None, "mode: ipvs", {"mode": 3, "iptables": {"masqueradeBit": True},
@@ -214,6 +215,7 @@ def test_settings_of_something_else_are_the_defaults(config):
     settings = settings_of(config)
     assert settings["mode"] == "iptables" and settings["masquerade_bit"]["ipvs"] == 14
     assert settings["ipvs_exclude_cidrs"] == [] and settings["node_port_addresses"] == []
+    assert settings["localhost_node_ports"] is True
 
 
 @pytest.mark.parametrize("cidr", ["", "10.244.0.0/16", "10.244.0.0/16,fd00:10:244::/56", "fd00:10:244::/56"])

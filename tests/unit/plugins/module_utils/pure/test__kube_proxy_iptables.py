@@ -414,6 +414,34 @@ def test_dual_stack_state_splits_families():
     assert iptables_state([], [], NODE, ["192.0.2.11"]).keys() == {"ipv4"}
 
 
+def test_node_port_cidrs_limit_each_family_on_its_own():
+    """kube-proxy's nodePortAddresses per proxier: IPv4 limited to one CIDR (the node's addresses in
+    it, and 127.0.0.1 where a CIDR holds it); IPv6 without a CIDR of its own takes every address."""
+    services = [service("dual", ["10.96.0.80", "fd00:10:96::80"], [port(80, node_port=30080)], "NodePort",
+                        ipFamilies=["IPv4", "IPv6"])]
+    last = '-m comment --comment "kubernetes service nodeports; NOTE: this must be the last rule in this chain" '
+
+    def nodeport_rules(cidrs, addresses=None, localhost=True):
+        state = iptables_state(services, [], NODE, ["192.0.2.11", "2001:db8::11"], node_port_cidrs=cidrs,
+                               node_addresses=addresses, localhost_nodeports=localhost)
+        return {family: [rule for rule in chains_of(chains)[("nat", "KUBE-SERVICES")] if "KUBE-NODEPORTS" in rule]
+                for family, chains in state.items()}
+
+    rules = nodeport_rules(["192.0.2.0/24"], ["192.0.2.11", "192.0.2.12", "198.51.100.1", "2001:db8::11"])
+    assert rules["ipv4"] == [last + "-d 192.0.2.11 -j KUBE-NODEPORTS", last + "-d 192.0.2.12 -j KUBE-NODEPORTS"]
+    assert rules["ipv6"] == [last + "-m addrtype --dst-type LOCAL ! -d ::1/128 -j KUBE-NODEPORTS"]
+    # the node IPs when the node's addresses are not given; loopback where a CIDR holds it
+    rules = nodeport_rules(["192.0.2.11/32", "127.0.0.0/8", "2001:db8::/64"])
+    assert rules["ipv4"] == [last + "-d 192.0.2.11 -j KUBE-NODEPORTS", last + "-d 127.0.0.1 -j KUBE-NODEPORTS"]
+    assert rules["ipv6"] == [last + "-d 2001:db8::11 -j KUBE-NODEPORTS"]
+    assert nodeport_rules(["192.0.2.11/32", "127.0.0.0/8"], localhost=False)["ipv4"] == [
+        last + "-d 192.0.2.11 -j KUBE-NODEPORTS"]
+    # a zero CIDR among them, or none: every local address
+    assert nodeport_rules(["192.0.2.0/24", "0.0.0.0/0"])["ipv4"] == [
+        last + "-m addrtype --dst-type LOCAL -j KUBE-NODEPORTS"]
+    assert nodeport_rules([])["ipv4"] == [last + "-m addrtype --dst-type LOCAL -j KUBE-NODEPORTS"]
+
+
 def test_source_ranges_admit_the_node_itself_through_the_vip():
     services = [service("fw", ["10.96.0.90"], [port(80)], "LoadBalancer", status=[{"ip": "203.0.113.20"}],
                         loadBalancerSourceRanges=["192.0.2.0/24", "2001:db8::/64"])]
