@@ -138,10 +138,12 @@ molecule: setup lab-build ## every molecule scenario on lab VMs (SCENARIO=name f
 	@# directory's name only, so an interrupted run (or another checkout of the same name) would
 	@# leave the scenarios believing the lab was created and prepared.
 	rm -rf $(BUILD)/molecule && mkdir -p $(BUILD)
-	@# Each step's start time before molecule's own line: where a run's time goes. Kept in
-	@# .build/molecule.log too, for `make test`'s closing lines.
+	@# Each step's, play's and task's start time before its line: where a run's time goes, and
+	@# what ran when a canary or a node reports a time. Kept in .build/molecule.log too, for
+	@# `make test`'s closing lines.
 	KUBEIPVS_LAB_ZIPCACHE=1 PYTHONUNBUFFERED=1 MOLECULE_EPHEMERAL_DIRECTORY=$(BUILD)/molecule $(BIN)/molecule test $(if $(SCENARIO),--scenario-name $(SCENARIO),--all) 2>&1 \
-		| while IFS= read -r line; do [[ $$line != INFO* ]] || printf '%(%H:%M:%S)T ' -1; printf '%s\n' "$$line"; done \
+		| while IFS= read -r line; do case $$line in INFO*|'TASK ['*|'PLAY ['*|'RUNNING HANDLER ['*) \
+			printf '%(%H:%M:%S)T ' -1;; esac; printf '%s\n' "$$line"; done \
 		| tee $(BUILD)/molecule.log \
 		|| { $(CLUSTER) down; $(LAB) down; exit 1; }
 
