@@ -43,7 +43,7 @@ if what != "floor":
     from ansible_collections.kubeipvs.node.plugins.modules.kube_proxy_state import render
     params = {"mode": what, "node_name": "node1", "scheduler": "rr", "ip_families": [], "node_port_addresses": None,
               "cluster_cidr": "10.244.0.0/16", "masquerade_bit": 14, "node_port_cidrs": [],
-              "localhost_node_ports": True}
+              "localhost_node_ports": True, "masquerade_all": False}
     started = cpu()
     state = render(params, services, slices, ["192.168.0.1"], ["10.96.0.0/12"])
     render_cpu = cpu() - started
@@ -89,7 +89,7 @@ with tempfile.TemporaryDirectory() as dest:
         name = f"node{index % 3 + 1}" if index < 3 else f"node{index + 1}"  # the bench's endpoints are on node1-3
         params = {"mode": mode, "node_name": name, "scheduler": "rr", "ip_families": [], "node_port_addresses": None,
                   "cluster_cidr": "10.244.0.0/16", "masquerade_bit": 14, "node_port_cidrs": [],
-              "localhost_node_ports": True}
+              "localhost_node_ports": True, "masquerade_all": False}
         started = cpu()
         state = render(params, cluster, None, [f"192.168.{index // 250}.{index % 250 + 1}"], ["10.96.0.0/12"])
         to_state_files(state, os.path.join(dest, name))

@@ -105,6 +105,14 @@ options:
     description: kube-proxy's C(iptables.masqueradeBit) (0-31) - the mark bit of traffic to masquerade.
     type: int
     default: 14
+  masquerade_all:
+    description:
+      - kube-proxy's C(masqueradeAll) for the mode (C(nftables.masqueradeAll) in nftables mode,
+        C(iptables.masqueradeAll) in the others; M(kubeipvs.node.kube_proxy_config) returns it per mode as
+        C(settings.masquerade_all)) - masquerade all traffic to a ClusterIP, not only what comes from outside
+        O(cluster_cidr).
+    type: bool
+    default: false
   scheduler:
     description: The IPVS scheduler kube-proxy is configured with (C(ipvs.scheduler)).
     type: str
@@ -489,7 +497,7 @@ def render(params, services, slices, node_ips, service_cidrs=(), version=RENDERE
     mode, node_name = params["mode"], params["node_name"]
     counts = {"services_read": len(cluster.services), "endpoint_slices_read": len(cluster.endpoint_slices)}
     options = {"cluster_cidr": params["cluster_cidr"] or None, "masquerade_bit": params["masquerade_bit"],
-               "families": params["ip_families"]}
+               "masquerade_all": params["masquerade_all"], "families": params["ip_families"]}
     result = {"mode": mode, "counts": counts}
     if mode == "ipvs":
         ipvs = node_state(cluster, None, node_name, node_ips, params["scheduler"], params["ip_families"],
@@ -502,7 +510,7 @@ def render(params, services, slices, node_ips, service_cidrs=(), version=RENDERE
         counts["cluster_ip_ports"] = len(result["cluster_ip_ports"])
         result.update((key, ipvs[key]) for key in ("dummy_interface", "ipvs_sync", "ipset", "ipsets", "ipset_types"))
         result["iptables_chain"] = ipvs_iptables_state(ipvs["ipsets"], options["cluster_cidr"],
-                                                       options["masquerade_bit"])
+                                                       options["masquerade_bit"], options["masquerade_all"])
         result["iptables_chain_unshared"] = {family: without_shared_chains(chains)
                                              for family, chains in result["iptables_chain"].items()}
         return result
@@ -705,6 +713,7 @@ def main():
         mode=dict(type="str", default="ipvs", choices=list(PROXY_MODES)),
         cluster_cidr=dict(type="str", default=""),
         masquerade_bit=dict(type="int", default=14),
+        masquerade_all=dict(type="bool", default=False),
         ip_families=dict(type="list", elements="str", choices=["ipv4", "ipv6"], default=[]),
         service_cidrs=dict(type="list", elements="str"),
         node_port_addresses=dict(type="list", elements="str"),

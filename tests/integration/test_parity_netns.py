@@ -377,6 +377,35 @@ def test_kube_proxy_configured_otherwise_is_the_node_the_collection_programs(clu
     assert not diff, "\n".join(diff[:80]) + "\n" + json.dumps(state["counts"])
 
 
+def masquerade_all(mode):
+    """masqueradeAll on, in the section kube-proxy reads it from in ``mode`` (kubeadm's configuration
+    has no nftables section)."""
+    if mode == "nftables":
+        return lambda config: config.replace("kind: KubeProxyConfiguration\n",
+                                             "kind: KubeProxyConfiguration\nnftables:\n  masqueradeAll: true\n", 1)
+    return lambda config: config.replace("  masqueradeAll: false\n", "  masqueradeAll: true\n", 1)
+
+
+@pytest.mark.parametrize("mode", ["iptables", "nftables"])
+def test_kube_proxy_masquerading_all_service_traffic_is_the_node_the_collection_programs(cluster, netns, mode):
+    """masqueradeAll (the newest release): every packet to a ClusterIP is marked for masquerading, not
+    only what comes from outside the cluster CIDR; the role passes the ConfigMap's value per mode."""
+    version = max(KUBE_PROXY_VERSIONS, key=parse_version)
+    real, state = real_and_rendered(cluster, mode, DUMPS[mode], version, masquerade_all(mode),
+                                    ip_families=["ipv4", "ipv6"], masquerade_all=True)
+    program(netns, mode, state)
+    ours = DUMPS[mode](netns.sh)
+
+    # kube-proxy took the setting: ClusterIP traffic marked whatever its source (nftables mode from
+    # v1.37 in one rule over all ClusterIPs, before in each Service's chain)
+    marks = [line for line in real if ("cluster IP" in line and line.endswith("-j KUBE-MARK-MASQ"))
+             or ("daddr" in line and line.endswith("jump mark-for-masquerade"))
+             or "masquerade all clusterIP traffic" in line]
+    assert marks and not [line for line in marks if " ! -s " in line or "saddr !=" in line], marks[:10]
+    diff = differences(real, ours)
+    assert not diff, "\n".join(diff[:80]) + "\n" + json.dumps(state["counts"])
+
+
 def nft_dump(run):
     """kube-proxy's ``kube-proxy`` tables of ``nft list ruleset``, one line per fact: each set, map
     and chain (in name order; nft lists them in creation order, kube-proxy's follows Go map order)

@@ -73,7 +73,7 @@ def random_cluster(seed, count=60):
 def params(mode, node_name):
     return {"mode": mode, "node_name": node_name, "scheduler": "rr", "ip_families": [], "node_port_addresses": None,
             "cluster_cidr": "10.244.0.0/16,fd01::/48", "masquerade_bit": 14, "node_port_cidrs": [],
-            "localhost_node_ports": True}
+            "localhost_node_ports": True, "masquerade_all": False}
 
 
 @pytest.mark.parametrize("mode", ["ipvs", "iptables", "nftables"])
