@@ -150,10 +150,12 @@ options:
     description:
       - kube-proxy's C(nodePortAddresses) as configured - CIDRs, or its keywords (C(primary), the node IP
         of each family, as the only entry; from v1.37 also C(localhost) and C(all), anywhere in the list).
-        Used in iptables mode - a family with CIDRs of its own, none of them C(0.0.0.0/0) or C(::/0),
-        accepts NodePorts on the node's addresses in them only (see O(node_port_addresses)) - and for
-        localhost NodePorts (see O(localhost_node_ports)).
-      - Empty - every local address, kube-proxy's default in iptables and IPVS mode.
+        Used in iptables and nftables mode - a family with CIDRs of its own, none of them C(0.0.0.0/0) or
+        C(::/0), accepts NodePorts on the node's addresses in them only (see O(node_port_addresses); in
+        nftables mode loopback addresses never) - and for localhost NodePorts in iptables mode (see
+        O(localhost_node_ports)).
+      - Empty - kube-proxy's default, every local address in iptables and IPVS mode, C(primary) in nftables
+        mode.
       - An entry that is neither a CIDR nor a keyword of the release rendered fails before anything is read.
     type: list
     elements: str
@@ -524,9 +526,11 @@ def render(params, services, slices, node_ips, service_cidrs=(), version=RENDERE
         chains = [chain for family_chains in result["iptables_chain"].values() for chain in family_chains]
         counts.update(chains=len(chains), rules=sum(len(chain.get("rules") or []) for chain in chains))
     else:
+        # unset, nftables mode's nodePortAddresses is "primary" (the renderer's default)
+        cidrs = node_port_cidrs(params["node_port_cidrs"], node_ips, version) if params["node_port_cidrs"] else None
         result["nftables_tables"] = list(nftables_state(cluster, None, node_name, node_ips, service_cidrs=service_cidrs,
                                                         version=version, node_addresses=params["node_port_addresses"],
-                                                        **options).values())
+                                                        node_port_cidrs=cidrs, **options).values())
         counts["table_lines"] = sum(table["content"].count("\n") for table in result["nftables_tables"])
     result["cluster_ip_ports"] = cluster.cluster_ip_ports(node_ips, params["ip_families"])
     counts["cluster_ip_ports"] = len(result["cluster_ip_ports"])

@@ -377,6 +377,34 @@ def test_kube_proxy_configured_otherwise_is_the_node_the_collection_programs(clu
     assert not diff, "\n".join(diff[:80]) + "\n" + json.dumps(state["counts"])
 
 
+# nftables mode with nodePortAddresses CIDRs (its default, "primary", is the tests' above), each on
+# one release: the node's IPv4 subnet (IPv6 then on every address), and every IPv4 address with the
+# node's IPv6 address alone.
+NFT_CONFIG_CASES = [
+    ("ipv4-subnet", lambda kube: [str(kube.subnet)], 0),
+    ("ipv4-all-ipv6-node", lambda kube: ["0.0.0.0/0", f"{kube.node_ip6(NODE)}/128"], -1),
+]
+
+
+@pytest.mark.parametrize("case, cidrs, release", NFT_CONFIG_CASES, ids=[case[0] for case in NFT_CONFIG_CASES])
+def test_nftables_kube_proxy_with_node_port_cidrs_is_the_node_the_collection_programs(
+        cluster, netns, case, cidrs, release):
+    version = sorted(KUBE_PROXY_VERSIONS, key=parse_version)[release]
+    node_ports = cidrs(cluster.kube)
+    real, state = real_and_rendered(cluster, "nftables", nft_dump, version, node_port_addresses_set(node_ports),
+                                    ip_families=["ipv4", "ipv6"], node_port_cidrs=node_ports)
+    program(netns, "nftables", state)
+    ours = nft_dump(netns.sh)
+
+    elements = {line.split()[0]: line.split(" element ")[1] for line in real if "set nodeport-ips element" in line}
+    if case == "ipv4-subnet":
+        assert elements == {"ip": cluster.node_ip(NODE)}, elements  # the IPv6 set is gone: every address
+    else:
+        assert elements == {"ip6": cluster.kube.node_ip6(NODE)}, elements
+    diff = differences(real, ours)
+    assert not diff, "\n".join(diff[:80]) + "\n" + json.dumps(state["counts"])
+
+
 def masquerade_all(mode):
     """masqueradeAll on, in the section kube-proxy reads it from in ``mode`` (kubeadm's configuration
     has no nftables section)."""

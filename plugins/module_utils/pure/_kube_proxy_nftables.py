@@ -32,7 +32,11 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_cat
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_catalogue import (
     NFT_SERVICE_MAP as SERVICE_IPS_MAP,
 )
-from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_catalogue import RENDERED_VERSIONS, check_version
+from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_catalogue import (
+    RENDERED_VERSIONS,
+    check_version,
+    node_port_networks,
+)
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_state import (
     as_cluster,
     categorize,
@@ -277,8 +281,14 @@ def build_options(family, node_ips, cluster_cidr, masquerade_bit, masquerade_all
                   service_cidrs, version, node_addresses=None):
     if not isinstance(masquerade_bit, int) or not 0 <= masquerade_bit <= 31:
         raise ValueError(f"masquerade_bit: {masquerade_bit!r} is not a bit number 0-31")
-    if nodeport_addresses not in NODEPORT_ADDRESSES:
-        raise ValueError(f"nodeport_addresses: {nodeport_addresses!r} is not one of {', '.join(NODEPORT_ADDRESSES)}")
+    networks = None
+    if isinstance(nodeport_addresses, (list, tuple)):
+        networks = [parse_network(str(cidr)) for cidr in nodeport_addresses]
+        if None in networks or any(family_of(network) != family for network in networks):
+            raise ValueError(f"nodeport_addresses: {list(nodeport_addresses)!r} are not IPv{VERSION[family]} CIDRs")
+    elif nodeport_addresses not in NODEPORT_ADDRESSES:
+        raise ValueError(f"nodeport_addresses: {nodeport_addresses!r} is not one of {', '.join(NODEPORT_ADDRESSES)}, "
+                         "or a list of CIDRs")
     check_node_ips(node_ips)
     if node_addresses is not None:
         check_node_ips(node_addresses, "node_port_addresses")
@@ -299,6 +309,13 @@ def build_options(family, node_ips, cluster_cidr, masquerade_bit, masquerade_all
     options.node_ips = [] if options.primary_ip is None or options.primary_ip.is_loopback or not on_node \
         else [str(options.primary_ip)]
     options.nodeport_all = nodeport_addresses == "all" or options.primary_ip is None
+    if networks is not None:
+        # nodePortAddresses CIDRs of this family (none of them a zero one): the node's addresses in
+        # them, loopback ones left out, as kube-proxy fills the set from the node's interfaces
+        held = [parse_ip(address) for address in (node_ips if node_addresses is None else node_addresses)]
+        options.node_ips = list(dict.fromkeys(str(ip) for ip in held if ip is not None and family_of(ip) == family
+                                              and not ip.is_loopback and any(ip in network for network in networks)))
+        options.nodeport_all = False
     cidrs = []
     for text in split_list(service_cidrs):
         network = parse_network(text)
@@ -571,7 +588,8 @@ def nftables_table(service_ports, family, node_ips, **options):
     one's ClusterIP is checked to be of it). ``node_ips`` are the node's addresses (NodePorts listen on
     those of this family when ``nodeport_addresses`` is "primary", kube-proxy's default in nftables
     mode, if the node holds it: ``node_addresses``, its interfaces' addresses, when known; "all"
-    listens on every local address). ``cluster_cidr`` (str, comma-separated str or list)
+    listens on every local address; a list of CIDRs of the family, on the node's addresses in them).
+    ``cluster_cidr`` (str, comma-separated str or list)
     enables the ClusterCIDR local-traffic detector; ``service_cidrs`` adds the drop rule for
     unallocated ClusterIPs; ``masquerade_bit``, ``masquerade_all`` and ``version`` as kube-proxy's.
     Raises ValueError on bad input.
@@ -625,13 +643,19 @@ def family_table(service_ports, family, node_ips, cluster_cidr=None, masquerade_
     return {"family": table.ip, "name": TABLE_NAME, "content": render(table, options, affinity, sort_keys)}
 
 
-def nftables_state(services, endpoint_slices, node_name, node_ips, families=(), **options):
+def nftables_state(services, endpoint_slices, node_name, node_ips, families=(), node_port_cidrs=None, **options):
     """The kube-proxy tables of one node: {"ipv4": table, "ipv6": table} for the families it has
-    (as _kube_proxy_state.ip_families picks from ``families``). ``options`` are nftables_table's keyword options."""
+    (as _kube_proxy_state.ip_families picks from ``families``). ``options`` are nftables_table's keyword options.
+    ``node_port_cidrs``: kube-proxy's nodePortAddresses, keywords expanded
+    (``_kube_proxy_catalogue.node_port_cidrs``), which set each family's ``nodeport_addresses``: "all"
+    for a family without a CIDR of its own or with a zero one, else its CIDRs."""
     check_node_ips(node_ips)
     cluster = as_cluster(services, endpoint_slices)
     result = {}
     for family in ip_families(cluster, node_ips, families):
+        if node_port_cidrs is not None:
+            networks = node_port_networks(node_port_cidrs, family)
+            options["nodeport_addresses"] = "all" if networks is None else [str(network) for network in networks]
         result[family] = family_table(cluster.service_ports(node_name, family), family, node_ips,
                                       memo=cluster.memo.setdefault("nftables", {}), **options)
     return result

@@ -196,6 +196,29 @@ def test_nodeports_listen_on_the_node_ips_or_on_every_local_address():
     assert elements(six, "nodeport-ips") == []
 
 
+def test_nodeports_on_the_node_addresses_in_the_node_port_cidrs():
+    """nodePortAddresses CIDRs of the family: the node's addresses in them, never a loopback one, in
+    nodeport-ips (a set that stays, empty, when none is in them); "all" where the family has none."""
+    svc = service("web", ["10.96.0.10"], [port(80, name="http", node_port=30080)], service_type="NodePort")
+    addresses = ["192.0.2.11", "192.0.2.12", "198.51.100.5", "127.0.0.1", "2001:db8::1"]
+    cidrs = table([svc], [web_slice(TWO)], nodeport_addresses=["192.0.2.0/24", "127.0.0.0/8"],
+                  node_addresses=addresses)
+    assert elements(cidrs, "nodeport-ips") == ["192.0.2.11", "192.0.2.12"]
+    assert parse(cidrs)["chains"]["services"][1] == "ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports"
+    # without the node's addresses, the node IPs
+    assert elements(table([svc], [web_slice(TWO)], node_ips=["192.0.2.11", "198.51.100.5"],
+                          nodeport_addresses=["198.51.100.0/24"]), "nodeport-ips") == ["198.51.100.5"]
+    none = table([svc], [web_slice(TWO)], nodeport_addresses=["203.0.113.0/24"], node_addresses=addresses)
+    assert "nodeport-ips" in parse(none)["sets"] and elements(none, "nodeport-ips") == []
+    with pytest.raises(ValueError, match="are not IPv4 CIDRs"):
+        table([svc], [web_slice(TWO)], nodeport_addresses=["2001:db8::/64"])
+
+    state = nftables_state([svc], [web_slice(TWO)], NODE, ["192.0.2.11", "2001:db8::1"], families=["ipv4", "ipv6"],
+                           node_port_cidrs=["192.0.2.11/32"], service_cidrs=["10.96.0.0/16"])
+    assert elements(state["ipv4"]["content"], "nodeport-ips") == ["192.0.2.11"]
+    assert "nodeport-ips" not in parse(state["ipv6"]["content"])["sets"]  # no IPv6 CIDR: every address
+
+
 def test_external_policy_local():
     svc = service("web", ["10.96.0.10"], [port(80, name="http", node_port=30080)], service_type="LoadBalancer",
                   externalTrafficPolicy="Local", status=[{"ip": "198.51.100.10"}])
