@@ -318,6 +318,20 @@ def node_port_networks(cidrs, family):
     return networks
 
 
+def addresses_in(networks, addresses):
+    """The ``addresses`` (plain IP strings, the node's interfaces' as kube-proxy lists them) inside
+    one of ``networks`` (``node_port_networks``'), each once, in their order, as text."""
+    found = []
+    for text in addresses:
+        try:
+            ip = ipaddress.ip_address(str(text))
+        except ValueError:
+            continue
+        if str(ip) not in found and any(ip in network for network in networks):
+            found.append(str(ip))
+    return found
+
+
 def localhost_node_ports(enabled, cidrs):
     """Whether iptables mode accepts NodePorts on 127.0.0.0/8: iptables.localhostNodePorts
     (``enabled``; None is kube-proxy's default, true) and an IPv4 entry of the expanded ``cidrs``

@@ -48,6 +48,7 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_cat
     IPTABLES_DECLARED,
     IPTABLES_JUMPS,
     SERVICE_CHAIN_PREFIXES,
+    addresses_in,
     node_port_networks,
 )
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._shared_run import SharedRun, SharedTail
@@ -538,8 +539,4 @@ def nodeport_addresses_in(networks, addresses):
     """The addresses a proxier whose nodePortAddresses are ``networks`` lists (None: every local
     address, kube-proxy's ``--dst-type LOCAL``): the node's ``addresses`` in them, and the IPv4
     loopback address where one holds it (kube-proxy lists the addresses of every interface, lo too)."""
-    if networks is None:
-        return None
-    candidates = [str(ip) for ip in map(parse_ip, addresses)] + ["127.0.0.1"]
-    return [address for address in dict.fromkeys(candidates)
-            if any(parse_ip(address) in network for network in networks)]
+    return None if networks is None else addresses_in(networks, [*addresses, "127.0.0.1"])

@@ -34,6 +34,7 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_cat
 )
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_catalogue import (
     RENDERED_VERSIONS,
+    addresses_in,
     check_version,
     node_port_networks,
 )
@@ -312,9 +313,8 @@ def build_options(family, node_ips, cluster_cidr, masquerade_bit, masquerade_all
     if networks is not None:
         # nodePortAddresses CIDRs of this family (none of them a zero one): the node's addresses in
         # them, loopback ones left out, as kube-proxy fills the set from the node's interfaces
-        held = [parse_ip(address) for address in (node_ips if node_addresses is None else node_addresses)]
-        options.node_ips = list(dict.fromkeys(str(ip) for ip in held if ip is not None and family_of(ip) == family
-                                              and not ip.is_loopback and any(ip in network for network in networks)))
+        held = addresses_in(networks, node_ips if node_addresses is None else node_addresses)
+        options.node_ips = [address for address in held if not parse_ip(address).is_loopback]
         options.nodeport_all = False
     cidrs = []
     for text in split_list(service_cidrs):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_catalogue import (
     RENDERED_VERSIONS,
+    addresses_in,
     check_version,
     image_tag,
     iptables_sysctls,
@@ -116,3 +117,9 @@ def test_route_localnet_is_set_by_the_ipv4_proxier_for_localhost_node_ports():
     assert iptables_sysctls(["ipv4", "ipv6"], True) == {"net.ipv4.conf.all.route_localnet": 1}
     assert iptables_sysctls(["ipv6"], True) == {}
     assert iptables_sysctls(["ipv4"], False) == {}
+
+
+def test_addresses_in_the_networks_once_each_in_their_order():
+    networks = node_port_networks(["192.0.2.0/24", "127.0.0.0/8"], "ipv4")
+    assert addresses_in(networks, ["198.51.100.1", "192.0.2.12", "2001:db8::1", "127.0.0.1", "192.0.2.12",
+                                   "not an address"]) == ["192.0.2.12", "127.0.0.1"]
