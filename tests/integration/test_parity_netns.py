@@ -257,18 +257,26 @@ def start_kube_proxy(cluster, mode, dump, version, configure=None):
     return steady(lambda: dump(lambda command: in_node(cluster, command)))
 
 
-def service_cidrs_synced(cluster, tries=60):
+def service_cidrs_synced(cluster, tries=60, nudge_after=5):
     """Until every kube-proxy table on node1 drops traffic to unallocated ClusterIPs. kube-proxy's
     nftables mode learns the cluster's ServiceCIDRs from an informer it does not wait for before its
-    first sync, and their arrival starts no sync: the rule comes with the next one, at the latest
-    its periodic sync (``syncPeriod``, 30 s) later. Until then the node is a real but passing state."""
+    first sync, and writes the rule only in a full sync: when the CIDRs arrive after the first one,
+    the rule waits for the next full sync, an hour later (``FullSyncPeriod``) unless something forces
+    one sooner. A change of the node's topology labels is such a thing, so after ``nudge_after``
+    looks the test changes node1's zone label and sets it back (the fixture has no topology hints:
+    the zone changes nothing else). Until then the node is a real but passing state."""
     tables = "nft list tables | grep -E 'kube-proxy$' || true"
     rule = "Drop traffic to unallocated ClusterIPs"
-    for _attempt in range(tries):
+    zone = "topology.kubernetes.io/zone"
+    for attempt in range(tries):
         names = [" ".join(line.split()[1:3]) for line in in_node(cluster, tables).splitlines() if line.strip()]
         listings = [in_node(cluster, f"nft list chain {name} cluster-ips-check 2>/dev/null || true") for name in names]
         if names and all(rule in listing for listing in listings):
             return
+        if attempt == nudge_after:
+            before = cluster.get("Node", NODE)["metadata"].get("labels", {}).get(zone)
+            cluster.patch("Node", NODE, {"metadata": {"labels": {zone: f"{before}-full-sync"}}})
+            cluster.patch("Node", NODE, {"metadata": {"labels": {zone: before}}})
         time.sleep(2)
     raise AssertionError(f"kube-proxy's tables never dropped traffic to unallocated ClusterIPs: {names}")
 
