@@ -25,16 +25,23 @@ def command_line(argv):
 
 class Commands:
     """``run_command`` and ``get_bin_path`` of an AnsibleModule (or stand-ins with their signatures),
-    and ``tmpdir``, a private directory for files a command reads."""
+    and ``tmpdir``, a private directory for files a command reads (given as a path, or as a function
+    that makes one: the module's own is made only when a command needs it)."""
 
     def __init__(self, run_command, get_bin_path, tmpdir=None):
         self._run_command = run_command
         self._get_bin_path = get_bin_path
-        self.tmpdir = tmpdir
+        self._tmpdir = tmpdir
 
     @classmethod
     def of(cls, module):
-        return cls(module.run_command, module.get_bin_path, module.tmpdir)
+        return cls(module.run_command, module.get_bin_path, lambda: module.tmpdir)
+
+    @property
+    def tmpdir(self):
+        if callable(self._tmpdir):
+            self._tmpdir = self._tmpdir()
+        return self._tmpdir
 
     def which(self, name):
         """The tool's path, or None when the node does not have it."""
