@@ -134,10 +134,10 @@ options:
     default: []
   node_port_addresses:
     description:
-      - The node's addresses IPVS mode opens its NodePorts on - kube-proxy lists the node's interfaces
-        for them, every address but the C(kube-ipvs0) ones, loopback and IPv6 link-local by default
-        (M(kubeipvs.node.dataplane_facts) returns them as C(node_port_addresses)). An external or
-        load-balancer IP among them is not bound to C(kube-ipvs0).
+      - The node's addresses IPVS mode opens its NodePorts on (those in O(node_port_cidrs) when it limits
+        them) - kube-proxy lists the node's interfaces for them, every address but the C(kube-ipvs0) ones,
+        loopback and IPv6 link-local by default (M(kubeipvs.node.dataplane_facts) returns them as
+        C(node_port_addresses)). An external or load-balancer IP among them is not bound to C(kube-ipvs0).
       - In nftables mode the node's addresses decide whether its node IP of a family is in the
         C(nodeport-ips) set - kube-proxy lists the node's interfaces for it, so a node IP no interface
         holds (IPv6 switched off on a node whose Node lists an IPv6 InternalIP) is not.
@@ -150,10 +150,10 @@ options:
     description:
       - kube-proxy's C(nodePortAddresses) as configured - CIDRs, or its keywords (C(primary), the node IP
         of each family, as the only entry; from v1.37 also C(localhost) and C(all), anywhere in the list).
-        Used in iptables and nftables mode - a family with CIDRs of its own, none of them C(0.0.0.0/0) or
-        C(::/0), accepts NodePorts on the node's addresses in them only (see O(node_port_addresses); in
-        nftables mode loopback addresses never) - and for localhost NodePorts in iptables mode (see
-        O(localhost_node_ports)).
+        In every mode a family with CIDRs of its own, none of them C(0.0.0.0/0) or C(::/0), accepts NodePorts
+        on the node's addresses in them only (see O(node_port_addresses); in IPVS and nftables mode loopback
+        addresses never; in IPVS mode C(kube-ipvs0)'s addresses in them too, as kube-proxy lists them once
+        bound); in iptables mode it also decides localhost NodePorts (see O(localhost_node_ports)).
       - Empty - kube-proxy's default, every local address in iptables and IPVS mode, C(primary) in nftables
         mode.
       - An entry that is neither a CIDR nor a keyword of the release rendered fails before anything is read.
@@ -502,8 +502,9 @@ def render(params, services, slices, node_ips, service_cidrs=(), version=RENDERE
                "masquerade_all": params["masquerade_all"], "families": params["ip_families"]}
     result = {"mode": mode, "counts": counts}
     if mode == "ipvs":
+        cidrs = node_port_cidrs(params["node_port_cidrs"], node_ips, version)
         ipvs = node_state(cluster, None, node_name, node_ips, params["scheduler"], params["ip_families"],
-                          params["node_port_addresses"])
+                          params["node_port_addresses"], node_port_cidrs=cidrs)
         virtual_servers = ipvs["ipvs_sync"]["services"]
         counts.update(virtual_servers=len(virtual_servers),
                       real_servers=sum(len(s["real_servers"]) for s in virtual_servers),

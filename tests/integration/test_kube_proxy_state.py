@@ -162,8 +162,10 @@ def test_ipsets_load_into_the_kernel_as_computed(cluster, netns):
 
 def test_state_in_iptables_and_nftables_mode(cluster):
     seed(cluster)
-    ipvs, iptables, nftables, bad_bit, primary, bad_cidr = cluster.modules([
-        ("kube_proxy_state", {"node_name": "node1"}),
+    addresses = [cluster.node_ip("node1"), "198.51.100.20"]
+    ipvs, ipvs_primary, iptables, nftables, bad_bit, primary, bad_cidr = cluster.modules([
+        ("kube_proxy_state", {"node_name": "node1", "node_port_addresses": addresses}),
+        ("kube_proxy_state", {"node_name": "node1", "node_port_addresses": addresses, "node_port_cidrs": ["primary"]}),
         ("kube_proxy_state", {"node_name": "node1", "mode": "iptables", "cluster_cidr": "10.244.0.0/16"}),
         ("kube_proxy_state", {"node_name": "node1", "mode": "nftables", "masquerade_bit": 15}),
         ("kube_proxy_state", {"node_name": "node1", "mode": "nftables", "masquerade_bit": 32}),
@@ -202,6 +204,10 @@ def test_state_in_iptables_and_nftables_mode(cluster):
     nodeports = [rule for rule in services if "KUBE-NODEPORTS" in rule]
     assert [rule.split(" -d ")[1] for rule in nodeports] == [f"{cluster.node_ip('node1')} -j KUBE-NODEPORTS"]
     assert bad_cidr["failed"] and "node_port_cidrs[1]: 'eth0' is not a CIDR nor a keyword" in bad_cidr["msg"]
+    # IPVS mode: the NodePort on every node address, or on the node IP alone ("primary")
+    node_ports = [sorted(s["address"] for s in state["ipvs_sync"]["services"] if s["port"] == 30080)
+                  for state in (ipvs, ipvs_primary)]
+    assert node_ports == [sorted(addresses), [cluster.node_ip("node1")]], node_ports
     assert not cluster.writes()
 
 

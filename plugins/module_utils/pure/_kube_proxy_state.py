@@ -23,8 +23,10 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import 
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._shared_run import SharedRun, SharedTail
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_catalogue import (
     IPSET_TYPES,
+    addresses_in,
     ipset_name,
     ipset_spec,
+    node_port_networks,
 )
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._text import (
     DNS1035_LABEL,
@@ -642,13 +644,16 @@ def sync_service_port(state, sp, node_addresses):
 
 
 def node_state(services, endpoint_slices, node_name, node_ips, scheduler="rr", families=(),
-               node_port_addresses=None):
+               node_port_addresses=None, node_port_cidrs=None):
     """The IPVS-mode state of one node.
 
     ``node_ips``: the node's IPs (the first of each family is kube-proxy's node IP);
-    ``node_port_addresses``: the addresses IPVS mode opens NodePorts on (kube-proxy lists the
-    node's interfaces: dataplane_facts' ``node_port_addresses``), None for ``node_ips``. An
-    external or load-balancer IP among either is not bound to the dummy link.
+    ``node_port_addresses``: the node's addresses (kube-proxy lists the node's interfaces but the
+    dummy link: dataplane_facts' ``node_port_addresses``), None for ``node_ips``. An external or
+    load-balancer IP among either is not bound to the dummy link. IPVS mode opens NodePorts on all
+    of them, unless ``node_port_cidrs`` (kube-proxy's nodePortAddresses, keywords expanded) holds
+    CIDRs of the family, none a zero one: then on the addresses in them but loopback ones - the
+    dummy link's included, which kube-proxy lists too once they are bound (its steady state).
 
     Returns ``dummy_interface`` (``addresses``), ``ipvs_sync`` (``services``), ``ipsets`` (set name
     -> sorted members as ``ipset`` prints them) and ``ipset_types``, for the families
@@ -677,12 +682,16 @@ def node_state(services, endpoint_slices, node_name, node_ips, scheduler="rr", f
     addresses, head, shared, ipsets, ipset_types = [], [], [], {}, {}
     families = ip_families(cluster, node_ips, families)
     for family in families:
-        port_ips = sorted({ip for ip in parsed_port_ips if family_of(ip) == family}, key=int)
+        networks = node_port_networks(node_port_cidrs, family)
+        port_ips = [str(ip) for ip in sorted({ip for ip in parsed_port_ips if family_of(ip) == family}, key=int)]
+        if networks is not None:
+            port_ips = [ip for ip in addresses_in(networks, port_ips) if not ipaddress.ip_address(ip).is_loopback]
         primary = next((str(ip) for ip in parsed_node_ips if family_of(ip) == family), None)
-        state = NodeState(family, [str(ip) for ip in port_ips], scheduler, primary,
-                          shared=memo.setdefault(("virtual servers", family, scheduler), {}))
-        for sp in cluster.service_ports(node_name, family):
-            sync_service_port(state, sp, node_addresses)
+        state = family_state(cluster, node_name, family, port_ips, scheduler, primary, node_addresses, memo)
+        bound = [ip for ip in addresses_in(networks or [], sorted(state.bound, key=address_key)) if ip not in port_ips]
+        if bound:
+            state = family_state(cluster, node_name, family, sorted(port_ips + bound, key=address_key), scheduler,
+                                 primary, node_addresses, memo)
         state.sets["KUBE-IPVS-IPS"] = set(state.bound)
         addresses.extend(sorted(state.bound, key=address_key))
         everywhere = set(state.shared_keys)
@@ -696,6 +705,15 @@ def node_state(services, endpoint_slices, node_name, node_ips, scheduler="rr", f
             "ipvs_sync": {"services": SharedTail(head, shared_run(memo, (tuple(families), scheduler), shared, server_key))},
             "ipsets": ipsets, "ipset_types": ipset_types, "ipset": {"sets": ipset_specs(ipsets, families)},
             "cluster_ip_ports": cluster.cluster_ip_ports(node_ips, families)}
+
+
+def family_state(cluster, node_name, family, port_ips, scheduler, primary, node_addresses, memo):
+    """The NodeState of one family, its NodePorts on ``port_ips``."""
+    state = NodeState(family, port_ips, scheduler, primary,
+                      shared=memo.setdefault(("virtual servers", family, scheduler), {}))
+    for sp in cluster.service_ports(node_name, family):
+        sync_service_port(state, sp, node_addresses)
+    return state
 
 
 def shared_run(memo, key, shared, server_key):

@@ -370,6 +370,39 @@ def test_hostile_endpoint_slices_are_refused_naming_the_object(bad, message):
         node_state([service("web", ["10.96.0.30"], [port(80)])], [bad], NODE, NODE_IPS)
 
 
+def node_ports_of(state):
+    return sorted((s["address"], s["port"]) for s in state["ipvs_sync"]["services"] if s["port"] >= 30000)
+
+
+@pytest.mark.parametrize("cidrs, expected", [
+    # no CIDR of the family, or a zero one: every address of the node
+    (None, ["10.244.1.1", "127.0.0.1", "192.168.200.1"]),
+    (["2001:db8::/64"], ["10.244.1.1", "127.0.0.1", "192.168.200.1"]),
+    (["192.168.200.0/24", "0.0.0.0/0"], ["10.244.1.1", "127.0.0.1", "192.168.200.1"]),
+    # the addresses in the CIDRs, never a loopback one
+    (["192.168.200.0/24"], ["192.168.200.1"]),
+    (["192.168.200.0/24", "127.0.0.0/8", "2001:db8::/64"], ["192.168.200.1"]),
+    (["198.51.100.0/24"], []),
+    # kube-ipvs0's addresses in the CIDRs too (kube-proxy lists every interface): the ClusterIP, not
+    # the external IP that is a node address (never bound), nor the other Service's ClusterIP
+    (["10.96.0.60/32", "10.244.1.0/24"], ["10.244.1.1", "10.96.0.60"]),
+])
+def test_ipvs_node_ports_open_on_the_node_addresses_in_node_port_addresses(cidrs, expected):
+    """kube-proxy's IPVS mode opens a family's NodePorts on every node address unless its
+    nodePortAddresses has CIDRs of the family, none a zero one: then on the (non-loopback) addresses
+    of the node's interfaces in them."""
+    services = [service("np", ["10.96.0.60"], [port(80, node_port=30060), port(9, "SCTP", "s", node_port=30009)],
+                        "NodePort", externalIPs=["10.244.1.1"]),
+                service("other", ["10.96.0.61"], [port(443)])]
+    addresses = ["192.168.200.1", "10.244.1.1", "127.0.0.1"]
+    state = node_state(services, [], NODE, NODE_IPS, node_port_addresses=addresses, node_port_cidrs=cidrs)
+    assert node_ports_of(state) == sorted((ip, p) for ip in expected for p in (30009, 30060))
+    members = sorted(expected, key=ipaddress.ip_address)  # as ipset lists them: in address order
+    assert state["ipsets"]["KUBE-NODE-PORT-SCTP-HASH"] == [f"{ip},sctp:30009" for ip in members]
+    # binding does not depend on nodePortAddresses: every node address stays unbound
+    assert state["dummy_interface"]["addresses"] == ["10.96.0.60", "10.96.0.61"]
+
+
 def test_node_ips_with_a_scope_are_refused():
     with pytest.raises(ValueError, match="node_ips"):
         node_state([], [], NODE, ["fe80::1%eth0"])
