@@ -19,6 +19,10 @@ Environment:
   KUBEIPVS_LAB_SMP     virtual CPUs per node (default 2)
   KUBEIPVS_LAB_ZIPCACHE  1: install tests/lab/zipcache.py on each node `up` boots (molecule's runs; it
                        halves a module task's time on a TCG node, so benchmarks and the demo leave it out)
+  KUBEIPVS_LAB_MODSERVER  a Python with ansible-core (molecule's: the virtualenv's): install
+                       tests/lab/modserver.py with that ansible-core's module_utils on each node `up`
+                       boots, and make its client the nodes' interpreter in the inventory (molecule's
+                       runs only, as the cache above; it needs Go to build the client)
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ import argparse
 import concurrent.futures
 import contextlib
 import fcntl
+import gzip
 import hashlib
+import io
 import json
 import os
 import re
@@ -36,6 +42,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -44,6 +51,10 @@ REPO = HERE.parent.parent
 RECIPE = HERE / "build-image.sh"
 NODE_REQUIREMENTS = HERE / "node-requirements.txt"
 ZIPCACHE = HERE / "zipcache.py"
+MODSERVER = HERE / "modserver.py"
+MODCLIENT = HERE / "modclient"
+NODE_PYTHON = "/usr/bin/python3"
+MODSERVER_PYTHON = "/usr/local/bin/kubeipvs-lab-python"  # modclient's path on a node
 QEMU_NAME_PREFIX = "kubeipvs-lab-"
 SSH_OPTIONS = [
     "-o", "StrictHostKeyChecking=no",
@@ -376,6 +387,83 @@ def install_zipcache(node: dict) -> None:
         raise LabError(f"{node['name']}: installing the zip bytecode cache failed: {installed.stderr.decode(errors='replace')}")
 
 
+def modclient() -> Path:
+    """modclient/ built for the nodes (static, linux/amd64), cached by its sources' hash."""
+    sources = sorted(p for p in MODCLIENT.iterdir() if p.suffix in (".go", ".mod"))
+    digest = hashlib.sha256(b"".join(p.name.encode() + b"\0" + p.read_bytes() for p in sources)).hexdigest()[:16]
+    binary = cache_dir() / "modclient" / digest / "kubeipvs-lab-python"
+    if not binary.exists():
+        if not shutil.which("go"):
+            raise LabError("KUBEIPVS_LAB_MODSERVER needs Go to build tests/lab/modclient")
+        partial = binary.with_name(f"{binary.name}.{os.getpid()}")
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        environment = {**os.environ, "CGO_ENABLED": "0", "GOOS": "linux", "GOARCH": "amd64"}
+        built = subprocess.run(["go", "build", "-trimpath", "-ldflags=-s", "-o", str(partial), "."], cwd=MODCLIENT,
+                               env=environment, capture_output=True, text=True, timeout=600, check=False)
+        if built.returncode != 0:
+            raise LabError(f"building tests/lab/modclient failed: {built.stderr}")
+        partial.rename(binary)
+    return binary
+
+
+def modserver_bundle(python: str) -> bytes:
+    """A gzipped tar of what a node's module server needs: the ansible-core module_utils of ``python``
+    (the controller's), with the package __init__ files a payload's zip carries, the server, the
+    client and the server's systemd unit."""
+    found = subprocess.run([python, "-c", "import ansible, ansible.release; print(ansible.__path__[0]); "
+                            "print(ansible.release.__version__)"], capture_output=True, text=True, check=False)
+    if found.returncode != 0:
+        raise LabError(f"KUBEIPVS_LAB_MODSERVER={python}: no ansible-core there: {found.stderr.strip()}")
+    package, version = found.stdout.split()
+    extend = "from pkgutil import extend_path\n__path__=extend_path(__path__,__name__)\n"
+    unit = (
+        "[Unit]\nDescription=Ansible module payloads forked from a Python with ansible-core's module_utils"
+        " loaded (molecule's lab)\n\n[Service]\nEnvironment=LANG=C.UTF-8\n"
+        "ExecStart=/usr/bin/python3 /usr/local/lib/kubeipvs-lab/modserver.py /usr/local/lib/kubeipvs-lab/preload"
+        " /run/kubeipvs-lab-modserver.sock\nKillMode=process\nRestart=on-failure\n\n"
+        "[Install]\nWantedBy=multi-user.target\n"
+    )
+    buffer = io.BytesIO()
+    # No time in the gzip header: the same files give the same bundle, which a node already running
+    # it is not given again.
+    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as packed, tarfile.open(fileobj=packed, mode="w") as bundle:
+        def add_text(name: str, text: str, mode: int = 0o644) -> None:
+            info = tarfile.TarInfo(name)
+            data = text.encode()
+            info.size, info.mode = len(data), mode
+            bundle.addfile(info, io.BytesIO(data))
+
+        bundle.add(Path(package) / "module_utils", "preload/ansible/module_utils",
+                   filter=lambda info: None if "__pycache__" in info.name else info)
+        add_text("preload/ansible/__init__.py", f'{extend}__version__="{version}"\n__author__="Ansible, Inc."\n')
+        add_text("preload/ansible/module_utils/__init__.py", extend)
+        bundle.add(MODSERVER, "modserver.py")
+        bundle.add(modclient(), "kubeipvs-lab-python")
+        add_text("kubeipvs-lab-modserver.service", unit)
+    return buffer.getvalue()
+
+
+def install_modserver(node: dict, bundle: bytes) -> None:
+    """The module server on the node, enabled for every boot, unless the same bundle runs there."""
+    digest = hashlib.sha256(bundle).hexdigest()
+    script = (
+        "set -e; dir=/usr/local/lib/kubeipvs-lab; sock=/run/kubeipvs-lab-modserver.sock; "
+        f'if [ "$(cat $dir/bundle.sha256 2>/dev/null)" = {digest} ] && [ -S $sock ]; then cat >/dev/null; exit 0; fi; '
+        "rm -rf $dir.new && mkdir -p $dir.new && tar -xzf - -C $dir.new && rm -rf $dir && mv $dir.new $dir; "
+        f"install -m 755 $dir/kubeipvs-lab-python {MODSERVER_PYTHON}; "
+        "mv $dir/kubeipvs-lab-modserver.service /etc/systemd/system/; systemctl daemon-reload; "
+        "systemctl enable -q kubeipvs-lab-modserver.service; systemctl restart kubeipvs-lab-modserver.service; "
+        "for _ in $(seq 1 120); do [ -S $sock ] && break; sleep 0.5; done; "
+        f"[ -S $sock ]; echo {digest} > $dir/bundle.sha256"
+    )
+    installed = subprocess.run(ssh_command(node, script), input=bundle, capture_output=True, timeout=300, check=False)
+    if installed.returncode != 0:
+        failure = installed.stderr.decode(errors="replace")
+        raise LabError(f"{node['name']}: installing the module server failed: {failure}")
+    node["python"] = MODSERVER_PYTHON
+    (state_dir() / node["name"] / "node.json").write_text(json.dumps(node))
+
+
 def console_tail(node_dir: Path, lines: int = 30) -> str:
     try:
         return "\n".join((node_dir / "console.log").read_text(errors="replace").splitlines()[-lines:])
@@ -390,7 +478,12 @@ def write_inventory(nodes: list[dict]) -> Path:
             "children": {
                 "lab": {
                     "hosts": {
-                        node["name"]: {"ansible_host": node["host"], "ansible_port": node["port"]} for node in nodes
+                        node["name"]: {
+                            "ansible_host": node["host"],
+                            "ansible_port": node["port"],
+                            "ansible_python_interpreter": node.get("python", NODE_PYTHON),
+                        }
+                        for node in nodes
                     }
                 }
             },
@@ -398,7 +491,6 @@ def write_inventory(nodes: list[dict]) -> Path:
                 "ansible_user": "root",
                 "ansible_ssh_private_key_file": str(ssh_key()),
                 "ansible_ssh_common_args": " ".join(SSH_OPTIONS[:6]),
-                "ansible_python_interpreter": "/usr/bin/python3",
                 "ansible_pipelining": True,
             },
         }
@@ -427,6 +519,11 @@ def up(count: int) -> None:
     if os.environ.get("KUBEIPVS_LAB_ZIPCACHE") == "1":
         for node in nodes:
             install_zipcache(node)
+    if os.environ.get("KUBEIPVS_LAB_MODSERVER"):
+        bundle = modserver_bundle(os.environ["KUBEIPVS_LAB_MODSERVER"])
+        with concurrent.futures.ThreadPoolExecutor(len(nodes)) as pool:
+            for future in [pool.submit(install_modserver, node, bundle) for node in nodes]:
+                future.result()
     path = write_inventory(running_nodes())
     log(f"{count} node(s) answer SSH after {time.monotonic() - started:.0f}s; inventory: {path}")
 

@@ -97,13 +97,16 @@ def test_inventory_lists_every_node_with_its_forwarded_port(lab, monkeypatch):
     monkeypatch.setattr(lab, "ssh_key", lambda: Path("/keys/id_ed25519"))
     nodes = [
         {"name": "node1", "host": "127.0.0.1", "port": 40001},
-        {"name": "node2", "host": "127.0.0.1", "port": 40002},
+        {"name": "node2", "host": "127.0.0.1", "port": 40002, "python": lab.MODSERVER_PYTHON},
     ]
     inventory = json.loads(lab.write_inventory(nodes).read_text())
     hosts = inventory["all"]["children"]["lab"]["hosts"]
     assert hosts == {
-        "node1": {"ansible_host": "127.0.0.1", "ansible_port": 40001},
-        "node2": {"ansible_host": "127.0.0.1", "ansible_port": 40002},
+        "node1": {"ansible_host": "127.0.0.1", "ansible_port": 40001, "ansible_python_interpreter": "/usr/bin/python3"},
+        "node2": {
+            "ansible_host": "127.0.0.1", "ansible_port": 40002,
+            "ansible_python_interpreter": "/usr/local/bin/kubeipvs-lab-python",  # a node with the module server
+        },
     }
     assert inventory["all"]["vars"]["ansible_ssh_private_key_file"] == "/keys/id_ed25519"
     assert inventory["all"]["vars"]["ansible_user"] == "root"

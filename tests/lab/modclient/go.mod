@@ -1,0 +1,3 @@
+module kubeipvs.lab/modclient
+
+go 1.22
