@@ -162,9 +162,14 @@ class Cluster:
         return answer
 
     def create_all(self, objects, connections=4):
-        """Create many objects, over a few connections at once (the state tests create >1000)."""
+        """Create many objects, over a few connections at once (the state tests create >1000).
+
+        A Service whose ClusterIP an earlier test's deleted Service still holds is created again for
+        up to WAIT seconds: the API server releases a deleted Service's IPAddress object on its own
+        time (seen once: 422 "provided IP is already allocated" for an IP no live Service had)."""
         queue = list(reversed(objects))
         failures = []
+        deadline = time.monotonic() + WAIT
 
         def work():
             api = AdminApi(self.server, self.kube.plane.pki)
@@ -175,7 +180,12 @@ class Cluster:
                     except IndexError:
                         return
                     namespace = obj["metadata"].get("namespace")
-                    status, answer = api.call("POST", path_of(obj["kind"], namespace), obj)
+                    while True:
+                        status, answer = api.call("POST", path_of(obj["kind"], namespace), obj)
+                        if status != 422 or "provided IP is already allocated" not in str(answer) \
+                                or time.monotonic() > deadline:
+                            break
+                        time.sleep(0.5)
                     if status != 201:
                         failures.append(f"{obj['kind']} {obj['metadata']['name']}: {status} {answer}")
             finally:
