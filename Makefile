@@ -141,7 +141,7 @@ molecule: setup lab-build ## every molecule scenario on lab VMs (SCENARIO=name f
 	@# Each step's, play's and task's start time before its line: where a run's time goes, and
 	@# what ran when a canary or a node reports a time. Kept in .build/molecule.log too, for
 	@# `make test`'s closing lines.
-	KUBEIPVS_LAB_ZIPCACHE=1 KUBEIPVS_LAB_MODSERVER=$(CURDIR)/$(BIN)/python PYTHONUNBUFFERED=1 MOLECULE_EPHEMERAL_DIRECTORY=$(BUILD)/molecule $(BIN)/molecule test $(if $(SCENARIO),--scenario-name $(SCENARIO),--all) 2>&1 \
+	KUBEIPVS_LAB_ZIPCACHE=1 KUBEIPVS_LAB_MODSERVER=$(BIN)/python PYTHONUNBUFFERED=1 MOLECULE_EPHEMERAL_DIRECTORY=$(BUILD)/molecule $(BIN)/molecule test $(if $(SCENARIO),--scenario-name $(SCENARIO),--all) 2>&1 \
 		| while IFS= read -r line; do case $$line in INFO*|'TASK ['*|'PLAY ['*|'RUNNING HANDLER ['*) \
 			printf '%(%H:%M:%S)T ' -1;; esac; printf '%s\n' "$$line"; done \
 		| tee $(BUILD)/molecule.log \
