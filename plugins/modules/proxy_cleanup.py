@@ -35,6 +35,9 @@ description:
     then other rules that point at removed objects, then flushes, then chain deletions), then
     ipsets, IPVS services, the link, nftables tables. Each iptables backend (nft, and legacy
     where the kernel has legacy tables) and family is cleaned.
+  - A running kube-proxy rewrites the chains both iptables-based modes share at every sync, so a
+    transaction built from what was read may be refused (a rule it deletes is gone already); the
+    node is then read again and what is left is cleaned up, three times in all before the task fails.
 extends_documentation_fragment:
   - kubeipvs.node.attributes
 options:
@@ -161,6 +164,7 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.node._dataplane impo
     SCOPE_AND_FAMILY_ARGS,
     NodeReader,
     PlanApplier,
+    TableRefused,
 )
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._ipvs import IpvsKernel
 from ansible_collections.kubeipvs.node.plugins.module_utils.node._links import LinkKernel
@@ -172,16 +176,14 @@ FAMILY_CHOICES = {"ipv4": (IPV4,), "ipv6": (IPV6,), "both": FAMILIES}
 PARTS = {"iptables": ("iptables",), "ipvs": ("iptables", "ipvs"), "nftables": ("nftables",)}
 
 
-def cleanup(module):
-    params = module.params
-    mode = params["mode"]
-    scope = validate_scope(params["scope"] or {})
-    link = scope["dummy_interface"]
-    families = FAMILY_CHOICES[params["family"]]
-    if not 0 <= params["drain_seconds"] <= 300:
-        raise KubeIpvsError(f"drain_seconds must be 0-300, got {params['drain_seconds']}")
+# A transaction iptables refuses is built again from a new read this many times in all: a running
+# kube-proxy rewrites the chains both iptables-based modes share at every sync (TableRefused).
+ATTEMPTS = 3
 
-    reader = NodeReader(Commands.of(module), families, ipvs_factory=IpvsKernel, link_factory=LinkKernel)
+
+def read_and_plan(commands, mode, scope, families, link):
+    """The node as read now, and the cleanup plan for it."""
+    reader = NodeReader(commands, families, ipvs_factory=IpvsKernel, link_factory=LinkKernel)
     node, extra = reader.read(scope, parts=PARTS[mode])
     if mode == "ipvs" and not extra["ipvs_readable"]:
         raise KubeIpvsError("cannot read IPVS on this node, so the services inside scope cannot be told from "
@@ -193,12 +195,39 @@ def cleanup(module):
             f"cannot clean up {mode} mode: rules kube-proxy does not own still use its chains or sets; remove or "
             f"change them first, nothing was changed: {'; '.join(error.references[:10])}",
             referencing_rules=error.references) from None
-    for warning in reader.warnings:
-        module.warn(warning)
+    return reader, node, plan
+
+
+def cleanup(module):
+    params = module.params
+    mode = params["mode"]
+    scope = validate_scope(params["scope"] or {})
+    link = scope["dummy_interface"]
+    families = FAMILY_CHOICES[params["family"]]
+    if not 0 <= params["drain_seconds"] <= 300:
+        raise KubeIpvsError(f"drain_seconds must be 0-300, got {params['drain_seconds']}")
+
+    commands = Commands.of(module)
+    first = None
+    for attempt in range(1, ATTEMPTS + 1):
+        reader, node, plan = read_and_plan(commands, mode, scope, families, link)
+        if first is None:
+            first = node, plan
+            for warning in reader.warnings:
+                module.warn(warning)
+        if not plan.changed or module.check_mode:
+            break
+        try:
+            PlanApplier(reader, drain_seconds=params["drain_seconds"]).apply(plan)
+            break
+        except TableRefused as error:
+            # Read the node again and clean up what is left: what applied before the refusal is done.
+            if attempt == ATTEMPTS:
+                raise KubeIpvsError(f"{error.msg} (tried {ATTEMPTS} times, reading the node again each time)",
+                                    **error.details) from None
+    node, plan = first
     before = dp.objects_of(mode, node, families)
     gone = dp.removed_names(plan)
-    if plan.changed and not module.check_mode:
-        PlanApplier(reader, drain_seconds=params["drain_seconds"]).apply(plan)
     result = {
         "changed": plan.changed,
         "removed": plan.summary(),

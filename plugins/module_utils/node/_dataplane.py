@@ -232,6 +232,12 @@ class NodeReader:
         return values
 
 
+class TableRefused(KubeIpvsError):
+    """iptables refused a cleanup transaction that was built from the table as read. Most often the table
+    changed in between: a running kube-proxy's sync rewrites the chains both iptables-based modes share
+    (a rule the cleanup deletes from nat KUBE-SERVICES is gone at once). Nothing of that table changed."""
+
+
 class PlanApplier:
     """Applies a _dataplane.CleanupPlan in its order: iptables transactions (jumps, flushes, deletes),
     then ipsets (no rule matches them any more), IPVS services, the dummy link, nftables tables."""
@@ -278,8 +284,11 @@ class PlanApplier:
             if not table.changed:
                 continue
             tools = reader.tools[(table.backend, table.family)]
-            reader.iptables[table.family].restore(tools, table.render(), f"{tools.restore} refused the cleanup of "
-                                                  f"{table.family}/{table.table}; that table is unchanged")
+            try:
+                reader.iptables[table.family].restore(tools, table.render(), f"{tools.restore} refused the cleanup "
+                                                      f"of {table.family}/{table.table}; that table is unchanged")
+            except KubeIpvsError as error:
+                raise TableRefused(error.msg, **error.details) from None
         for name in plan.sets:
             reader.ipsets.destroy(name)
         if plan.ipvs_services:

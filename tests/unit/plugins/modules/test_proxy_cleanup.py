@@ -182,6 +182,44 @@ def test_iptables_cleanup_leaves_ipvs_objects(kernel):
     assert fake.applied == [] and links.calls == []
 
 
+class SyncedMeanwhile(NodeCommands):
+    """A running kube-proxy rewrites nat KUBE-SERVICES between the cleanup's read and its write, as its
+    sync does: the NodePorts jump the cleanup deletes is gone, so iptables refuses the batch (for the
+    first ``refusals`` batches)."""
+
+    def __init__(self, refusals):
+        super().__init__()
+        self.refusals = refusals
+
+    def answer(self, argv, data):
+        if argv[0].endswith("iptables-nft-restore") and self.refusals:
+            self.refusals -= 1
+            rewritten = SAVE_V4.replace("-A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS\n", "")
+            self.outputs["iptables-nft-save"] = (0, rewritten, "")
+            return 2, "", "iptables-nft-restore: line 2 failed: Bad rule (does a matching rule exist in that chain?)."
+        return super().answer(argv, data)
+
+
+def test_a_table_rewritten_between_read_and_write_is_read_again_and_cleaned_up(kernel):
+    node = SyncedMeanwhile(refusals=1)
+    module = cleanup_task(mode="iptables", node=node)
+    result = proxy_cleanup.cleanup(module)
+    batches = [command[1] for command in writes(module)]
+    assert len(batches) == 2
+    assert "KUBE-NODEPORTS" in batches[0].split("-X KUBE-NODEPORTS")[0]  # the jump to it deleted first
+    assert "-j KUBE-NODEPORTS" not in batches[1] and "-X KUBE-NODEPORTS" in batches[1]
+    assert sum(1 for command in module.commands if command[0] == "iptables-nft-save") == 2
+    assert result["changed"]
+
+
+def test_a_table_refused_every_time_fails_after_three_reads(kernel):
+    module = cleanup_task(mode="iptables", node=SyncedMeanwhile(refusals=99))
+    with pytest.raises(KubeIpvsError, match="refused the cleanup of ipv4/nat.*Bad rule.*tried 3 times") as error:
+        proxy_cleanup.cleanup(module)
+    assert len(writes(module)) == 3
+    assert error.value.details["restore_input"]
+
+
 def test_nftables_cleanup_deletes_only_kube_proxy_tables(kernel):
     module = cleanup_task(mode="nftables")
     result = proxy_cleanup.cleanup(module)
