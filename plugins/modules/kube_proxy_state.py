@@ -26,7 +26,11 @@ description:
     (and, as kube-proxy does, the cluster-wide ones when the node has none for external traffic).
   - IPv4 and IPv6 (dual-stack Services, IPv6 EndpointSlices, ipsets named C(KUBE-6-*)).
   - Read-only - never changes anything, so check mode is the same as a normal run.
-  - Not modelled - topology-aware routing hints (zones) and traffic distribution.
+  - Topology-aware routing (a Service's C(trafficDistribution), or its topology-mode annotation) as
+    kube-proxy follows it, from the EndpointSlices' hints - when every ready endpoint is hinted for
+    some node and one for this node, the cluster-wide endpoints are those hinted for this node; else,
+    likewise with zone hints and the Node's C(topology.kubernetes.io/zone) label, which is read (one
+    more GET or LIST of Nodes) only when an endpoint has zone hints.
 extends_documentation_fragment:
   - kubeipvs.node.attributes.read_only
   - kubeipvs.node.attributes.api
@@ -427,11 +431,13 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_ipv
 )
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_nftables import nftables_state
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_state import (
+    ZONE_LABEL,
     Cluster,
     as_cluster,
     check_node_ips,
     node_state,
     parse_ip,
+    zone_hinted,
 )
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._text import DNS1123_LABEL, DNS1123_SUBDOMAIN
 
@@ -444,6 +450,22 @@ def node_ips_from_api(client, node_name, families):
     if not addresses:
         raise KubeIpvsError(f"node {node_name} reports no InternalIP address{of_families(families)}; pass node_ips")
     return addresses
+
+
+def node_zones_from_api(client, names):
+    """name -> the topology.kubernetes.io/zone label of each node of ``names`` ("" without one, or
+    without a Node object), which kube-proxy matches endpoints' zone hints against."""
+    try:
+        found = [client.get("Node", names[0]) or {}] if len(names) == 1 else client.list("Node")
+    except KubeApiError as error:
+        if error.status not in (401, 403):
+            raise
+        raise KubeIpvsError(f"cannot read the Nodes ({error.status} {error.reason}), whose "
+                            f"{ZONE_LABEL} labels pick the endpoints of Services with zone hints; "
+                            "grant get and list on nodes") from None
+    labels = {(node.get("metadata") or {}).get("name"): (node.get("metadata") or {}).get("labels") or {}
+              for node in found if isinstance(node, dict)}
+    return {name: str((labels.get(name) or {}).get(ZONE_LABEL) or "") for name in names}
 
 
 def service_cidrs_from_api(client):
@@ -643,6 +665,8 @@ def compute(module):
     try:
         cluster = Cluster(services, slices)
         del services, slices  # the cluster holds them; one node's state at a time beside them
+        if zone_hinted(cluster.endpoint_slices):
+            cluster.zones = node_zones_from_api(client, sorted(node_ips))
         if params["nodes"] is None:
             state = render(params, cluster, None, node_ips[params["node_name"]], service_cidrs or (), rendered)
             state.update(versions, changed=False, node_ips=node_ips[params["node_name"]])

@@ -496,3 +496,63 @@ def test_a_node_whose_ipv6_is_off_takes_its_ipv4_internal_ip_alone(cluster, tmp_
     assert many["nodes"]["node1"]["node_ips"] == [ipv4]
     assert many["nodes"]["node2"]["node_ips"] == cluster.node_ips("node2")  # both families: both InternalIPs
     assert given["failed"] and "the node runs kube-proxy for ipv4 only, but its node IPs are ipv4, ipv6" in given["msg"]
+
+
+def test_zone_hints_take_each_node_s_zone_label_and_a_clear_error_without_the_right(cluster, tmp_path):
+    """Endpoints with zone hints (a Service's trafficDistribution): each node serves those hinted for the
+    zone its Node's topology.kubernetes.io/zone label names, read with one GET for a node (one LIST for
+    ``nodes``); a user who may not read Nodes is told what to grant; without hints no Node is read."""
+    def label(node, zone):
+        cluster.call("PATCH", f"/api/v1/nodes/{node}", {"metadata": {"labels": {"topology.kubernetes.io/zone": zone}}},
+                     content_type="application/merge-patch+json")
+
+    for node, zone in (("node1", "zone-a"), ("node2", "zone-b")):
+        label(node, zone)
+        cluster.undo.append(lambda node=node: label(node, None))
+    cluster.add({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "zonal", "namespace": "default"},
+                 "spec": {"clusterIP": "10.100.9.40", "clusterIPs": ["10.100.9.40"],
+                          "trafficDistribution": "PreferClose",
+                          "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}})
+    cluster.add({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                 "metadata": {"name": "zonal-abcde", "namespace": "default",
+                              "labels": {"kubernetes.io/service-name": "zonal"}},
+                 "addressType": "IPv4",
+                 "endpoints": [{"addresses": [address], "conditions": {"ready": True}, "nodeName": node,
+                                "hints": {"forZones": [{"name": zone}]}}
+                               for address, node, zone in (("10.244.1.40", "node1", "zone-a"),
+                                                           ("10.244.2.40", "node2", "zone-b"))],
+                 "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]})
+    cluster.add({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                 "metadata": {"name": "test-zone-reader"},
+                 "rules": [{"apiGroups": [""], "resources": ["services"], "verbs": ["list"]},
+                           {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list"]}]})
+    cluster.add({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                 "metadata": {"name": "test-zone-reader"},
+                 "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                             "name": "test-zone-reader"},
+                 "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "reader"}]})
+    common = {"mode": "ipvs", "kube_proxy_version": "v1.37.2"}
+    cluster.mark()
+    node1, node2, together, denied = cluster.modules([
+        ("kube_proxy_state", dict(common, node_name="node1", node_ips=["192.0.2.11"])),
+        ("kube_proxy_state", dict(common, node_name="node2", node_ips=["192.0.2.12"])),
+        ("kube_proxy_state", dict(common, dest=str(tmp_path), nodes=[{"name": "node1", "node_ips": ["192.0.2.11"]},
+                                                                     {"name": "node2", "node_ips": ["192.0.2.12"]}])),
+        ("kube_proxy_state", dict(common, node_name="node1", node_ips=["192.0.2.11"],
+                                  kubeconfig=cluster.kubeconfig_for(READER_TOKEN))),
+    ])
+
+    def real_servers(services):
+        return next([r["address"] for r in s["real_servers"]] for s in services if s["address"] == "10.100.9.40")
+
+    assert real_servers(node1["ipvs_sync"]["services"]) == ["10.244.1.40"], node1
+    assert real_servers(node2["ipvs_sync"]["services"]) == ["10.244.2.40"], node2
+    for name, served in (("node1", "10.244.1.40"), ("node2", "10.244.2.40")):
+        files = together["nodes"][name]["state_files"]
+        assert real_servers(gzip_json(files["ipvs_sync"])["services"]) == [served], together
+    node_reads = [(r.verb, r.uri.split("?")[0]) for r in cluster.requests() if "/api/v1/nodes" in r.uri]
+    assert node_reads == [("get", "/api/v1/nodes/node1"), ("get", "/api/v1/nodes/node2"), ("list", "/api/v1/nodes")]
+    assert denied.get("failed") and "cannot read the Nodes (403 Forbidden), whose topology.kubernetes.io/zone " \
+                                    "labels pick the endpoints of Services with zone hints; grant get and list " \
+                                    "on nodes" in denied["msg"], denied
+    assert not cluster.writes()

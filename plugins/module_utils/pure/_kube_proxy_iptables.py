@@ -37,7 +37,6 @@ import hashlib
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._family import FAMILIES, IPV4, IPV6, VERSION, family_of
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_state import (
     as_cluster,
-    categorize,
     check_node_ips,
     ip_families,
     parse_ip,
@@ -106,12 +105,12 @@ def masquerade_mark(bit):
 
 
 class Categorized:
-    """kube-proxy's CategorizeEndpoints result for one service port (without topology hints)."""
+    """kube-proxy's CategorizeEndpoints result for one service port, as the iptables proxier uses it."""
 
     def __init__(self, sp):
         self.uses_cluster = not sp.internal_local or sp.external
         self.uses_local = sp.internal_local or (sp.external_local and sp.external)
-        self.cluster, self.local = categorize(sp.endpoints, self.uses_cluster, self.uses_local)
+        self.cluster, self.local = sp.cluster_endpoints, sp.local_endpoints
         self.has_any = bool(self.cluster)
         if self.uses_local:
             # Any ready (or serving and terminating) endpoint anywhere counts, local or not.

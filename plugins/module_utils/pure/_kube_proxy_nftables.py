@@ -40,7 +40,6 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_cat
 )
 from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_state import (
     as_cluster,
-    categorize,
     check_node_ips,
     ip_families,
     ip_key,
@@ -141,7 +140,7 @@ def endpoint_sort_key(endpoint):
 
 
 def categorize_endpoints(sp):
-    """kube-proxy's CategorizeEndpoints without topology: (cluster, local, reachable, has_any).
+    """kube-proxy's CategorizeEndpoints as the nftables proxier uses it: (cluster, local, reachable, has_any).
 
     Cluster endpoints are needed when the internal policy is Cluster or the port takes external
     traffic (short-circuiting needs them even under external policy Local); local ones when either
@@ -150,7 +149,7 @@ def categorize_endpoints(sp):
     external_local = sp.external_local and sp.external
     uses_cluster = not sp.internal_local or sp.external
     uses_local = sp.internal_local or external_local
-    cluster, local = categorize(sp.endpoints, uses_cluster, uses_local)
+    cluster, local = sp.cluster_endpoints, sp.local_endpoints
     if not uses_local:
         local = []
     has_any = bool(cluster)

@@ -8,7 +8,9 @@ Pure functions (no Ansible, no API). The facts follow kube-proxy's pkg/proxy/ipv
 pkg/proxy/endpointslicecache.go; the output uses the input formats of this collection's
 dummy_interface, ipvs_sync and ipset modules.
 
-Not modelled: topology-aware routing hints (zones) and traffic distribution. The node's addresses
+Topology: an endpoint's zone and node hints (the EndpointSlice controller's, for a Service's
+trafficDistribution) pick a node's cluster-wide endpoints as kube-proxy's topologyModeFromHints does,
+from the node's name and zone label (``Cluster``'s ``zones``). The node's addresses
 NodePorts listen on come from the caller (``node_port_addresses``: kube-proxy lists the node's
 interfaces); IPVS mode's iptables rules are ``_kube_proxy_ipvs_iptables``'s, from the sets here.
 """
@@ -36,6 +38,8 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._text import (
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 SERVICE_PROXY_NAME_LABEL = "service.kubernetes.io/service-proxy-name"
+ZONE_LABEL = "topology.kubernetes.io/zone"  # the node label zone hints are matched against
+NO_HINTS = frozenset()
 DEFAULT_AFFINITY_TIMEOUT = 10800  # seconds; sessionAffinityConfig.clientIP.timeoutSeconds default
 
 
@@ -71,19 +75,27 @@ def ip_key(text):
 
 
 class Endpoint:
-    """One endpoint of a service port as a node sees it; ``sort_key`` orders endpoints by address, then port."""
+    """One endpoint of a service port as a node sees it; ``sort_key`` orders endpoints by address, then port.
+    ``zones`` and ``nodes``: its topology hints (the zones and node names it is hinted for; empty without)."""
 
-    __slots__ = ("address", "local", "port", "ready", "serving", "sort_key", "terminating")
+    __slots__ = ("address", "local", "nodes", "port", "ready", "serving", "sort_key", "terminating", "zones")
 
-    def __init__(self, address, port, ready, serving, terminating, local, number=None):
+    def __init__(self, address, port, ready, serving, terminating, local, number=None, zones=NO_HINTS, nodes=NO_HINTS):
         self.address, self.port = address, port
         self.ready, self.serving, self.terminating, self.local = ready, serving, terminating, local
+        self.zones, self.nodes = zones, nodes
         self.sort_key = (int(parse_ip(address)) if number is None else number, port)
+
+
+def hint_names(hints, field):
+    """The names in an endpoint's ``hints.<field>`` (forZones or forNodes), as kube-proxy reads them."""
+    entries = (hints or {}).get(field) or []
+    return frozenset(entry.get("name") for entry in entries if isinstance(entry.get("name"), str)) or NO_HINTS
 
 
 def endpoint_rows(slices, family):
     """(namespace, service, port name, protocol) -> [(address, port, ready, serving, terminating, node name,
-    address as a number)]
+    address as a number, zone hints, node hints)]
     from the slices of one family: what every node's endpoints are made of (``Cluster``).
 
     As kube-proxy's endpoint slice cache: only the first address of an endpoint counts; a
@@ -114,20 +126,28 @@ def endpoint_rows(slices, family):
                 if key not in bucket or not terminating:
                     bucket[key] = (str(address), port["port"], conditions.get("ready") is not False,
                                    conditions.get("serving") is not False, terminating, endpoint.get("nodeName"),
-                                   int(address))
+                                   int(address), hint_names(endpoint.get("hints"), "forZones"),
+                                   hint_names(endpoint.get("hints"), "forNodes"))
     return {key: list(bucket.values()) for key, bucket in result.items()}
 
 
-def categorize(endpoints, uses_cluster, uses_local):
-    """kube-proxy's CategorizeEndpoints without topology hints: (cluster, local) endpoint lists.
+def categorize(endpoints, uses_cluster, uses_local, node_name=None, zone=None):
+    """kube-proxy's CategorizeEndpoints: (cluster, local) endpoint lists for the node ``node_name``
+    in ``zone`` (its topology.kubernetes.io/zone label; None or "" without one).
 
-    Cluster endpoints are the ready ones or, when none is ready anywhere, the serving and
-    terminating ones. Local endpoints are the ready ones on this node or, when none is, this
-    node's serving and terminating ones.
+    Cluster endpoints are the ready ones the node's topology mode admits (``topology_mode``) or,
+    when none is ready anywhere, the serving and terminating ones. Local endpoints are the ready
+    ones on this node or, when none is, this node's serving and terminating ones - whatever the hints.
     """
     cluster, local = [], []
     if uses_cluster:
-        cluster = [e for e in endpoints if e.ready]
+        mode = topology_mode(endpoints, node_name, zone)
+        if mode is None:
+            cluster = [e for e in endpoints if e.ready]
+        elif mode == "node":
+            cluster = [e for e in endpoints if e.ready and node_name in e.nodes]
+        else:
+            cluster = [e for e in endpoints if e.ready and zone in e.zones]
         if not cluster:
             cluster = [e for e in endpoints if e.serving and e.terminating]
     if uses_local:
@@ -135,6 +155,25 @@ def categorize(endpoints, uses_cluster, uses_local):
         if not local:
             local = [e for e in endpoints if e.local and e.serving and e.terminating]
     return cluster, local
+
+
+def topology_mode(endpoints, node_name, zone):
+    """kube-proxy's topologyModeFromHints: "node" when every ready endpoint has node hints and one is
+    hinted for ``node_name``; else "zone" when every ready endpoint has zone hints and one is hinted for
+    ``zone``; else None (every ready endpoint serves, as without hints)."""
+    ready = [e for e in endpoints if e.ready]
+    if not ready:
+        return None
+    if node_name and all(e.nodes for e in ready) and any(node_name in e.nodes for e in ready):
+        return "node"
+    if zone and all(e.zones for e in ready) and any(zone in e.zones for e in ready):
+        return "zone"
+    return None
+
+
+def hinted(endpoints):
+    """Whether any endpoint carries topology hints: the port's endpoints then depend on the node."""
+    return any(e.zones or e.nodes for e in endpoints)
 
 
 def endpoint_order(endpoint):
@@ -232,12 +271,15 @@ class ServicePort:
 
     ``endpoints`` are all the port's endpoints of the family; ``internal_endpoints`` serve the
     ClusterIP and ``external_endpoints`` the NodePorts, external and load-balancer IPs, after
-    kube-proxy's categorisation and traffic policies.
+    kube-proxy's categorisation and traffic policies. ``cluster_endpoints`` and ``local_endpoints``
+    are CategorizeEndpoints' lists themselves (empty where the policies need none). ``hinted``: an
+    endpoint has topology hints, so which of them serve depends on the node.
     """
 
-    __slots__ = ("affinity", "cluster_ip", "endpoints", "external_endpoints", "external_ips", "external_local",
-                 "health_check_node_port", "internal_endpoints", "internal_local", "lb_ips", "name", "namespace",
-                 "node_port", "port", "port_name", "protocol", "source_ranges")
+    __slots__ = ("affinity", "cluster_endpoints", "cluster_ip", "endpoints", "external_endpoints", "external_ips",
+                 "external_local", "health_check_node_port", "hinted", "internal_endpoints", "internal_local",
+                 "lb_ips", "local_endpoints", "name", "namespace", "node_port", "port", "port_name", "protocol",
+                 "source_ranges")
 
     def __init__(self, **fields):
         for name in self.__slots__:
@@ -303,24 +345,28 @@ def service_shape(service, family):
 def same_on_every_node(sp):
     """Whether what iptables or nftables mode writes for a service port is the same on every node
     (with the same options; nftables' hairpin elements aside): without a Local traffic policy nothing
-    depends on where its endpoints run, and without source ranges nothing names the node's IP."""
-    return not (sp.internal_local or sp.external_local or sp.source_ranges)
+    depends on where its endpoints run, without topology hints nothing on the node's name or zone, and
+    without source ranges nothing names the node's IP."""
+    return not (sp.internal_local or sp.external_local or sp.source_ranges or sp.hinted)
 
 
-def shape_ports(shape, endpoint_map):
-    """The ServicePorts of one ServiceShape on one node, ``endpoint_map`` being that node's endpoints."""
+def shape_ports(shape, endpoint_map, node_name=None, zone=None):
+    """The ServicePorts of one ServiceShape on one node (``node_name`` in ``zone``, for topology hints),
+    ``endpoint_map`` being that node's endpoints."""
     result = []
     for port_name, protocol, port, node_port in shape.ports:
         endpoints = endpoint_map.get((shape.namespace, shape.name, port_name, protocol), [])
         port_accessible = bool(node_port or shape.lb_ips or shape.external_ips)
         cluster, local = categorize(endpoints, not shape.internal_local or port_accessible,
-                                    shape.internal_local or (shape.external_local and port_accessible))
+                                    shape.internal_local or (shape.external_local and port_accessible),
+                                    node_name, zone)
         result.append(ServicePort(
             namespace=shape.namespace, name=shape.name, port_name=port_name, protocol=protocol,
             cluster_ip=shape.cluster_ip, port=port, node_port=node_port, external_ips=shape.external_ips,
             lb_ips=shape.lb_ips, source_ranges=shape.source_ranges, affinity=shape.affinity,
             internal_local=shape.internal_local, external_local=shape.external_local,
-            health_check_node_port=shape.health_check_node_port, endpoints=endpoints,
+            health_check_node_port=shape.health_check_node_port, endpoints=endpoints, hinted=hinted(endpoints),
+            cluster_endpoints=cluster, local_endpoints=local,
             internal_endpoints=choose(shape.internal_local, cluster, local),
             external_endpoints=choose(shape.external_local, cluster, local)))
     return result
@@ -445,11 +491,31 @@ def endpoint_slice_problems(endpoint_slice):
         addresses = endpoint.get("addresses") or []
         if endpoint.get("conditions") is not None and not isinstance(endpoint.get("conditions"), dict):
             problems.append(f"{where} endpoints[{index}]: conditions is not a mapping")
+        if not hints_shaped(endpoint.get("hints")):
+            problems.append(f"{where} endpoints[{index}]: hints is not a mapping of forZones and forNodes, "
+                            "each a list of {name: ...} entries")
         if not isinstance(addresses, list):
             problems.append(f"{where} endpoints[{index}]: addresses is not a list")
         elif addresses:
             _check_ips(addresses[:1], f"{where} endpoints[{index}].addresses", problems)
     return problems
+
+
+def hints_shaped(hints):
+    """Whether an endpoint's ``hints`` (None, or forZones and forNodes lists of objects) can be read."""
+    if hints is None:
+        return True
+    if not isinstance(hints, dict):
+        return False
+    entries = [hints.get(field) or [] for field in ("forZones", "forNodes")]
+    return all(isinstance(items, list) and all(isinstance(item, dict) for item in items) for items in entries)
+
+
+def zone_hinted(endpoint_slices):
+    """Whether an endpoint of the (checked) ``endpoint_slices`` has zone hints: then a node's endpoints
+    depend on its zone label, and the nodes' zones must be known."""
+    return any((endpoint.get("hints") or {}).get("forZones")
+               for endpoint_slice in endpoint_slices for endpoint in endpoint_slice.get("endpoints") or ())
 
 
 def check_cluster_objects(services, endpoint_slices):
@@ -470,12 +536,14 @@ class Cluster:
     Every mode's renderer takes one in place of its ``services`` (see ``as_cluster``): what depends
     on the node - its endpoints' locality and so the traffic policies, its addresses - is worked out
     per node; checking the objects, parsing addresses and sorting Services happen here, once.
+    ``zones``: node name -> its topology.kubernetes.io/zone label, for endpoints with zone hints.
     """
 
-    def __init__(self, services, endpoint_slices):
+    def __init__(self, services, endpoint_slices, zones=None):
         check_cluster_objects(services, endpoint_slices)
         self.services = sorted(services, key=service_key)
         self.endpoint_slices = endpoint_slices
+        self.zones = dict(zones or {})
         self._families = {}
         self._cluster_ip_families = None
         self.memo = {}  # a renderer's parts that are the same on every node, by renderer
@@ -487,46 +555,51 @@ class Cluster:
         return iter(self.services)
 
     def _parsed(self, family):
-        """(ServiceShapes, every endpoint as seen from no node, per node the endpoints local to it) of a family.
-        Endpoints are shared between nodes; a node's own are the only ones it sees differently."""
+        """(ServiceShapes, every endpoint as seen from no node, per node the endpoints local to it, the
+        (namespace, name) of the Services with topology hints) of a family. Endpoints are shared between
+        nodes; a node's own are the only ones it sees differently."""
         if family not in self._families:
             shapes = [shape for shape in (service_shape(service, family) for service in self.services) if shape]
-            remote, local = {}, {}
+            remote, local, hinted_services = {}, {}, set()
             for key, rows in endpoint_rows(self.endpoint_slices, family).items():
-                remote[key] = [Endpoint(*row[:5], False, row[6]) for row in rows]
+                remote[key] = [Endpoint(*row[:5], False, *row[6:]) for row in rows]
+                if hinted(remote[key]):
+                    hinted_services.add(key[:2])
                 for index, row in enumerate(rows):
                     if row[5]:
-                        local.setdefault(row[5], {}).setdefault(key, []).append((index, Endpoint(*row[:5], True, row[6])))
-            self._families[family] = (shapes, remote, local)
+                        local.setdefault(row[5], {}).setdefault(key, []).append(
+                            (index, Endpoint(*row[:5], True, *row[6:])))
+            self._families[family] = (shapes, remote, local, hinted_services)
         return self._families[family]
 
     def service_ports(self, node_name, family):
         """Every ServicePort of one family on one node, Services in (namespace, name) order.
 
-        A Service none of whose endpoints runs on the node has the same ports on every such node:
-        those are built once (as seen from no node) and are the very same objects in every node's
-        list - read-only, like everything a Cluster gives. The others are built for the node."""
-        shapes, remote, local = self._parsed(family)
+        A Service none of whose endpoints runs on the node nor has topology hints has the same ports
+        on every such node: those are built once (as seen from no node) and are the very same objects
+        in every node's list - read-only, like everything a Cluster gives. The others are built for the node."""
+        shapes, remote, local, hinted_services = self._parsed(family)
         own = local.get(node_name, {}) if node_name else {}
-        if not own:
+        if not own and not (node_name and hinted_services):
             return [sp for ports in self._remote_ports(family) for sp in ports]
         endpoint_map = dict(remote)
-        touched = set()
+        touched = set(hinted_services)
         for key, endpoints_here in own.items():
             endpoints = endpoint_map[key] = list(remote[key])
             for index, endpoint in endpoints_here:
                 endpoints[index] = endpoint
             touched.add(key[:2])
+        zone = self.zones.get(node_name)
         remote_ports = self._remote_ports(family)
         return [sp for index, shape in enumerate(shapes)
-                for sp in (shape_ports(shape, endpoint_map) if (shape.namespace, shape.name) in touched
+                for sp in (shape_ports(shape, endpoint_map, node_name, zone) if (shape.namespace, shape.name) in touched
                            else remote_ports[index])]
 
     def _remote_ports(self, family):
         """Per ServiceShape of the family, its ServicePorts as seen from no node (no endpoint local)."""
         known = self.memo.setdefault("remote_ports", {})
         if family not in known:
-            shapes, remote, _local = self._parsed(family)
+            shapes, remote, _local, _hinted = self._parsed(family)
             known[family] = [shape_ports(shape, remote) for shape in shapes]
         return known[family]
 
@@ -549,9 +622,10 @@ class Cluster:
         return list(known[rendered])
 
 
-def as_cluster(services, endpoint_slices):
-    """``services`` when it is a Cluster already (built once for many nodes), else a Cluster of both lists."""
-    return services if isinstance(services, Cluster) else Cluster(services, endpoint_slices)
+def as_cluster(services, endpoint_slices, zones=None):
+    """``services`` when it is a Cluster already (built once for many nodes), else a Cluster of both
+    lists (and the nodes' ``zones``)."""
+    return services if isinstance(services, Cluster) else Cluster(services, endpoint_slices, zones)
 
 
 def ip_families(services, node_ips, families=()):
@@ -602,13 +676,13 @@ def sync_service_port(state, sp, node_addresses):
 
     state.add("KUBE-CLUSTER-IP", entry(sp.cluster_ip, protocol, sp.port))
     state.virtual_server(sp.cluster_ip, protocol, sp.port, sp.affinity, sp.internal_endpoints, bind=True,
-                         everywhere=not sp.internal_local)
+                         everywhere=not (sp.internal_local or sp.hinted))
 
     for external_ip in sp.external_ips:
         state.add("KUBE-EXTERNAL-IP-LOCAL" if sp.external_local else "KUBE-EXTERNAL-IP",
                   entry(external_ip, protocol, sp.port))
         state.virtual_server(external_ip, protocol, sp.port, sp.affinity, sp.external_endpoints,
-                             bind=external_ip not in node_addresses, everywhere=not sp.external_local)
+                             bind=external_ip not in node_addresses, everywhere=not (sp.external_local or sp.hinted))
 
     primary_node_ip = state.primary_address
     for lb_ip in sp.lb_ips:
@@ -622,7 +696,7 @@ def sync_service_port(state, sp, node_addresses):
             if primary_node_ip and any(primary_node_ip in source for source in sp.source_ranges):
                 state.add("KUBE-LOAD-BALANCER-SOURCE-IP", entry(lb_ip, protocol, sp.port, lb_ip))
         state.virtual_server(lb_ip, protocol, sp.port, sp.affinity, sp.external_endpoints,
-                             bind=lb_ip not in node_addresses, everywhere=not sp.external_local)
+                             bind=lb_ip not in node_addresses, everywhere=not (sp.external_local or sp.hinted))
 
     if sp.node_port and not state.node_ips:
         return  # as kube-proxy: nowhere to listen, and no health check port either

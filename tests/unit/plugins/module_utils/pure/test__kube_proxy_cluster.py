@@ -23,7 +23,12 @@ from ansible_collections.kubeipvs.node.plugins.modules.kube_proxy_state import r
 NODES = {"node1": ["192.0.2.11", "2001:db8::11"], "node2": ["192.0.2.12", "2001:db8::12"], "node3": ["192.0.2.13"]}
 
 
-def random_cluster(seed, count=60):
+ZONES = {"node1": "zone-a", "node2": "zone-b", "node3": "zone-a"}
+
+
+def random_cluster(seed, count=60, hints=False):
+    """Services and EndpointSlices; with ``hints``, a third of the Services' endpoints carry topology
+    hints (zone hints on all, on most, or node hints as well)."""
     rng = random.Random(seed)
     services, slices = [], []
     for index in range(count):
@@ -53,6 +58,7 @@ def random_cluster(seed, count=60):
             if rng.random() < 0.5:
                 spec["loadBalancerSourceRanges"] = ["192.0.2.0/24", "198.18.0.0/15"]
         services.append(service)
+        hinted = hints and rng.random() < 0.35
         for family, address_type in ([("v4", "IPv4")] + ([("v6", "IPv6")] if dual else [])):
             endpoints = []
             for e in range(rng.randint(0, 5)):
@@ -62,6 +68,10 @@ def random_cluster(seed, count=60):
                                     {"ready": False, "serving": False, "terminating": True}])
                 endpoints.append({"addresses": [address], "conditions": state,
                                   "nodeName": rng.choice(sorted(NODES))})
+                if hinted and rng.random() < 0.9:
+                    endpoints[-1]["hints"] = {"forZones": [{"name": rng.choice(["zone-a", "zone-b"])}]}
+                    if rng.random() < 0.5:
+                        endpoints[-1]["hints"]["forNodes"] = [{"name": endpoints[-1]["nodeName"]}]
             slices.append({"metadata": {"name": f"{name}-{family}", "namespace": service["metadata"]["namespace"],
                                         "labels": {"kubernetes.io/service-name": name}},
                            "addressType": address_type, "endpoints": endpoints,
@@ -89,6 +99,62 @@ def test_one_cluster_renders_every_node_as_its_own_lists_do(mode, seed):
     # the nodes do differ, so the comparison above can tell them apart
     assert len({repr(state) for state in alone.values()}) == len(NODES)
     assert (services, slices) == pristine  # the API's objects are read, never changed
+
+
+@pytest.mark.parametrize("mode", ["ipvs", "iptables", "nftables"])
+@pytest.mark.parametrize("seed", [6, 7])
+def test_one_cluster_renders_every_node_of_a_zoned_cluster_as_its_own_lists_do(mode, seed):
+    """Topology hints make a Service's endpoints depend on the node's name and zone: what one node's
+    render finds for such a Service is never another's."""
+    services, slices = random_cluster(seed, hints=True)
+    alone = {node: render(params(mode, node), Cluster(services, slices, ZONES), None, ips, ["10.96.0.0/12"])
+             for node, ips in NODES.items()}
+    cluster = Cluster(services, slices, ZONES)
+    for node in [*NODES, *reversed(NODES)]:
+        assert render(params(mode, node), cluster, None, NODES[node], ["10.96.0.0/12"]) == alone[node], node
+    # the zones matter: the same cluster rendered as if every node had no zone label differs
+    unzoned = Cluster(services, slices)
+    assert any(render(params(mode, node), unzoned, None, ips, ["10.96.0.0/12"]) != alone[node]
+               for node, ips in NODES.items())
+
+
+def expected_cluster_endpoints(endpoints, node, zone):
+    """kube-proxy's topologyModeFromHints and its filter, written out from the raw endpoints: the
+    addresses of the ready endpoints the node's topology admits (all ready ones without a mode)."""
+    ready = [e for e in endpoints if (e.get("conditions") or {}).get("ready") is not False]
+    names = {id(e): ({h["name"] for h in (e.get("hints") or {}).get("forNodes") or []},
+                     {h["name"] for h in (e.get("hints") or {}).get("forZones") or []}) for e in ready}
+    if ready and all(names[id(e)][0] for e in ready) and any(node in names[id(e)][0] for e in ready):
+        return sorted(e["addresses"][0] for e in ready if node in names[id(e)][0])
+    if ready and zone and all(names[id(e)][1] for e in ready) and any(zone in names[id(e)][1] for e in ready):
+        return sorted(e["addresses"][0] for e in ready if zone in names[id(e)][1])
+    return sorted(e["addresses"][0] for e in ready)
+
+
+def test_each_node_of_a_shared_zoned_cluster_gets_the_endpoints_its_hints_give_it():
+    services, slices = random_cluster(8, hints=True)
+    cluster = Cluster(services, slices, ZONES)
+    by_service = {(sl["metadata"]["namespace"], sl["metadata"]["labels"]["kubernetes.io/service-name"],
+                   sl["addressType"]): sl["endpoints"] for sl in slices}
+    checked = set()
+    for node in [*NODES, *reversed(NODES)]:
+        for family, address_type in (("ipv4", "IPv4"), ("ipv6", "IPv6")):
+            for sp in cluster.service_ports(node, family):
+                if sp.internal_local:
+                    continue
+                endpoints = by_service[(sp.namespace, sp.name, address_type)]
+                if not any(e["conditions"].get("ready") is not False for e in endpoints):
+                    continue  # serving-terminating fallback, hints aside
+                assert sorted(e.address for e in sp.cluster_endpoints) == \
+                    expected_cluster_endpoints(endpoints, node, ZONES[node]), (node, sp.service_port_name)
+                if any("hints" in e for e in endpoints):
+                    checked.add((node, sp.service_port_name, tuple(sorted(e.address for e in sp.cluster_endpoints))))
+    # hinted Services were checked on every node, and some of them serve nodes differently
+    assert {node for node, _name, _endpoints in checked} == set(NODES)
+    per_service = {}
+    for _node, name, endpoints in checked:
+        per_service.setdefault(name, set()).add(endpoints)
+    assert any(len(seen) > 1 for seen in per_service.values())
 
 
 def test_the_cluster_parses_each_family_once_and_gives_each_node_its_own_endpoints():

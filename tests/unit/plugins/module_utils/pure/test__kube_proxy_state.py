@@ -288,6 +288,68 @@ def test_reused_pod_ip_prefers_the_endpoint_that_is_not_terminating():
         assert out[0]["real_servers"] == [rs("10.244.1.5", 80)]
 
 
+def hinted_ep(address, node, zones=(), nodes=(), **conditions):
+    endpoint = ep(address, node, **conditions)
+    endpoint["hints"] = {"forZones": [{"name": zone} for zone in zones], "forNodes": [{"name": n} for n in nodes]}
+    return endpoint
+
+
+ZONED = {"node1": "zone-a", "node2": "zone-b", "node3": "zone-a"}
+
+
+@pytest.mark.parametrize("case, endpoints, zones, expected", [
+    # every ready endpoint zone-hinted, some for node1's zone: those
+    ("zone", [hinted_ep("10.244.1.5", "node1", ["zone-a"]), hinted_ep("10.244.2.6", "node2", ["zone-b"]),
+              hinted_ep("10.244.3.7", "node3", ["zone-a"])], ZONED, ["10.244.1.5", "10.244.3.7"]),
+    # a not-ready endpoint without hints has no say; it is not served either
+    ("zone-not-ready", [hinted_ep("10.244.2.6", "node2", ["zone-a"]), ep("10.244.2.7", "node2", ready=False)],
+     ZONED, ["10.244.2.6"]),
+    # one ready endpoint without hints: every ready endpoint
+    ("zone-partial", [hinted_ep("10.244.2.6", "node2", ["zone-a"]), ep("10.244.3.7", "node3")], ZONED,
+     ["10.244.2.6", "10.244.3.7"]),
+    # none hinted for node1's zone: every ready endpoint
+    ("zone-elsewhere", [hinted_ep("10.244.2.6", "node2", ["zone-b"]), hinted_ep("10.244.3.7", "node3", ["zone-c"])],
+     ZONED, ["10.244.2.6", "10.244.3.7"]),
+    # node1 has no zone label: zone hints cannot apply
+    ("no-zone-label", [hinted_ep("10.244.1.5", "node1", ["zone-a"]), hinted_ep("10.244.2.6", "node2", ["zone-b"])],
+     {}, ["10.244.1.5", "10.244.2.6"]),
+    # node hints on every ready endpoint, one for node1: that one, whatever the zones say
+    ("node", [hinted_ep("10.244.1.5", "node1", ["zone-b"], ["node1"]),
+              hinted_ep("10.244.3.7", "node3", ["zone-a"], ["node3"])], ZONED, ["10.244.1.5"]),
+    # node hints, none for node1: the zone hints decide
+    ("node-elsewhere", [hinted_ep("10.244.2.6", "node2", ["zone-b"], ["node2"]),
+                        hinted_ep("10.244.3.7", "node3", ["zone-a"], ["node3"])], ZONED, ["10.244.3.7"]),
+    # no ready endpoint: the serving and terminating ones, hints or not
+    ("terminating", [hinted_ep("10.244.2.6", "node2", ["zone-b"], ready=False, serving=True, terminating=True)],
+     ZONED, ["10.244.2.6"]),
+])
+def test_topology_hints_pick_the_cluster_endpoints_as_kube_proxy_does(case, endpoints, zones, expected):
+    services = [service("a", ["10.96.0.1"], [port(80)])]
+    slices = [endpoint_slice("a", endpoints, [("", 80, "TCP")])]
+    out = node_state(Cluster(services, slices, zones), None, NODE, NODE_IPS)["ipvs_sync"]["services"]
+    assert [server["address"] for server in out[0]["real_servers"]] == expected, case
+
+
+def test_local_policy_ignores_hints_and_a_node_reaches_both_lists():
+    """externalTrafficPolicy Local: the NodePort takes node1's endpoint, hinted for another zone; the
+    ClusterIP takes the zone's; the loop-back set holds node1's endpoint as ever."""
+    services = [service("a", ["10.96.0.1"], [port(80, node_port=30080)], "NodePort", externalTrafficPolicy="Local")]
+    slices = [endpoint_slice("a", [hinted_ep("10.244.1.5", "node1", ["zone-b"]),
+                                   hinted_ep("10.244.2.6", "node2", ["zone-a"])], [("", 80, "TCP")])]
+    state = node_state(Cluster(services, slices, ZONED), None, NODE, NODE_IPS)
+    servers = {(s["address"], s["port"]): [r["address"] for r in s["real_servers"]]
+               for s in state["ipvs_sync"]["services"]}
+    assert servers == {("10.96.0.1", 80): ["10.244.2.6"], ("192.0.2.11", 30080): ["10.244.1.5"]}
+
+
+@pytest.mark.parametrize("hints", [{"forZones": "zone-a"}, {"forNodes": ["node1"]}, "zone-a", {"forZones": [5]}])
+def test_an_endpoint_s_hints_of_another_shape_fail_naming_the_slice(hints):
+    services = [service("a", ["10.96.0.1"], [port(80)])]
+    endpoint = dict(ep("10.244.1.5", "node1"), hints=hints)
+    with pytest.raises(ValueError, match=r"EndpointSlice 'default'/'a-ipv4' endpoints\[0\]: hints is not a mapping"):
+        Cluster(services, [endpoint_slice("a", [endpoint], [("", 80, "TCP")])])
+
+
 def test_missing_conditions_mean_ready_and_serving():
     services = [service("a", ["10.96.0.1"], [port(80)])]
     slices = [endpoint_slice("a", [{"addresses": ["10.244.1.5"], "nodeName": "node2"},
