@@ -49,10 +49,13 @@ def port(name, number, protocol="TCP", target=None, node_port=None):
     return entry
 
 
-def endpoint(address, node, ready=True, serving=None, terminating=False):
+def endpoint(address, node, ready=True, serving=None, terminating=False, zones=(), nodes=()):
     serving = ready if serving is None else serving
-    return {"addresses": [address], "nodeName": node,
-            "conditions": {"ready": ready, "serving": serving, "terminating": terminating}}
+    result = {"addresses": [address], "nodeName": node,
+              "conditions": {"ready": ready, "serving": serving, "terminating": terminating}}
+    if zones or nodes:  # the EndpointSlice controller's topology hints, for a Service's trafficDistribution
+        result["hints"] = {"forZones": [{"name": zone} for zone in zones], "forNodes": [{"name": n} for n in nodes]}
+    return result
 
 
 def endpoint_slice(service_name, suffix, endpoints, ports, address_type="IPv4"):
@@ -88,7 +91,18 @@ SERVICES = [
             sessionAffinityConfig={"clientIP": {"timeoutSeconds": 300}}),
     service("six-local", [port("http", 80, node_port=30086)], "NodePort", ipFamilyPolicy="SingleStack",
             ipFamilies=["IPv6"], externalTrafficPolicy="Local"),
+    # topology-aware routing: the endpoints' hints, against node1's zone (ZONES) and name
+    service("zonal", [port("http", 80)], trafficDistribution="PreferClose"),
+    service("zonal-away", [port("http", 80)], trafficDistribution="PreferClose"),
+    service("zonal-partial", [port("http", 80)], trafficDistribution="PreferClose"),
+    service("same-node", [port("http", 80)], trafficDistribution="PreferSameNode"),
+    service("zonal-local", [port("http", 80, node_port=30087)], "NodePort", externalTrafficPolicy="Local",
+            trafficDistribution="PreferClose"),
+    service("zonal-six", [port("http", 80)], ipFamilyPolicy="SingleStack", ipFamilies=["IPv6"],
+            trafficDistribution="PreferClose"),
 ]
+# The nodes' topology.kubernetes.io/zone labels.
+ZONES = {NODE: "zone-a", "node2": "zone-b", "node3": "zone-a"}
 HERE6, THERE6 = "fd00:10:244:1::", "fd00:10:244:2::"
 HERE, THERE, YONDER = "10.244.1", "10.244.2", "10.244.3"
 SLICES = [
@@ -120,6 +134,28 @@ SLICES = [
     endpoint_slice("six", "a", [endpoint(f"{HERE6}21", NODE), endpoint(f"{THERE6}21", "node2")],
                    [("http", 80, "TCP")], "IPv6"),
     endpoint_slice("six-local", "a", [endpoint(f"{THERE6}22", "node2")], [("http", 80, "TCP")], "IPv6"),
+    # every ready endpoint hinted, two for node1's zone: those alone (the not-ready one has no say)
+    endpoint_slice("zonal", "a", [endpoint(f"{HERE}.30", NODE, zones=["zone-a"]),
+                                  endpoint(f"{THERE}.30", "node2", zones=["zone-b"]),
+                                  endpoint(f"{YONDER}.30", "node3", zones=["zone-a"]),
+                                  endpoint(f"{THERE}.130", "node2", ready=False)], [("http", 80, "TCP")]),
+    # none hinted for node1's zone: every ready endpoint
+    endpoint_slice("zonal-away", "a", [endpoint(f"{THERE}.31", "node2", zones=["zone-b"]),
+                                       endpoint(f"{YONDER}.31", "node3", zones=["zone-b"])], [("http", 80, "TCP")]),
+    # one ready endpoint without a hint: hints ignored
+    endpoint_slice("zonal-partial", "a", [endpoint(f"{THERE}.32", "node2", zones=["zone-a"]),
+                                          endpoint(f"{YONDER}.32", "node3")], [("http", 80, "TCP")]),
+    # node hints on every endpoint, one for node1: that one alone, before the zone hints
+    endpoint_slice("same-node", "a", [endpoint(f"{HERE}.33", NODE, zones=["zone-a"], nodes=[NODE]),
+                                      endpoint(f"{YONDER}.33", "node3", zones=["zone-a"], nodes=["node3"])],
+                   [("http", 80, "TCP")]),
+    # the ClusterIP takes the zone's endpoint (on node2), external traffic node1's own (hinted elsewhere)
+    endpoint_slice("zonal-local", "a", [endpoint(f"{HERE}.34", NODE, zones=["zone-b"]),
+                                        endpoint(f"{THERE}.34", "node2", zones=["zone-a"])], [("http", 80, "TCP")]),
+    endpoint_slice("zonal-six", "a", [endpoint(f"{HERE6}35", NODE, zones=["zone-b"]),
+                                      endpoint(f"{THERE6}35", "node2", zones=["zone-a"]),
+                                      endpoint(f"{THERE6}135", "node2", zones=["zone-b"])],
+                   [("http", 80, "TCP")], "IPv6"),
 ]
 LOAD_BALANCER_STATUS = {"balancer": "192.0.2.80", "balancer-cluster": "192.0.2.81"}
 
@@ -151,6 +187,9 @@ def known_differences_removed(lines):
 
 
 def seed_cluster(cluster):
+    for node, zone in ZONES.items():
+        cluster.call("PATCH", f"/api/v1/nodes/{node}", {"metadata": {"labels": {"topology.kubernetes.io/zone": zone}}},
+                     content_type="application/merge-patch+json")
     for obj in SERVICES + SLICES:
         cluster.add(obj)
     for name, address in LOAD_BALANCER_STATUS.items():
@@ -163,6 +202,11 @@ def in_node(cluster, command):
     namespace = cluster.kube.namespaces[NODE]
     return subprocess.run(["ip", "netns", "exec", namespace, "sh", "-c", command],
                           capture_output=True, text=True, check=True).stdout
+
+
+def interface_addresses(cluster):
+    """Every address of the node's interfaces, lo's too, as kube-proxy lists them for nodePortAddresses."""
+    return [line.split()[3].split("/")[0] for line in in_node(cluster, "ip -o addr show").splitlines()]
 
 
 def iptables_dump(run, save="iptables-save"):
@@ -371,8 +415,10 @@ def test_kube_proxy_configured_otherwise_is_the_node_the_collection_programs(clu
         config = node_port_addresses_set(node_ports)(config)
         return config if localhost else localhost_node_ports_off(config)
 
+    # the node's addresses as the node modules' host lists them, lo's too
     real, state = real_and_rendered(cluster, "iptables", both_families, version, configure,
-                                    node_port_cidrs=node_ports, localhost_node_ports=localhost)
+                                    node_port_cidrs=node_ports, localhost_node_ports=localhost,
+                                    node_port_addresses=interface_addresses(cluster))
     program(netns, "iptables", state)
     ours = both_families(netns.sh)
 
@@ -387,29 +433,44 @@ def test_kube_proxy_configured_otherwise_is_the_node_the_collection_programs(clu
 
 
 # nftables mode with nodePortAddresses CIDRs (its default, "primary", is the tests' above), each on
-# one release: the node's IPv4 subnet (IPv6 then on every address), and every IPv4 address with the
-# node's IPv6 address alone.
+# one release, with the nodeport-ips elements kube-proxy must write (a family without a set accepts
+# NodePorts on every local address). nftables mode never serves NodePorts on loopback: an explicit
+# 127.0.0.0/8 or ::1/128, or v1.37's "localhost", matches lo's address, which it skips.
 NFT_CONFIG_CASES = [
-    ("ipv4-subnet", lambda kube: [str(kube.subnet)], 0),
-    ("ipv4-all-ipv6-node", lambda kube: ["0.0.0.0/0", f"{kube.node_ip6(NODE)}/128"], -1),
+    # the node's IPv4 subnet: IPv6 then on every address
+    ("ipv4-subnet", lambda kube: [str(kube.subnet)], 0, lambda kube: {("ip", kube.node_ip(NODE))}),
+    # every IPv4 address, and the node's IPv6 address alone
+    ("ipv4-all-ipv6-node", lambda kube: ["0.0.0.0/0", f"{kube.node_ip6(NODE)}/128"], -1,
+     lambda kube: {("ip6", kube.node_ip6(NODE))}),
+    # the subnet and loopback: 127.0.0.1 is in a CIDR, and skipped
+    ("ipv4-subnet-and-loopback", lambda kube: [str(kube.subnet), "127.0.0.0/8"], 1,
+     lambda kube: {("ip", kube.node_ip(NODE))}),
+    # loopback alone, in both families: both sets stay empty, no NodePort is served anywhere
+    ("loopback-only", lambda kube: ["127.0.0.0/8", "::1/128"], 2, lambda kube: set()),
+    # v1.37's keywords: "localhost" adds nothing, "primary" the node's address of each family
+    ("keywords", lambda kube: ["localhost", "primary"], -1,
+     lambda kube: {("ip", kube.node_ip(NODE)), ("ip6", kube.node_ip6(NODE))}),
 ]
 
 
-@pytest.mark.parametrize("case, cidrs, release", NFT_CONFIG_CASES, ids=[case[0] for case in NFT_CONFIG_CASES])
+@pytest.mark.parametrize("case, cidrs, release, elements", NFT_CONFIG_CASES, ids=[case[0] for case in NFT_CONFIG_CASES])
 def test_nftables_kube_proxy_with_node_port_cidrs_is_the_node_the_collection_programs(
-        cluster, netns, case, cidrs, release):
-    version = sorted(KUBE_PROXY_VERSIONS, key=parse_version)[release]
+        cluster, netns, case, cidrs, release, elements):
+    releases = sorted(KUBE_PROXY_VERSIONS, key=parse_version)  # oldest first, -1 the newest
+    version = releases[release % len(releases)]
+    assert case != "keywords" or parse_version(version)[:2] >= NODE_PORT_KEYWORDS_FROM, (
+        f"the lab's newest kube-proxy, v{version}, predates the nodePortAddresses keywords")
     node_ports = cidrs(cluster.kube)
+    held = interface_addresses(cluster)
+    assert "127.0.0.1" in held and cluster.node_ip(NODE) in held, held
+    # the node's addresses as the node modules' host lists them, loopback ones too: kube-proxy skips those
     real, state = real_and_rendered(cluster, "nftables", nft_dump, version, node_port_addresses_set(node_ports),
-                                    ip_families=["ipv4", "ipv6"], node_port_cidrs=node_ports)
+                                    ip_families=["ipv4", "ipv6"], node_port_cidrs=node_ports, node_port_addresses=held)
     program(netns, "nftables", state)
     ours = nft_dump(netns.sh)
 
-    elements = {line.split()[0]: line.split(" element ")[1] for line in real if "set nodeport-ips element" in line}
-    if case == "ipv4-subnet":
-        assert elements == {"ip": cluster.node_ip(NODE)}, elements  # the IPv6 set is gone: every address
-    else:
-        assert elements == {"ip6": cluster.kube.node_ip6(NODE)}, elements
+    written = {(line.split()[0], line.split(" element ")[1]) for line in real if "set nodeport-ips element" in line}
+    assert written == elements(cluster.kube), written
     diff = differences(real, ours)
     assert not diff, "\n".join(diff[:80]) + "\n" + json.dumps(state["counts"])
 
