@@ -103,14 +103,15 @@ settings:
       from the C(nftables) section, the others from C(iptables)). Roles use this rather than reading
       the configuration's own field paths.
     - C(localhost_node_ports) is C(iptables.localhostNodePorts) (unset - true); C(node_port_addresses) is
-      C(nodePortAddresses) as written, keywords such as C(primary) included.
+      C(nodePortAddresses) as written, keywords such as C(primary) included; C(feature_gates) the
+      C(featureGates) set to true or false.
     - Empty when RV(config) is null.
   returned: success
   type: dict
   sample: {mode: ipvs, ipvs_scheduler: rr, ipvs_exclude_cidrs: [192.0.2.50/32], cluster_cidr: 10.244.0.0/16,
            masquerade_bit: {iptables: 14, ipvs: 14, nftables: 14},
            masquerade_all: {iptables: false, ipvs: false, nftables: false}, node_port_addresses: [],
-           localhost_node_ports: true}
+           localhost_node_ports: true, feature_gates: {}}
 configmap:
   description: The ConfigMap as namespace/name.
   returned: success

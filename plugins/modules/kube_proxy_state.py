@@ -172,6 +172,18 @@ options:
         the C(KUBE-FIREWALL) rule that drops other traffic to C(127.0.0.0/8).
     type: bool
     default: true
+  feature_gates:
+    description:
+      - kube-proxy's C(featureGates) (RV(kubeipvs.node.kube_proxy_config#module:settings.feature_gates)), for the gates
+        that change what it programs, each in the releases where it may be set - C(AllowServiceExternalIPs=false)
+        (v1.36 and later) leaves every Service's external IPs out; C(PreferSameTrafficDistribution=false) (v1.34)
+        ignores endpoints' node hints.
+      - Refused before the cluster is read - C(KubeProxyNFTablesLocalhostNodePorts=true) (v1.37 and later) in
+        nftables mode, whose localhost NodePort proxy is not rendered, and C(KubeProxyIPVS=false) (v1.37 and
+        later) in IPVS mode, which kube-proxy then refuses.
+      - Other gates change nothing kube-proxy programs and are ignored.
+    type: dict
+    default: {}
   kube_proxy_version:
     description:
       - The kube-proxy release to render for (C(v1.34.4), C(1.34)) - what kube-proxy writes changes
@@ -417,6 +429,7 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_cat
     IPVS_SCHEDULERS,
     PROXY_MODES,
     RENDERED_VERSIONS,
+    gate_settings,
     image_tag,
     iptables_sysctls,
     localhost_node_ports,
@@ -634,6 +647,9 @@ def compute(module):
     given = params["kube_proxy_version"]
     if given and parse_version(given) is None:
         raise KubeIpvsError(f"kube_proxy_version {given!r} is not a Kubernetes version; give it as v1.34.4 or 1.34")
+    wrong = sorted(name for name, flag in params["feature_gates"].items() if not isinstance(flag, bool))
+    if wrong:
+        raise KubeIpvsError(f"feature_gates: {', '.join(map(str, wrong))} must be true or false, as in featureGates")
     if params["dest"] is not None and os.path.exists(params["dest"]) and not os.path.isdir(params["dest"]):
         raise KubeIpvsError(f"dest {params['dest']} exists and is not a directory; name a directory for the state files")
     client = client_from_module(module)
@@ -648,6 +664,7 @@ def compute(module):
                     f"rendering it as v{'.'.join(map(str, rendered))}")
     try:
         node_port_cidrs(params["node_port_cidrs"], [], rendered)
+        gates = gate_settings(params["feature_gates"], rendered, params["mode"])
     except ValueError as error:
         raise KubeIpvsError(str(error)) from None
     if params["nodes"] == []:  # the versions alone (a switch's preflight): no list to read
@@ -663,7 +680,7 @@ def compute(module):
     if service_cidrs is None and params["mode"] == "nftables":
         service_cidrs = service_cidrs_from_api(client)
     try:
-        cluster = Cluster(services, slices)
+        cluster = Cluster(services, slices, gates=gates)
         del services, slices  # the cluster holds them; one node's state at a time beside them
         if zone_hinted(cluster.endpoint_slices):
             cluster.zones = node_zones_from_api(client, sorted(node_ips))
@@ -748,6 +765,7 @@ def main():
         node_port_addresses=dict(type="list", elements="str"),
         node_port_cidrs=dict(type="list", elements="str", default=[]),
         localhost_node_ports=dict(type="bool", default=True),
+        feature_gates=dict(type="dict", default={}),
         kube_proxy_version=dict(type="str"),
         daemonset_name=dict(type="str", default="kube-proxy"),
         daemonset_namespace=dict(type="str", default="kube-system"),

@@ -556,3 +556,36 @@ def test_zone_hints_take_each_node_s_zone_label_and_a_clear_error_without_the_ri
                                     "labels pick the endpoints of Services with zone hints; grant get and list " \
                                     "on nodes" in denied["msg"], denied
     assert not cluster.writes()
+
+
+def test_feature_gates_shape_the_rendering_and_refuse_what_is_not_rendered(cluster):
+    """kube-proxy's featureGates: AllowServiceExternalIPs=false leaves the external IPs out; a gate that
+    rules the mode out fails - with no node listed too, as the switch's preflight asks - and so does a
+    gate that is not true or false, before the cluster is read."""
+    cluster.add({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "outside", "namespace": "default"},
+                 "spec": {"clusterIP": "10.100.9.41", "clusterIPs": ["10.100.9.41"], "externalIPs": ["198.51.100.41"],
+                          "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}})
+    common = {"node_name": "node1", "node_ips": ["192.0.2.11"], "kube_proxy_version": "v1.37.2"}
+    cluster.mark()
+    programmed, left_out, localhost, ipvs_off, preflight, not_a_flag = cluster.modules([
+        ("kube_proxy_state", dict(common, mode="iptables")),
+        ("kube_proxy_state", dict(common, mode="iptables", feature_gates={"AllowServiceExternalIPs": False})),
+        ("kube_proxy_state", dict(common, mode="nftables",
+                                  feature_gates={"KubeProxyNFTablesLocalhostNodePorts": True})),
+        ("kube_proxy_state", dict(common, mode="ipvs", feature_gates={"KubeProxyIPVS": False})),
+        ("kube_proxy_state", {"nodes": [], "mode": "ipvs", "kube_proxy_version": "v1.37.2",
+                              "feature_gates": {"KubeProxyIPVS": False}}),
+        ("kube_proxy_state", dict(common, mode="iptables", feature_gates={"AllowServiceExternalIPs": "no"})),
+    ])
+    assert "198.51.100.41" in json.dumps(programmed["iptables_chain"]), programmed
+    assert not left_out.get("failed") and "198.51.100.41" not in json.dumps(left_out["iptables_chain"]), left_out
+    assert localhost.get("failed") and "KubeProxyNFTablesLocalhostNodePorts=true on kube-proxy 1.37 makes " \
+                                       "kube-proxy serve localhost NodePorts" in localhost["msg"], localhost
+    for refused in (ipvs_off, preflight):
+        assert refused.get("failed") and "KubeProxyIPVS=false on kube-proxy 1.37 makes kube-proxy refuse IPVS " \
+                                         "mode" in refused["msg"], refused
+    assert not_a_flag.get("failed") and not_a_flag["msg"] == \
+        "feature_gates: AllowServiceExternalIPs must be true or false, as in featureGates", not_a_flag
+    # the refused calls read the versions alone, never a Service
+    services_read = [r for r in cluster.requests() if r.uri.startswith("/api/v1/services")]
+    assert len(services_read) == 2, services_read

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-from kube_fixtures import seed_kubeadm_kube_proxy
+from kube_fixtures import KUBEADM_CONFIG_IN_A_NAMESPACE, seed_kubeadm_kube_proxy
 
 
 def preflight(cluster, node="node1", kubeconfig=None, **role_vars):
@@ -74,4 +74,18 @@ def test_unknown_target_and_node_without_kube_proxy_fail_first(cluster):
     stranger = preflight(cluster, node="node9", kube_proxy_target_mode="nftables")
     assert "node9 runs no pod of DaemonSet kube-system/kube-proxy" in failure(stranger), stranger
     assert "nodes running one: node1, node2, node3" in failure(stranger)
+    assert not cluster.writes()
+
+
+def test_a_feature_gate_that_rules_the_target_mode_out_stops_the_preflight(cluster):
+    """kube-proxy v1.37 configured with KubeProxyIPVS off would refuse IPVS mode: the preflight says so,
+    from the ConfigMap, before any node is touched; the other targets pass that check."""
+    config = KUBEADM_CONFIG_IN_A_NAMESPACE.replace("kind: KubeProxyConfiguration\n",
+                                    "featureGates:\n  KubeProxyIPVS: false\nkind: KubeProxyConfiguration\n", 1)
+    seed_kubeadm_kube_proxy(cluster, config_text=config)
+    refused = preflight(cluster, kube_proxy_target_mode="ipvs")
+    assert "feature_gates: KubeProxyIPVS=false on kube-proxy 1.37 makes kube-proxy refuse IPVS mode" \
+        in (failure(refused) or ""), refused
+    passed = preflight(cluster, kube_proxy_target_mode="nftables")
+    assert "KubeProxyIPVS" not in (failure(passed) or ""), passed
     assert not cluster.writes()

@@ -296,9 +296,48 @@ def start_kube_proxy(cluster, mode, dump, version, configure=None):
         config = configure(config)
     seed_kubeadm_kube_proxy(cluster, config_text=config, image=KUBE_PROXY_IMAGES[version])
     first_sync_done(cluster)
+    zone_announced(cluster)
     if mode == "nftables":
         service_cidrs_synced(cluster)
     return steady(lambda: dump(lambda command: in_node(cluster, command)))
+
+
+def full_syncs(cluster):
+    """node1's kube-proxy's full syncs so far, per proxier (its metric's label set -> count)."""
+    metrics = in_node(cluster, "curl -fsS -m 2 http://127.0.0.1:10249/metrics || true")
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+            if line.startswith("kubeproxy_sync_full_proxy_rules_duration_seconds_count")}
+
+
+def full_sync_after(cluster, counts, tries=60):
+    """Until every proxier of node1's kube-proxy has done a full sync more than ``counts`` (full_syncs')."""
+    for _attempt in range(tries):
+        now = full_syncs(cluster)
+        if now and all(now.get(key, 0) > value for key, value in counts.items()):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"kube-proxy did no full sync after its node's zone changed: {counts} -> {now}")
+
+
+def zone_changed_and_back(cluster):
+    """node1's zone label changed and set back, each change waited for until every proxier of its
+    kube-proxy has done a full sync after it."""
+    zone = "topology.kubernetes.io/zone"
+    before = cluster.get("Node", NODE)["metadata"].get("labels", {}).get(zone)
+    for value in (f"{before}-changed", before):
+        counts = full_syncs(cluster)
+        cluster.patch("Node", NODE, {"metadata": {"labels": {zone: value}}})
+        full_sync_after(cluster, counts)
+
+
+def zone_announced(cluster):
+    """Until node1's kube-proxy knows its node's zone. Every release can miss it at start: it adds the
+    handler that tracks the zone label to the node informer, already running, before it registers the
+    proxier with that handler, so the informer may deliver the Node first - to no proxier - and the
+    handler then passes on changes of the label only. That kube-proxy serves every zone-hinted
+    endpoint until the label changes (seen under load on this host, in both modes); changing it and
+    back makes it learn the zone, as any later change of the label does."""
+    zone_changed_and_back(cluster)
 
 
 def service_cidrs_synced(cluster, tries=60, nudge_after=5):
@@ -307,20 +346,18 @@ def service_cidrs_synced(cluster, tries=60, nudge_after=5):
     first sync, and writes the rule only in a full sync: when the CIDRs arrive after the first one,
     the rule waits for the next full sync, an hour later (``FullSyncPeriod``) unless something forces
     one sooner. A change of the node's topology labels is such a thing, so after ``nudge_after``
-    looks the test changes node1's zone label and sets it back (the fixture has no topology hints:
-    the zone changes nothing else). Until then the node is a real but passing state."""
+    looks the test changes node1's zone label and sets it back, each change waited for until every
+    proxier has done a full sync after it (the fixture's topology hints make the zone matter: the node
+    must end on a sync with node1's own zone). Until then the node is a real but passing state."""
     tables = "nft list tables | grep -E 'kube-proxy$' || true"
     rule = "Drop traffic to unallocated ClusterIPs"
-    zone = "topology.kubernetes.io/zone"
     for attempt in range(tries):
         names = [" ".join(line.split()[1:3]) for line in in_node(cluster, tables).splitlines() if line.strip()]
         listings = [in_node(cluster, f"nft list chain {name} cluster-ips-check 2>/dev/null || true") for name in names]
         if names and all(rule in listing for listing in listings):
             return
         if attempt == nudge_after:
-            before = cluster.get("Node", NODE)["metadata"].get("labels", {}).get(zone)
-            cluster.patch("Node", NODE, {"metadata": {"labels": {zone: f"{before}-full-sync"}}})
-            cluster.patch("Node", NODE, {"metadata": {"labels": {zone: before}}})
+            zone_changed_and_back(cluster)
         time.sleep(2)
     raise AssertionError(f"kube-proxy's tables never dropped traffic to unallocated ClusterIPs: {names}")
 
@@ -471,6 +508,40 @@ def test_nftables_kube_proxy_with_node_port_cidrs_is_the_node_the_collection_pro
 
     written = {(line.split()[0], line.split(" element ")[1]) for line in real if "set nodeport-ips element" in line}
     assert written == elements(cluster.kube), written
+    diff = differences(real, ours)
+    assert not diff, "\n".join(diff[:80]) + "\n" + json.dumps(state["counts"])
+
+
+def feature_gates(gates):
+    """kube-proxy's configuration with ``gates`` (name -> bool) as its featureGates."""
+    text = "featureGates:\n" + "".join(f"  {name}: {str(flag).lower()}\n" for name, flag in gates.items())
+    return lambda config: config.replace("kind: KubeProxyConfiguration\n", text + "kind: KubeProxyConfiguration\n", 1)
+
+
+# Feature gates that change what kube-proxy programs, each where it may be set: external IPs left
+# out (v1.36 and later), node hints ignored (v1.34 alone; zone hints then decide).
+GATE_CASES = [
+    ("no-external-ips", {"AllowServiceExternalIPs": False}, (1, 36)),
+    ("no-node-hints", {"PreferSameTrafficDistribution": False}, (1, 34)),
+]
+
+
+@pytest.mark.parametrize("mode", ["iptables", "nftables"])
+@pytest.mark.parametrize("case, gates, release", GATE_CASES, ids=[case[0] for case in GATE_CASES])
+def test_kube_proxy_with_feature_gates_is_the_node_the_collection_programs(cluster, netns, case, gates, release, mode):
+    version = next((v for v in sorted(KUBE_PROXY_VERSIONS, key=parse_version) if parse_version(v)[:2] == release), None)
+    assert version, f"the lab builds no kube-proxy v{'.'.join(map(str, release))}, which case {case} needs"
+    dump = both_families if mode == "iptables" else nft_dump
+    real, state = real_and_rendered(cluster, mode, dump, version, feature_gates(gates),
+                                    **({"ip_families": ["ipv4", "ipv6"]} if mode == "nftables" else {}),
+                                    feature_gates=gates)
+    program(netns, mode, state)
+    ours = dump(netns.sh)
+    text = "\n".join(real)
+    if case == "no-external-ips":
+        assert "198.51.100.7" not in text and "2001:db8:7::7" not in text, "kube-proxy programmed the external IPs"
+    else:  # same-node's endpoints: node hints ignored, the zone's two serve node1
+        assert "10.244.3.33" in text, "kube-proxy heeded the node hints"
     diff = differences(real, ours)
     assert not diff, "\n".join(diff[:80]) + "\n" + json.dumps(state["counts"])
 

@@ -258,6 +258,54 @@ def proxier_families(ipv6, version):
     return [IPV4, IPV6] if ipv6["kernel"] and not off else [IPV4]
 
 
+# --- feature gates ------------------------------------------------------------------------------
+
+# The gates that change what kube-proxy programs, each with the first release that has it, the last
+# release where it may be set (None: every rendered one) and its default there (pkg/features).
+# AllowServiceExternalIPs off: no Service's externalIPs are programmed (pkg/proxy/serviceport.go).
+# PreferSameTrafficDistribution off (settable in v1.34 alone, locked on from v1.35): endpoints'
+# node hints are ignored (pkg/proxy/endpointslicecache.go). KubeProxyNFTablesLocalhostNodePorts on:
+# nftables mode serves localhost NodePorts from a userspace proxy, with rules the collection does
+# not render. KubeProxyIPVS off (deprecated from v1.37): kube-proxy refuses IPVS mode.
+ALLOW_EXTERNAL_IPS = "AllowServiceExternalIPs"
+PREFER_SAME_NODE = "PreferSameTrafficDistribution"
+NFT_LOCALHOST_NODE_PORTS = "KubeProxyNFTablesLocalhostNodePorts"
+IPVS_GATE = "KubeProxyIPVS"
+DATAPLANE_GATES = {
+    ALLOW_EXTERNAL_IPS: ((1, 36), None, True),
+    PREFER_SAME_NODE: ((1, 34), (1, 34), True),
+    NFT_LOCALHOST_NODE_PORTS: ((1, 37), None, False),
+    IPVS_GATE: ((1, 37), None, True),
+}
+# Gate values that rule a mode out: gate -> (mode, the value, why).
+REFUSED_GATES = {
+    NFT_LOCALHOST_NODE_PORTS: ("nftables", True, "makes kube-proxy serve localhost NodePorts with rules the "
+                               "collection does not render; switch it off (its default) to pre-program nftables mode"),
+    IPVS_GATE: ("ipvs", False, "makes kube-proxy refuse IPVS mode; choose another mode, or remove the gate"),
+}
+
+
+def gate_settings(gates, version, mode):
+    """What kube-proxy ``version`` in ``mode`` does with its featureGates ``gates`` (name -> bool), for
+    the renderers: {"external_ips": bool, "node_hints": bool}. ValueError naming a gate set to a value
+    the collection does not render in ``mode``; gates the release does not have, or may not set, and
+    every other gate are what kube-proxy makes of them (it refuses to start on an unknown one)."""
+    minor = tuple(version)[:2]
+
+    def value(name):
+        first, last, default = DATAPLANE_GATES[name]
+        if minor < first or (last is not None and minor > last):
+            return default
+        flag = (gates or {}).get(name)
+        return default if flag is None else flag
+
+    for name, (refused_mode, refused, why) in REFUSED_GATES.items():
+        if mode == refused_mode and minor >= DATAPLANE_GATES[name][0] and value(name) is refused:
+            raise ValueError(f"feature_gates: {name}={str(refused).lower()} on kube-proxy "
+                             f"{'.'.join(map(str, minor))} {why}")
+    return {"external_ips": value(ALLOW_EXTERNAL_IPS), "node_hints": value(PREFER_SAME_NODE)}
+
+
 # --- nodePortAddresses, localhost NodePorts and iptables mode's sysctl --------------------------
 
 # kube-proxy's nodePortAddresses keywords: "primary" (the node's IP of each family, /32 and /128)

@@ -211,7 +211,15 @@ def settings_of(config):
         "masquerade_all": {mode: field(config, (name, "masqueradeAll")) is True for mode, name in section.items()},
         "node_port_addresses": strings(("nodePortAddresses",)),
         "localhost_node_ports": field(config, ("iptables", "localhostNodePorts")) is not False,
+        "feature_gates": gates(field(config, ("featureGates",))),
     }
+
+
+def gates(value):
+    """The featureGates set to true or false (a gate of another type counts as unset)."""
+    if not isinstance(value, dict):
+        return {}
+    return {name: flag for name, flag in value.items() if isinstance(name, str) and isinstance(flag, bool)}
 
 
 def field(config, path):

@@ -93,14 +93,15 @@ def hint_names(hints, field):
     return frozenset(entry.get("name") for entry in entries if isinstance(entry.get("name"), str)) or NO_HINTS
 
 
-def endpoint_rows(slices, family):
+def endpoint_rows(slices, family, node_hints=True):
     """(namespace, service, port name, protocol) -> [(address, port, ready, serving, terminating, node name,
     address as a number, zone hints, node hints)]
     from the slices of one family: what every node's endpoints are made of (``Cluster``).
 
     As kube-proxy's endpoint slice cache: only the first address of an endpoint counts; a
     missing ready or serving condition means true, a missing terminating one false; every
-    endpoint is kept whatever its conditions (categorize() picks).
+    endpoint is kept whatever its conditions (categorize() picks). Without ``node_hints`` (the
+    PreferSameTrafficDistribution gate off) endpoints' node hints are left out, as kube-proxy does.
     """
     address_type = KUBERNETES[family]
     result = {}
@@ -127,7 +128,7 @@ def endpoint_rows(slices, family):
                     bucket[key] = (str(address), port["port"], conditions.get("ready") is not False,
                                    conditions.get("serving") is not False, terminating, endpoint.get("nodeName"),
                                    int(address), hint_names(endpoint.get("hints"), "forZones"),
-                                   hint_names(endpoint.get("hints"), "forNodes"))
+                                   hint_names(endpoint.get("hints"), "forNodes") if node_hints else NO_HINTS)
     return {key: list(bucket.values()) for key, bucket in result.items()}
 
 
@@ -276,10 +277,10 @@ class ServicePort:
     endpoint has topology hints, so which of them serve depends on the node.
     """
 
-    __slots__ = ("affinity", "cluster_endpoints", "cluster_ip", "endpoints", "external_endpoints", "external_ips",
-                 "external_local", "health_check_node_port", "hinted", "internal_endpoints", "internal_local",
-                 "lb_ips", "local_endpoints", "name", "namespace", "node_port", "port", "port_name", "protocol",
-                 "source_ranges")
+    __slots__ = ("accessible", "affinity", "cluster_endpoints", "cluster_ip", "endpoints", "external_endpoints",
+                 "external_ips", "external_local", "health_check_node_port", "hinted", "internal_endpoints",
+                 "internal_local", "lb_ips", "local_endpoints", "name", "namespace", "node_port", "port", "port_name",
+                 "protocol", "source_ranges")
 
     def __init__(self, **fields):
         for name in self.__slots__:
@@ -293,14 +294,16 @@ class ServicePort:
 
     @property
     def external(self):
-        """Whether the port is reachable from outside the cluster network (NodePort, external or LB IP)."""
-        return bool(self.node_port or self.lb_ips or self.external_ips)
+        """Whether the port is reachable from outside the cluster network (NodePort, external or LB IP) -
+        kube-proxy's ExternallyAccessible, which counts external IPs it does not program (``accessible``)."""
+        return self.accessible
 
 
 class ServiceShape:
     """What one Service is for one IP family, before any endpoint: parsed once, whatever the node."""
 
-    __slots__ = ("affinity", "cluster_ip", "external_ips", "external_local", "health_check_node_port",
+    __slots__ = ("affinity", "cluster_ip", "external_ips", "external_ips_unprogrammed", "external_local",
+                 "health_check_node_port",
                  "internal_local", "lb_ips", "name", "namespace", "ports", "source_ranges")
 
     def __init__(self, **fields):
@@ -308,9 +311,11 @@ class ServiceShape:
             setattr(self, name, fields[name])
 
 
-def service_shape(service, family):
+def service_shape(service, family, external_ips=True):
     """The ServiceShape of one Service for one family; None for ExternalName, headless, another
-    proxy's Services or a Service without a ClusterIP of the family."""
+    proxy's Services or a Service without a ClusterIP of the family. Without ``external_ips`` (the
+    AllowServiceExternalIPs gate off) its externalIPs are not programmed, as kube-proxy does; they
+    still make its ports externally accessible (``external_ips_unprogrammed``)."""
     metadata, spec = service.get("metadata") or {}, service.get("spec") or {}
     if (spec.get("type") == "ExternalName" or SERVICE_PROXY_NAME_LABEL in (metadata.get("labels") or {})):
         return None
@@ -318,7 +323,9 @@ def service_shape(service, family):
     cluster_ip = next((ip for ip in cluster_ips if ip is not None and family_of(ip) == family), None)
     if cluster_ip is None:  # headless, or no ClusterIP of this family
         return None
-    external_ips = [ip for ip in map(parse_ip, spec.get("externalIPs") or []) if ip and family_of(ip) == family]
+    listed = [ip for ip in map(parse_ip, spec.get("externalIPs") or []) if ip and family_of(ip) == family]
+    unprogrammed = bool(listed) and not external_ips
+    external_ips = [] if unprogrammed else listed
     ingress = ((service.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
     # ipMode Proxy: the load balancer proxies, the node must not capture the VIP.
     lb_ips = [parse_ip(i.get("ip")) for i in ingress if i.get("ip") and (i.get("ipMode") or "VIP") == "VIP"]
@@ -335,7 +342,8 @@ def service_shape(service, family):
     health_check = spec.get("healthCheckNodePort") if external_local and spec.get("type") == "LoadBalancer" else 0
     return ServiceShape(
         namespace=metadata.get("namespace") or "", name=metadata.get("name") or "", cluster_ip=str(cluster_ip),
-        external_ips=[str(ip) for ip in external_ips], lb_ips=[str(ip) for ip in lb_ips],
+        external_ips=[str(ip) for ip in external_ips], external_ips_unprogrammed=unprogrammed,
+        lb_ips=[str(ip) for ip in lb_ips],
         source_ranges=source_ranges, affinity=affinity, external_local=external_local,
         internal_local=spec.get("internalTrafficPolicy") == "Local", health_check_node_port=health_check or 0,
         ports=[(port.get("name") or "", port.get("protocol") or "TCP", port["port"], port.get("nodePort") or 0)
@@ -356,13 +364,14 @@ def shape_ports(shape, endpoint_map, node_name=None, zone=None):
     result = []
     for port_name, protocol, port, node_port in shape.ports:
         endpoints = endpoint_map.get((shape.namespace, shape.name, port_name, protocol), [])
-        port_accessible = bool(node_port or shape.lb_ips or shape.external_ips)
+        port_accessible = bool(node_port or shape.lb_ips or shape.external_ips or shape.external_ips_unprogrammed)
         cluster, local = categorize(endpoints, not shape.internal_local or port_accessible,
                                     shape.internal_local or (shape.external_local and port_accessible),
                                     node_name, zone)
         result.append(ServicePort(
             namespace=shape.namespace, name=shape.name, port_name=port_name, protocol=protocol,
             cluster_ip=shape.cluster_ip, port=port, node_port=node_port, external_ips=shape.external_ips,
+            accessible=port_accessible,
             lb_ips=shape.lb_ips, source_ranges=shape.source_ranges, affinity=shape.affinity,
             internal_local=shape.internal_local, external_local=shape.external_local,
             health_check_node_port=shape.health_check_node_port, endpoints=endpoints, hinted=hinted(endpoints),
@@ -537,13 +546,16 @@ class Cluster:
     on the node - its endpoints' locality and so the traffic policies, its addresses - is worked out
     per node; checking the objects, parsing addresses and sorting Services happen here, once.
     ``zones``: node name -> its topology.kubernetes.io/zone label, for endpoints with zone hints.
+    ``gates``: what kube-proxy's feature gates make of them (``_kube_proxy_catalogue.gate_settings``:
+    whether it programs external IPs and heeds node hints); None - their defaults.
     """
 
-    def __init__(self, services, endpoint_slices, zones=None):
+    def __init__(self, services, endpoint_slices, zones=None, gates=None):
         check_cluster_objects(services, endpoint_slices)
         self.services = sorted(services, key=service_key)
         self.endpoint_slices = endpoint_slices
         self.zones = dict(zones or {})
+        self.gates = dict({"external_ips": True, "node_hints": True}, **(gates or {}))
         self._families = {}
         self._cluster_ip_families = None
         self.memo = {}  # a renderer's parts that are the same on every node, by renderer
@@ -559,9 +571,10 @@ class Cluster:
         (namespace, name) of the Services with topology hints) of a family. Endpoints are shared between
         nodes; a node's own are the only ones it sees differently."""
         if family not in self._families:
-            shapes = [shape for shape in (service_shape(service, family) for service in self.services) if shape]
+            shapes = [shape for shape in (service_shape(service, family, self.gates["external_ips"])
+                                          for service in self.services) if shape]
             remote, local, hinted_services = {}, {}, set()
-            for key, rows in endpoint_rows(self.endpoint_slices, family).items():
+            for key, rows in endpoint_rows(self.endpoint_slices, family, self.gates["node_hints"]).items():
                 remote[key] = [Endpoint(*row[:5], False, *row[6:]) for row in rows]
                 if hinted(remote[key]):
                     hinted_services.add(key[:2])

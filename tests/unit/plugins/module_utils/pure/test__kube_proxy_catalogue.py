@@ -11,6 +11,7 @@ from ansible_collections.kubeipvs.node.plugins.module_utils.pure._kube_proxy_cat
     RENDERED_VERSIONS,
     addresses_in,
     check_version,
+    gate_settings,
     image_tag,
     iptables_sysctls,
     localhost_node_ports,
@@ -123,3 +124,30 @@ def test_addresses_in_the_networks_once_each_in_their_order():
     networks = node_port_networks(["192.0.2.0/24", "127.0.0.0/8"], "ipv4")
     assert addresses_in(networks, ["198.51.100.1", "192.0.2.12", "2001:db8::1", "127.0.0.1", "192.0.2.12",
                                    "not an address"]) == ["192.0.2.12", "127.0.0.1"]
+
+
+@pytest.mark.parametrize("gates, version, mode, expected", [
+    ({}, (1, 37), "nftables", {"external_ips": True, "node_hints": True}),
+    # AllowServiceExternalIPs from v1.36; before, kube-proxy has no such gate (and would refuse it)
+    ({"AllowServiceExternalIPs": False}, (1, 36), "iptables", {"external_ips": False, "node_hints": True}),
+    ({"AllowServiceExternalIPs": False}, (1, 35), "iptables", {"external_ips": True, "node_hints": True}),
+    # PreferSameTrafficDistribution may be set in v1.34 alone; locked on after
+    ({"PreferSameTrafficDistribution": False}, (1, 34), "ipvs", {"external_ips": True, "node_hints": False}),
+    ({"PreferSameTrafficDistribution": False}, (1, 35), "ipvs", {"external_ips": True, "node_hints": True}),
+    # gates that change nothing kube-proxy programs, and the refused ones in other modes
+    ({"SomeGate": False, "KubeProxyNFTablesLocalhostNodePorts": True}, (1, 37), "iptables",
+     {"external_ips": True, "node_hints": True}),
+    ({"KubeProxyIPVS": False}, (1, 37), "nftables", {"external_ips": True, "node_hints": True}),
+    ({"KubeProxyNFTablesLocalhostNodePorts": True}, (1, 36), "nftables", {"external_ips": True, "node_hints": True}),
+])
+def test_gate_settings_are_what_each_release_makes_of_the_gates(gates, version, mode, expected):
+    assert gate_settings(gates, version, mode) == expected
+
+
+@pytest.mark.parametrize("gates, mode, what", [
+    ({"KubeProxyNFTablesLocalhostNodePorts": True}, "nftables", "localhost NodePorts"),
+    ({"KubeProxyIPVS": False}, "ipvs", "refuse IPVS mode"),
+])
+def test_gate_settings_refuse_a_gate_that_rules_the_mode_out(gates, mode, what):
+    with pytest.raises(ValueError, match=f"feature_gates: {next(iter(gates))}=.* on kube-proxy 1.37 .*{what}"):
+        gate_settings(gates, (1, 37), mode)

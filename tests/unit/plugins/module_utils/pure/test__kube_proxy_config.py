@@ -193,13 +193,14 @@ def test_settings_of_a_kubeadm_config_take_kube_proxy_s_defaults():
                         "cluster_cidr": "10.244.0.0/16",
                         "masquerade_bit": {"iptables": 14, "ipvs": 14, "nftables": 14},
                         "masquerade_all": {"iptables": False, "ipvs": False, "nftables": False},
-                        "node_port_addresses": [], "localhost_node_ports": True}
+                        "node_port_addresses": [], "localhost_node_ports": True, "feature_gates": {}}
 
 
 def test_settings_read_each_mode_s_own_section_and_keep_a_bit_of_zero():
     config = {"mode": "nftables", "ipvs": {"scheduler": "wlc", "excludeCIDRs": ["192.0.2.50/32"]},
               "iptables": {"masqueradeBit": 0, "masqueradeAll": True, "localhostNodePorts": False},
-              "nftables": {"masqueradeBit": 15}, "nodePortAddresses": ["primary", "192.0.2.0/24"]}
+              "nftables": {"masqueradeBit": 15}, "nodePortAddresses": ["primary", "192.0.2.0/24"],
+              "featureGates": {"AllowServiceExternalIPs": False, "SomeGate": True, "NotABool": "yes"}}
     settings = settings_of(config)
     assert settings["mode"] == "nftables" and settings["ipvs_scheduler"] == "wlc"
     assert settings["ipvs_exclude_cidrs"] == ["192.0.2.50/32"]
@@ -207,6 +208,7 @@ def test_settings_read_each_mode_s_own_section_and_keep_a_bit_of_zero():
     assert settings["masquerade_all"] == {"iptables": True, "ipvs": True, "nftables": False}
     assert settings["node_port_addresses"] == ["primary", "192.0.2.0/24"]
     assert settings["localhost_node_ports"] is False
+    assert settings["feature_gates"] == {"AllowServiceExternalIPs": False, "SomeGate": True}
 
 
 @pytest.mark.parametrize("config", [None, "mode: ipvs", {"mode": 3, "iptables": {"masqueradeBit": True},
@@ -216,6 +218,7 @@ def test_settings_of_something_else_are_the_defaults(config):
     assert settings["mode"] == "iptables" and settings["masquerade_bit"]["ipvs"] == 14
     assert settings["ipvs_exclude_cidrs"] == [] and settings["node_port_addresses"] == []
     assert settings["localhost_node_ports"] is True
+    assert settings["feature_gates"] == {}
 
 
 @pytest.mark.parametrize("cidr", ["", "10.244.0.0/16", "10.244.0.0/16,fd00:10:244::/56", "fd00:10:244::/56"])

@@ -342,6 +342,33 @@ def test_local_policy_ignores_hints_and_a_node_reaches_both_lists():
     assert servers == {("10.96.0.1", 80): ["10.244.2.6"], ("192.0.2.11", 30080): ["10.244.1.5"]}
 
 
+def test_without_external_ips_the_gate_leaves_them_out_but_the_port_stays_externally_accessible():
+    """AllowServiceExternalIPs off: no virtual server, address or set member for the external IP; the
+    port still counts as externally accessible (kube-proxy's ExternallyAccessible reads the spec), so
+    a Local internal policy still takes the cluster-wide endpoints too."""
+    services = [service("a", ["10.96.0.1"], [port(80)], externalIPs=["198.51.100.7"], internalTrafficPolicy="Local")]
+    slices = [endpoint_slice("a", [ep("10.244.2.6", "node2")], [("", 80, "TCP")])]
+    on = Cluster(services, slices)
+    off = Cluster(services, slices, gates={"external_ips": False})
+    with_ips = node_state(on, None, NODE, NODE_IPS)
+    without = node_state(off, None, NODE, NODE_IPS)
+    assert "198.51.100.7" in with_ips["dummy_interface"]["addresses"]
+    assert "198.51.100.7" not in str(without)
+    (sp,) = off.service_ports(NODE, IPV4)
+    assert sp.external and sp.external_ips == [] and [e.address for e in sp.cluster_endpoints] == ["10.244.2.6"]
+
+
+def test_without_node_hints_the_zone_hints_decide():
+    services = [service("a", ["10.96.0.1"], [port(80)])]
+    slices = [endpoint_slice("a", [hinted_ep("10.244.1.5", "node1", ["zone-a"], ["node1"]),
+                                   hinted_ep("10.244.3.7", "node3", ["zone-a"], ["node3"])], [("", 80, "TCP")])]
+    heeded = node_state(Cluster(services, slices, ZONED), None, NODE, NODE_IPS)["ipvs_sync"]["services"]
+    ignored = node_state(Cluster(services, slices, ZONED, gates={"node_hints": False}), None, NODE,
+                         NODE_IPS)["ipvs_sync"]["services"]
+    assert [s["address"] for s in heeded[0]["real_servers"]] == ["10.244.1.5"]
+    assert [s["address"] for s in ignored[0]["real_servers"]] == ["10.244.1.5", "10.244.3.7"]
+
+
 @pytest.mark.parametrize("hints", [{"forZones": "zone-a"}, {"forNodes": ["node1"]}, "zone-a", {"forZones": [5]}])
 def test_an_endpoint_s_hints_of_another_shape_fail_naming_the_slice(hints):
     services = [service("a", ["10.96.0.1"], [port(80)])]
