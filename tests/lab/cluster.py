@@ -295,8 +295,6 @@ KINDS = {
     "Service": ("/api/v1", "services", True),
     "ConfigMap": ("/api/v1", "configmaps", True),
     "EndpointSlice": ("/apis/discovery.k8s.io/v1", "endpointslices", True),
-    # applied server-side for labels of the lab's own (topology zones); never deleted: the nodes own them
-    "Node": ("/api/v1", "nodes", False),
 }
 
 
@@ -490,9 +488,6 @@ class ControlPlane:
                                    f"{obj['metadata']['name']} ({path}) failed ({status}): {body}")
 
     def delete(self, objects: list[dict]) -> None:
-        nodes = [obj["metadata"]["name"] for obj in objects if obj.get("kind") == "Node"]
-        if nodes:
-            raise LabError(f"the lab never deletes Nodes ({', '.join(nodes)}); apply them without the lab's labels")
         for obj in objects:
             status, body = self.request(object_path(obj), "DELETE")
             if status >= 300 and status != 404:
