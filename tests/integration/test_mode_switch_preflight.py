@@ -80,8 +80,9 @@ def test_unknown_target_and_node_without_kube_proxy_fail_first(cluster):
 def test_a_feature_gate_that_rules_the_target_mode_out_stops_the_preflight(cluster):
     """kube-proxy v1.37 configured with KubeProxyIPVS off would refuse IPVS mode: the preflight says so,
     from the ConfigMap, before any node is touched; the other targets pass that check."""
+    gates = "featureGates:\n  KubeProxyIPVS: false\n"
     config = KUBEADM_CONFIG_IN_A_NAMESPACE.replace("kind: KubeProxyConfiguration\n",
-                                    "featureGates:\n  KubeProxyIPVS: false\nkind: KubeProxyConfiguration\n", 1)
+                                                   gates + "kind: KubeProxyConfiguration\n", 1)
     seed_kubeadm_kube_proxy(cluster, config_text=config)
     refused = preflight(cluster, kube_proxy_target_mode="ipvs")
     assert "feature_gates: KubeProxyIPVS=false on kube-proxy 1.37 makes kube-proxy refuse IPVS mode" \
