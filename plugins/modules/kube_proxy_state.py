@@ -174,10 +174,10 @@ options:
     default: true
   feature_gates:
     description:
-      - kube-proxy's C(featureGates) (RV(kubeipvs.node.kube_proxy_config#module:settings.feature_gates)), for the gates
-        that change what it programs, each in the releases where it may be set - C(AllowServiceExternalIPs=false)
-        (v1.36 and later) leaves every Service's external IPs out; C(PreferSameTrafficDistribution=false) (v1.34)
-        ignores endpoints' node hints.
+      - kube-proxy's C(featureGates) (C(feature_gates) of RV(kubeipvs.node.kube_proxy_config#module:settings)),
+        for the gates that change what it programs, each in the releases where it may be set -
+        C(AllowServiceExternalIPs=false) (v1.36 and later) leaves every Service's external IPs out;
+        C(PreferSameTrafficDistribution=false) (v1.34) ignores endpoints' node hints.
       - Refused before the cluster is read - C(KubeProxyNFTablesLocalhostNodePorts=true) (v1.37 and later) in
         nftables mode, whose localhost NodePort proxy is not rendered, and C(KubeProxyIPVS=false) (v1.37 and
         later) in IPVS mode, which kube-proxy then refuses.
